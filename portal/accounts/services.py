@@ -1,0 +1,183 @@
+"""Sign-in, users and roles."""
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal.accounts.models import Role, RolePermission, User, user_location
+from portal.accounts.permissions import DEFAULT_ROLES, PERMISSIONS
+from portal.audit.services import record
+from portal.clock import now
+from portal.errors import DomainError
+from portal.locations.models import Location
+from portal.locations.services import Scope
+
+MIN_PASSWORD = 10
+
+
+def authenticate(session: Session, email: str, password: str, *, max_failures: int,
+                 lock_minutes: int) -> User:
+    """Return the user, or raise with one message for every kind of failure (no user
+    enumeration); lock the account for a while after repeated failures."""
+    user = session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+    refused = DomainError("Wrong email or password.")
+    if user is None:
+        # Spend the same time as a real check so response times do not reveal accounts.
+        User(password_hash="scrypt:32768:8:1$x$00").check_password(password)
+        raise refused
+    if user.locked_until and user.locked_until > now():
+        minutes = max(1, int((user.locked_until - now()).total_seconds() // 60) + 1)
+        raise DomainError(f"Too many failed attempts. Try again in {minutes} minute(s).")
+    if not user.check_password(password):
+        user.failed_logins += 1
+        if user.failed_logins >= max_failures:
+            user.locked_until = now() + timedelta(minutes=lock_minutes)
+            user.failed_logins = 0
+            record(session, action="lock", entity_type="user", entity_id=user.id,
+                   summary=f"{user.email} locked after {max_failures} failed sign-ins")
+        raise refused
+    if not user.active:
+        raise DomainError("This account is disabled. Ask an administrator.")
+    user.failed_logins = 0
+    user.locked_until = None
+    user.last_login_at = now()
+    return user
+
+
+def load_user(session: Session, token: str) -> User | None:
+    try:
+        user_id, version = (int(part) for part in token.split(":"))
+    except ValueError:
+        return None
+    user = session.get(User, user_id)
+    if user is None or user.session_version != version or not user.active:
+        return None
+    return user
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise DomainError(f"Use at least {MIN_PASSWORD} characters.", field="password")
+
+
+def change_password(user: User, current: str, new: str) -> None:
+    if not user.check_password(current):
+        raise DomainError("The current password is not right.", field="current")
+    check_password_strength(new)
+    user.set_password(new)
+
+
+def ensure_roles(session: Session) -> dict[str, Role]:
+    """Create the built-in roles that are missing; never overwrite an admin's edits."""
+    roles = {r.name: r for r in session.scalars(select(Role))}
+    for name, (label, permissions) in DEFAULT_ROLES.items():
+        if name not in roles:
+            role = Role(name=name, label=label, grants=[RolePermission(permission=p) for p in permissions])
+            session.add(role)
+            roles[name] = role
+    admin = roles["admin"]
+    # New permissions added in code reach the admin role on the next start.
+    for permission in set(PERMISSIONS) - admin.permissions:
+        admin.grants.append(RolePermission(permission=permission))
+    session.flush()
+    return roles
+
+
+def set_role_permissions(role: Role, permissions: list[str]) -> None:
+    unknown = set(permissions) - set(PERMISSIONS)
+    if unknown:
+        raise DomainError(f"Unknown permission(s): {', '.join(sorted(unknown))}.")
+    if role.name == "admin" and "user.manage" not in permissions:
+        raise DomainError("The administrator role must keep user.manage, or nobody could fix roles.")
+    keep = [g for g in role.grants if g.permission in permissions]
+    have = {g.permission for g in keep}
+    role.grants = keep + [RolePermission(permission=p) for p in sorted(set(permissions) - have)]
+
+
+def resolve_locations(session: Session, codes: list[str], scope: Scope) -> list[Location]:
+    codes = [c.strip() for c in codes if c.strip()]
+    if not codes:
+        return []
+    found = {loc.code: loc for loc in session.scalars(select(Location).where(Location.code.in_(codes)))}
+    missing = [c for c in codes if c not in found]
+    if missing:
+        raise DomainError(f"Unknown location code(s): {', '.join(missing)}.", field="locations")
+    outside = [c for c in codes if not scope.allows(found[c])]
+    if outside:
+        raise DomainError(f"Outside your area: {', '.join(outside)}.", field="locations")
+    return [found[c] for c in codes]
+
+
+def save_user(session: Session, user: User | None, *, email: str, name: str, password: str,
+              roles: list[Role], locations: list[Location], all_locations: bool,
+              scope: Scope) -> User:
+    email = email.strip().lower()
+    if all_locations and not scope.everything:
+        raise DomainError("Only a user who sees all locations may grant all locations.",
+                          field="all_locations")
+    clash = session.scalar(select(User.id).where(func.lower(User.email) == email,
+                                                 User.id != (user.id if user else -1)))
+    if clash:
+        raise DomainError("Another user already has this email.", field="email")
+    if user is None:
+        check_password_strength(password)
+        user = User(email=email, name=name.strip(), active=True, session_version=0)
+        user.set_password(password)
+        session.add(user)
+    else:
+        if not visible_user(user, scope):
+            raise DomainError("This user is outside your area.")
+        user.email, user.name = email, name.strip()
+        if password:
+            check_password_strength(password)
+            user.set_password(password)
+    user.roles = roles
+    user.locations = locations
+    user.all_locations = all_locations
+    session.flush()
+    return user
+
+
+def set_active(user: User, active: bool, *, actor: User) -> None:
+    if user.id == actor.id and not active:
+        raise DomainError("You cannot disable your own account.")
+    user.active = active
+    if not active:
+        user.session_version += 1  # signs the user out everywhere
+
+
+def visible_user(user: User, scope: Scope) -> bool:
+    if scope.everything:
+        return True
+    if user.all_locations or not user.locations:
+        return False
+    return all(scope.allows(loc) for loc in user.locations)
+
+
+def list_users(session: Session, *, scope: Scope, text: str = "") -> list[User]:
+    query = select(User).order_by(User.name)
+    if text:
+        like = f"%{text.strip()}%"
+        query = query.where(User.name.ilike(like) | User.email.ilike(like))
+    if not scope.everything:
+        inside = select(user_location.c.user_id).join(Location).where(scope.location_clause())
+        query = query.where(User.all_locations.is_(False), User.id.in_(inside))
+    return [u for u in session.scalars(query) if visible_user(u, scope)]
+
+
+def create_first_admin(session: Session, email: str | None, password: str | None) -> tuple[User, str | None]:
+    """Create the first administrator when there is none. Returns (user, generated password)."""
+    roles = ensure_roles(session)
+    existing = session.scalar(select(User).where(User.roles.contains(roles["admin"])))
+    if existing is not None:
+        return existing, None
+    generated = None
+    if not password:
+        password = generated = secrets.token_urlsafe(12)
+    admin = save_user(session, None, email=email or "admin@example.org", name="Administrator",
+                      password=password, roles=[roles["admin"]], locations=[],
+                      all_locations=True, scope=Scope(everything=True))
+    return admin, generated

@@ -1,0 +1,3 @@
+from flask import Blueprint
+
+bp = Blueprint("background", __name__, url_prefix="/jobs")

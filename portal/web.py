@@ -1,0 +1,174 @@
+"""HTTP helpers shared by every domain: rendering page-or-fragment, permissions, errors."""
+from __future__ import annotations
+
+from functools import wraps
+from typing import Callable
+
+from flask import abort, current_app, flash, g, make_response, render_template, request, url_for
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError
+
+from portal.extensions import db, htmx
+from portal.locations.services import Scope
+
+PUBLIC = "public"  # the marker for the few routes anyone may reach (sign-in, health, static)
+AUTHENTICATED = "authenticated"  # any signed-in user (own account, sign-out)
+
+
+# label, endpoint, permission, what it is for; an area appears once its blueprint exists.
+MENU = (
+    ("Programs", "programs.index", "program.view", "programs.", "Benefit plans, caps and beneficiaries"),
+    ("Individuals", "registry.individuals", "individual.view", "registry.individual",
+     "Search, enrol and edit people"),
+    ("Groups", "registry.groups", "group.view", "registry.group", "Households and cooperatives"),
+    ("Import data", "imports.index", "upload.view", "imports.", "Bulk uploads, their history and fixes"),
+    ("Conditional cash transfer", "cct.index", "program.view", "cct.", "Projects, timesheets and payroll"),
+    ("Locations", "locations.tree", "location.view", "locations.", "Regions, districts, wards and villages"),
+    ("Jobs", "background.index", "job.view", "background.", "Background work and its progress"),
+    ("Admin", "accounts.users", "user.manage", "accounts.", "Users, roles and the audit log"),
+    ("Audit log", "audit.index", "audit.view", "audit.", "Who changed what, and when"),
+)
+
+
+def menu_items() -> list[dict]:
+    items = []
+    for label, endpoint, permission, prefix, about in MENU:
+        if endpoint in current_app.view_functions and can(permission):
+            if label == "Audit log" and can("user.manage"):
+                continue  # admins reach it from the Admin pages
+            items.append({"label": label, "url": url_for(endpoint), "about": about, "prefix": prefix})
+    return items
+
+
+def is_fragment_request() -> bool:
+    """A real htmx request wants a fragment; a boosted link or a history restore wants the page."""
+    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
+
+
+def render(template: str, partial: str | None = None, status: int = 200, **context):
+    """One URL serves the page and its fragment (Hypermedia Systems style)."""
+    fragment = bool(partial) and is_fragment_request()
+    body = render_template(partial if fragment else template, **context)
+    if fragment:
+        # Flash messages travel out of band with the fragment.
+        body += render_template("_flash.html", oob=True)
+    response = make_response(body, status)
+    response.headers.add("Vary", "HX-Request")
+    return response
+
+
+def require(permission: str) -> Callable:
+    """Declare the permission a view needs; the URL-map test fails on a view without one."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            if permission != PUBLIC:
+                if not current_user.is_authenticated:
+                    return current_app.login_manager.unauthorized()
+                if permission != AUTHENTICATED and not current_user.can(permission):
+                    abort(403)
+            return view(*args, **kwargs)
+
+        wrapped.permission = permission
+        return wrapped
+
+    return decorate
+
+
+def scope() -> Scope:
+    """The signed-in user's location scope, built once per request."""
+    if "scope" not in g:
+        g.scope = Scope.for_user(current_user)
+    return g.scope
+
+
+def can(permission: str) -> bool:
+    return current_user.is_authenticated and current_user.can(permission)
+
+
+def int_arg(name: str, default: int = 0, minimum: int | None = None) -> int:
+    try:
+        value = int(request.args.get(name, default))
+    except (TypeError, ValueError):
+        value = default
+    return max(value, minimum) if minimum is not None else value
+
+
+def htmx_redirect(location: str):
+    """Redirect that works for both a plain form post and an htmx request."""
+    if htmx:
+        response = make_response("", 204)
+        response.headers["HX-Redirect"] = location
+        return response
+    response = make_response("", 303)
+    response.headers["Location"] = location
+    return response
+
+
+_MESSAGES = {
+    400: ("Bad request", "The request could not be understood. Reload the page and try again."),
+    403: ("Not allowed", "Your role does not allow this, or it lies outside your locations."),
+    404: ("Not found", "There is nothing here, or it lies outside your locations."),
+    405: ("Not allowed", "This address does not accept that kind of request."),
+    413: ("File too large", "The file is larger than the portal accepts."),
+    500: ("Something went wrong", "The error was logged. Nothing you entered was half-saved; "
+                                  "try again, and tell an administrator if it happens again."),
+}
+
+
+def _error_page(status: int, message: str | None = None):
+    if status >= 500:
+        db.session.rollback()
+    title, default = _MESSAGES.get(status, ("Error", "An error occurred."))
+    return render("errors/page.html", partial="errors/_message.html", status=status,
+                  title=title, message=message or default, code=status)
+
+
+def register_error_handlers(app) -> None:
+    for status in _MESSAGES:
+        app.register_error_handler(status, lambda exc, s=status: _error_page(s))
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        return _error_page(400, "The form had expired or was sent from elsewhere. "
+                                "Reload the page and send it again; nothing was saved.")
+
+
+def register_hooks(app) -> None:
+    from portal.audit.services import set_actor
+
+    @app.before_request
+    def name_the_actor():
+        if current_user.is_authenticated:
+            set_actor(db.session, current_user.id)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self'; frame-ancestors 'none'")
+        # An htmx request whose session expired must reload the whole page onto sign-in.
+        if htmx and response.status_code == 302 and "/login" in response.headers.get("Location", ""):
+            response.status_code = 204
+            response.headers["HX-Redirect"] = response.headers.pop("Location")
+        return response
+
+    @app.context_processor
+    def template_helpers():
+        return {"can": can, "menu_items": menu_items}
+
+
+def flash_domain_error(exc) -> None:
+    flash(exc.message, "error")
+
+
+def next_url(default_endpoint: str) -> str:
+    target = request.args.get("next", "")
+    if target.startswith("/") and not target.startswith("//"):
+        return target
+    return url_for(default_endpoint)
