@@ -12,7 +12,9 @@ from portal.extensions import compress, csrf, db, htmx, login_manager, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 
-BLUEPRINTS = ("accounts", "locations", "audit", "background", "home")
+# Every domain package; each has a blueprint ``bp`` in __init__.py and routes in views.py.
+DOMAINS = ("accounts", "locations", "audit", "background", "home", "registry", "programs",
+           "imports")
 
 
 def create_app(overrides: dict | None = None) -> Flask:
@@ -38,7 +40,9 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     from portal import web
 
-    for name in BLUEPRINTS:
+    for name in _present(DOMAINS):
+        if not (ROOT / "portal" / name / "views.py").exists():
+            continue
         importlib.import_module(f"portal.{name}.views")  # routes attach to the blueprint
         app.register_blueprint(importlib.import_module(f"portal.{name}").bp)
     web.register_error_handlers(app)
@@ -50,10 +54,14 @@ def create_app(overrides: dict | None = None) -> Flask:
     return app
 
 
+def _present(names) -> list[str]:
+    return [n for n in names if (ROOT / "portal" / n / "__init__.py").exists()]
+
+
 def _import_models() -> None:
     """Every model module, so migrations and relationships see the whole schema."""
-    import portal.accounts.models  # noqa: F401
-    import portal.audit.models  # noqa: F401
-    import portal.background.models  # noqa: F401
-    import portal.locations.models  # noqa: F401
     import portal.audit.services  # noqa: F401  (installs the audit flush hook)
+
+    for name in _present(DOMAINS):
+        if (ROOT / "portal" / name / "models.py").exists():
+            importlib.import_module(f"portal.{name}.models")

