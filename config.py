@@ -66,7 +66,7 @@ def load() -> dict:
         "JOB_STALE_SECONDS": _int("JOB_STALE_SECONDS", 60),
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "COMPRESS_MIMETYPES": [
-            "text/html", "text/css", "text/csv", "application/javascript",
+            "text/html", "text/css", "text/csv", "text/javascript", "application/javascript",
             "application/json", "image/svg+xml",
         ],
         "COMPRESS_MIN_SIZE": 500,
