@@ -71,4 +71,5 @@ def load() -> dict:
         ],
         "COMPRESS_MIN_SIZE": 500,
         "COMPRESS_ALGORITHM": ["gzip"],
+        "COMPRESS_ALGORITHM_STREAMING": ["gzip"],  # static files are streamed
     }
