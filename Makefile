@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 migrate: install
-	$(FLASK) db upgrade
+	$(FLASK) db upgrade heads
 
 ## Install, migrate, create the first admin and demo data, serve web + worker on :5000.
 run: migrate

@@ -1,9 +1,11 @@
 """Realistic, deterministic demo data: a country slice of locations and a few users.
 
-Later domains add their own part (people, households, programs) through ``DEMO_PARTS``.
+Other domains add their own part in ``portal/<domain>/demo.py`` with a
+``build(session, rng, village_ids) -> dict`` function.
 """
 from __future__ import annotations
 
+import importlib
 import random
 
 from sqlalchemy import insert, select
@@ -69,9 +71,12 @@ def build_demo(session: Session, *, seed: int = 42) -> dict:
                        password="demo-password", roles=[roles["viewer"]], locations=[],
                        all_locations=True, scope=everything)
     summary = {"villages": len(villages)}
-    for part in DEMO_PARTS:
-        summary.update(part(session, rng, villages) or {})
+    # Each domain with a demo module adds its part, in the order of DOMAINS
+    # (people and households before programs that enrol them).
+    from portal import DOMAINS, ROOT
+
+    for name in DOMAINS:
+        if (ROOT / "portal" / name / "demo.py").exists():
+            part = importlib.import_module(f"portal.{name}.demo")
+            summary.update(part.build(session, rng, villages) or {})
     return summary
-
-
-DEMO_PARTS: list = []

@@ -19,6 +19,7 @@ INSTANCE = Path(tempfile.mkdtemp(prefix="portal-test-"))
 os.environ["PORTAL_ENV"] = "test"
 os.environ["PORTAL_INSTANCE"] = str(INSTANCE)
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.factories"]
 
 from flask import g  # noqa: E402
 from flask.testing import FlaskClient  # noqa: E402
@@ -75,7 +76,7 @@ def app(redis_url):
                 conn.execute(text("CREATE SCHEMA public"))
         from flask_migrate import upgrade
 
-        upgrade()
+        upgrade(revision="heads")
         _seed_roles()
     return app
 
