@@ -150,6 +150,10 @@ def _empty_tables():
             conn.execute(text("TRUNCATE " + ", ".join(f'"{t.name}"' for t in tables) + " RESTART IDENTITY CASCADE"))
         else:
             for table in tables:
+                # Self-references (a location's parent) must let go before the rows go.
+                own = {fk.parent.name: None for fk in table.foreign_keys if fk.column.table is table}
+                if own:
+                    conn.execute(table.update().values(**own))
                 conn.execute(table.delete())
 
 
