@@ -26,8 +26,9 @@ def app():
     """The app for this process, created on first use (never at import time)."""
     global _app, _app_pid
     if _app is None:
-        from portal import create_app
+        from portal import create_app, extensions
 
+        extensions.sqlite_immediate_everywhere = True
         _app = create_app()
     if _app_pid != os.getpid():
         # A forked work-horse must not share the parent's database connections.
@@ -90,6 +91,8 @@ def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) ->
 
 def _finish(session, run_id: int, status: str, message: str) -> None:
     job = session.get(JobRun, run_id)
+    if job is None:  # the row went away (e.g. its tables were emptied); nothing to record
+        return
     job.status, job.message = status, message[:5000]
     job.finished_at = job.heartbeat_at = now()
     session.commit()

@@ -47,7 +47,20 @@ def _sqlite_pragmas(dbapi_connection, _record):
         cursor.close()
 
 
+# Set by the worker: a job's transactions all write.
+sqlite_immediate_everywhere = False
+
+
 @event.listens_for(Engine, "begin")
 def _sqlite_begin(conn):
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN")
+    """A transaction that will write takes SQLite's write lock when it starts (BEGIN
+    IMMEDIATE), so it waits its turn (busy_timeout) instead of failing with 'database is
+    locked' when its read turns into a write after another process committed. Page reads
+    (GET) stay deferred: under WAL they never block and are never blocked."""
+    if conn.dialect.name != "sqlite":
+        return
+    from flask import has_request_context, request
+
+    writes = sqlite_immediate_everywhere or (
+        has_request_context() and request.method not in ("GET", "HEAD", "OPTIONS"))
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")

@@ -96,7 +96,9 @@ class Client(FlaskClient):
     csrf: str | None = None
 
     def open(self, *args, **kwargs):
-        g.pop("_login_user", None)  # requests share the test's app context; forget the last user
+        # Requests share the test's app context: forget the last request's user and CSRF token.
+        for key in list(vars(g)):
+            g.pop(key)
         headers = kwargs.pop("headers", None) or {}
         method = (kwargs.get("method") or "GET").upper()
         if method != "GET" and kwargs.pop("csrf", True):
@@ -263,8 +265,10 @@ def worker_env(app) -> dict:
 
 
 def start_worker(app) -> subprocess.Popen:
+    """A real worker process; its output goes to worker.log in the test instance folder."""
+    log = open(INSTANCE / "worker.log", "ab")
     return subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=ROOT, env=worker_env(app),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.fixture(scope="session")
@@ -284,7 +288,7 @@ def wait_for_job(run_id: int, *, until=("succeeded", "failed"), timeout: float =
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        db.session.expire_all()
+        db.session.commit()  # end the read transaction: SQLite would keep showing its snapshot
         run = db.session.get(JobRun, run_id)
         if run.status in until:
             return run

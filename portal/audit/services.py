@@ -75,6 +75,12 @@ def _changes(obj, action: str) -> dict:
     return changes
 
 
+def _identity(obj) -> str:
+    # New rows have their primary key set by now, though not yet their identity key.
+    key = sa_inspect(obj).mapper.primary_key_from_instance(obj)
+    return ":".join(str(k) for k in key)
+
+
 def _label(obj) -> str:
     try:
         return str(obj)[:255]
@@ -97,7 +103,7 @@ def _record_changes(session: Session, _flush_context) -> None:
                 continue
             rows.append({
                 "at": at, "actor_id": actor, "action": action, "entity_type": _entity_type(obj),
-                "entity_id": str(sa_inspect(obj).identity[0] if sa_inspect(obj).identity else ""),
+                "entity_id": _identity(obj),
                 "summary": _label(obj), "changes": changes,
             })
     if rows:

@@ -6,6 +6,7 @@ are swept: resumable kinds are queued again, the others are marked failed.
 """
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import redis
@@ -63,7 +64,8 @@ def create_job(session: Session, *, kind: str, entry_point: str, params: dict | 
 
 def enqueue(queue: Queue, run: JobRun) -> None:
     """Hand a committed job row to RQ. Call after the row is committed."""
-    rq_job = queue.enqueue(run.params["entry_point"], run.id, job_id=f"run-{run.id}-{run.attempts}",
+    rq_job = queue.enqueue(run.params["entry_point"], run.id,
+                           job_id=f"run-{run.id}-{run.attempts}-{uuid.uuid4().hex[:8]}",
                            job_timeout=3600, result_ttl=600, failure_ttl=86400)
     run.rq_id = rq_job.id
 

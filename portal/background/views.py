@@ -30,7 +30,8 @@ def show(run_id: int):
     run = _visible_run(run_id)
     if run.status == "running":
         # A poll is also the moment to notice a worker that died under this job.
-        swept = sweep_stale_jobs(db.session, None, stale_after=current_app.config["JOB_STALE_SECONDS"])
+        queue = job_queue(redis_connection(current_app.config))
+        swept = sweep_stale_jobs(db.session, queue, stale_after=current_app.config["JOB_STALE_SECONDS"])
         if swept:
             db.session.commit()
     return render("background/show.html", partial="background/_job_progress.html", run=run)

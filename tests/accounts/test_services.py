@@ -1,0 +1,110 @@
+from datetime import timedelta
+
+import pytest
+
+from portal.accounts import services
+from portal.accounts.models import Role
+from portal.clock import now
+from portal.errors import DomainError
+from portal.locations.services import Scope
+from tests.conftest import PASSWORD
+
+
+def _auth(session, email, password, failures=3):
+    return services.authenticate(session, email, password, max_failures=failures, lock_minutes=15)
+
+
+def test_signing_in_with_the_right_password_returns_the_user_and_clears_failures(db_session, make_user):
+    user = make_user("viewer")
+    user.failed_logins = 2
+    assert _auth(db_session, user.email.upper(), PASSWORD) is user
+    assert user.failed_logins == 0 and user.last_login_at is not None
+
+
+def test_wrong_password_and_unknown_email_get_the_same_message(db_session, make_user):
+    user = make_user("viewer")
+    with pytest.raises(DomainError) as wrong:
+        _auth(db_session, user.email, "nope")
+    with pytest.raises(DomainError) as unknown:
+        _auth(db_session, "ghost@example.org", "nope")
+    assert wrong.value.message == unknown.value.message == "Wrong email or password."
+
+
+def test_repeated_failures_lock_the_account_even_for_the_right_password(db_session, make_user):
+    user = make_user("viewer")
+    for _ in range(3):
+        with pytest.raises(DomainError):
+            _auth(db_session, user.email, "wrong-password")
+    assert user.locked_until > now()
+    with pytest.raises(DomainError, match="Too many failed attempts"):
+        _auth(db_session, user.email, PASSWORD)
+    user.locked_until = now() - timedelta(seconds=1)
+    assert _auth(db_session, user.email, PASSWORD) is user
+
+
+def test_a_disabled_user_cannot_sign_in(db_session, make_user):
+    admin, user = make_user("admin"), make_user("viewer")
+    services.set_active(user, False, actor=admin)
+    with pytest.raises(DomainError, match="disabled"):
+        _auth(db_session, user.email, PASSWORD)
+
+
+def test_an_admin_cannot_disable_their_own_account(make_user):
+    admin = make_user("admin")
+    with pytest.raises(DomainError):
+        services.set_active(admin, False, actor=admin)
+
+
+def test_changing_the_password_invalidates_older_sessions(db_session, make_user):
+    user = make_user("viewer")
+    old_token = user.get_id()
+    services.change_password(user, PASSWORD, "a-much-better-password")
+    assert services.load_user(db_session, old_token) is None
+    assert services.load_user(db_session, user.get_id()) is user
+
+
+def test_short_passwords_and_a_wrong_current_password_are_refused(make_user):
+    user = make_user("viewer")
+    with pytest.raises(DomainError, match="current password"):
+        services.change_password(user, "wrong", "a-much-better-password")
+    with pytest.raises(DomainError, match="at least 10"):
+        services.change_password(user, PASSWORD, "short")
+
+
+def test_the_admin_role_keeps_every_permission_and_cannot_lose_user_management(db_session):
+    from sqlalchemy import select
+
+    admin = db_session.scalar(select(Role).where(Role.name == "admin"))
+    with pytest.raises(DomainError):
+        services.set_role_permissions(admin, ["individual.view"])
+    viewer = db_session.scalar(select(Role).where(Role.name == "viewer"))
+    services.set_role_permissions(viewer, ["individual.view", "audit.view"])
+    assert viewer.permissions == {"individual.view", "audit.view"}
+    with pytest.raises(DomainError, match="Unknown"):
+        services.set_role_permissions(viewer, ["money.print"])
+
+
+def test_a_user_manager_limited_to_a_district_sees_and_assigns_only_that_district(db_session, make_user, country):
+    north = Scope.for_user(make_user("admin", [country["ND"]]))
+    inside = make_user("field_officer", [country["NV1"]])
+    outside = make_user("field_officer", [country["SV1"]])
+    everywhere = make_user("viewer")
+    visible = services.list_users(db_session, scope=north)
+    assert inside in visible and outside not in visible and everywhere not in visible
+    with pytest.raises(DomainError, match="Outside your area"):
+        services.resolve_locations(db_session, ["SV1"], north)
+    with pytest.raises(DomainError, match="all locations"):
+        services.save_user(db_session, None, email="x@example.org", name="X", password="long-enough-pw",
+                           roles=[], locations=[], all_locations=True, scope=north)
+
+
+def test_the_first_admin_is_created_once_with_a_generated_password(db_session):
+    from sqlalchemy import select
+
+    from portal.accounts.models import User
+
+    admin, password = services.create_first_admin(db_session, "boss@example.org", None)
+    assert password and admin.check_password(password) and admin.all_locations
+    again, second = services.create_first_admin(db_session, "other@example.org", None)
+    assert again is admin and second is None
+    assert db_session.scalar(select(User).where(User.email == "other@example.org")) is None

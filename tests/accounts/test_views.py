@@ -1,0 +1,94 @@
+from sqlalchemy import select
+
+from portal.accounts.models import Role, User
+from portal.audit.models import AuditEntry
+from tests.conftest import PASSWORD
+
+
+def test_signing_in_and_out_through_the_pages(client, make_user, db_session):
+    user = make_user("viewer")
+    db_session.commit()
+    assert client.get("/").status_code == 302
+    response = client.post("/login", data={"email": user.email, "password": PASSWORD})
+    assert response.status_code == 302
+    assert client.get("/").status_code == 200
+    client.post("/logout")
+    assert client.get("/").status_code == 302
+
+
+def test_a_wrong_password_shows_the_form_again_with_a_message(client, make_user, db_session):
+    user = make_user("viewer")
+    db_session.commit()
+    response = client.post("/login", data={"email": user.email, "password": "wrong"})
+    assert response.status_code == 422
+    assert "Wrong email or password." in response.get_data(as_text=True)
+
+
+def test_the_sign_in_form_only_redirects_to_local_pages(client, make_user, db_session):
+    user = make_user("viewer")
+    db_session.commit()
+    response = client.post("/login?next=https://evil.example/", data={"email": user.email, "password": PASSWORD})
+    assert response.headers["Location"] == "/"
+
+
+def test_an_admin_creates_a_user_with_roles_and_locations(client, login, country, db_session):
+    login("admin")
+    role = db_session.scalar(select(Role).where(Role.name == "field_officer"))
+    response = client.post("/admin/users/new", data={
+        "email": "New.Officer@example.org", "name": "New Officer", "password": "long-enough-pw",
+        "roles": [str(role.id)], "locations": "ND, SV1"})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    user = db_session.scalar(select(User).where(User.email == "new.officer@example.org"))
+    assert [r.name for r in user.roles] == ["field_officer"]
+    assert sorted(loc.code for loc in user.locations) == ["ND", "SV1"]
+    entry = db_session.scalar(select(AuditEntry).where(AuditEntry.entity_type == "user",
+                                                       AuditEntry.entity_id == str(user.id)))
+    assert entry.action == "create" and "password_hash" not in entry.changes
+
+
+def test_an_unknown_location_code_is_a_field_error_and_nothing_is_saved(client, login, db_session):
+    login("admin")
+    response = client.post("/admin/users/new", data={
+        "email": "x@example.org", "name": "X", "password": "long-enough-pw", "locations": "NOPE"})
+    assert response.status_code == 422
+    assert "Unknown location code(s): NOPE." in response.get_data(as_text=True)
+    assert db_session.scalar(select(User).where(User.email == "x@example.org")) is None
+
+
+def test_disabling_a_user_signs_them_out_everywhere(app, client, login, make_user, db_session):
+    victim = make_user("viewer")
+    db_session.commit()
+    other = app.test_client()
+    other.post("/login", data={"email": victim.email, "password": PASSWORD})
+    assert other.get("/").status_code == 200
+    login("admin")
+    client.post(f"/admin/users/{victim.id}/active", data={"active": "0"})
+    assert other.get("/").status_code == 302
+
+
+def test_a_district_admin_cannot_open_a_user_of_another_district(client, login, make_user, country, db_session):
+    outsider = make_user("field_officer", [country["SD"]])
+    db_session.commit()
+    login("admin", [country["ND"]])
+    assert client.get(f"/admin/users/{outsider.id}").status_code == 404
+    assert outsider.email not in client.get("/admin/users").get_data(as_text=True)
+
+
+def test_an_admin_edits_a_roles_permissions_in_the_page(client, login, db_session):
+    login("admin")
+    viewer = db_session.scalar(select(Role).where(Role.name == "viewer"))
+    response = client.post(f"/admin/roles/{viewer.id}", data={"permissions": ["individual.view", "audit.view"]})
+    assert response.status_code == 302
+    db_session.expire_all()
+    assert viewer.permissions == {"individual.view", "audit.view"}
+
+
+def test_changing_the_password_keeps_this_session_and_needs_the_current_one(client, login):
+    login("viewer")
+    bad = client.post("/account/password", data={"current": "wrong", "password": "new-password-1",
+                                                  "confirm": "new-password-1"})
+    assert bad.status_code == 422
+    good = client.post("/account/password", data={"current": PASSWORD, "password": "new-password-1",
+                                                   "confirm": "new-password-1"})
+    assert good.status_code == 302
+    assert client.get("/").status_code == 200
