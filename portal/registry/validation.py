@@ -1,0 +1,360 @@
+"""Validation of people and their custom fields, the same on every path (form, upload, API).
+
+Everything here takes raw values as they arrive (form strings, spreadsheet cells that may be
+numbers or dates) and returns typed values ready for the model plus readable errors keyed by
+field name. Nothing here writes.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from difflib import SequenceMatcher
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from portal.clock import today
+from portal.locations.models import Location
+from portal.registry.models import CustomField, Individual
+
+SEX_WORDS = {
+    "f": "F", "female": "F", "woman": "F", "w": "F", "girl": "F", "fem": "F",
+    "m": "M", "male": "M", "man": "M", "boy": "M",
+    "o": "O", "other": "O", "x": "O",
+}
+TRUE_WORDS = {"true", "yes", "y", "1", "on", "t"}
+FALSE_WORDS = {"false", "no", "n", "0", "off", "f"}
+ID_TYPES = ("national_id", "passport", "birth_certificate", "voter_card", "other")
+PHONE_RE = re.compile(r"^\+?[0-9]{7,15}$")
+MAX_NAME = 80
+
+
+def _text(value) -> str:
+    """A cell as text: None is empty, 1234.0 from a spreadsheet is '1234'."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def fold(text: str) -> str:
+    """Lower-case, accents stripped, inner whitespace collapsed: the search form of a name."""
+    decomposed = unicodedata.normalize("NFKD", text or "")
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(plain.lower().split())
+
+
+def name_key(first: str | None, middle: str | None, last: str | None) -> str:
+    """'Chikondi', '', 'Banda' -> 'banda chikondi': indexed prefix search by surname first."""
+    return " ".join(p for p in (fold(last), fold(first), fold(middle)) if p)
+
+
+def parse_date(value, *, day_first: bool | None = None) -> date:
+    """A date from a date, an ISO string, or d/m/Y (day_first) or m/d/Y text.
+
+    With day_first None a slash date is accepted only when it cannot be misread
+    (a part above 12); otherwise ValueError asks for YYYY-MM-DD."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    text = _text(value)
+    if not text:
+        raise ValueError("is empty")
+    text = text.split("T")[0].split(" ")[0]
+    if re.fullmatch(r"\d{4}-\d{1,2}-\d{1,2}", text):
+        y, m, d = (int(p) for p in text.split("-"))
+        return date(y, m, d)
+    match = re.fullmatch(r"(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})", text)
+    if not match:
+        raise ValueError("is not a date; use YYYY-MM-DD")
+    a, b, y = (int(p) for p in match.groups())
+    if day_first is None:
+        if a > 12 >= b:
+            day_first = True
+        elif b > 12 >= a:
+            day_first = False
+        elif a == b:
+            day_first = True
+        else:
+            raise ValueError("could be read two ways; use YYYY-MM-DD")
+    d, m = (a, b) if day_first else (b, a)
+    return date(y, m, d)
+
+
+# --- custom fields ----------------------------------------------------------------------------
+
+def _choice_values(field: CustomField) -> list[str]:
+    values = []
+    for choice in field.choices or []:
+        if isinstance(choice, dict):
+            values.append(str(choice.get("value", "")))
+        elif isinstance(choice, (list, tuple)) and choice:
+            values.append(str(choice[0]))
+        else:
+            values.append(str(choice))
+    return [v for v in values if v]
+
+
+def _typed(field: CustomField, raw):
+    """One custom value, typed for JSON; ValueError with the reason when it is not valid."""
+    text = _text(raw)
+    if field.type == "text":
+        value = text
+    elif field.type == "integer":
+        if isinstance(raw, float) and not raw.is_integer():
+            raise ValueError("must be a whole number")
+        try:
+            value = int(text.replace(",", "").replace(" ", ""))
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+    elif field.type == "decimal":
+        try:
+            number = Decimal(text.replace(",", "").replace(" ", ""))
+        except InvalidOperation:
+            raise ValueError("must be a number") from None
+        if not number.is_finite():
+            raise ValueError("must be a number")
+        value = float(number)
+    elif field.type == "boolean":
+        if isinstance(raw, bool):
+            value = raw
+        elif text.lower() in TRUE_WORDS:
+            value = True
+        elif text.lower() in FALSE_WORDS:
+            value = False
+        else:
+            raise ValueError("must be yes or no")
+    elif field.type == "date":
+        try:
+            value = parse_date(raw).isoformat()
+        except ValueError as exc:
+            raise ValueError(f"must be a date ({exc})") from None
+    elif field.type == "choice":
+        allowed = _choice_values(field)
+        matches = [c for c in allowed if c.lower() == text.lower()]
+        if not matches:
+            raise ValueError("must be one of " + ", ".join(allowed))
+        value = matches[0]
+    else:  # the database check constraint makes this unreachable
+        raise ValueError(f"has an unknown type {field.type}")
+    if field.pattern and field.type in ("text", "integer", "choice"):
+        try:
+            matched = re.fullmatch(field.pattern, text)
+        except re.error:
+            matched = True  # a broken pattern is refused when the field is saved
+        if not matched:
+            raise ValueError("does not have the expected format")
+    return value
+
+
+def clean_custom(fields: list[CustomField], raw: dict) -> tuple[dict, dict[str, str]]:
+    """Typed values of the active custom fields present in ``raw``, and errors by field name.
+
+    Empty values are left out (a required one is an error)."""
+    values: dict = {}
+    errors: dict[str, str] = {}
+    for field in fields:
+        if not field.active:
+            continue
+        raw_value = raw.get(field.name)
+        if raw_value is None or _text(raw_value) == "":
+            if field.required:
+                errors[field.name] = f"{field.label} is required."
+            continue
+        try:
+            values[field.name] = _typed(field, raw_value)
+        except ValueError as exc:
+            errors[field.name] = f"{field.label} {exc}."
+    return values, errors
+
+
+def _json_column(model, field: CustomField):
+    element = model.custom[field.name]
+    if field.type == "integer":
+        return element.as_integer()
+    if field.type == "decimal":
+        return element.as_float()
+    if field.type == "boolean":
+        return element.as_boolean()
+    return element.as_string()
+
+
+def check_custom_unique(session: Session, fields: list[CustomField], values: dict,
+                        exclude_id: int | None = None, *, model=None) -> dict[str, str]:
+    """Errors for unique custom fields whose value another living record already has."""
+    model = model or Individual
+    errors: dict[str, str] = {}
+    for field in fields:
+        if not (field.active and field.unique) or values.get(field.name) is None:
+            continue
+        query = select(model.id).where(_json_column(model, field) == values[field.name])
+        if hasattr(model, "deleted_at"):
+            query = query.where(model.deleted_at.is_(None))
+        if exclude_id is not None:
+            query = query.where(model.id != exclude_id)
+        if session.scalar(query.limit(1)) is not None:
+            errors[field.name] = f"{field.label} {values[field.name]} is already used by someone else."
+    return errors
+
+
+def active_custom_fields(session: Session, program_id: int | None = None) -> list[CustomField]:
+    query = select(CustomField).where(CustomField.active.is_(True))
+    query = query.where(CustomField.program_id.is_(None) if program_id is None
+                        else CustomField.program_id == program_id)
+    return list(session.scalars(query.order_by(CustomField.position, CustomField.id)))
+
+
+# --- individuals ------------------------------------------------------------------------------
+
+def _village(session: Session, raw: dict) -> tuple[Location | None, str]:
+    """The location named by ``location`` (a code) or ``location_id``; cached per session."""
+    cache = session.info.setdefault("registry_locations", {})
+    code = _text(raw.get("location"))
+    location_id = raw.get("location_id")
+    if code:
+        key = ("code", code.upper())
+        if key not in cache:
+            cache[key] = session.scalar(select(Location).where(Location.code == code)) or \
+                session.scalar(select(Location).where(Location.code == code.upper()))
+        return cache[key], code
+    if location_id not in (None, ""):
+        try:
+            location_id = int(location_id)
+        except (TypeError, ValueError):
+            return None, str(location_id)
+        key = ("id", location_id)
+        if key not in cache:
+            cache[key] = session.get(Location, location_id)
+        return cache[key], str(location_id)
+    return None, ""
+
+
+def clean_individual(session: Session, raw: dict, *, custom_fields: list[CustomField], scope,
+                     day_first: bool | None = None, check_unique: bool = True,
+                     exclude_id: int | None = None) -> tuple[dict, dict[str, str]]:
+    """Values ready for ``Individual(**values)`` and errors {field: message}.
+
+    Checks names, sex, birth date, identifiers, that the location is a village within the
+    caller's scope, and the custom fields (including uniqueness unless ``check_unique`` is
+    False, for callers that check a whole batch at once)."""
+    errors: dict[str, str] = {}
+    values: dict = {}
+    for key, label, required in (("first_name", "First name", True),
+                                 ("middle_name", "Middle name", False),
+                                 ("last_name", "Last name", True)):
+        text = " ".join(_text(raw.get(key)).split())
+        if required and not text:
+            errors[key] = f"{label} is required."
+        elif len(text) > MAX_NAME:
+            errors[key] = f"{label} is longer than {MAX_NAME} characters."
+        values[key] = text or None if key == "middle_name" else text
+    values["name_key"] = name_key(values["first_name"], values["middle_name"], values["last_name"])
+
+    sex = _text(raw.get("sex")).lower()
+    if not sex:
+        errors["sex"] = "Sex is required."
+    elif sex not in SEX_WORDS:
+        errors["sex"] = "Sex must be F, M or O (female, male, other)."
+    values["sex"] = SEX_WORDS.get(sex)
+
+    birth = raw.get("birth_date")
+    values["birth_date"] = None
+    if birth is None or _text(birth) == "":
+        errors["birth_date"] = "Date of birth is required."
+    else:
+        try:
+            values["birth_date"] = parse_date(birth, day_first=day_first)
+        except ValueError as exc:
+            errors["birth_date"] = f"Date of birth {exc}."
+        else:
+            if values["birth_date"] > today():
+                errors["birth_date"] = "Date of birth is in the future."
+            elif values["birth_date"].year < 1900:
+                errors["birth_date"] = "Date of birth is before 1900."
+
+    national_id = _text(raw.get("national_id")).replace(" ", "").upper()
+    id_type = _text(raw.get("national_id_type")).lower().replace(" ", "_")
+    if len(national_id) > 40:
+        errors["national_id"] = "National ID is longer than 40 characters."
+    elif national_id and not re.fullmatch(r"[A-Z0-9/-]+", national_id):
+        errors["national_id"] = "National ID may hold only letters, digits, / and -."
+    if id_type and id_type not in ID_TYPES:
+        errors["national_id_type"] = "ID type must be one of " + ", ".join(ID_TYPES) + "."
+    values["national_id"] = national_id or None
+    values["national_id_type"] = (id_type or "national_id") if national_id else (id_type or None)
+
+    phone = re.sub(r"[\s().-]", "", _text(raw.get("phone")))
+    if phone and not PHONE_RE.match(phone):
+        errors["phone"] = "Phone must have 7 to 15 digits, optionally starting with +."
+    values["phone"] = phone or None
+
+    location, given = _village(session, raw)
+    values["location_id"] = location.id if location is not None else None
+    if location is None:
+        errors["location"] = f"No location has the code {given}." if given else "Village is required."
+    elif location.kind != "village":
+        errors["location"] = f"{location.name} is a {location.kind}; choose a village."
+    elif not scope.allows(location):
+        errors["location"] = f"{location.name} is outside your locations."
+
+    custom, custom_errors = clean_custom(custom_fields, raw)
+    if check_unique and custom:
+        for name, message in check_custom_unique(session, custom_fields, custom, exclude_id).items():
+            custom_errors.setdefault(name, message)
+    values["custom"] = custom
+    errors.update(custom_errors)
+    return values, errors
+
+
+# --- duplicates -------------------------------------------------------------------------------
+
+def _similar(a_first: str, a_last: str, b_first: str, b_last: str) -> bool:
+    a_first, a_last, b_first, b_last = (fold(x) for x in (a_first, a_last, b_first, b_last))
+    if {a_first, a_last} == {b_first, b_last}:
+        return True  # same names, perhaps swapped
+    whole = SequenceMatcher(None, f"{a_first} {a_last}", f"{b_first} {b_last}").ratio()
+    if whole >= 0.8:
+        return True
+    return a_last == b_last and a_first[:3] == b_first[:3] and bool(a_first)
+
+
+def _area_path(location: Location) -> str:
+    """The district (or the location itself when higher) whose people count as 'same area'."""
+    parts = [p for p in location.path.split("/") if p]
+    return "/" + "/".join(parts[:2]) + "/"
+
+
+def find_duplicates(session: Session, *, national_id, first_name, last_name, birth_date,
+                    location_id, exclude_id: int | None = None
+                    ) -> tuple[list[Individual], list[Individual]]:
+    """(blocking, warnings): the living people with the same national ID, and those with a
+    similar name, the same date of birth and a village in the same district."""
+    live = [Individual.deleted_at.is_(None)]
+    if exclude_id is not None:
+        live.append(Individual.id != exclude_id)
+    blocking: list[Individual] = []
+    if national_id:
+        blocking = list(session.scalars(
+            select(Individual).where(Individual.national_id == national_id, *live).limit(10)))
+    warnings: list[Individual] = []
+    location = session.get(Location, location_id) if location_id else None
+    if birth_date and location is not None and (first_name or last_name):
+        area = _area_path(location)
+        candidates = session.scalars(
+            select(Individual).join(Location, Individual.location_id == Location.id)
+            .where(Individual.birth_date == birth_date, Location.path.startswith(area, autoescape=True),
+                   *live).limit(200))
+        seen = {p.id for p in blocking}
+        warnings = [p for p in candidates if p.id not in seen and
+                    _similar(first_name or "", last_name or "", p.first_name, p.last_name)]
+    return blocking, warnings[:10]
