@@ -271,16 +271,52 @@ def start_worker(app) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def kill_worker(process: subprocess.Popen) -> None:
+    """SIGKILL a worker and its work-horse, as a crash or OOM kill would. RQ starts each horse
+    in its own session, so killing the worker's process group alone would leave it running."""
+    import signal
+
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == process.pid:
+            children.append(int(stat.parent.name))
+    for pid in [process.pid, *children]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+class Worker:
+    """The session's real RQ worker process, which a test may stop and start again."""
+
+    def __init__(self, app):
+        self.app = app
+        self.process = start_worker(app)
+
+    def stop(self) -> None:
+        """Stop after the current job (a warm shut-down), so no other test's job is lost."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            kill_worker(self.process)
+
+    def start(self) -> None:
+        self.process = start_worker(self.app)
+
+
 @pytest.fixture(scope="session")
 def worker(app):
     """One real RQ worker process for the whole session."""
-    process = start_worker(app)
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    handle = Worker(app)
+    yield handle
+    handle.stop()
 
 
 def wait_for_job(run_id: int, *, until=("succeeded", "failed"), timeout: float = 60):

@@ -1,6 +1,4 @@
 """The locations CSV import proves the job framework on a real Redis and a real worker."""
-import os
-import signal
 import time
 
 import pytest
@@ -11,7 +9,7 @@ from portal.background.services import create_job, enqueue, job_queue, redis_con
 from portal.errors import DomainError
 from portal.extensions import db
 from portal.locations.models import Location
-from tests.conftest import start_worker, wait_for_job
+from tests.conftest import kill_worker, start_worker, wait_for_job
 
 pytestmark = pytest.mark.live
 
@@ -67,19 +65,18 @@ def test_a_second_import_while_one_is_queued_is_refused(app, db_session):
 
 
 def test_a_job_whose_worker_was_killed_is_run_again_and_imports_everything_once(app, client, login, worker):
-    # Stop the shared worker from taking this job: only the one we kill may start it.
-    os.kill(worker.pid, signal.SIGSTOP)
+    # Only the worker we kill may take this job: a stopped process would still pop it.
+    worker.stop()
     victim = start_worker(app)
     try:
         run_id = _start_import(app, client, login, _csv(6000))
         wait_for_job(run_id, until=("running",), timeout=30)
         time.sleep(0.5)
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait()
+        kill_worker(victim)
         db.session.commit()
         assert db.session.get(JobRun, run_id).status == "running"  # the row alone cannot know
     finally:
-        os.kill(worker.pid, signal.SIGCONT)
+        worker.start()
     time.sleep(5.5)  # the test worker treats 5 s without a heartbeat as dead
     db.session.commit()
     queue = job_queue(redis_connection(app.config))
