@@ -102,7 +102,10 @@ def serve(host, port):
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        current_app.run(host=host, port=port, threaded=True, use_reloader=False, debug=False)
+        # app.run() refuses to start inside a `flask` command; werkzeug serves it directly.
+        from werkzeug.serving import run_simple
+
+        run_simple(host, port, current_app._get_current_object(), threaded=True, use_reloader=False)
     finally:
         if worker_process.poll() is None:
             stop()
