@@ -1,0 +1,877 @@
+"""Programs and beneficiaries: the rules.
+
+* A program goes draft -> active -> closed; a closed program is read-only (every write here
+  checks ``_writable``). Closing graduates its active beneficiaries.
+* The cap (``max_beneficiaries``) counts potential + active + suspended beneficiaries. Every
+  path that adds a place (``enrol``, ``enrol_by_criteria``, activation) first locks the program
+  row: ``SELECT ... FOR UPDATE`` on PostgreSQL, the database write lock on SQLite. Two managers
+  enrolling at once therefore count one after the other.
+* Enrolment by criteria and bulk status changes are set-based (INSERT ... SELECT, UPDATE ...
+  WHERE id IN (SELECT ...)), so a hundred thousand people take seconds, not minutes.
+
+Services never commit; they flush and raise ``DomainError`` with a message for the user.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+
+from sqlalchemy import (JSON, Integer, String, and_, delete, exists, func, insert, literal,
+                        literal_column, or_, select, update)
+from sqlalchemy.orm import Session, aliased
+
+from portal.audit.services import record
+from portal.clock import now, today
+from portal.errors import DomainError
+from portal.locations.models import Location
+from portal.locations.services import Scope
+from portal.programs.models import (BENEFICIARY_STATUSES, CAPPED_STATUSES, INSTITUTION_KINDS,
+                                    TRANSITIONS, Beneficiary, BeneficiaryStatusChange,
+                                    Institution, Program, Scheme)
+from portal.registry.models import FIELD_TYPES, CustomField, Group, GroupMember, Individual
+
+CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+FIELD_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+ENROL_STATUSES = ("potential", "active")
+CHUNK = 5_000
+
+
+# --- institutions and schemes -----------------------------------------------------------------
+
+def _check_code(session: Session, model, code: str, current_id: int | None) -> str:
+    code = (code or "").strip()
+    if not CODE_RE.match(code):
+        raise DomainError("A code is 1 to 32 letters, digits, dots, dashes or underscores.",
+                          field="code")
+    clash = session.scalar(select(model.id).where(func.lower(model.code) == code.lower()))
+    if clash is not None and clash != current_id:
+        raise DomainError(f"The code {code} is already used.", field="code")
+    return code
+
+
+def save_institution(session: Session, institution: Institution | None, *, code: str, name: str,
+                     kind: str = "ministry", description: str = "") -> Institution:
+    code = _check_code(session, Institution, code, institution.id if institution else None)
+    if not (name or "").strip():
+        raise DomainError("A name is required.", field="name")
+    if kind not in INSTITUTION_KINDS:
+        raise DomainError("Choose a kind of institution.", field="kind")
+    institution = institution or Institution()
+    institution.code, institution.name = code, name.strip()
+    institution.kind, institution.description = kind, (description or "").strip()
+    session.add(institution)
+    session.flush()
+    return institution
+
+
+def save_scheme(session: Session, scheme: Scheme | None, *, code: str, name: str,
+                description: str = "") -> Scheme:
+    code = _check_code(session, Scheme, code, scheme.id if scheme else None)
+    if not (name or "").strip():
+        raise DomainError("A name is required.", field="name")
+    scheme = scheme or Scheme()
+    scheme.code, scheme.name, scheme.description = code, name.strip(), (description or "").strip()
+    session.add(scheme)
+    session.flush()
+    return scheme
+
+
+def list_institutions(session: Session) -> list[Institution]:
+    return list(session.scalars(select(Institution).order_by(Institution.name)))
+
+
+def list_schemes(session: Session) -> list[Scheme]:
+    return list(session.scalars(select(Scheme).order_by(Scheme.name)))
+
+
+# --- programs -------------------------------------------------------------------------------
+
+PROGRAM_SORTS = {"name": Program.name, "code": Program.code, "date_from": Program.date_from,
+                 "status": Program.status}
+
+
+def list_programs(session: Session, *, text: str = "", status: str = "",
+                  institution_id: int | None = None, scheme_id: int | None = None,
+                  sort: str = "name") -> list[Program]:
+    query = select(Program)
+    if text:
+        like = f"%{text.strip()}%"
+        query = query.where(or_(Program.name.ilike(like), Program.code.ilike(like)))
+    if status:
+        query = query.where(Program.status == status)
+    if institution_id:
+        query = query.where(Program.institution_id == institution_id)
+    if scheme_id:
+        query = query.where(Program.scheme_id == scheme_id)
+    return list(session.scalars(query.order_by(PROGRAM_SORTS.get(sort, Program.name), Program.id)))
+
+
+def taken_places(session: Session, program_id: int) -> int:
+    """Beneficiaries that hold a place under the cap (all of the program, whatever the scope)."""
+    return session.scalar(select(func.count()).select_from(Beneficiary).where(
+        Beneficiary.program_id == program_id, Beneficiary.status.in_(CAPPED_STATUSES))) or 0
+
+
+def taken_by_program(session: Session, program_ids: list[int]) -> dict[int, int]:
+    if not program_ids:
+        return {}
+    rows = session.execute(select(Beneficiary.program_id, func.count()).where(
+        Beneficiary.program_id.in_(program_ids), Beneficiary.status.in_(CAPPED_STATUSES))
+        .group_by(Beneficiary.program_id))
+    return dict(rows.all())
+
+
+def _writable(program: Program) -> None:
+    if program.status == "closed":
+        raise DomainError(f"{program.name} is closed: it can no longer be changed.")
+
+
+def _amount(value) -> Decimal | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        amount = Decimal(str(value).strip().replace(",", ""))
+    except InvalidOperation:
+        raise DomainError("The amount must be a number.", field="amount") from None
+    if not amount.is_finite() or amount < 0 or amount >= Decimal("1e10"):
+        raise DomainError("The amount must be zero or more.", field="amount")
+    return amount.quantize(Decimal("0.01"))
+
+
+def save_program(session: Session, program: Program | None, *, code: str, name: str,
+                 description: str = "", beneficiary_kind: str = "individual",
+                 date_from: date | None = None, date_to: date | None = None,
+                 max_beneficiaries: int | None = None, institution_id: int | None = None,
+                 scheme_id: int | None = None, amount=None, currency: str = "",
+                 actor_id: int | None = None) -> Program:
+    """Create a program (as a draft) or edit one that is not closed."""
+    if program is not None:
+        _writable(program)
+    code = _check_code(session, Program, code, program.id if program else None)
+    if not (name or "").strip():
+        raise DomainError("A name is required.", field="name")
+    if beneficiary_kind not in ("individual", "group"):
+        raise DomainError("Choose individuals or groups.", field="beneficiary_kind")
+    if date_from and date_to and date_to < date_from:
+        raise DomainError("The coverage ends before it starts.", field="date_to")
+    if max_beneficiaries is not None and max_beneficiaries < 0:
+        raise DomainError("The maximum cannot be negative.", field="max_beneficiaries")
+    currency = (currency or "").strip().upper()
+    if currency and not re.fullmatch(r"[A-Z]{3}", currency):
+        raise DomainError("A currency is a three-letter code such as MWK.", field="currency")
+    if institution_id and session.get(Institution, institution_id) is None:
+        raise DomainError("That institution does not exist.", field="institution_id")
+    if scheme_id and session.get(Scheme, scheme_id) is None:
+        raise DomainError("That scheme does not exist.", field="scheme_id")
+    if program is not None and program.id:
+        has_any = session.scalar(select(Beneficiary.id).where(
+            Beneficiary.program_id == program.id).limit(1)) is not None
+        if has_any and beneficiary_kind != program.beneficiary_kind:
+            raise DomainError("The kind of beneficiary cannot change once people are enrolled.",
+                              field="beneficiary_kind")
+        if max_beneficiaries is not None:
+            taken = taken_places(session, program.id)
+            if max_beneficiaries < taken:
+                raise DomainError(f"{taken} beneficiaries already hold places: the maximum "
+                                  f"cannot be lower.", field="max_beneficiaries")
+    program = program or Program(status="draft")
+    program.code, program.name = code, name.strip()
+    program.description = (description or "").strip()
+    program.beneficiary_kind = beneficiary_kind
+    program.date_from, program.date_to = date_from, date_to
+    program.max_beneficiaries = max_beneficiaries
+    program.institution_id, program.scheme_id = institution_id or None, scheme_id or None
+    program.amount, program.currency = _amount(amount), currency
+    session.add(program)
+    session.flush()
+    return program
+
+
+def activate_program(session: Session, program: Program) -> Program:
+    if program.status != "draft":
+        raise DomainError(f"Only a draft program can be activated; {program.name} is "
+                          f"{program.status}.")
+    program.status = "active"
+    session.flush()
+    return program
+
+
+def close_preview(session: Session, program: Program) -> int:
+    """How many active beneficiaries closing would graduate."""
+    return session.scalar(select(func.count()).select_from(Beneficiary).where(
+        Beneficiary.program_id == program.id, Beneficiary.status == "active")) or 0
+
+
+def close_program(session: Session, program_id: int, *, actor_id: int | None,
+                  reason: str = "", effective_date: date | None = None) -> int:
+    """Close the program and graduate every active beneficiary; returns how many."""
+    program = lock_program(session, program_id)
+    if program.status == "closed":
+        raise DomainError(f"{program.name} is already closed.")
+    graduated = _set_status(session, select(Beneficiary.id).where(
+        Beneficiary.program_id == program.id, Beneficiary.status == "active"),
+        to_status="graduated", reason=(reason or "").strip() or "Program closed",
+        effective_date=effective_date or today(), actor_id=actor_id)
+    program.status = "closed"
+    program.closed_at = now()
+    session.flush()
+    record(session, action="close", entity_type="program", entity_id=program.id,
+           summary=f"Closed {program.name}; {graduated} graduated",
+           changes={"graduated": graduated})
+    return graduated
+
+
+def lock_program(session: Session, program_id: int) -> Program:
+    """Load the program holding its row lock until the transaction ends, so counts made now
+    stay true until commit. SQLite has one writer at a time: taking the write lock (a no-op
+    write) is the row lock; it is free when the request already began with BEGIN IMMEDIATE."""
+    if session.get_bind().dialect.name == "postgresql":
+        program = session.scalar(select(Program).where(Program.id == program_id)
+                                 .with_for_update(of=Program)
+                                 .execution_options(populate_existing=True))
+    else:
+        session.execute(update(Program).where(Program.id == program_id)
+                        .values(status=Program.status)
+                        .execution_options(synchronize_session=False))
+        program = session.scalar(select(Program).where(Program.id == program_id)
+                                 .execution_options(populate_existing=True))
+    if program is None:
+        raise DomainError("That program does not exist.")
+    return program
+
+
+# --- program extra fields ---------------------------------------------------------------------
+
+def program_fields(session: Session, program_id: int, *, active_only: bool = False) -> list[CustomField]:
+    query = select(CustomField).where(CustomField.program_id == program_id)
+    if active_only:
+        query = query.where(CustomField.active.is_(True))
+    return list(session.scalars(query.order_by(CustomField.position, CustomField.id)))
+
+
+def save_program_field(session: Session, program: Program, custom_field: CustomField | None, *,
+                       name: str, label: str, type: str, required: bool = False,
+                       pattern: str = "", choices: list[str] | None = None,
+                       active: bool = True) -> CustomField:
+    _writable(program)
+    name = (name or "").strip().lower()
+    if not FIELD_NAME_RE.match(name):
+        raise DomainError("A field name is lower-case letters, digits and underscores, "
+                          "starting with a letter.", field="name")
+    if not (label or "").strip():
+        raise DomainError("A label is required.", field="label")
+    if type not in FIELD_TYPES:
+        raise DomainError("Choose a type.", field="type")
+    if custom_field is not None and custom_field.type != type:
+        raise DomainError("The type of a field cannot change.", field="type")
+    clash = session.scalar(select(CustomField.id).where(
+        CustomField.program_id == program.id, CustomField.name == name))
+    if clash is not None and (custom_field is None or clash != custom_field.id):
+        raise DomainError(f"This program already has a field named {name}.", field="name")
+    pattern = (pattern or "").strip()
+    if pattern:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise DomainError(f"The pattern is not a valid regular expression ({exc}).",
+                              field="pattern") from None
+    choices = [c.strip() for c in (choices or []) if c and c.strip()]
+    if type == "choice" and not choices:
+        raise DomainError("A choice field needs its choices.", field="choices")
+    if custom_field is None:
+        position = session.scalar(select(func.count()).select_from(CustomField).where(
+            CustomField.program_id == program.id)) or 0
+        custom_field = CustomField(program_id=program.id, name=name, position=position)
+    custom_field.name, custom_field.label, custom_field.type = name, label.strip(), type
+    custom_field.required, custom_field.unique = bool(required), False
+    custom_field.pattern = pattern or None
+    custom_field.choices = choices if type == "choice" else []
+    custom_field.active = bool(active)
+    session.add(custom_field)
+    session.flush()
+    return custom_field
+
+
+def clean_program_custom(session: Session, program: Program, raw: dict | None) -> dict:
+    """The program's extra beneficiary values, validated; DomainError listing what is wrong."""
+    from portal.registry.validation import clean_custom
+
+    fields = program_fields(session, program.id, active_only=True)
+    values, errors = clean_custom(fields, raw or {})
+    if errors:
+        raise DomainError(" ".join(errors.values()), field=next(iter(errors)))
+    return values
+
+
+# --- who may be enrolled --------------------------------------------------------------------
+
+def _subject(program: Program):
+    """(model, beneficiary column) of the program's kind of beneficiary."""
+    if program.is_group:
+        return Group, Beneficiary.group_id
+    return Individual, Beneficiary.individual_id
+
+
+def _visible_subjects(program: Program, scope: Scope):
+    model, _ = _subject(program)
+    return select(model.id).where(model.deleted_at.is_(None), scope.covers(model.location_id))
+
+
+def _check_enrolment(session: Session, program: Program, status: str) -> None:
+    _writable(program)
+    if status not in ENROL_STATUSES:
+        raise DomainError("People are enrolled as potential or active beneficiaries.")
+
+
+def _places_left(session: Session, program: Program) -> int | None:
+    if program.max_beneficiaries is None:
+        return None
+    return max(program.max_beneficiaries - taken_places(session, program.id), 0)
+
+
+def _refuse_over_cap(program: Program, wanted: int, left: int | None) -> None:
+    if left is not None and wanted > left:
+        places = "1 place" if left == 1 else f"{left} places"
+        raise DomainError(f"{program.name} takes at most {program.max_beneficiaries} "
+                          f"beneficiaries: {wanted} more cannot be enrolled, {places} left.")
+
+
+def _log_enrolment(session: Session, program: Program, first_new_id: int, *, status: str,
+                   actor_id: int | None, stamp, reason: str) -> None:
+    """One timeline entry per new beneficiary of this call (ids above ``first_new_id``;
+    the program lock keeps other calls for this program out)."""
+    session.execute(insert(BeneficiaryStatusChange).from_select(
+        ["beneficiary_id", "from_status", "to_status", "reason", "effective_date", "actor_id", "at"],
+        select(Beneficiary.id, literal(None, String), literal(status, String),
+               literal(reason, String), literal(stamp.date()), literal(actor_id, Integer),
+               literal(stamp))
+        .where(Beneficiary.program_id == program.id, Beneficiary.id > first_new_id)))
+
+
+def _max_id(session: Session, program: Program) -> int:
+    return session.scalar(select(func.max(Beneficiary.id)).where(
+        Beneficiary.program_id == program.id)) or 0
+
+
+def enrol(session: Session, program_id: int, *, individual_ids=(), group_ids=(),
+          status: str = "potential", actor_id: int | None, scope: Scope,
+          custom: dict | None = None) -> dict:
+    """Enrol people (individual programs) or groups (group programs).
+
+    Returns {"enrolled": n, "skipped": already enrolled}. Refuses a closed program, people
+    outside the caller's scope, and going over the cap (saying how many places are left).
+    """
+    program = lock_program(session, program_id)
+    _check_enrolment(session, program, status)
+    ids = sorted({int(i) for i in (group_ids if program.is_group else individual_ids)})
+    other = group_ids if not program.is_group else individual_ids
+    if other:
+        kind = "groups" if program.is_group else "individuals"
+        raise DomainError(f"{program.name} enrols {kind} only.")
+    if not ids:
+        return {"enrolled": 0, "skipped": 0}
+    values = clean_program_custom(session, program, custom)
+    model, column = _subject(program)
+    visible, already = 0, set()
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start:start + CHUNK]
+        visible += session.scalar(select(func.count()).select_from(
+            _visible_subjects(program, scope).where(model.id.in_(chunk)).subquery())) or 0
+        already.update(session.scalars(select(column).where(
+            Beneficiary.program_id == program.id, column.in_(chunk))))
+    if visible != len(ids):
+        missing = len(ids) - visible
+        raise DomainError(f"{missing} of those {'groups' if program.is_group else 'people'} "
+                          f"do not exist or lie outside your locations; nobody was enrolled.")
+    new = [i for i in ids if i not in already]
+    _refuse_over_cap(program, len(new), _places_left(session, program))
+    if new:
+        stamp = now()
+        first = _max_id(session, program)
+        key = "group_id" if program.is_group else "individual_id"
+        for start in range(0, len(new), CHUNK):
+            session.execute(insert(Beneficiary), [
+                {"program_id": program.id, key: i, "status": status, "custom": values,
+                 "enrolled_at": stamp} for i in new[start:start + CHUNK]])
+        _log_enrolment(session, program, first, status=status, actor_id=actor_id, stamp=stamp,
+                       reason="Enrolled")
+        record(session, action="enrol", entity_type="program", entity_id=program.id,
+               summary=f"Enrolled {len(new)} as {status} in {program.name}",
+               changes={key + "s": new[:50], "count": len(new)})
+    session.flush()
+    return {"enrolled": len(new), "skipped": len(already)}
+
+
+# --- enrolment by criteria ------------------------------------------------------------------
+
+CUSTOM_OPERATORS = {"=": "equals", "!=": "is not", "<": "less than", "<=": "at most",
+                    ">": "more than", ">=": "at least", "contains": "contains",
+                    "empty": "is empty"}
+
+
+@dataclass
+class Criteria:
+    """Who to enrol: filters on people (for group programs: on any member) and households."""
+
+    location_id: int | None = None
+    sex: str = ""
+    age_min: int | None = None
+    age_max: int | None = None
+    household_min: int | None = None
+    household_max: int | None = None
+    custom: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.location_id or self.sex or self.age_min is not None
+                    or self.age_max is not None or self.household_min is not None
+                    or self.household_max is not None or self.custom)
+
+    def describe(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v not in (None, "", [])}
+
+
+def _years_ago(years: int, on: date) -> date:
+    try:
+        return on.replace(year=on.year - years)
+    except ValueError:  # 29 February
+        return on.replace(year=on.year - years, day=28)
+
+
+def _custom_condition(custom_field: CustomField, op: str, raw: str):
+    from portal.registry.validation import _json_column, clean_custom
+
+    element = Individual.custom[custom_field.name]
+    text_value = element.as_string()
+    if op == "empty":
+        return or_(text_value.is_(None), text_value == "")
+    if op not in CUSTOM_OPERATORS:
+        raise DomainError(f"Unknown operator {op}.", field="custom")
+    if op == "contains":
+        return text_value.ilike(f"%{raw.strip()}%")
+    probe = CustomField(name=custom_field.name, label=custom_field.label, type=custom_field.type,
+                        required=True, choices=custom_field.choices, pattern=None, active=True)
+    values, errors = clean_custom([probe], {custom_field.name: raw})
+    if errors:
+        raise DomainError(f"Filter on {errors[custom_field.name]}", field="custom")
+    value = values[custom_field.name]
+    column = _json_column(Individual, custom_field)
+    if op == "=":
+        return column == value
+    if op == "!=":
+        return or_(column != value, text_value.is_(None))
+    if custom_field.type in ("boolean", "choice"):
+        raise DomainError(f"{custom_field.label} can only be compared with = or !=.",
+                          field="custom")
+    return {"<": column < value, "<=": column <= value, ">": column > value,
+            ">=": column >= value}[op]
+
+
+def _person_conditions(session: Session, criteria: Criteria, person=Individual) -> list:
+    conditions = []
+    if criteria.sex:
+        if criteria.sex not in ("F", "M", "O"):
+            raise DomainError("Sex is F, M or O.", field="sex")
+        conditions.append(person.sex == criteria.sex)
+    on = today()
+    if criteria.age_min is not None:  # at least age_min years old: born on or before
+        conditions.append(person.birth_date <= _years_ago(criteria.age_min, on))
+    if criteria.age_max is not None:  # at most age_max: born after (age_max + 1) years ago
+        conditions.append(person.birth_date > _years_ago(criteria.age_max + 1, on))
+    if criteria.custom:
+        from portal.registry.validation import active_custom_fields
+
+        fields = {f.name: f for f in active_custom_fields(session)}
+        for name, op, raw in criteria.custom:
+            if name not in fields:
+                raise DomainError(f"There is no custom field {name}.", field="custom")
+            conditions.append(_custom_condition(fields[name], op, raw or ""))
+    return conditions
+
+
+def _household_size():
+    return (select(func.count()).select_from(GroupMember)
+            .where(GroupMember.group_id == Group.id).scalar_subquery())
+
+
+def criteria_query(session: Session, program: Program, *, scope: Scope, criteria: Criteria):
+    """SELECT of the ids of every living, visible person (or group) matching the criteria."""
+    model, _ = _subject(program)
+    query = _visible_subjects(program, scope)
+    if criteria.location_id:
+        place = session.get(Location, criteria.location_id)
+        if place is None or not scope.allows(place):
+            raise DomainError("That location does not exist or lies outside yours.",
+                              field="location")
+        query = query.where(model.location_id.in_(
+            select(Location.id).where(Location.path.startswith(place.path, autoescape=True))))
+    size_wanted = criteria.household_min is not None or criteria.household_max is not None
+    if program.is_group:
+        people = _person_conditions(session, criteria)
+        if people:
+            query = query.where(exists(
+                select(GroupMember.id).join(Individual, Individual.id == GroupMember.individual_id)
+                .where(GroupMember.group_id == Group.id, Individual.deleted_at.is_(None), *people)))
+        if size_wanted:
+            size = _household_size()
+            if criteria.household_min is not None:
+                query = query.where(size >= criteria.household_min)
+            if criteria.household_max is not None:
+                query = query.where(size <= criteria.household_max)
+    else:
+        query = query.where(*_person_conditions(session, criteria))
+        if size_wanted:
+            member = aliased(GroupMember)
+            sizes = (select(GroupMember.group_id, func.count().label("size"))
+                     .group_by(GroupMember.group_id).subquery())
+            query = (query.join(member, and_(member.individual_id == Individual.id,
+                                             member.group_kind == "household"))
+                     .join(sizes, sizes.c.group_id == member.group_id))
+            if criteria.household_min is not None:
+                query = query.where(sizes.c.size >= criteria.household_min)
+            if criteria.household_max is not None:
+                query = query.where(sizes.c.size <= criteria.household_max)
+    return query
+
+
+def _not_enrolled(program: Program, query):
+    model, column = _subject(program)
+    return query.where(~exists(select(Beneficiary.id).where(
+        Beneficiary.program_id == program.id, column == model.id)))
+
+
+def preview_criteria(session: Session, program: Program, *, scope: Scope, criteria: Criteria,
+                     sample: int = 10) -> dict:
+    """How many match, how many of them are new, places left, and a sample of the new ones."""
+    query = criteria_query(session, program, scope=scope, criteria=criteria)
+    matching = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    new_query = _not_enrolled(program, query)
+    new = session.scalar(select(func.count()).select_from(new_query.subquery())) or 0
+    model, _ = _subject(program)
+    ids = list(session.scalars(new_query.order_by(model.id).limit(sample)))
+    rows = list(session.scalars(select(model).where(model.id.in_(ids)).order_by(model.id))) if ids else []
+    return {"matching": matching, "new": new, "already": matching - new, "sample": rows,
+            "places_left": _places_left(session, program)}
+
+
+def enrol_by_criteria(session: Session, program_id: int, *, scope: Scope, criteria: Criteria,
+                      status: str = "potential", actor_id: int | None,
+                      custom: dict | None = None, expected: int | None = None) -> dict:
+    """Enrol everyone matching, in one INSERT ... SELECT. People already enrolled are
+    skipped and counted. ``expected`` (the previewed number) guards against confirming a
+    preview that no longer holds: it is refused when more would be enrolled."""
+    program = lock_program(session, program_id)
+    _check_enrolment(session, program, status)
+    if criteria.is_empty():
+        raise DomainError("Choose at least one criterion; to enrol everyone, choose the "
+                          "top location.")
+    values = clean_program_custom(session, program, custom)
+    query = criteria_query(session, program, scope=scope, criteria=criteria)
+    model, column = _subject(program)
+    matching = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    new_query = _not_enrolled(program, query)
+    new = session.scalar(select(func.count()).select_from(new_query.subquery())) or 0
+    if expected is not None and new > expected:
+        raise DomainError(f"{new - expected} more people match than in the preview; "
+                          f"check the preview again.")
+    _refuse_over_cap(program, new, _places_left(session, program))
+    if new:
+        stamp = now()
+        first = _max_id(session, program)
+        key = "group_id" if program.is_group else "individual_id"
+        session.execute(insert(Beneficiary).from_select(
+            ["program_id", key, "status", "custom", "enrolled_at"],
+            new_query.with_only_columns(
+                literal(program.id, Integer), model.id, literal(status, String),
+                literal(values, JSON), literal(stamp), maintain_column_froms=True)
+            .order_by(model.id)))
+        _log_enrolment(session, program, first, status=status, actor_id=actor_id, stamp=stamp,
+                       reason="Enrolled by criteria")
+        record(session, action="enrol", entity_type="program", entity_id=program.id,
+               summary=f"Enrolled {new} by criteria as {status} in {program.name}",
+               changes={"criteria": {k: str(v) for k, v in criteria.describe().items()},
+                        "count": new})
+    session.flush()
+    return {"enrolled": new, "skipped": matching - new}
+
+
+# --- the beneficiary list ---------------------------------------------------------------------
+
+BENEFICIARY_SORTS = {"name": "name", "enrolled": "enrolled", "status": "status"}
+
+
+@dataclass
+class BeneficiaryFilters:
+    status: str = ""
+    text: str = ""
+    location_id: int | None = None
+    sex: str = ""
+
+    def without_status(self) -> "BeneficiaryFilters":
+        return BeneficiaryFilters(text=self.text, location_id=self.location_id, sex=self.sex)
+
+
+def beneficiary_query(session: Session, program: Program, *, scope: Scope,
+                      filters: BeneficiaryFilters):
+    """SELECT Beneficiary joined to its person or group, within scope and filters."""
+    model, column = _subject(program)
+    query = (select(Beneficiary).join(model, model.id == column)
+             .where(Beneficiary.program_id == program.id, scope.covers(model.location_id)))
+    if filters.status:
+        if filters.status not in BENEFICIARY_STATUSES:
+            raise DomainError("Unknown status.", field="status")
+        query = query.where(Beneficiary.status == filters.status)
+    if filters.location_id:
+        place = session.get(Location, filters.location_id)
+        if place is not None:
+            query = query.where(model.location_id.in_(
+                select(Location.id).where(Location.path.startswith(place.path, autoescape=True))))
+    text_filter = (filters.text or "").strip()
+    if program.is_group:
+        if text_filter:
+            like = f"%{text_filter}%"
+            query = query.where(or_(Group.name.ilike(like), Group.code.ilike(like)))
+        if filters.sex:
+            query = query.join(Individual, Individual.id == Group.primary_recipient_id).where(
+                Individual.sex == filters.sex)
+    else:
+        if text_filter:
+            from portal.registry.validation import fold
+
+            key = fold(text_filter).strip()
+            query = query.where(or_(Individual.name_key.startswith(key, autoescape=True),
+                                    Individual.name_key.contains(" " + key, autoescape=True),
+                                    Individual.national_id == text_filter))
+        if filters.sex:
+            query = query.where(Individual.sex == filters.sex)
+    return query
+
+
+def search_beneficiaries(session: Session, program: Program, *, scope: Scope,
+                         filters: BeneficiaryFilters, sort: str = "name", page: int = 1,
+                         per_page: int = 50):
+    """A page of beneficiaries (with their person or group loaded) and whether more follow."""
+    model, _ = _subject(program)
+    query = beneficiary_query(session, program, scope=scope, filters=filters)
+    order = {"name": (model.name_key if not program.is_group else model.name),
+             "enrolled": Beneficiary.enrolled_at.desc(),
+             "status": Beneficiary.status}.get(sort, Beneficiary.id)
+    query = query.add_columns(model).order_by(order, Beneficiary.id)
+    rows = session.execute(query.offset((max(page, 1) - 1) * per_page).limit(per_page + 1)).all()
+    return [(b, subject) for b, subject in rows[:per_page]], len(rows) > per_page
+
+
+def status_counts(session: Session, program: Program, *, scope: Scope,
+                  filters: BeneficiaryFilters | None = None) -> dict[str, int]:
+    """Beneficiaries by status (within scope, and the filters other than status)."""
+    query = beneficiary_query(session, program, scope=scope,
+                              filters=(filters or BeneficiaryFilters()).without_status())
+    sub = query.with_only_columns(Beneficiary.status).subquery()
+    rows = dict(session.execute(select(sub.c.status, func.count()).group_by(sub.c.status)).all())
+    return {status: rows.get(status, 0) for status in BENEFICIARY_STATUSES}
+
+
+def region_counts(session: Session, program: Program, *, scope: Scope) -> list[tuple[str, int]]:
+    """Beneficiaries (not graduated) by region, largest first, within scope."""
+    model, column = _subject(program)
+    by_place = (select(model.location_id.label("lid"), func.count().label("n"))
+                .select_from(Beneficiary).join(model, model.id == column)
+                .where(Beneficiary.program_id == program.id,
+                       Beneficiary.status.in_(CAPPED_STATUSES), scope.covers(model.location_id))
+                .group_by(model.location_id).subquery())
+    rows = session.execute(select(Location.path, by_place.c.n)
+                           .join(by_place, by_place.c.lid == Location.id)).all()
+    totals: dict[int, int] = {}
+    for path, n in rows:
+        region_id = int(path.strip("/").split("/")[0])
+        totals[region_id] = totals.get(region_id, 0) + n
+    names = dict(session.execute(select(Location.id, Location.name)
+                                 .where(Location.id.in_(list(totals)))).all()) if totals else {}
+    return sorted(((names.get(rid, "?"), n) for rid, n in totals.items()),
+                  key=lambda item: (-item[1], item[0]))
+
+
+def get_beneficiary(session: Session, beneficiary_id: int, *, scope: Scope) -> Beneficiary | None:
+    """The beneficiary, or None when it does not exist or lies outside the scope."""
+    beneficiary = session.get(Beneficiary, beneficiary_id)
+    if beneficiary is None:
+        return None
+    subject = beneficiary.group if beneficiary.group_id else beneficiary.individual
+    if subject is None or not scope.allows(subject.location):
+        return None
+    return beneficiary
+
+
+def export_rows(session: Session, program: Program, *, scope: Scope, filters: BeneficiaryFilters,
+                show_pii: bool):
+    """Header and a generator of rows for the export, masked unless ``show_pii``."""
+    from portal.privacy import mask
+
+    def shown(value):
+        return (value or "") if show_pii else mask(value)
+
+    model, _ = _subject(program)
+    query = (beneficiary_query(session, program, scope=scope, filters=filters)
+             .add_columns(model, Location.code).join(Location, Location.id == model.location_id)
+             .order_by(Beneficiary.id))
+    if program.is_group:
+        recipient = aliased(Individual)
+        query = query.outerjoin(recipient, recipient.id == Group.primary_recipient_id).add_columns(recipient)
+        header = ["Beneficiary id", "Status", "Enrolled", "Group code", "Group name", "Location",
+                  "Primary recipient", "Recipient national ID", "Recipient phone"]
+
+        def rows():
+            for b, group, code, person in session.execute(query.execution_options(yield_per=2000)):
+                yield [b.id, b.status, b.enrolled_at.date().isoformat(), group.code, group.name, code,
+                       person.full_name if person else "", shown(person.national_id if person else ""),
+                       shown(person.phone if person else "")]
+    else:
+        header = ["Beneficiary id", "Status", "Enrolled", "Individual id", "First name",
+                  "Last name", "Sex", "Birth date", "National ID", "Phone", "Location"]
+
+        def rows():
+            for b, person, code in session.execute(query.execution_options(yield_per=2000)):
+                yield [b.id, b.status, b.enrolled_at.date().isoformat(), person.id, person.first_name,
+                       person.last_name, person.sex, person.birth_date.isoformat(),
+                       shown(person.national_id), shown(person.phone), code]
+    return header, rows()
+
+
+# --- status changes ---------------------------------------------------------------------------
+
+def allowed_targets(status: str) -> tuple[str, ...]:
+    return TRANSITIONS.get(status, ())
+
+
+def _check_transition(from_status: str, to_status: str) -> None:
+    if to_status not in allowed_targets(from_status):
+        allowed = ", ".join(allowed_targets(from_status)) or "nothing"
+        raise DomainError(f"A {from_status} beneficiary cannot become {to_status}; "
+                          f"allowed: {allowed}.", field="to_status")
+
+
+def _check_change(reason: str, effective_date: date | None) -> tuple[str, date]:
+    reason = (reason or "").strip()
+    if not reason:
+        raise DomainError("Give the reason for the change.", field="reason")
+    if len(reason) > 500:
+        raise DomainError("Keep the reason under 500 characters.", field="reason")
+    return reason, effective_date or today()
+
+
+def change_status(session: Session, beneficiary_id: int, *, to_status: str, reason: str,
+                  effective_date: date | None = None, actor_id: int | None,
+                  scope: Scope) -> Beneficiary | None:
+    """Move one beneficiary along an allowed transition; "removed" deletes a potential one
+    (returns None). Activation re-checks the cap under the program lock."""
+    beneficiary = get_beneficiary(session, beneficiary_id, scope=scope)
+    if beneficiary is None:
+        raise DomainError("That beneficiary does not exist or lies outside your locations.")
+    program = lock_program(session, beneficiary.program_id)
+    _writable(program)
+    session.refresh(beneficiary)
+    _check_transition(beneficiary.status, to_status)
+    reason, effective = _check_change(reason, effective_date)
+    if effective < beneficiary.enrolled_at.date():
+        raise DomainError("The change cannot take effect before the enrolment.",
+                          field="effective_date")
+    if to_status == "removed":
+        record(session, action="remove", entity_type="beneficiary", entity_id=beneficiary.id,
+               summary=f"Removed from {program.name}: {reason}",
+               changes={"reason": reason, "effective_date": effective.isoformat()})
+        session.delete(beneficiary)
+        session.flush()
+        return None
+    if to_status == "active" and program.max_beneficiaries is not None:
+        taken = taken_places(session, program.id)
+        if taken > program.max_beneficiaries:
+            raise DomainError(f"{program.name} is over its maximum of "
+                              f"{program.max_beneficiaries} ({taken} hold places): 0 places left.")
+    session.add(BeneficiaryStatusChange(
+        beneficiary_id=beneficiary.id, from_status=beneficiary.status, to_status=to_status,
+        reason=reason, effective_date=effective, actor_id=actor_id, at=now()))
+    beneficiary.status = to_status
+    session.flush()
+    return beneficiary
+
+
+def _set_status(session: Session, ids_query, *, to_status: str, reason: str,
+                effective_date: date, actor_id: int | None) -> int:
+    """Record the change for every beneficiary selected by ``ids_query`` and apply it."""
+    ids = ids_query.subquery()
+    count = session.scalar(select(func.count()).select_from(ids)) or 0
+    if not count:
+        return 0
+    stamp = now()
+    if to_status == "removed":
+        session.execute(delete(Beneficiary).where(Beneficiary.id.in_(select(ids.c.id)))
+                        .execution_options(synchronize_session=False))
+        return count
+    session.execute(insert(BeneficiaryStatusChange).from_select(
+        ["beneficiary_id", "from_status", "to_status", "reason", "effective_date", "actor_id", "at"],
+        select(Beneficiary.id, Beneficiary.status, literal(to_status, String),
+               literal(reason, String), literal(effective_date), literal(actor_id, Integer),
+               literal(stamp)).where(Beneficiary.id.in_(select(ids.c.id)))))
+    session.execute(update(Beneficiary).where(Beneficiary.id.in_(select(ids.c.id)))
+                    .values(status=to_status).execution_options(synchronize_session=False))
+    session.expire_all()
+    return count
+
+
+def bulk_status_preview(session: Session, program: Program, *, scope: Scope,
+                        filters: BeneficiaryFilters, to_status: str) -> dict:
+    """Of the filtered selection, how many would change and how many may not."""
+    query = beneficiary_query(session, program, scope=scope, filters=filters)
+    sub = query.with_only_columns(Beneficiary.status).subquery()
+    by_status = dict(session.execute(select(sub.c.status, func.count()).group_by(sub.c.status)).all())
+    sources = [s for s, targets in TRANSITIONS.items() if to_status in targets]
+    change = sum(n for s, n in by_status.items() if s in sources)
+    return {"change": change, "not_allowed": sum(by_status.values()) - change,
+            "total": sum(by_status.values())}
+
+
+def bulk_change_status(session: Session, program_id: int, *, scope: Scope,
+                       filters: BeneficiaryFilters, to_status: str, reason: str,
+                       effective_date: date | None = None, actor_id: int | None) -> dict:
+    """Apply one status change to every beneficiary of the filtered selection for whom it is
+    allowed; the others are left as they are and counted."""
+    program = lock_program(session, program_id)
+    _writable(program)
+    if to_status not in {t for targets in TRANSITIONS.values() for t in targets}:
+        raise DomainError("Choose a status to change to.", field="to_status")
+    reason, effective = _check_change(reason, effective_date)
+    preview = bulk_status_preview(session, program, scope=scope, filters=filters,
+                                  to_status=to_status)
+    sources = [s for s, targets in TRANSITIONS.items() if to_status in targets]
+    query = (beneficiary_query(session, program, scope=scope, filters=filters)
+             .with_only_columns(Beneficiary.id).where(Beneficiary.status.in_(sources)))
+    if to_status == "active" and program.max_beneficiaries is not None:
+        taken = taken_places(session, program.id)
+        if taken > program.max_beneficiaries:
+            raise DomainError(f"{program.name} is over its maximum of "
+                              f"{program.max_beneficiaries}: 0 places left.")
+    changed = _set_status(session, query, to_status=to_status, reason=reason,
+                          effective_date=effective, actor_id=actor_id)
+    record(session, action="status", entity_type="program", entity_id=program.id,
+           summary=f"{changed} beneficiaries of {program.name} -> {to_status}: {reason}"[:255],
+           changes={"to_status": to_status, "changed": changed,
+                    "not_allowed": preview["not_allowed"], "reason": reason})
+    session.flush()
+    return {"changed": changed, "not_allowed": preview["not_allowed"]}
+
+
+def timeline(session: Session, beneficiary: Beneficiary) -> list[BeneficiaryStatusChange]:
+    return list(session.scalars(select(BeneficiaryStatusChange).where(
+        BeneficiaryStatusChange.beneficiary_id == beneficiary.id)
+        .order_by(BeneficiaryStatusChange.id)))
+
+
+def programs_of_subject(session: Session, *, individual_id: int | None = None,
+                        group_id: int | None = None) -> list[tuple[Beneficiary, Program]]:
+    """The programs a person or group is enrolled in (for their registry page)."""
+    column, value = ((Beneficiary.individual_id, individual_id) if individual_id
+                     else (Beneficiary.group_id, group_id))
+    return [tuple(r) for r in session.execute(
+        select(Beneficiary, Program).join(Program, Program.id == Beneficiary.program_id)
+        .where(column == value).order_by(Program.name)).all()]

@@ -1,0 +1,76 @@
+"""Two or more managers enrolling at once must not exceed a program's cap.
+
+Real threads, each with its own connection and transaction, committing for real."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from sqlalchemy.orm import Session
+
+from portal.errors import DomainError
+from portal.extensions import db
+from portal.locations.services import Scope
+from portal.programs import services
+
+pytestmark = pytest.mark.live
+
+ON_POSTGRESQL = os.environ.get("TEST_DATABASE_URL", "").startswith("postgresql")
+
+
+def _race(app, program_id: int, batches: list[list[int]]) -> list[str]:
+    """Each batch enrolled by its own thread, all released at the same moment."""
+    barrier = threading.Barrier(len(batches))
+    outcomes: list[str] = []
+
+    def manager(ids):
+        with app.app_context():
+            session = Session(db.engine)
+            try:
+                barrier.wait()
+                services.enrol(session, program_id, individual_ids=ids, actor_id=None,
+                               scope=Scope(everything=True))
+                session.commit()
+                outcomes.append("enrolled")
+            except DomainError as exc:
+                session.rollback()
+                outcomes.append(exc.message)
+            finally:
+                session.close()
+
+    threads = [threading.Thread(target=manager, args=(ids,)) for ids in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes
+
+
+def _check_cap_holds(app, db_session, program, person):
+    plan = program(max_beneficiaries=5)
+    two_each = [[person().id, person().id] for _ in range(2)]
+    one_each = [[person().id] for _ in range(6)]
+    plan_id = plan.id
+    db_session.commit()
+
+    outcomes = _race(app, plan_id, two_each)
+    assert outcomes.count("enrolled") == 2
+    outcomes = _race(app, plan_id, one_each)  # 1 place left, 6 managers want it
+    assert outcomes.count("enrolled") == 1
+    refusals = [o for o in outcomes if o != "enrolled"]
+    assert len(refusals) == 5 and all("0 places left" in o for o in refusals)
+    db_session.commit()  # end the read transaction: SQLite would keep showing its snapshot
+    assert services.taken_places(db_session, plan_id) == 5
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="needs TEST_DATABASE_URL=postgresql://... "
+                                              "(the row lock is SELECT ... FOR UPDATE)")
+def test_managers_enrolling_at_once_never_exceed_the_cap_on_postgresql(app, db_session, program,
+                                                                       person):
+    _check_cap_holds(app, db_session, program, person)
+
+
+@pytest.mark.skipif(ON_POSTGRESQL, reason="the SQLite variant runs without TEST_DATABASE_URL")
+def test_managers_enrolling_at_once_never_exceed_the_cap_on_sqlite(app, db_session, program, person):
+    _check_cap_holds(app, db_session, program, person)

@@ -1,0 +1,467 @@
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from portal.clock import today
+from portal.errors import DomainError
+from portal.locations.services import Scope
+from portal.programs import services
+from portal.programs.models import Beneficiary, BeneficiaryStatusChange
+from portal.programs.services import BeneficiaryFilters, Criteria
+
+
+def _status(db_session, beneficiary_id):
+    return db_session.scalar(select(Beneficiary.status).where(Beneficiary.id == beneficiary_id))
+
+
+def _beneficiary(db_session, program, person_id):
+    return db_session.scalar(select(Beneficiary).where(
+        Beneficiary.program_id == program.id, Beneficiary.individual_id == person_id))
+
+
+def _enrolled(db_session, program, status="potential", **kwargs):
+    someone = kwargs.pop("someone")
+    services.enrol(db_session, program.id, individual_ids=[someone.id], status=status,
+                   actor_id=None, scope=Scope(everything=True))
+    return _beneficiary(db_session, program, someone.id)
+
+
+# --- programs, institutions, schemes --------------------------------------------------------
+
+def test_a_new_program_is_a_draft_and_a_second_program_with_the_same_code_is_refused(db_session):
+    created = services.save_program(db_session, None, code="CT1", name="Cash", amount="12.5",
+                                    currency="mwk")
+    assert created.status == "draft" and str(created.amount) == "12.50" and created.currency == "MWK"
+    with pytest.raises(DomainError, match="already used"):
+        services.save_program(db_session, None, code="ct1", name="Other")
+
+
+def test_a_coverage_period_that_ends_before_it_starts_is_refused(db_session):
+    with pytest.raises(DomainError, match="ends before"):
+        services.save_program(db_session, None, code="X", name="X", date_from=date(2026, 5, 1),
+                              date_to=date(2026, 4, 1))
+
+
+def test_only_a_draft_program_can_be_activated(program, db_session):
+    draft = program(status="draft")
+    services.activate_program(db_session, draft)
+    assert draft.status == "active"
+    with pytest.raises(DomainError, match="Only a draft"):
+        services.activate_program(db_session, draft)
+
+
+def test_institutions_and_schemes_list_their_programs(db_session, program):
+    ministry = services.save_institution(db_session, None, code="MOG", name="Ministry of Gender")
+    scheme = services.save_scheme(db_session, None, code="NSSP", name="National scheme")
+    linked = program(institution_id=ministry.id, scheme_id=scheme.id)
+    program()
+    assert services.list_programs(db_session, institution_id=ministry.id) == [linked]
+    assert services.list_programs(db_session, scheme_id=scheme.id) == [linked]
+    with pytest.raises(DomainError, match="already used"):
+        services.save_institution(db_session, None, code="MOG", name="Again")
+
+
+def test_the_cap_cannot_be_lowered_below_the_places_taken(db_session, program, person, everything):
+    plan = program(max_beneficiaries=5)
+    services.enrol(db_session, plan.id, individual_ids=[person().id, person().id, person().id],
+                   actor_id=None, scope=everything)
+    with pytest.raises(DomainError, match="3 beneficiaries already hold places"):
+        services.save_program(db_session, plan, code=plan.code, name=plan.name, max_beneficiaries=2)
+
+
+def test_the_kind_of_beneficiary_cannot_change_once_people_are_enrolled(db_session, program, person,
+                                                                         everything):
+    plan = program()
+    services.enrol(db_session, plan.id, individual_ids=[person().id], actor_id=None, scope=everything)
+    with pytest.raises(DomainError, match="cannot change"):
+        services.save_program(db_session, plan, code=plan.code, name=plan.name,
+                              beneficiary_kind="group")
+
+
+# --- closing ----------------------------------------------------------------------------------
+
+def test_closing_a_program_graduates_its_active_beneficiaries_only(db_session, program, person,
+                                                                   everything):
+    plan = program()
+    active = [person(), person()]
+    waiting = person()
+    services.enrol(db_session, plan.id, individual_ids=[p.id for p in active], status="active",
+                   actor_id=None, scope=everything)
+    services.enrol(db_session, plan.id, individual_ids=[waiting.id], actor_id=None, scope=everything)
+    assert services.close_preview(db_session, plan) == 2
+    assert services.close_program(db_session, plan.id, actor_id=None) == 2
+    assert plan.status == "closed" and plan.closed_at is not None
+    assert {_status(db_session, _beneficiary(db_session, plan, p.id).id) for p in active} == {"graduated"}
+    assert _beneficiary(db_session, plan, waiting.id).status == "potential"
+    steps = db_session.scalars(select(BeneficiaryStatusChange).where(
+        BeneficiaryStatusChange.to_status == "graduated")).all()
+    assert len(steps) == 2 and steps[0].reason == "Program closed"
+
+
+def test_a_closed_program_is_read_only(db_session, program, person, everything):
+    plan = program()
+    someone = person()
+    services.enrol(db_session, plan.id, individual_ids=[someone.id], status="active",
+                   actor_id=None, scope=everything)
+    services.close_program(db_session, plan.id, actor_id=None)
+    beneficiary = _beneficiary(db_session, plan, someone.id)
+    for attempt in (
+        lambda: services.save_program(db_session, plan, code=plan.code, name="Renamed"),
+        lambda: services.enrol(db_session, plan.id, individual_ids=[person().id], actor_id=None,
+                               scope=everything),
+        lambda: services.enrol_by_criteria(db_session, plan.id, scope=everything,
+                                           criteria=Criteria(sex="F"), actor_id=None),
+        lambda: services.change_status(db_session, beneficiary.id, to_status="suspended",
+                                       reason="x", actor_id=None, scope=everything),
+        lambda: services.bulk_change_status(db_session, plan.id, scope=everything,
+                                            filters=BeneficiaryFilters(), to_status="suspended",
+                                            reason="x", actor_id=None),
+        lambda: services.save_program_field(db_session, plan, None, name="x", label="X", type="text"),
+        lambda: services.close_program(db_session, plan.id, actor_id=None),
+    ):
+        with pytest.raises(DomainError, match="closed"):
+            attempt()
+
+
+# --- enrolment --------------------------------------------------------------------------------
+
+def test_enrolling_twice_skips_and_counts_people_already_enrolled(db_session, program, person,
+                                                                  everything):
+    plan = program()
+    a, b = person(), person()
+    assert services.enrol(db_session, plan.id, individual_ids=[a.id], actor_id=None,
+                          scope=everything) == {"enrolled": 1, "skipped": 0}
+    assert services.enrol(db_session, plan.id, individual_ids=[a.id, b.id], actor_id=None,
+                          scope=everything) == {"enrolled": 1, "skipped": 1}
+    entry = db_session.scalar(select(BeneficiaryStatusChange).where(
+        BeneficiaryStatusChange.beneficiary_id == _beneficiary(db_session, plan, b.id).id))
+    assert entry.from_status is None and entry.to_status == "potential"
+
+
+def test_enrolment_beyond_max_beneficiaries_is_refused_saying_how_many_places_are_left(
+        db_session, program, person, everything):
+    plan = program(max_beneficiaries=3)
+    services.enrol(db_session, plan.id, individual_ids=[person().id, person().id], actor_id=None,
+                   scope=everything)
+    with pytest.raises(DomainError, match="1 place left"):
+        services.enrol(db_session, plan.id, individual_ids=[person().id, person().id],
+                       actor_id=None, scope=everything)
+    assert services.taken_places(db_session, plan.id) == 2
+
+
+def test_graduated_beneficiaries_free_their_place(db_session, program, person, everything):
+    plan = program(max_beneficiaries=1)
+    first = person()
+    services.enrol(db_session, plan.id, individual_ids=[first.id], status="active", actor_id=None,
+                   scope=everything)
+    services.change_status(db_session, _beneficiary(db_session, plan, first.id).id,
+                           to_status="graduated", reason="Done", actor_id=None, scope=everything)
+    assert services.enrol(db_session, plan.id, individual_ids=[person().id], actor_id=None,
+                          scope=everything)["enrolled"] == 1
+
+
+def test_people_outside_the_callers_locations_are_refused(db_session, program, person, country):
+    plan = program()
+    south = person("SV1")
+    north_only = Scope(paths=(country["N"].path,))
+    with pytest.raises(DomainError, match="outside your locations"):
+        services.enrol(db_session, plan.id, individual_ids=[south.id], actor_id=None,
+                       scope=north_only)
+    assert services.taken_places(db_session, plan.id) == 0
+
+
+def test_a_group_program_enrols_groups_only(db_session, program, household, person, everything):
+    plan = program(beneficiary_kind="group")
+    home = household(3)
+    with pytest.raises(DomainError, match="groups only"):
+        services.enrol(db_session, plan.id, individual_ids=[person().id], actor_id=None,
+                       scope=everything)
+    assert services.enrol(db_session, plan.id, group_ids=[home.id], actor_id=None,
+                          scope=everything)["enrolled"] == 1
+
+
+def test_program_extra_fields_are_validated_on_enrolment(db_session, program, person, everything):
+    plan = program()
+    services.save_program_field(db_session, plan, None, name="school", label="School", type="text",
+                                required=True)
+    with pytest.raises(DomainError, match="School is required"):
+        services.enrol(db_session, plan.id, individual_ids=[person().id], actor_id=None,
+                       scope=everything)
+    someone = person()
+    services.enrol(db_session, plan.id, individual_ids=[someone.id], actor_id=None,
+                   scope=everything, custom={"school": "Chilumba"})
+    assert _beneficiary(db_session, plan, someone.id).custom == {"school": "Chilumba"}
+
+
+# --- enrolment by criteria --------------------------------------------------------------------
+
+def test_enrolment_by_criteria_previews_then_enrols_matching_people_and_skips_the_enrolled(
+        db_session, program, person, everything, country):
+    plan = program()
+    older = person("NV1", sex="F", birth_date=date(1950, 1, 1))
+    person("NV2", sex="F", birth_date=date(1949, 6, 1))
+    person("NV1", sex="M", birth_date=date(1950, 1, 1))         # wrong sex
+    person("NV1", sex="F", birth_date=date(2000, 1, 1))         # too young
+    person("SV1", sex="F", birth_date=date(1950, 1, 1))         # elsewhere
+    services.enrol(db_session, plan.id, individual_ids=[older.id], actor_id=None, scope=everything)
+    criteria = Criteria(location_id=country["N"].id, sex="F", age_min=65)
+    preview = services.preview_criteria(db_session, plan, scope=everything, criteria=criteria)
+    assert (preview["matching"], preview["new"], preview["already"]) == (2, 1, 1)
+    assert len(preview["sample"]) == 1
+    result = services.enrol_by_criteria(db_session, plan.id, scope=everything, criteria=criteria,
+                                        status="active", actor_id=None)
+    assert result == {"enrolled": 1, "skipped": 1}
+    assert services.status_counts(db_session, plan, scope=everything)["active"] == 1
+    assert db_session.scalar(select(func.count()).select_from(BeneficiaryStatusChange)) == 2
+
+
+def test_age_bounds_are_inclusive(db_session, program, person, everything):
+    plan = program()
+    on = today()
+    exactly_60 = person(birth_date=on.replace(year=on.year - 60) if not (on.month == 2 and on.day == 29)
+                        else date(on.year - 60, 2, 28))
+    person(birth_date=exactly_60.birth_date + timedelta(days=1))  # 59 until tomorrow
+    preview = services.preview_criteria(db_session, plan, scope=everything,
+                                        criteria=Criteria(age_min=60, age_max=60))
+    assert preview["matching"] == 1 and preview["sample"][0].id == exactly_60.id
+
+
+def test_enrolment_by_criteria_refuses_more_than_the_places_left(db_session, program, person,
+                                                                 everything):
+    plan = program(max_beneficiaries=2)
+    for _ in range(3):
+        person(sex="F")
+    with pytest.raises(DomainError, match="3 more cannot be enrolled, 2 places left"):
+        services.enrol_by_criteria(db_session, plan.id, scope=everything,
+                                   criteria=Criteria(sex="F"), actor_id=None)
+    assert services.taken_places(db_session, plan.id) == 0
+
+
+def test_enrolment_by_criteria_stays_within_the_callers_scope(db_session, program, person, country):
+    plan = program()
+    person("NV1", sex="F")
+    person("SV1", sex="F")
+    north = Scope(paths=(country["N"].path,))
+    result = services.enrol_by_criteria(db_session, plan.id, scope=north,
+                                        criteria=Criteria(sex="F"), actor_id=None)
+    assert result["enrolled"] == 1
+    with pytest.raises(DomainError, match="outside yours"):
+        services.preview_criteria(db_session, plan, scope=north,
+                                  criteria=Criteria(location_id=country["S"].id))
+
+
+def test_household_size_selects_people_and_households(db_session, program, household, person,
+                                                      everything):
+    big, small = household(5), household(2)
+    person()  # no household
+    people = program()
+    homes = program(beneficiary_kind="group")
+    preview = services.preview_criteria(db_session, people, scope=everything,
+                                        criteria=Criteria(household_min=4))
+    assert preview["matching"] == 5
+    preview = services.preview_criteria(db_session, homes, scope=everything,
+                                        criteria=Criteria(household_max=2))
+    assert preview["matching"] == 1 and preview["sample"][0].id == small.id
+    assert big.id != small.id
+
+
+def test_a_group_program_selects_households_with_any_member_matching(db_session, program, household,
+                                                                     person, everything):
+    elder = person(birth_date=date(1940, 1, 1))
+    with_elder = household(members=[elder])
+    household(2)
+    homes = program(beneficiary_kind="group")
+    result = services.enrol_by_criteria(db_session, homes.id, scope=everything,
+                                        criteria=Criteria(age_min=80), actor_id=None)
+    assert result["enrolled"] == 1
+    assert db_session.scalar(select(Beneficiary.group_id).where(
+        Beneficiary.program_id == homes.id)) == with_elder.id
+
+
+@pytest.mark.parametrize("op, value, expected", [
+    ("=", "3", 1), ("!=", "3", 3), ("<", "5", 2), ("<=", "5", 3), (">", "3", 1), (">=", "3", 2),
+    ("empty", "", 1),
+])
+def test_custom_field_criteria_compare_numbers(db_session, program, person, everything, op, value,
+                                               expected):
+    from portal.registry.models import CustomField
+
+    db_session.add(CustomField(name="rooms", label="Rooms", type="integer", choices=[]))
+    db_session.flush()
+    for rooms in (1, 3, 5, None):
+        person(custom={} if rooms is None else {"rooms": rooms})
+    preview = services.preview_criteria(db_session, program(), scope=everything,
+                                        criteria=Criteria(custom=[("rooms", op, value)]))
+    assert preview["matching"] == expected
+
+
+def test_custom_field_criteria_contains_text_and_refuse_unknown_fields(db_session, program, person,
+                                                                       everything):
+    from portal.registry.models import CustomField
+
+    db_session.add(CustomField(name="roof", label="Roof", type="text", choices=[]))
+    db_session.flush()
+    person(custom={"roof": "Iron sheets"})
+    person(custom={"roof": "Thatch"})
+    plan = program()
+    preview = services.preview_criteria(db_session, plan, scope=everything,
+                                        criteria=Criteria(custom=[("roof", "contains", "iron")]))
+    assert preview["matching"] == 1
+    with pytest.raises(DomainError, match="no custom field"):
+        services.preview_criteria(db_session, plan, scope=everything,
+                                  criteria=Criteria(custom=[("walls", "=", "x")]))
+    with pytest.raises(DomainError, match="Rooms|whole number|Roof"):
+        db_session.add(CustomField(name="rooms", label="Rooms", type="integer", choices=[]))
+        db_session.flush()
+        services.preview_criteria(db_session, plan, scope=everything,
+                                  criteria=Criteria(custom=[("rooms", ">", "many")]))
+
+
+# --- status changes ---------------------------------------------------------------------------
+
+ALLOWED = [("potential", "active"), ("active", "suspended"), ("suspended", "active"),
+           ("active", "graduated"), ("suspended", "graduated"), ("potential", "removed")]
+STATUSES = ["potential", "active", "suspended", "graduated"]
+REFUSED = [(a, b) for a in STATUSES for b in STATUSES + ["removed"]
+           if (a, b) not in ALLOWED]
+
+
+def _in_status(db_session, program, person, status):
+    plan = program()
+    someone = person()
+    path = {"potential": [], "active": ["active"], "suspended": ["active", "suspended"],
+            "graduated": ["active", "graduated"]}[status]
+    services.enrol(db_session, plan.id, individual_ids=[someone.id], actor_id=None,
+                   scope=Scope(everything=True))
+    beneficiary = _beneficiary(db_session, plan, someone.id)
+    for step in path:
+        services.change_status(db_session, beneficiary.id, to_status=step, reason="setup",
+                               actor_id=None, scope=Scope(everything=True))
+    return plan, beneficiary
+
+
+@pytest.mark.parametrize("from_status, to_status", ALLOWED)
+def test_an_allowed_status_change_is_recorded_with_reason_date_and_actor(
+        db_session, program, person, make_user, from_status, to_status):
+    actor = make_user("program_manager")
+    plan, beneficiary = _in_status(db_session, program, person, from_status)
+    when = today()
+    result = services.change_status(db_session, beneficiary.id, to_status=to_status,
+                                    reason="Checked at home visit", effective_date=when,
+                                    actor_id=actor.id, scope=Scope(everything=True))
+    if to_status == "removed":
+        assert result is None
+        assert _beneficiary(db_session, plan, beneficiary.individual_id) is None
+        return
+    assert _status(db_session, beneficiary.id) == to_status
+    last = services.timeline(db_session, beneficiary)[-1]
+    assert (last.from_status, last.to_status, last.reason, last.effective_date, last.actor_id) == (
+        from_status, to_status, "Checked at home visit", when, actor.id)
+
+
+@pytest.mark.parametrize("from_status, to_status", REFUSED)
+def test_a_status_change_that_is_not_allowed_is_refused(db_session, program, person, from_status,
+                                                        to_status):
+    _plan, beneficiary = _in_status(db_session, program, person, from_status)
+    with pytest.raises(DomainError, match="cannot become"):
+        services.change_status(db_session, beneficiary.id, to_status=to_status, reason="x",
+                               actor_id=None, scope=Scope(everything=True))
+    assert _status(db_session, beneficiary.id) == from_status
+
+
+def test_a_status_change_needs_a_reason(db_session, program, person):
+    _plan, beneficiary = _in_status(db_session, program, person, "potential")
+    with pytest.raises(DomainError, match="reason"):
+        services.change_status(db_session, beneficiary.id, to_status="active", reason=" ",
+                               actor_id=None, scope=Scope(everything=True))
+
+
+def test_a_beneficiary_outside_the_callers_locations_cannot_be_changed(db_session, program, person,
+                                                                        country):
+    _plan, beneficiary = _in_status(db_session, program, person, "potential")  # lives in NV1
+    south = Scope(paths=(country["S"].path,))
+    with pytest.raises(DomainError, match="outside your locations"):
+        services.change_status(db_session, beneficiary.id, to_status="active", reason="x",
+                               actor_id=None, scope=south)
+
+
+def test_activation_over_a_cap_that_was_lowered_behind_its_back_is_refused(db_session, program,
+                                                                          person):
+    plan, beneficiary = _in_status(db_session, program, person, "potential")
+    services.enrol(db_session, plan.id, individual_ids=[person().id], actor_id=None,
+                   scope=Scope(everything=True))
+    plan.max_beneficiaries = 1  # as an old row from before the cap rule might be
+    db_session.flush()
+    with pytest.raises(DomainError, match="0 places left"):
+        services.change_status(db_session, beneficiary.id, to_status="active", reason="x",
+                               actor_id=None, scope=Scope(everything=True))
+
+
+def test_bulk_status_change_previews_and_changes_only_allowed_beneficiaries(db_session, program,
+                                                                           person, everything):
+    plan = program()
+    potential = [person(), person()]
+    active = [person(), person(), person()]
+    services.enrol(db_session, plan.id, individual_ids=[p.id for p in potential], actor_id=None,
+                   scope=everything)
+    services.enrol(db_session, plan.id, individual_ids=[p.id for p in active], status="active",
+                   actor_id=None, scope=everything)
+    preview = services.bulk_status_preview(db_session, plan, scope=everything,
+                                           filters=BeneficiaryFilters(), to_status="suspended")
+    assert preview == {"change": 3, "not_allowed": 2, "total": 5}
+    result = services.bulk_change_status(db_session, plan.id, scope=everything,
+                                         filters=BeneficiaryFilters(), to_status="suspended",
+                                         reason="Missed verification", actor_id=None)
+    assert result == {"changed": 3, "not_allowed": 2}
+    assert services.status_counts(db_session, plan, scope=everything) == {
+        "potential": 2, "active": 0, "suspended": 3, "graduated": 0}
+    assert db_session.scalar(select(func.count()).select_from(BeneficiaryStatusChange).where(
+        BeneficiaryStatusChange.reason == "Missed verification")) == 3
+
+
+def test_bulk_removal_deletes_potential_beneficiaries_within_scope_only(db_session, program, person,
+                                                                        country, everything):
+    plan = program()
+    services.enrol(db_session, plan.id, individual_ids=[person("NV1").id, person("SV1").id],
+                   actor_id=None, scope=everything)
+    north = Scope(paths=(country["N"].path,))
+    result = services.bulk_change_status(db_session, plan.id, scope=north,
+                                         filters=BeneficiaryFilters(), to_status="removed",
+                                         reason="Duplicate", actor_id=None)
+    assert result == {"changed": 1, "not_allowed": 0}
+    assert services.taken_places(db_session, plan.id) == 1
+
+
+# --- lists ------------------------------------------------------------------------------------
+
+def test_lists_counts_and_regions_stay_within_scope(db_session, program, person, country, everything):
+    plan = program()
+    services.enrol(db_session, plan.id, individual_ids=[person("NV1").id, person("NV2").id,
+                                                       person("SV1").id],
+                   actor_id=None, scope=everything)
+    north = Scope(paths=(country["N"].path,))
+    rows, more = services.search_beneficiaries(db_session, plan, scope=north,
+                                               filters=BeneficiaryFilters())
+    assert len(rows) == 2 and not more
+    assert services.status_counts(db_session, plan, scope=north)["potential"] == 2
+    assert services.region_counts(db_session, plan, scope=everything) == [("N region", 2),
+                                                                         ("S region", 1)]
+    assert services.region_counts(db_session, plan, scope=north) == [("N region", 2)]
+    header, rows = services.export_rows(db_session, plan, scope=north,
+                                        filters=BeneficiaryFilters(), show_pii=False)
+    rows = list(rows)
+    assert len(rows) == 2 and all(r[header.index("National ID")].startswith("•") for r in rows)
+
+
+def test_beneficiary_search_finds_by_name_and_national_id(db_session, program, person, everything):
+    plan = program()
+    mercy = person(first_name="Mercy", last_name="Tembo", national_id="NID-42")
+    services.enrol(db_session, plan.id, individual_ids=[mercy.id, person().id], actor_id=None,
+                   scope=everything)
+    for text in ("tembo", "mercy", "NID-42"):
+        rows, _ = services.search_beneficiaries(db_session, plan, scope=everything,
+                                                filters=BeneficiaryFilters(text=text))
+        assert [s.id for _b, s in rows] == [mercy.id]
