@@ -1,0 +1,60 @@
+"""Validating and importing an upload in the background (see portal/imports/services.py)."""
+from __future__ import annotations
+
+from jobs import runtime
+from portal.imports import services
+from portal.imports.models import Upload
+from portal.imports.reading import FileProblem
+
+
+def validate_upload(run_id: int):
+    return runtime.run(run_id, _validate)
+
+
+def import_upload(run_id: int):
+    return runtime.run(run_id, _import)
+
+
+def _upload(session, job) -> Upload:
+    upload = session.get(Upload, job.params["upload_id"])
+    if upload is None:
+        raise services.DomainError("The upload was deleted.")
+    return upload
+
+
+def _validate(session, job, progress):
+    upload = _upload(session, job)
+    if upload.status == "validated" and upload.job_run_id == job.id:
+        return upload.counts  # finished already; this is a repeated delivery
+    upload.status = "validating"
+    scope = services.scope_from_params(job.params)
+    try:
+        return services.validate_upload(session, upload, scope=scope, progress=progress)
+    except Exception as exc:
+        # Nothing staged survives a failed read; the file itself is kept for the history.
+        session.rollback()
+        upload = session.get(Upload, job.params["upload_id"])
+        services.clear_rows(session, upload)
+        upload.status = "failed"
+        upload.message = (exc.message if isinstance(exc, FileProblem) else
+                          f"Validation stopped: {type(exc).__name__}: {exc}")[:2000]
+        session.commit()
+        raise
+
+
+def _import(session, job, progress):
+    upload = _upload(session, job)
+    if upload.status == "imported":
+        return upload.counts
+    upload.status = "importing"
+    scope = services.scope_from_params(job.params)
+    try:
+        return services.import_upload(session, upload, scope=scope, actor_id=job.created_by_id,
+                                      progress=progress)
+    except Exception as exc:
+        session.rollback()
+        upload = session.get(Upload, job.params["upload_id"])
+        upload.status = "validated"  # what was imported stays; importing again resumes
+        upload.message = f"The import stopped: {getattr(exc, 'message', None) or exc}"[:2000]
+        session.commit()
+        raise

@@ -1,0 +1,944 @@
+"""Uploads: receiving a file, mapping its columns, validating and staging its rows, fixing
+them in place, and importing them into the registry (optionally enrolling into a program).
+
+Validation and import run in jobs (``jobs/imports.py``) that call ``validate_upload`` and
+``import_upload`` here; they commit per batch through the progress callback. Everything else
+is called by views, which commit once per request.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from datetime import date, datetime
+from itertools import islice
+from pathlib import Path
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from portal.audit.services import record
+from portal.background.models import JobRun
+from portal.background.services import create_job
+from portal.clock import now
+from portal.errors import DomainError
+from portal.imports import columns as cols_mod
+from portal.imports.columns import HOUSEHOLD_FIELDS, parse_yes_no
+from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
+from portal.imports.reading import FileProblem, open_table
+from portal.locations.models import Location
+from portal.locations.services import Scope
+from portal.registry.models import Group, GroupMember, Individual
+
+BATCH = 2000
+PROBLEM_STATUSES = ("error", "duplicate")
+OPEN_STATUSES = ("valid", "error", "duplicate", "skipped")  # not yet imported or dropped
+INDIVIDUAL_FIELDS = ("first_name", "middle_name", "last_name", "name_key", "sex", "birth_date",
+                     "national_id_type", "national_id", "phone", "location_id", "custom")
+
+
+# --- visibility ---------------------------------------------------------------------------
+
+def visible_uploads(scope: Scope, actor_id: int):
+    """A condition: uploads this user may see (their own, or of an area in their scope)."""
+    if scope.everything:
+        return Upload.id.isnot(None)
+    return or_(Upload.created_by_id == actor_id, scope.covers(Upload.location_id))
+
+
+def get_upload(session: Session, upload_id: int, *, scope: Scope, actor_id: int) -> Upload | None:
+    return session.scalar(select(Upload).where(Upload.id == upload_id,
+                                               visible_uploads(scope, actor_id)))
+
+
+def list_uploads(session: Session, *, scope: Scope, actor_id: int, page: int = 1,
+                 per_page: int = 25) -> tuple[list[Upload], bool]:
+    rows = list(session.scalars(select(Upload).where(visible_uploads(scope, actor_id)).order_by(
+        Upload.id.desc()).offset((page - 1) * per_page).limit(per_page + 1)))
+    return rows[:per_page], len(rows) > per_page
+
+
+def uploader_area(user) -> int | None:
+    """The area an upload belongs to: the uploader's single location, if they have one."""
+    if user.all_locations or len(user.locations) != 1:
+        return None
+    return user.locations[0].id
+
+
+# --- receiving a file ---------------------------------------------------------------------
+
+def file_digest(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def receive_upload(session: Session, *, path: Path, file_name: str, duplicate_policy: str,
+                   day_first: bool | None, program_id: int | None, enrol_status: str | None,
+                   area_id: int | None, actor_id: int, max_rows: int) -> Upload:
+    """Check a stored file and record it; a bad file is deleted and refused."""
+    if duplicate_policy not in DUPLICATE_POLICIES:
+        raise DomainError("Choose what to do with people already registered.")
+    try:
+        table = open_table(path, max_rows=max_rows)
+        first = next(table.rows, None)
+        table.rows.close()
+        if first is None:
+            raise FileProblem("The file has column names but no rows of people.")
+    except (FileProblem, OSError) as exc:
+        path.unlink(missing_ok=True)
+        if isinstance(exc, FileProblem):
+            raise
+        raise FileProblem("The file could not be read.") from exc
+    sha, size = file_digest(path)
+    headers = [h for h in table.headers]
+    available = cols_mod.columns(session)
+    mapping = cols_mod.match_headers(headers, available)
+    saved = session.scalar(select(SavedMapping).where(
+        SavedMapping.signature == cols_mod.headers_signature(headers)))
+    ready = not cols_mod.missing_required(mapping, available) and all(mapping.values())
+    if saved is not None and not ready:
+        mapping = {h: saved.mapping.get(h, "") for h in mapping}
+        ready = not cols_mod.missing_required(mapping, available)
+    upload = Upload(file_name=file_name[:255], stored_path=str(path), sha256=sha, size=size,
+                    format=table.format, status="uploaded" if ready else "mapping",
+                    headers=headers, mapping=mapping, duplicate_policy=duplicate_policy,
+                    day_first=day_first, program_id=program_id,
+                    enrol_status=enrol_status if program_id else None, location_id=area_id,
+                    created_by_id=actor_id, counts={}, message="")
+    session.add(upload)
+    session.flush()
+    return upload
+
+
+def earlier_import_of_same_file(session: Session, upload: Upload) -> Upload | None:
+    return session.scalar(select(Upload).where(
+        Upload.sha256 == upload.sha256, Upload.id != upload.id,
+        Upload.status == "imported").order_by(Upload.id.desc()).limit(1))
+
+
+def set_mapping(session: Session, upload: Upload, mapping: dict[str, str], *,
+                save_as: str = "", actor_id: int) -> None:
+    if upload.status not in ("uploaded", "mapping"):
+        raise DomainError("The columns can only be mapped before validation.")
+    available = cols_mod.columns(session)
+    names = {c.name for c in available}
+    clean = {h: (mapping.get(h) or "") for h in upload.headers if h}
+    if any(v and v not in names for v in clean.values()):
+        raise DomainError("Choose a field from the list for each column.")
+    used = [v for v in clean.values() if v]
+    twice = sorted({v for v in used if used.count(v) > 1})
+    if twice:
+        labels = {c.name: c.label for c in available}
+        raise DomainError("Each field may come from one column only: "
+                          + ", ".join(labels[t] for t in twice) + " chosen twice.")
+    missing = cols_mod.missing_required(clean, available)
+    if missing:
+        raise DomainError("Choose a column for every required field: "
+                          + ", ".join(c.label for c in missing) + ".")
+    upload.mapping = clean
+    upload.status = "uploaded"
+    if save_as.strip():
+        signature = cols_mod.headers_signature(upload.headers)
+        saved = session.scalar(select(SavedMapping).where(SavedMapping.signature == signature))
+        if saved is None:
+            saved = SavedMapping(signature=signature, created_by_id=actor_id)
+            session.add(saved)
+        saved.name, saved.mapping = save_as.strip()[:80], clean
+
+
+def _scope_params(scope: Scope) -> dict:
+    return {"everything": scope.everything, "paths": list(scope.paths)}
+
+
+def scope_from_params(params: dict) -> Scope:
+    return Scope(everything=True) if params.get("everything") else Scope(paths=tuple(params.get("paths", ())))
+
+
+def start_validation(session: Session, upload: Upload, *, scope: Scope, actor_id: int) -> JobRun:
+    if upload.status not in ("uploaded", "validated", "failed"):
+        raise DomainError(f"This upload is {upload.status}; it cannot be validated now.")
+    if upload.status == "failed" and not upload.mapping:
+        raise DomainError("This file could not be read; upload a corrected file instead.")
+    run = create_job(session, kind="upload_validate", entry_point="jobs.imports.validate_upload",
+                     params={"upload_id": upload.id, **_scope_params(scope)}, actor_id=actor_id,
+                     lock_key=f"upload:{upload.id}")
+    upload.status, upload.job_run_id, upload.message = "validating", run.id, ""
+    return run
+
+
+def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope: Scope,
+                 actor_id: int) -> JobRun:
+    if upload.status not in ("validated",):
+        raise DomainError(f"This upload is {upload.status}; only a validated upload can be imported.")
+    counts = status_counts(session, upload.id)
+    problems = counts.get("error", 0) + counts.get("duplicate", 0)
+    if only_if_clean and problems:
+        raise DomainError(f"{problems} row(s) still need fixing; fix or drop them first, or "
+                          "import the valid rows only.")
+    if not counts.get("valid"):
+        raise DomainError("There are no valid rows to import.")
+    upload.counts = summary_counts(session, upload)  # households new or known, before import
+    run = create_job(session, kind="upload_import", entry_point="jobs.imports.import_upload",
+                     params={"upload_id": upload.id, **_scope_params(scope)}, actor_id=actor_id,
+                     lock_key=f"upload:{upload.id}")
+    upload.status, upload.job_run_id, upload.message = "importing", run.id, ""
+    return run
+
+
+def reconcile(session: Session, upload: Upload) -> bool:
+    """An upload whose job failed or was given up on stops looking busy. True if changed."""
+    run = upload.job_run
+    if not upload.busy or run is None or run.status != "failed":
+        return False
+    if upload.status == "validating":
+        upload.status = "failed"
+    else:
+        upload.status = "validated"  # what was imported stays imported; import again resumes
+    upload.message = run.message[:2000]
+    return True
+
+
+# --- checking rows ------------------------------------------------------------------------
+
+def _jsonable(values: dict) -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, (date, datetime)):
+            out[key] = value.isoformat()
+        elif isinstance(value, dict):
+            out[key] = _jsonable(value)
+        else:
+            out[key] = value
+    return out
+
+
+class RowChecker:
+    """Checks rows of one upload: registry rules, household columns, the national ID against
+    the file and the registry, and probable duplicates."""
+
+    def __init__(self, session: Session, upload: Upload, scope: Scope):
+        from portal.registry import validation
+
+        self.validation = validation
+        self.session = session
+        self.upload = upload
+        self.scope = scope
+        self.custom_fields = cols_mod.custom_fields(session)
+        self.roles = [r.code for r in cols_mod.member_roles(session)]
+        self.role_set = {r.lower(): r for r in self.roles}
+
+    def clean(self, raw: dict) -> tuple[dict, dict]:
+        person = {k: v for k, v in raw.items() if k not in HOUSEHOLD_FIELDS}
+        values, errors = self.validation.clean_individual(
+            self.session, person, custom_fields=self.custom_fields, scope=self.scope,
+            day_first=self.upload.day_first)
+        errors = dict(errors)
+        cleaned = {k: values.get(k) for k in INDIVIDUAL_FIELDS if k in values}
+        code = (raw.get("household_code") or "").strip()
+        role = (raw.get("role") or "").strip()
+        primary = parse_yes_no(raw.get("primary_recipient") or "")
+        if code:
+            if len(code) > 40:
+                errors["household_code"] = "A household code has at most 40 characters."
+            if not role:
+                errors["role"] = f"Give this member's role: one of {', '.join(self.roles)}."
+            elif role.lower() not in self.role_set:
+                errors["role"] = f"Unknown role '{role}'; use one of {', '.join(self.roles)}."
+        elif role:
+            errors["household_code"] = "A role needs the household code it belongs to."
+        if primary is None:
+            errors["primary_recipient"] = "Write yes or no."
+        elif primary and not code:
+            errors["household_code"] = "A primary recipient needs a household code."
+        cleaned["household_code"] = code or None
+        cleaned["role"] = self.role_set.get(role.lower()) if role else None
+        cleaned["primary_recipient"] = bool(primary)
+        return _jsonable(cleaned), errors
+
+    def registered(self, national_ids) -> dict[str, tuple[int, str, str]]:
+        """national ID -> (person id, full name, location path) of living registered people."""
+        ids = [n for n in set(national_ids) if n]
+        found: dict[str, tuple[int, str, str]] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            for nid, pid, first, last, path in self.session.execute(
+                    select(Individual.national_id, Individual.id, Individual.first_name,
+                           Individual.last_name, Location.path)
+                    .join(Location, Location.id == Individual.location_id)
+                    .where(Individual.national_id.in_(chunk), Individual.deleted_at.is_(None))):
+                found[nid] = (pid, f"{first} {last}", path)
+        return found
+
+    def in_scope(self, path: str) -> bool:
+        return self.scope.everything or any(path.startswith(p) for p in self.scope.paths)
+
+    def probable_duplicate(self, cleaned: dict) -> str | None:
+        if not cleaned.get("birth_date") or not cleaned.get("location_id"):
+            return None
+        _blocking, similar = self.validation.find_duplicates(
+            self.session, national_id=None, first_name=cleaned.get("first_name"),
+            last_name=cleaned.get("last_name"),
+            birth_date=date.fromisoformat(cleaned["birth_date"]),
+            location_id=cleaned["location_id"])
+        if not similar:
+            return None
+        person = similar[0]
+        more = f" and {len(similar) - 1} more" if len(similar) > 1 else ""
+        return (f"Probably the same person as #{person.id} {person.full_name}, born "
+                f"{person.birth_date.isoformat()}{more}.")[:500]
+
+    def similar_people(self, rows: list[dict]) -> dict[int, str]:
+        """Probable duplicates of a batch of checked rows, with one query: the living people
+        born on the rows' birth dates, compared by area and name with the registry's rules
+        (the batch form of ``validation.find_duplicates``). row number -> warning."""
+        wanted = [r for r in rows if not r["errors"] and r["cleaned"].get("birth_date")]
+        dates = {r["cleaned"]["birth_date"] for r in wanted}
+        if not dates:
+            return {}
+        areas = self._areas()
+        candidates: dict[tuple, list] = {}
+        for pid, first, last, born, location_id in self.session.execute(
+                select(Individual.id, Individual.first_name, Individual.last_name,
+                       Individual.birth_date, Individual.location_id)
+                .where(Individual.birth_date.in_([date.fromisoformat(d) for d in dates]),
+                       Individual.deleted_at.is_(None))):
+            candidates.setdefault((born.isoformat(), areas.get(location_id)), []).append(
+                (pid, first, last))
+        similar = self.validation._similar
+        found = {}
+        for row in wanted:
+            cleaned = row["cleaned"]
+            key = (cleaned["birth_date"], areas.get(cleaned.get("location_id")))
+            matches = [c for c in candidates.get(key, ())
+                       if similar(cleaned.get("first_name") or "", cleaned.get("last_name") or "",
+                                  c[1], c[2])]
+            if matches:
+                pid, first, last = matches[0]
+                more = f" and {len(matches) - 1} more" if len(matches) > 1 else ""
+                found[row["row_number"]] = (f"Probably the same person as #{pid} {first} {last}, "
+                                            f"born {cleaned['birth_date']}{more}.")[:500]
+        return found
+
+    def _areas(self) -> dict[int, str]:
+        """location id -> the area ("same district") its people are compared within."""
+        cache = self.session.info.get("imports_areas")
+        if cache is None:
+            area_path = self.validation._area_path
+            cache = {lid: area_path(Location(path=path)) for lid, path in
+                     self.session.execute(select(Location.id, Location.path))}
+            self.session.info["imports_areas"] = cache
+        return cache
+
+    def settle(self, row: dict, registered: dict, seen: dict | None,
+               warnings: dict[int, str] | None = None) -> None:
+        """Decide a checked row's status and action from the registry (and the file so far).
+
+        ``row`` has row_number, cleaned, errors; ``seen`` maps national IDs to the first row
+        number that had them (None when the caller checks the file itself); ``warnings``
+        are the batch's probable duplicates (None: look them up for this row)."""
+        cleaned, errors = row["cleaned"], row["errors"]
+        nid = cleaned.get("national_id")
+        row["action"], row["individual_id"], row["warning"] = "new", None, None
+        if nid and seen is not None and "national_id" not in errors:
+            first = seen.setdefault(nid, row["row_number"])
+            if first != row["row_number"]:
+                errors["national_id"] = f"This national ID is also on row {first}."
+        if nid and nid in registered and "national_id" not in errors:
+            pid, name, path = registered[nid]
+            policy = self.upload.duplicate_policy
+            if not self.in_scope(path):
+                errors["national_id"] = (f"Already registered to person #{pid}, who lives "
+                                         "outside your area.")
+            elif policy == "update":
+                row["action"], row["individual_id"] = "update", pid
+            elif policy == "skip":
+                row["action"], row["individual_id"] = "skip", pid
+            else:
+                errors["national_id"] = (f"Already registered to #{pid} {name}. This upload "
+                                         "refuses people already registered.")
+        if not errors and row["action"] == "new":
+            row["warning"] = (self.probable_duplicate(cleaned) if warnings is None
+                              else warnings.get(row["row_number"]))
+        row["status"] = row_status(errors, row["action"], row["warning"])
+
+
+def row_status(errors: dict, action: str | None, warning: str | None) -> str:
+    if errors:
+        return "error"
+    if action == "skip":
+        return "skipped"
+    if warning:
+        return "duplicate"
+    return "valid"
+
+
+def _batched(iterable, size):
+    iterator = iter(iterable)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress) -> dict:
+    """Read the file, check and stage every row (replacing earlier ones), check households.
+
+    Commits between batches via ``progress``; a bad file raises FileProblem with the staged
+    rows removed again."""
+    started = time.monotonic()
+    session.execute(delete(UploadRow).where(UploadRow.upload_id == upload.id))
+    table = open_table(upload.stored_path, max_rows=_max_rows())
+    mapping = upload.mapping or {}
+    index = {h: i for i, h in enumerate(table.headers) if h}
+    fields = [(index[h], name) for h, name in mapping.items() if name and h in index]
+    checker = RowChecker(session, upload, scope)
+    seen: dict[str, int] = {}
+    total = table.total or 0
+    done = 0
+    progress(0, total, "Reading and checking rows")
+    upload_id = upload.id
+    for chunk in _batched(table.rows, BATCH):
+        staged = []
+        for number, cells in chunk:
+            raw = {name: cells[i] if i < len(cells) else "" for i, name in fields}
+            cleaned, errors = checker.clean(raw)
+            staged.append({"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors})
+        registered = checker.registered(r["cleaned"].get("national_id") for r in staged)
+        warnings = checker.similar_people(staged)
+        for row in staged:
+            checker.settle(row, registered, seen, warnings)
+            row["upload_id"] = upload_id
+            row["national_id"] = row["cleaned"].get("national_id")
+            row["household_code"] = row["cleaned"].get("household_code")
+        session.execute(insert(UploadRow), staged)
+        done += len(chunk)
+        progress(done, max(total, done), f"Checked {done:,} rows")
+    if done == 0:
+        raise FileProblem("The file has column names but no rows of people.")
+    check_households(session, upload)
+    upload.counts = summary_counts(session, upload)
+    upload.status = "validated"
+    upload.validate_seconds = round(time.monotonic() - started, 2)
+    return upload.counts
+
+
+def _max_rows() -> int:
+    from flask import current_app
+
+    return current_app.config["UPLOAD_MAX_ROWS"]
+
+
+def check_households(session: Session, upload: Upload, codes: set[str] | None = None) -> None:
+    """One head and at most one primary recipient per household, across the file and the
+    registry; a person already in another household cannot join this one. Sets or clears
+    each affected row's "household" error."""
+    query = select(UploadRow.id, UploadRow.row_number, UploadRow.household_code, UploadRow.cleaned,
+                   UploadRow.errors, UploadRow.status, UploadRow.action, UploadRow.warning,
+                   UploadRow.individual_id).where(
+        UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES))
+    if codes is not None:
+        codes = {c for c in codes if c}
+        if not codes:
+            return
+        query = query.where(UploadRow.household_code.in_(codes))
+    else:
+        query = query.where(UploadRow.household_code.isnot(None))
+    households: dict[str, list] = {}
+    for row in session.execute(query.order_by(UploadRow.row_number)):
+        households.setdefault(row.household_code, []).append(row)
+    if not households:
+        return
+    existing: dict[str, tuple[int, str, bool]] = {}  # code -> (group id, kind, has head)
+    names = list(households)
+    for start in range(0, len(names), 1000):
+        chunk = names[start:start + 1000]
+        heads = select(GroupMember.group_id).where(GroupMember.role == "head").scalar_subquery()
+        for gid, code, kind, has_head in session.execute(
+                select(Group.id, Group.code, Group.kind, Group.id.in_(heads))
+                .where(Group.code.in_(chunk), Group.deleted_at.is_(None))):
+            existing[code] = (gid, kind, bool(has_head))
+    members: dict[int, tuple[int, str]] = {}  # person -> (group id, code) of their household
+    people = [r.individual_id for rows in households.values() for r in rows if r.individual_id]
+    for start in range(0, len(people), 1000):
+        for pid, gid, code in session.execute(
+                select(GroupMember.individual_id, GroupMember.group_id, Group.code)
+                .join(Group, Group.id == GroupMember.group_id)
+                .where(GroupMember.individual_id.in_(people[start:start + 1000]),
+                       GroupMember.group_kind == "household")):
+            members[pid] = (gid, code)
+    changes = []
+    for code, rows in households.items():
+        problems: dict[int, str] = {}
+        group = existing.get(code)
+        heads = [r for r in rows if (r.cleaned or {}).get("role") == "head"]
+        primaries = [r for r in rows if (r.cleaned or {}).get("primary_recipient")]
+        if group and group[1] != "household":
+            for r in rows:
+                problems[r.id] = f"{code} is the code of a {group[1]}, not of a household."
+        if group and group[2]:
+            for r in heads:
+                problems[r.id] = f"Household {code} already has a head in the registry."
+        elif not heads and not group:
+            for r in rows:
+                problems[r.id] = f"Household {code} has no head: give one member the role head."
+        for r in heads[1:]:
+            if not (group and group[2]):
+                problems[r.id] = (f"Household {code} has more than one head (rows "
+                                  f"{heads[0].row_number} and {r.row_number}).")
+        for r in primaries[1:]:
+            problems[r.id] = (f"Household {code} has more than one primary recipient (rows "
+                              f"{primaries[0].row_number} and {r.row_number}).")
+        for r in rows:
+            membership = members.get(r.individual_id) if r.individual_id else None
+            if membership and membership[1] != code:
+                problems[r.id] = (f"This person is already in household {membership[1]}; "
+                                  "move them in the registry first.")
+        for r in rows:
+            errors = dict(r.errors or {})
+            message = problems.get(r.id)
+            if errors.get("household") == message:
+                continue
+            if message:
+                errors["household"] = message
+            else:
+                errors.pop("household", None)
+            changes.append({"id": r.id, "errors": errors,
+                            "status": row_status(errors, r.action, r.warning)})
+    for chunk in _batched(changes, BATCH):
+        session.execute(update(UploadRow), chunk)
+
+
+def status_counts(session: Session, upload_id: int) -> dict[str, int]:
+    return dict(session.execute(select(UploadRow.status, func.count()).where(
+        UploadRow.upload_id == upload_id).group_by(UploadRow.status)).all())
+
+
+def summary_counts(session: Session, upload: Upload, *, households: bool = True) -> dict:
+    by_status = status_counts(session, upload.id)
+    by_action = dict(session.execute(select(UploadRow.action, func.count()).where(
+        UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "imported")))
+        .group_by(UploadRow.action)).all())
+    counts = {
+        "rows": sum(by_status.values()),
+        "valid": by_status.get("valid", 0),
+        "errors": by_status.get("error", 0),
+        "duplicates": by_status.get("duplicate", 0),
+        "skipped": by_status.get("skipped", 0),
+        "dropped": by_status.get("dropped", 0),
+        "imported": by_status.get("imported", 0),
+        "new_people": by_action.get("new", 0),
+        "updates": by_action.get("update", 0),
+    }
+    previous = upload.counts or {}
+    if households:
+        codes = list(session.scalars(select(UploadRow.household_code).where(
+            UploadRow.upload_id == upload.id, UploadRow.household_code.isnot(None),
+            UploadRow.status.in_(("valid", "imported"))).distinct()))
+        known = 0
+        for start in range(0, len(codes), 1000):
+            known += session.scalar(select(func.count()).select_from(Group).where(
+                Group.code.in_(codes[start:start + 1000]), Group.deleted_at.is_(None)))
+        counts["new_households"] = len(codes) - known
+        counts["updated_households"] = known
+    else:
+        for key in ("new_households", "updated_households", "members_added", "enrolled",
+                    "already_enrolled"):
+            if key in previous:
+                counts[key] = previous[key]
+    return counts
+
+
+# --- fixing rows in place -----------------------------------------------------------------
+
+def problem_rows(session: Session, upload: Upload, *, page: int = 1, per_page: int = 50) -> tuple[list[UploadRow], bool]:
+    query = select(UploadRow).where(UploadRow.upload_id == upload.id,
+                                    UploadRow.status.in_(PROBLEM_STATUSES))
+    rows = list(session.scalars(query.order_by(UploadRow.row_number)
+                                .offset((page - 1) * per_page).limit(per_page + 1)))
+    return rows[:per_page], len(rows) > per_page
+
+
+def get_row(session: Session, upload: Upload, row_number: int) -> UploadRow | None:
+    return session.scalar(select(UploadRow).where(UploadRow.upload_id == upload.id,
+                                                  UploadRow.row_number == row_number))
+
+
+def _editable(upload: Upload) -> None:
+    if upload.status != "validated":
+        raise DomainError(f"This upload is {upload.status}; rows can be fixed only after "
+                          "validation and before the import.")
+
+
+def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, scope: Scope) -> None:
+    """Check edited rows again, against the rest of the file and the registry."""
+    checker = RowChecker(session, upload, scope)
+    codes: set[str] = set()
+    checked = []
+    for row in rows:
+        codes.add(row.household_code or "")
+        cleaned, errors = checker.clean(dict(row.raw))
+        checked.append({"row": row, "row_number": row.row_number, "cleaned": cleaned,
+                        "errors": errors})
+    registered = checker.registered(c["cleaned"].get("national_id") for c in checked)
+    for item in checked:
+        row = item["row"]
+        nid = item["cleaned"].get("national_id")
+        if nid and "national_id" not in item["errors"]:
+            other = session.scalar(select(func.min(UploadRow.row_number)).where(
+                UploadRow.upload_id == upload.id, UploadRow.national_id == nid,
+                UploadRow.id != row.id, UploadRow.status.notin_(("dropped",))))
+            if other is not None:
+                item["errors"]["national_id"] = f"This national ID is also on row {other}."
+        checker.settle(item, registered, None)
+        row.cleaned, row.errors = item["cleaned"], item["errors"]
+        row.status, row.action, row.warning = item["status"], item["action"], item["warning"]
+        row.individual_id = item["individual_id"]
+        row.national_id = item["cleaned"].get("national_id")
+        row.household_code = item["cleaned"].get("household_code")
+        codes.add(row.household_code or "")
+    session.flush()
+    check_households(session, upload, codes)
+    session.flush()
+    for row in rows:
+        session.refresh(row)
+    upload.counts = summary_counts(session, upload, households=False)
+
+
+def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str, str], *,
+             scope: Scope) -> UploadRow:
+    _editable(upload)
+    if row.status not in OPEN_STATUSES:
+        raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be edited.")
+    raw = dict(row.raw)
+    for key, value in values.items():
+        if key in raw or key in upload.mapping.values():
+            raw[key] = (value or "").strip()
+    row.raw = raw
+    recheck_rows(session, upload, [row], scope=scope)
+    return row
+
+
+def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) -> None:
+    _editable(upload)
+    if row.status not in OPEN_STATUSES:
+        raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be dropped.")
+    row.status = "dropped"
+    session.flush()
+    check_households(session, upload, {row.household_code or ""})
+    upload.counts = summary_counts(session, upload, households=False)
+
+
+def confirm_row(session: Session, upload: Upload, row: UploadRow) -> None:
+    """The user says a probable duplicate is a different person."""
+    _editable(upload)
+    if row.status != "duplicate":
+        raise DomainError(f"Row {row.row_number} is not a probable duplicate.")
+    row.warning = None
+    row.status = row_status(row.errors or {}, row.action, None)
+    session.flush()
+    upload.counts = summary_counts(session, upload, households=False)
+
+
+def replace_in_column(session: Session, upload: Upload, *, field: str, find: str, replace: str,
+                      scope: Scope) -> int:
+    """Replace every cell of a column equal to ``find`` (ignoring case and surrounding
+    spaces; empty finds empty cells) in the rows not yet imported. Returns rows changed."""
+    _editable(upload)
+    if field not in set(upload.mapping.values()) - {""}:
+        raise DomainError("Choose a column of this file.")
+    target = find.strip().lower()
+    changed: list[UploadRow] = []
+    last = 0
+    while True:
+        rows = list(session.scalars(select(UploadRow).where(
+            UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES),
+            UploadRow.id > last).order_by(UploadRow.id).limit(BATCH)))
+        if not rows:
+            break
+        last = rows[-1].id
+        for row in rows:
+            if (row.raw.get(field) or "").strip().lower() == target:
+                raw = dict(row.raw)
+                raw[field] = replace.strip()
+                row.raw = raw
+                changed.append(row)
+    for chunk in _batched(changed, 500):
+        recheck_rows(session, upload, chunk, scope=scope)
+    return len(changed)
+
+
+def problem_rows_for_download(session: Session, upload: Upload):
+    """Yield (row number, raw, errors text) of the rows that still need fixing."""
+    last = 0
+    while True:
+        rows = session.execute(select(UploadRow.row_number, UploadRow.raw, UploadRow.errors,
+                                      UploadRow.warning).where(
+            UploadRow.upload_id == upload.id, UploadRow.status.in_(PROBLEM_STATUSES),
+            UploadRow.row_number > last).order_by(UploadRow.row_number).limit(BATCH)).all()
+        if not rows:
+            return
+        for number, raw, errors, warning in rows:
+            text = "; ".join(f"{k}: {v}" for k, v in (errors or {}).items())
+            yield number, raw, text or (warning or "")
+        last = rows[-1][0]
+
+
+def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Scope) -> dict:
+    """Read a file of corrected rows (as downloaded, with its 'Row' column) into this upload,
+    matched by row number; the rows are checked again."""
+    _editable(upload)
+    table = open_table(path, max_rows=_max_rows())
+    available = cols_mod.columns(session)
+    mapping = cols_mod.match_headers(table.headers, available)
+    index = {h: i for i, h in enumerate(table.headers)}
+    row_col = next((i for h, i in index.items() if h.strip().lower() in ("row", "row number")), None)
+    if row_col is None:
+        table.rows.close()
+        raise FileProblem("The file has no 'Row' column: upload the file of rows to fix as it "
+                          "was downloaded, with its Row column unchanged.")
+    wanted = set(upload.mapping.values()) - {""}
+    fields = [(index[h], name) for h, name in mapping.items() if name in wanted]
+    updated = unknown = 0
+    for chunk in _batched(table.rows, 500):
+        numbers = {}
+        for _line, cells in chunk:
+            try:
+                numbers[int(float(cells[row_col]))] = cells
+            except (ValueError, IndexError):
+                unknown += 1
+        rows = list(session.scalars(select(UploadRow).where(
+            UploadRow.upload_id == upload.id, UploadRow.row_number.in_(list(numbers)),
+            UploadRow.status.in_(OPEN_STATUSES))))
+        unknown += len(numbers) - len(rows)
+        for row in rows:
+            cells = numbers[row.row_number]
+            raw = dict(row.raw)
+            raw.update({name: cells[i] if i < len(cells) else "" for i, name in fields})
+            row.raw = raw
+        if rows:
+            recheck_rows(session, upload, rows, scope=scope)
+        updated += len(rows)
+    path.unlink(missing_ok=True)
+    return {"updated": updated, "unknown": unknown}
+
+
+# --- importing ------------------------------------------------------------------------------
+
+def _individual_values(cleaned: dict) -> dict:
+    values = {k: cleaned.get(k) for k in INDIVIDUAL_FIELDS if k in cleaned}
+    if values.get("birth_date"):
+        values["birth_date"] = date.fromisoformat(values["birth_date"])
+    values.setdefault("custom", {})
+    if values.get("custom") is None:
+        values["custom"] = {}
+    return values
+
+
+def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: int | None,
+                  progress) -> dict:
+    """Create or update the people of every valid row, then their households, then enrol
+    them. Idempotent per row: a row becomes ``imported`` in the transaction that creates its
+    person, so running this again (or after a crash) continues where it stopped."""
+    started = time.monotonic()
+    total = session.scalar(select(func.count()).where(
+        UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "imported"))))
+    done = session.scalar(select(func.count()).where(
+        UploadRow.upload_id == upload.id, UploadRow.status == "imported"))
+    progress(done, total, "Importing people")
+    created = updated = 0
+    while True:
+        batch = session.execute(select(UploadRow.id, UploadRow.row_number, UploadRow.cleaned,
+                                       UploadRow.action, UploadRow.individual_id).where(
+            UploadRow.upload_id == upload.id, UploadRow.status == "valid")
+            .order_by(UploadRow.id).limit(BATCH)).all()
+        if not batch:
+            break
+        new = [r for r in batch if r.action == "new"]
+        changes = [r for r in batch if r.action == "update"]
+        marks: list[dict] = _insert_people(session, new) if new else []
+        created += sum(1 for m in marks if m["status"] == "imported")
+        for row in changes:
+            mark = _update_person(session, row)
+            updated += mark["status"] == "imported"
+            marks.append(mark)
+        session.flush()
+        for keys in ({"id", "status", "individual_id"}, {"id", "status", "individual_id", "errors"}):
+            same = [m for m in marks if set(m) == keys]
+            if same:
+                session.execute(update(UploadRow), same)
+        ok = [m["individual_id"] for m in marks if m["status"] == "imported"]
+        record(session, action="import", entity_type="upload", entity_id=upload.id,
+               summary=f"Rows {batch[0].row_number}-{batch[-1].row_number}: {len(ok)} people imported",
+               changes={"individual_ids": ok})
+        done += len(batch)
+        progress(done, total, f"Imported {done:,} of {total:,} people")
+    members = import_households(session, upload)
+    progress(done, total, f"Households done: {members:,} members added")
+    enrolled = enrol_imported(session, upload, scope=scope, actor_id=actor_id,
+                              progress=lambda message: progress(done, total, message))
+    counts = summary_counts(session, upload, households=False)
+    counts["members_added"] = counts.get("members_added", 0) + members
+    counts["people_created"] = counts.get("people_created", 0) + created
+    counts["people_updated"] = counts.get("people_updated", 0) + updated
+    if enrolled is not None:
+        counts["enrolled"] = enrolled.get("enrolled", 0)
+        counts["already_enrolled"] = enrolled.get("skipped", 0)
+    upload.counts = counts
+    upload.status = "imported"
+    upload.imported_at = now()
+    upload.import_seconds = round((upload.import_seconds or 0) + time.monotonic() - started, 2)
+    return counts
+
+
+def _insert_people(session: Session, rows) -> list[dict]:
+    values = [_individual_values(r.cleaned) for r in rows]
+    try:
+        with session.begin_nested():
+            ids = list(session.scalars(
+                insert(Individual).returning(Individual.id, sort_by_parameter_order=True), values))
+        return [{"id": r.id, "status": "imported", "individual_id": pid}
+                for r, pid in zip(rows, ids)]
+    except IntegrityError:
+        pass
+    # Someone registered one of these national IDs since validation: go row by row.
+    marks = []
+    for row, value in zip(rows, values):
+        try:
+            with session.begin_nested():
+                pid = session.scalar(insert(Individual).returning(Individual.id), [value])
+            marks.append({"id": row.id, "status": "imported", "individual_id": pid})
+        except IntegrityError:
+            marks.append({"id": row.id, "status": "error", "individual_id": None, "errors": {
+                "national_id": "This national ID was registered for someone else meanwhile."}})
+    return marks
+
+
+def _update_person(session: Session, row) -> dict:
+    person = session.get(Individual, row.individual_id)
+    if person is None or person.deleted_at is not None:
+        return {"id": row.id, "status": "error", "individual_id": None,
+                "errors": {"national_id": "The person to update was deleted meanwhile."}}
+    values = _individual_values(row.cleaned)
+    custom = dict(person.custom or {})
+    custom.update(values.pop("custom", {}) or {})
+    for key, value in values.items():
+        if value is not None and value != "" and getattr(person, key) != value:
+            setattr(person, key, value)
+    if custom != (person.custom or {}):
+        person.custom = custom
+    return {"id": row.id, "status": "imported", "individual_id": person.id}
+
+
+def import_households(session: Session, upload: Upload) -> int:
+    """Create the households named by imported rows and add their members; what exists
+    already (from an earlier run) is left as it is. Returns the members added."""
+    codes = list(session.scalars(select(UploadRow.household_code).where(
+        UploadRow.upload_id == upload.id, UploadRow.status == "imported",
+        UploadRow.household_code.isnot(None)).distinct()))
+    created = joined = 0
+    for start in range(0, len(codes), 500):
+        chunk = codes[start:start + 500]
+        rows = session.execute(select(UploadRow.household_code, UploadRow.individual_id,
+                                      UploadRow.cleaned).where(
+            UploadRow.upload_id == upload.id, UploadRow.status == "imported",
+            UploadRow.household_code.in_(chunk)).order_by(UploadRow.row_number)).all()
+        groups = dict(session.execute(select(Group.code, Group.id).where(Group.code.in_(chunk))).all())
+        by_code: dict[str, list] = {}
+        for row in rows:
+            by_code.setdefault(row.household_code, []).append(row)
+        fresh = []
+        for code, members in by_code.items():
+            if code in groups:
+                continue
+            head = next((m for m in members if m.cleaned.get("role") == "head"), members[0])
+            primary = next((m for m in members if m.cleaned.get("primary_recipient")), head)
+            fresh.append({"code": code, "kind": "household",
+                          "name": f"{head.cleaned.get('last_name') or code} household"[:120],
+                          "location_id": head.cleaned.get("location_id"),
+                          "primary_recipient_id": primary.individual_id})
+        if fresh:
+            ids = list(session.scalars(insert(Group).returning(Group.id, sort_by_parameter_order=True), fresh))
+            for values, gid in zip(fresh, ids):
+                groups[values["code"]] = gid
+            created += len(fresh)
+        group_ids = [groups[c] for c in by_code]
+        present = set(session.execute(select(GroupMember.group_id, GroupMember.individual_id).where(
+            GroupMember.group_id.in_(group_ids))).all())
+        links = [{"group_id": groups[code], "individual_id": m.individual_id,
+                  "group_kind": "household", "role": m.cleaned.get("role") or "member"}
+                 for code, members in by_code.items() for m in members
+                 if (groups[code], m.individual_id) not in present]
+        if links:
+            session.execute(insert(GroupMember), links)
+        joined += len(links)
+        for code, members in by_code.items():
+            primary = next((m for m in members if m.cleaned.get("primary_recipient")), None)
+            if primary is not None and code not in [f["code"] for f in fresh]:
+                session.execute(update(Group).where(Group.id == groups[code]).values(
+                    primary_recipient_id=primary.individual_id))
+        if fresh or links:
+            record(session, action="import", entity_type="upload", entity_id=upload.id,
+                   summary=f"{len(fresh)} households created, {len(links)} members added",
+                   changes={"group_ids": [groups[f["code"]] for f in fresh]})
+    return joined
+
+
+def enrol_imported(session: Session, upload: Upload, *, scope: Scope, actor_id: int | None,
+                   progress) -> dict | None:
+    if not upload.program_id:
+        return None
+    from portal.programs.models import Program
+    from portal.programs.services import enrol
+
+    program = session.get(Program, upload.program_id)
+    if program is None:
+        upload.message = "The program chosen for enrolment no longer exists; nobody was enrolled."
+        return None
+    total = {"enrolled": 0, "skipped": 0}
+    if program.beneficiary_kind == "group":
+        query = select(Group.id).where(Group.code.in_(
+            select(UploadRow.household_code).where(UploadRow.upload_id == upload.id,
+                                                   UploadRow.status == "imported"))).order_by(Group.id)
+    else:
+        query = select(UploadRow.individual_id).where(
+            UploadRow.upload_id == upload.id, UploadRow.status == "imported").order_by(UploadRow.id)
+    ids = list(session.scalars(query))
+    try:
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start:start + BATCH]
+            kwargs = {"group_ids": chunk} if program.beneficiary_kind == "group" else {"individual_ids": chunk}
+            result = enrol(session, program.id, status=upload.enrol_status or "potential",
+                           actor_id=actor_id, scope=scope, **kwargs)
+            total["enrolled"] += result.get("enrolled", 0)
+            total["skipped"] += result.get("skipped", 0)
+            progress(f"Enrolled {total['enrolled']:,} into {program.name}")
+    except DomainError as exc:
+        upload.message = (f"The people were imported, but enrolment into {program.name} stopped: "
+                          f"{exc.message}")[:2000]
+    return total
+
+
+def delete_stored_file(upload: Upload) -> None:
+    try:
+        os.unlink(upload.stored_path)
+    except OSError:
+        pass
+
+
+def clear_rows(session: Session, upload: Upload) -> None:
+    session.execute(delete(UploadRow).where(UploadRow.upload_id == upload.id))
+    upload.counts = {}
+
+
+def imported_rows(session: Session, upload: Upload, *, page: int = 1, per_page: int = 50):
+    """The rows that reached the registry, with their people."""
+    rows = session.execute(
+        select(UploadRow.row_number, UploadRow.status, UploadRow.action, UploadRow.household_code,
+               Individual).join(Individual, Individual.id == UploadRow.individual_id)
+        .where(UploadRow.upload_id == upload.id, UploadRow.status.in_(("imported", "skipped")))
+        .order_by(UploadRow.row_number).offset((page - 1) * per_page).limit(per_page + 1)).all()
+    return rows[:per_page], len(rows) > per_page

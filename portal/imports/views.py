@@ -1,0 +1,411 @@
+"""Upload pages: history, new upload, column mapping, progress and summary, the error grid
+with inline fixes, downloads of rows to fix and re-upload of the fixed rows, import."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from flask import abort, current_app, flash, make_response, redirect, request, send_file, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from portal.background.services import enqueue, job_queue, redis_connection, sweep_stale_jobs
+from portal.errors import DomainError
+from portal.extensions import db
+from portal.imports import bp, columns, services
+from portal.imports.forms import ImportForm, MappingForm, ReplaceForm, ReuploadForm, UploadForm
+from portal.imports.models import DUPLICATE_POLICIES
+from portal.privacy import mask
+from portal.web import can, htmx_redirect, int_arg, is_fragment_request, render, require, scope
+
+EXTENSIONS = (".csv", ".xlsx", ".txt", ".tsv")
+
+
+def page_args(page: int) -> str:
+    """The query string of another page of the same list."""
+    from urllib.parse import urlencode
+
+    return urlencode({**request.args.to_dict(), "page": page})
+
+
+@bp.app_context_processor
+def _helpers():
+    return {"page_args": page_args}
+
+
+def _upload(upload_id: int):
+    upload = services.get_upload(db.session, upload_id, scope=scope(), actor_id=current_user.id)
+    if upload is None:
+        abort(404)
+    return upload
+
+
+def _row(upload, row_number: int):
+    row = services.get_row(db.session, upload, row_number)
+    if row is None:
+        abort(404)
+    return row
+
+
+def _enqueue(run) -> None:
+    db.session.commit()
+    enqueue(job_queue(redis_connection(current_app.config)), run)
+    db.session.commit()
+
+
+def _save_file(storage, folder: str) -> Path:
+    base = Path(current_app.config["UPLOAD_DIR"]) / folder
+    base.mkdir(parents=True, exist_ok=True)
+    suffix = Path(storage.filename or "").suffix.lower()
+    path = base / f"{uuid.uuid4().hex}{suffix if suffix in EXTENSIONS else ''}"
+    storage.save(path)
+    return path
+
+
+def _program_choices():
+    try:
+        from portal.programs.models import Program
+    except ImportError:  # the programs area is not installed
+        return []
+    return [(str(p.id), f"{p.name} ({p.code})") for p in db.session.scalars(
+        select(Program).where(Program.status != "closed").order_by(Program.name).limit(200))]
+
+
+@bp.route("/")
+@require("upload.view")
+def index():
+    page = int_arg("page", 1, minimum=1)
+    uploads, has_more = services.list_uploads(db.session, scope=scope(), actor_id=current_user.id,
+                                              page=page)
+    return render("imports/index.html", uploads=uploads, page=page, has_more=has_more)
+
+
+@bp.route("/template.<fmt>")
+@require("upload.view")
+def template(fmt: str):
+    cols = columns.columns(db.session)
+    if fmt == "csv":
+        body, mime = columns.template_csv(cols), "text/csv; charset=utf-8"
+    elif fmt == "xlsx":
+        body = columns.template_xlsx(cols)
+        mime = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    else:
+        abort(404)
+    response = make_response(body)
+    response.headers["Content-Type"] = mime
+    response.headers["Content-Disposition"] = f'attachment; filename="people-template.{fmt}"'
+    return response
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@require("upload.create")
+def new():
+    form = UploadForm()
+    form.program_id.choices = [("", "No program")] + _program_choices()
+    if form.validate_on_submit():
+        path = _save_file(form.file.data, "people")
+        program_id = int(form.program_id.data) if form.program_id.data else None
+        if program_id is not None and not can("beneficiary.enrol"):
+            form.program_id.errors.append("Your role may not enrol people into programs.")
+            path.unlink(missing_ok=True)
+        else:
+            try:
+                upload = services.receive_upload(
+                    db.session, path=path, file_name=form.file.data.filename or "upload",
+                    duplicate_policy=form.duplicate_policy.data,
+                    day_first={"day": True, "month": False}.get(form.date_order.data),
+                    program_id=program_id, enrol_status=form.enrol_status.data,
+                    area_id=services.uploader_area(current_user), actor_id=current_user.id,
+                    max_rows=current_app.config["UPLOAD_MAX_ROWS"])
+            except DomainError as exc:
+                db.session.rollback()
+                form.file.errors.append(exc.message)
+            else:
+                earlier = services.earlier_import_of_same_file(db.session, upload)
+                if upload.status == "uploaded" and earlier is None:
+                    run = services.start_validation(db.session, upload, scope=scope(),
+                                                    actor_id=current_user.id)
+                    _enqueue(run)
+                    return redirect(url_for("imports.show", upload_id=upload.id))
+                db.session.commit()
+                if upload.status == "mapping":
+                    return redirect(url_for("imports.mapping", upload_id=upload.id))
+                return redirect(url_for("imports.show", upload_id=upload.id))
+    return render("imports/new.html", form=form, status=422 if form.errors else 200,
+                  max_mb=current_app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024))
+
+
+@bp.route("/<int:upload_id>/mapping", methods=["GET", "POST"])
+@require("upload.create")
+def mapping(upload_id: int):
+    upload = _upload(upload_id)
+    if upload.status not in ("uploaded", "mapping"):
+        flash("The columns of this upload are already mapped.", "warning")
+        return redirect(url_for("imports.show", upload_id=upload.id))
+    form = MappingForm()
+    cols = columns.columns(db.session)
+    error = None
+    proposed = dict(upload.mapping or {})
+    if form.validate_on_submit():
+        chosen = {h: request.form.get(f"col-{i}", "") for i, h in enumerate(upload.headers) if h}
+        try:
+            services.set_mapping(db.session, upload, chosen, save_as=form.save_as.data or "",
+                                 actor_id=current_user.id)
+            run = services.start_validation(db.session, upload, scope=scope(),
+                                            actor_id=current_user.id)
+        except DomainError as exc:
+            db.session.rollback()
+            error, proposed = exc.message, chosen
+        else:
+            _enqueue(run)
+            return redirect(url_for("imports.show", upload_id=upload.id))
+    return render("imports/mapping.html", upload=upload, form=form, cols=cols,
+                  proposed=proposed, error=error, status=422 if error or form.errors else 200)
+
+
+@bp.route("/<int:upload_id>")
+@require("upload.view")
+def show(upload_id: int):
+    upload = _upload(upload_id)
+    if upload.busy and upload.job_run is not None and upload.job_run.status == "running":
+        queue = job_queue(redis_connection(current_app.config))
+        if sweep_stale_jobs(db.session, queue, stale_after=current_app.config["JOB_STALE_SECONDS"]):
+            db.session.commit()
+    if services.reconcile(db.session, upload):
+        db.session.commit()
+    earlier = services.earlier_import_of_same_file(db.session, upload) \
+        if upload.status == "uploaded" else None
+    return render("imports/show.html", partial="imports/_status.html", upload=upload,
+                  earlier=earlier, policies=DUPLICATE_POLICIES, import_form=ImportForm())
+
+
+@bp.route("/<int:upload_id>/validate", methods=["POST"])
+@require("upload.create")
+def validate(upload_id: int):
+    upload = _upload(upload_id)
+    try:
+        run = services.start_validation(db.session, upload, scope=scope(), actor_id=current_user.id)
+    except DomainError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+    else:
+        _enqueue(run)
+    return htmx_redirect(url_for("imports.show", upload_id=upload.id))
+
+
+@bp.route("/<int:upload_id>/import", methods=["POST"])
+@require("upload.create")
+def start_import(upload_id: int):
+    upload = _upload(upload_id)
+    form = ImportForm()
+    try:
+        if not form.validate_on_submit():
+            raise DomainError("The form had expired; try again.")
+        run = services.start_import(db.session, upload, only_if_clean=form.only_if_clean.data,
+                                    scope=scope(), actor_id=current_user.id)
+    except DomainError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+    else:
+        _enqueue(run)
+    return htmx_redirect(url_for("imports.show", upload_id=upload.id))
+
+
+@bp.route("/<int:upload_id>/file")
+@require("upload.view")
+def original(upload_id: int):
+    upload = _upload(upload_id)
+    if not Path(upload.stored_path).exists():
+        abort(404)
+    return send_file(upload.stored_path, as_attachment=True, download_name=upload.file_name)
+
+
+# --- the error grid ---------------------------------------------------------------------------
+
+def _grid_columns(upload):
+    mapped = set(upload.mapping.values())
+    return [c for c in columns.columns(db.session) if c.name in mapped]
+
+
+def _shown(value: str, name: str) -> str:
+    if name in ("national_id", "phone") and not can("individual.view_pii"):
+        return mask(value)
+    return value
+
+
+@bp.route("/<int:upload_id>/rows")
+@require("upload.view")
+def rows(upload_id: int):
+    upload = _upload(upload_id)
+    page = int_arg("page", 1, minimum=1)
+    items, has_more = services.problem_rows(db.session, upload, page=page)
+    form = ReplaceForm()
+    grid = _grid_columns(upload)
+    form.field.choices = [(c.name, c.label) for c in grid]
+    return render("imports/rows.html", partial="imports/_grid.html", upload=upload, rows=items,
+                  page=page, has_more=has_more, cols=grid, shown=_shown, replace_form=form,
+                  reupload_form=ReuploadForm(), editable=upload.status == "validated"
+                  and can("upload.create"))
+
+
+@bp.route("/<int:upload_id>/rows/<int:row_number>")
+@require("upload.view")
+def row(upload_id: int, row_number: int):
+    upload = _upload(upload_id)
+    item = _row(upload, row_number)
+    return render("imports/_row.html", upload=upload, row=item, cols=_grid_columns(upload),
+                  shown=_shown, editable=upload.status == "validated" and can("upload.create"))
+
+
+@bp.route("/<int:upload_id>/rows/<int:row_number>/edit", methods=["GET", "POST"])
+@require("upload.create")
+def edit_row(upload_id: int, row_number: int):
+    upload = _upload(upload_id)
+    item = _row(upload, row_number)
+    grid = _grid_columns(upload)
+    if request.method == "POST":
+        values = {c.name: request.form.get(c.name, "") for c in grid if c.name in request.form}
+        if not can("individual.view_pii"):
+            # Masked identifiers come back unchanged unless the user typed a new value.
+            values = {k: v for k, v in values.items() if not (k in ("national_id", "phone") and "•" in v)}
+        try:
+            services.edit_row(db.session, upload, item, values, scope=scope())
+        except DomainError as exc:
+            db.session.rollback()
+            flash(exc.message, "error")
+            return render("imports/_row.html", upload=upload, row=item, cols=grid, shown=_shown,
+                          editable=False, status=409)
+        db.session.commit()
+        if not is_fragment_request():
+            flash(f"Row {row_number} saved and checked again.", "success")
+            return redirect(url_for("imports.rows", upload_id=upload.id))
+        return render("imports/_row.html", upload=upload, row=item, cols=grid, shown=_shown,
+                      editable=True)
+    if upload.status != "validated" or item.status not in services.OPEN_STATUSES:
+        abort(409)
+    return render("imports/row_edit.html", partial="imports/_row_form.html", upload=upload,
+                  row=item, cols=grid, shown=_shown)
+
+
+@bp.route("/<int:upload_id>/rows/<int:row_number>/drop", methods=["POST"])
+@require("upload.create")
+def drop_row(upload_id: int, row_number: int):
+    upload = _upload(upload_id)
+    item = _row(upload, row_number)
+    try:
+        services.drop_row(db.session, upload, item, scope=scope())
+    except DomainError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
+    db.session.commit()
+    if is_fragment_request():
+        return ""
+    flash(f"Row {row_number} dropped.", "success")
+    return redirect(url_for("imports.rows", upload_id=upload.id))
+
+
+@bp.route("/<int:upload_id>/rows/<int:row_number>/confirm", methods=["POST"])
+@require("upload.create")
+def confirm_row(upload_id: int, row_number: int):
+    upload = _upload(upload_id)
+    item = _row(upload, row_number)
+    try:
+        services.confirm_row(db.session, upload, item)
+    except DomainError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
+    db.session.commit()
+    if is_fragment_request():
+        return render("imports/_row.html", upload=upload, row=item, cols=_grid_columns(upload),
+                      shown=_shown, editable=True)
+    return redirect(url_for("imports.rows", upload_id=upload.id))
+
+
+@bp.route("/<int:upload_id>/replace", methods=["POST"])
+@require("upload.create")
+def replace(upload_id: int):
+    upload = _upload(upload_id)
+    form = ReplaceForm()
+    form.field.choices = [(c.name, c.label) for c in _grid_columns(upload)]
+    if form.validate_on_submit():
+        try:
+            changed = services.replace_in_column(db.session, upload, field=form.field.data,
+                                                 find=form.find.data or "",
+                                                 replace=form.replace.data or "", scope=scope())
+        except DomainError as exc:
+            db.session.rollback()
+            flash(exc.message, "error")
+        else:
+            db.session.commit()
+            flash(f"{changed} cell(s) replaced and their rows checked again.", "success")
+    else:
+        flash("Choose a column of this file.", "error")
+    return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
+
+
+@bp.route("/<int:upload_id>/problems.<fmt>")
+@require("upload.view")
+def problems(upload_id: int, fmt: str):
+    from portal.registry.exports import export_response
+
+    upload = _upload(upload_id)
+    if fmt not in ("csv", "xlsx"):
+        abort(404)
+    grid = _grid_columns(upload)
+    pii = can("individual.view_pii")
+
+    def body():
+        for number, raw, errors in services.problem_rows_for_download(db.session, upload):
+            values = [raw.get(c.name, "") for c in grid]
+            if not pii:
+                values = [mask(v) if c.name in ("national_id", "phone") else v
+                          for c, v in zip(grid, values)]
+            yield [number, *values, errors]
+
+    return export_response(fmt, f"upload-{upload.id}-rows-to-fix",
+                           ["Row", *[c.label for c in grid], "Errors"], body())
+
+
+@bp.route("/<int:upload_id>/reupload", methods=["POST"])
+@require("upload.create")
+def reupload(upload_id: int):
+    upload = _upload(upload_id)
+    form = ReuploadForm()
+    if form.validate_on_submit():
+        path = _save_file(form.file.data, "fixes")
+        try:
+            result = services.apply_corrections(db.session, upload, path, scope=scope())
+        except DomainError as exc:
+            db.session.rollback()
+            path.unlink(missing_ok=True)
+            flash(exc.message, "error")
+        else:
+            db.session.commit()
+            note = f"; {result['unknown']} row(s) did not match a row to fix" if result["unknown"] else ""
+            flash(f"{result['updated']} row(s) updated and checked again{note}.", "success")
+    else:
+        flash("Choose the file of fixed rows.", "error")
+    return redirect(url_for("imports.rows", upload_id=upload.id))
+
+
+@bp.route("/<int:upload_id>/people")
+@require("upload.view")
+def people(upload_id: int):
+    upload = _upload(upload_id)
+    page = int_arg("page", 1, minimum=1)
+    items, has_more = services.imported_rows(db.session, upload, page=page)
+    return render("imports/people.html", upload=upload, rows=items, page=page, has_more=has_more,
+                  person_url=_person_url())
+
+
+def _person_url():
+    """A link to a person's page, when the registry has one."""
+    if "registry.individual" not in current_app.view_functions:
+        return None
+    rule = next(current_app.url_map.iter_rules("registry.individual"))
+    if len(rule.arguments) != 1:
+        return None
+    name = next(iter(rule.arguments))
+    return lambda pid: url_for("registry.individual", **{name: pid})
