@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.imports.reading import normalise_header
-from portal.registry.models import SEXES, CustomField, MemberRole
+from portal.registry.models import DEFAULT_MEMBER_ROLES, SEXES, CustomField, MemberRole
 
 YES = {"yes", "y", "true", "1", "x", "oui", "si", "sí"}
 NO = {"no", "n", "false", "0", "non", ""}
@@ -69,13 +69,18 @@ def custom_fields(session: Session) -> list[CustomField]:
         CustomField.position, CustomField.id)))
 
 
-def member_roles(session: Session) -> list[MemberRole]:
-    return list(session.scalars(select(MemberRole).where(MemberRole.active.is_(True)).order_by(
-        MemberRole.position, MemberRole.code)))
+def member_roles(session: Session) -> list[str]:
+    """The codes of the active member roles (the registry's defaults until an admin edits
+    the list)."""
+    codes = list(session.scalars(select(MemberRole.code).where(MemberRole.active.is_(True))
+                                 .order_by(MemberRole.position, MemberRole.code)))
+    if not codes and session.scalar(select(MemberRole.code).limit(1)) is None:
+        codes = [code for code, _label in DEFAULT_MEMBER_ROLES]
+    return codes
 
 
 def columns(session: Session, fields: list[CustomField] | None = None,
-            roles: list[MemberRole] | None = None) -> list[Column]:
+            roles: list[str] | None = None) -> list[Column]:
     fields = custom_fields(session) if fields is None else fields
     roles = member_roles(session) if roles is None else roles
     out = list(CORE)
@@ -92,7 +97,7 @@ def columns(session: Session, fields: list[CustomField] | None = None,
         out.append(Column(cf.name, cf.label, cf.required, hint, "", choices, custom=True))
     role = HOUSEHOLD[1]
     out.extend([HOUSEHOLD[0], Column(role.name, role.label, False, role.hint, role.example,
-                                     tuple(r.code for r in roles), role.aliases), HOUSEHOLD[2]])
+                                     tuple(roles), role.aliases), HOUSEHOLD[2]])
     return out
 
 

@@ -230,7 +230,7 @@ class RowChecker:
         self.upload = upload
         self.scope = scope
         self.custom_fields = cols_mod.custom_fields(session)
-        self.roles = [r.code for r in cols_mod.member_roles(session)]
+        self.roles = cols_mod.member_roles(session)
         self.role_set = {r.lower(): r for r in self.roles}
 
     def clean(self, raw: dict) -> tuple[dict, dict]:
@@ -472,34 +472,38 @@ def check_households(session: Session, upload: Upload, codes: set[str] | None = 
             members[pid] = (gid, code)
     changes = []
     for code, rows in households.items():
-        problems: dict[int, str] = {}
+        problems: dict[int, list[str]] = {}
+
+        def flag(r, message: str) -> None:
+            problems.setdefault(r.id, []).append(message)
+
         group = existing.get(code)
         heads = [r for r in rows if (r.cleaned or {}).get("role") == "head"]
         primaries = [r for r in rows if (r.cleaned or {}).get("primary_recipient")]
         if group and group[1] != "household":
             for r in rows:
-                problems[r.id] = f"{code} is the code of a {group[1]}, not of a household."
+                flag(r, f"{code} is the code of a {group[1]}, not of a household.")
         if group and group[2]:
             for r in heads:
-                problems[r.id] = f"Household {code} already has a head in the registry."
+                flag(r, f"Household {code} already has a head in the registry.")
         elif not heads and not group:
             for r in rows:
-                problems[r.id] = f"Household {code} has no head: give one member the role head."
-        for r in heads[1:]:
-            if not (group and group[2]):
-                problems[r.id] = (f"Household {code} has more than one head (rows "
-                                  f"{heads[0].row_number} and {r.row_number}).")
+                flag(r, f"Household {code} has no head: give one member the role head.")
+        else:
+            for r in heads[1:]:
+                flag(r, f"Household {code} has more than one head (rows {heads[0].row_number} "
+                        f"and {r.row_number}).")
         for r in primaries[1:]:
-            problems[r.id] = (f"Household {code} has more than one primary recipient (rows "
-                              f"{primaries[0].row_number} and {r.row_number}).")
+            flag(r, f"Household {code} has more than one primary recipient (rows "
+                    f"{primaries[0].row_number} and {r.row_number}).")
         for r in rows:
             membership = members.get(r.individual_id) if r.individual_id else None
             if membership and membership[1] != code:
-                problems[r.id] = (f"This person is already in household {membership[1]}; "
-                                  "move them in the registry first.")
+                flag(r, f"This person is already in household {membership[1]}; move them in "
+                        "the registry first.")
         for r in rows:
             errors = dict(r.errors or {})
-            message = problems.get(r.id)
+            message = " ".join(problems.get(r.id, ())) or None
             if errors.get("household") == message:
                 continue
             if message:

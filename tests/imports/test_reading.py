@@ -1,0 +1,128 @@
+"""Reading real-world spreadsheets, and a corpus of bad files that each get a clear message."""
+import io
+import zipfile
+from datetime import date, datetime
+
+import pytest
+from openpyxl import Workbook
+
+from portal.imports.reading import CELL_MAX, FileProblem, open_table
+
+HEADER = "First name,Last name,Sex,Birth date,Village code\n"
+
+
+def _write(tmp_path, name: str, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _xlsx(rows) -> bytes:
+    wb = Workbook()
+    for row in rows:
+        wb.active.append(row)
+    out = io.BytesIO()
+    wb.save(out)
+    return out.getvalue()
+
+
+def _read(path, max_rows=100):
+    table = open_table(path, max_rows=max_rows)
+    return table.headers, list(table.rows)
+
+
+# --- files that are accepted ------------------------------------------------------------------
+
+def test_a_utf8_csv_with_a_bom_and_semicolons_is_read(tmp_path):
+    path = _write(tmp_path, "a.csv", "\ufeffPrénom;Nom\r\nZoë;Ngúnì\r\n".encode("utf-8"))
+    headers, rows = _read(path)
+    assert headers == ["Prénom", "Nom"]
+    assert rows == [(2, ["Zoë", "Ngúnì"])]
+
+
+def test_a_windows_1252_csv_with_tabs_is_read(tmp_path):
+    path = _write(tmp_path, "a.csv", "First name\tLast name\r\nJosé\tMüller\r\n".encode("cp1252"))
+    headers, rows = _read(path)
+    assert headers == ["First name", "Last name"]
+    assert rows == [(2, ["José", "Müller"])]
+
+
+def test_blank_rows_are_skipped_and_short_rows_are_padded(tmp_path):
+    path = _write(tmp_path, "a.csv", b"a,b,c\n1,2\n,,\n\n4,5,6\n")
+    _headers, rows = _read(path)
+    assert rows == [(2, ["1", "2", ""]), (5, ["4", "5", "6"])]
+
+
+def test_xlsx_date_cells_become_iso_dates_and_whole_numbers_lose_their_decimals(tmp_path):
+    path = _write(tmp_path, "a.xlsx", _xlsx([
+        ["Name", "Born", "National ID", "Score", "Seen", "Alive"],
+        ["Ann", date(1990, 5, 17), 1234567890, 2.5, datetime(2020, 1, 2, 0, 0), True],
+    ]))
+    headers, rows = _read(path)
+    assert headers == ["Name", "Born", "National ID", "Score", "Seen", "Alive"]
+    assert rows == [(2, ["Ann", "1990-05-17", "1234567890", "2.5", "2020-01-02", "yes"])]
+
+
+def test_numbers_stored_as_text_in_xlsx_keep_their_leading_zeros(tmp_path):
+    path = _write(tmp_path, "a.xlsx", _xlsx([["Phone"], ["0991234567"]]))
+    assert _read(path)[1] == [(2, ["0991234567"])]
+
+
+# --- the bad-file corpus -----------------------------------------------------------------------
+
+def _zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+BAD_FILES = {
+    "empty": (b"", "The file is empty"),
+    "blank lines only": (b"\n\n  \n", "The file is empty"),
+    "pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "PDF document, not a spreadsheet"),
+    "png": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "PNG image, not a spreadsheet"),
+    "binary": (b"\x00\x01\x02\x03garbage\x00\x00", "not a spreadsheet or a text file"),
+    "utf-16 text": ("a,b\n1,2\n".encode("utf-16"), "UTF-16"),
+    "encrypted or old xls": (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600,
+                             "password-protected workbook or an old Excel"),
+    "truncated xlsx": (_xlsx([["a"], ["b"]])[:300], "damaged"),
+    "zip that is not a workbook": (_zip({"word/document.xml": b"<w/>"}), "not an Excel workbook"),
+    "zip bomb": (_zip({"xl/workbook.xml": b"<workbook/>",
+                       "xl/worksheets/sheet1.xml": b"\x00" * (60 * 1024 * 1024)}), "zip bomb"),
+    "xlsx with a broken sheet": (_zip({"xl/workbook.xml": b"<not really", "[Content_Types].xml": b"?"}),
+                                 "damaged, encrypted or not a real .xlsx"),
+    "duplicated headers": (b"First name,Last name,first_name\nA,B,C\n",
+                           "The column 'first_name' appears twice (columns A and C)"),
+    "control characters": (HEADER.encode() + b"Ann\x07,Banda,F,1990-01-01,V1\n",
+                           "Row 2, column First name contains an invisible control character (U+0007)"),
+    "a 10,000-character cell": (HEADER.encode() + b"A," + b"x" * 10_000 + b",F,1990-01-01,V1\n",
+                                "Row 2, column Last name holds 10,000 characters"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_a_bad_file_is_refused_with_a_clear_message(tmp_path, name):
+    data, message = BAD_FILES[name]
+    path = _write(tmp_path, "upload.bin", data)
+    with pytest.raises(FileProblem) as caught:
+        _read(path)
+    assert message in caught.value.message
+
+
+def test_a_csv_with_more_rows_than_allowed_is_refused(tmp_path):
+    path = _write(tmp_path, "a.csv", HEADER.encode() + b"A,B,F,1990-01-01,V1\n" * 11)
+    with pytest.raises(FileProblem, match="more than 10 rows"):
+        _read(path, max_rows=10)
+
+
+def test_an_xlsx_with_more_rows_than_allowed_is_refused_before_reading_them(tmp_path):
+    path = _write(tmp_path, "a.xlsx", _xlsx([["a"]] + [["x"]] * 20))
+    with pytest.raises(FileProblem, match="20 rows; at most 10"):
+        open_table(path, max_rows=10)
+
+
+def test_a_cell_at_the_limit_is_accepted(tmp_path):
+    path = _write(tmp_path, "a.csv", b"a\n" + b"x" * CELL_MAX + b"\n")
+    assert len(_read(path)[1][0][1][0]) == CELL_MAX

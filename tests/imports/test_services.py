@@ -1,0 +1,291 @@
+"""Uploads from file to registry: checks per cell, households, duplicates, fixes, import."""
+import itertools
+from datetime import date
+
+import pytest
+from sqlalchemy import func, select
+
+from portal.errors import DomainError
+from portal.imports import services
+from portal.imports.models import SavedMapping, UploadRow
+from portal.imports.reading import FileProblem
+from portal.locations.services import Scope
+from portal.registry.models import Group, GroupMember, Individual
+
+EVERYTHING = Scope(everything=True)
+HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
+_files = itertools.count()
+
+
+def _file(tmp_path, text: str, suffix=".csv"):
+    path = tmp_path / f"upload{next(_files)}{suffix}"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _receive(db_session, tmp_path, text, *, policy="error", day_first=None, program_id=None):
+    return services.receive_upload(
+        db_session, path=_file(tmp_path, text), file_name="people.csv", duplicate_policy=policy,
+        day_first=day_first, program_id=program_id, enrol_status="potential", area_id=None,
+        actor_id=None, max_rows=1000)
+
+
+def _validated(db_session, tmp_path, text, *, scope=EVERYTHING, **kwargs):
+    upload = _receive(db_session, tmp_path, text, **kwargs)
+    assert upload.status == "uploaded", upload.mapping
+    services.validate_upload(db_session, upload, scope=scope, progress=lambda *a, **k: None)
+    return upload
+
+
+def _imported(db_session, upload, scope=EVERYTHING):
+    services.start_import(db_session, upload, only_if_clean=False, scope=scope, actor_id=None)
+    return services.import_upload(db_session, upload, scope=scope, actor_id=None,
+                                  progress=lambda *a, **k: None)
+
+
+def _rows(db_session, upload) -> dict[int, UploadRow]:
+    return {r.row_number: r for r in db_session.scalars(
+        select(UploadRow).where(UploadRow.upload_id == upload.id))}
+
+
+def test_a_clean_file_is_staged_with_every_row_valid_and_a_summary(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER
+                        + "Amina,Banda,F,1990-05-17,A100,NV1,H1,head,yes\n"
+                        + "Juma,Banda,male,2015-01-02,,NV1,H1,child,no\n"
+                        + "Zoë,Phiri,F,1980-03-04,A101,NV2,,,\n")
+    assert upload.status == "validated"
+    assert {n: r.status for n, r in _rows(db_session, upload).items()} == {2: "valid", 3: "valid", 4: "valid"}
+    assert upload.counts["rows"] == 3 and upload.counts["valid"] == 3
+    assert upload.counts["new_people"] == 3 and upload.counts["new_households"] == 1
+    assert upload.validate_seconds is not None
+
+
+def test_each_bad_cell_keeps_the_registry_message_and_the_row_is_an_error(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,,Q,2990-01-01,A1 00?,NOWHERE,,,\n")
+    row = _rows(db_session, upload)[2]
+    assert row.status == "error"
+    assert set(row.errors) >= {"last_name", "sex", "birth_date", "national_id", "location"}
+    assert "No location has the code NOWHERE" in row.errors["location"]
+    assert row.raw["first_name"] == "Amina"
+    assert upload.counts["errors"] == 1
+
+
+def test_a_village_outside_the_uploaders_locations_is_an_error(db_session, tmp_path, country):
+    north = Scope(paths=(country["N"].path,))
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,SV1,,,\n", scope=north)
+    assert "outside your locations" in _rows(db_session, upload)[2].errors["location"]
+
+
+def test_dates_are_read_in_the_chosen_day_month_order(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,05/03/1990,,NV1,,,\n", day_first=True)
+    assert _rows(db_session, upload)[2].cleaned["birth_date"] == "1990-03-05"
+
+
+def test_a_national_id_twice_in_the_file_is_an_error_on_the_later_row(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,A100,NV1,,,\n"
+                        + "Zoë,Phiri,F,1980-03-04,a 100,NV2,,,\n")
+    rows = _rows(db_session, upload)
+    assert rows[2].status == "valid"
+    assert rows[3].errors["national_id"] == "This national ID is also on row 2."
+
+
+@pytest.mark.parametrize("policy,status,action", [("update", "valid", "update"),
+                                                  ("skip", "skipped", "skip"),
+                                                  ("error", "error", "new")])
+def test_a_registered_national_id_updates_skips_or_refuses_as_the_user_chose(
+        db_session, tmp_path, country, make_individual, policy, status, action):
+    person = make_individual("Amina", "Banda", national_id="A100", location=country["NV1"])
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,A100,NV2,,,\n", policy=policy)
+    row = _rows(db_session, upload)[2]
+    assert (row.status, row.action) == (status, action)
+    if policy == "error":
+        assert f"Already registered to #{person.id}" in row.errors["national_id"]
+    else:
+        assert row.individual_id == person.id
+
+
+def test_an_unknown_role_is_an_error_naming_the_allowed_roles(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H1,boss,yes\n")
+    message = _rows(db_session, upload)[2].errors["role"]
+    assert message.startswith("Unknown role 'boss'; use one of head, spouse, child")
+
+
+def test_a_household_needs_exactly_one_head_and_at_most_one_primary_recipient(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER
+                        + "Amina,Banda,F,1990-05-17,,NV1,H1,spouse,no\n"
+                        + "Juma,Banda,M,1988-01-02,,NV1,H1,child,no\n"
+                        + "Zoë,Phiri,F,1980-03-04,,NV2,H2,head,yes\n"
+                        + "Ali,Phiri,M,1981-03-04,,NV2,H2,head,yes\n")
+    rows = _rows(db_session, upload)
+    assert rows[2].errors["household"] == "Household H1 has no head: give one member the role head."
+    assert rows[3].status == "error"
+    assert "H2 has more than one head (rows 4 and 5)" in rows[5].errors["household"]
+    assert rows[4].status == "valid"
+
+
+def test_joining_a_registered_household_that_has_a_head_needs_no_new_head(
+        db_session, tmp_path, country, make_household):
+    household = make_household(2, location=country["NV1"], code="HH-OLD")
+    upload = _validated(db_session, tmp_path, HEADER + "Baby,Banda,F,2024-01-02,,NV1,HH-OLD,child,no\n"
+                        + "Other,Banda,M,1970-01-02,,NV1,HH-OLD,head,no\n")
+    rows = _rows(db_session, upload)
+    assert rows[2].status == "valid"
+    assert rows[3].errors["household"] == "Household HH-OLD already has a head in the registry."
+    services.drop_row(db_session, upload, rows[3], scope=EVERYTHING)
+    _imported(db_session, upload)
+    assert db_session.scalar(select(func.count()).where(GroupMember.group_id == household.id)) == 3
+    assert upload.counts["updated_households"] == 1 and upload.counts["new_households"] == 0
+
+
+def test_a_probable_duplicate_is_flagged_until_the_user_confirms_it(db_session, tmp_path, country, make_individual):
+    make_individual("Amina", "Banda", national_id=None, birth_date=date(1990, 5, 17), location=country["NV2"])
+    upload = _validated(db_session, tmp_path, HEADER + "Aminah,Banda,F,1990-05-17,,NV1,,,\n")
+    row = _rows(db_session, upload)[2]
+    assert row.status == "duplicate"
+    assert "Probably the same person as" in row.warning and "Amina Banda" in row.warning
+    services.confirm_row(db_session, upload, row)
+    assert row.status == "valid" and upload.counts["duplicates"] == 0
+
+
+def test_editing_a_row_checks_it_again_with_its_household(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H1,wife,yes\n"
+                        + "Juma,Banda,M,2015-01-02,,NV1,H1,child,no\n")
+    rows = _rows(db_session, upload)
+    assert rows[3].errors["household"].endswith("has no head: give one member the role head.")
+    services.edit_row(db_session, upload, rows[2], {"role": "Head"}, scope=EVERYTHING)
+    assert rows[2].status == "valid" and rows[2].cleaned["role"] == "head"
+    db_session.refresh(rows[3])
+    assert rows[3].status == "valid" and rows[3].errors == {}
+    assert upload.counts["errors"] == 0
+
+
+def test_find_and_replace_fixes_every_matching_cell_of_a_column(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "".join(
+        f"P{i},Banda,F,1990-05-{i + 10},,Village-1,,,\n" for i in range(5)))
+    assert upload.counts["errors"] == 5
+    changed = services.replace_in_column(db_session, upload, field="location", find=" village-1 ",
+                                         replace="NV1", scope=EVERYTHING)
+    assert changed == 5
+    assert upload.counts["errors"] == 0 and upload.counts["valid"] == 5
+
+
+def test_a_dropped_row_is_left_out_of_the_import(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\nBad,Row,?,,,NV1,,,\n")
+    services.drop_row(db_session, upload, _rows(db_session, upload)[3], scope=EVERYTHING)
+    counts = _imported(db_session, upload)
+    assert counts["imported"] == 1 and counts["dropped"] == 1
+    assert db_session.scalar(select(func.count()).select_from(Individual).where(Individual.last_name == "Row")) == 0
+
+
+def test_import_creates_people_and_households_and_a_second_run_changes_nothing(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER
+                        + "Amina,Banda,F,1990-05-17,A100,NV1,H1,head,no\n"
+                        + "Juma,Banda,M,2015-01-02,,NV1,H1,child,yes\n"
+                        + "=HYPERLINK(1),Phiri,F,1980-03-04,,NV2,,,\n")
+    counts = _imported(db_session, upload)
+    assert upload.status == "imported"
+    assert counts["imported"] == 3 and counts["people_created"] == 3 and counts["new_households"] == 1
+    rows = _rows(db_session, upload)
+    household = db_session.scalar(select(Group).where(Group.code == "H1"))
+    assert household.kind == "household" and household.primary_recipient_id == rows[3].individual_id
+    assert {m.role for m in household.members} == {"head", "child"}
+    assert db_session.get(Individual, rows[4].individual_id).first_name == "=HYPERLINK(1)"
+    services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None, progress=lambda *a, **k: None)
+    assert db_session.scalar(select(func.count()).select_from(Individual).where(
+        Individual.last_name.in_(["Banda", "Phiri"]))) == 3
+    assert db_session.scalar(select(func.count()).select_from(GroupMember).where(
+        GroupMember.group_id == household.id)) == 2
+
+
+def test_importing_an_update_changes_the_registered_person(db_session, tmp_path, country, make_individual):
+    person = make_individual("Amina", "Banda", national_id="A100", phone=None, location=country["NV1"])
+    upload = _validated(db_session, tmp_path, "First name,Last name,Sex,Birth date,National ID,Village code,Phone\n"
+                        "Amina,Mwale,F,1990-05-17,A100,NV2,+265991234567\n", policy="update")
+    counts = _imported(db_session, upload)
+    db_session.refresh(person)
+    assert (person.last_name, person.location_id, person.phone) == ("Mwale", country["NV2"].id, "+265991234567")
+    assert counts["people_updated"] == 1 and counts["people_created"] == 0
+
+
+def test_importing_only_when_nothing_is_left_to_fix_is_refused_while_rows_have_errors(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\nBad,Row,?,,,NV1,,,\n")
+    with pytest.raises(DomainError, match="1 row\\(s\\) still need fixing"):
+        services.start_import(db_session, upload, only_if_clean=True, scope=EVERYTHING, actor_id=None)
+
+
+def test_fixed_rows_uploaded_back_are_matched_by_row_number(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+                        + "Juma,Banda,?,2015-01-02,,NV1,,,\nZoë,Phiri,F,1980-03-04,,NOPE,,,\n")
+    downloaded = list(services.problem_rows_for_download(db_session, upload))
+    assert [n for n, _raw, _errors in downloaded] == [3, 4]
+    assert "sex: Sex must be F, M or O" in downloaded[0][2]
+    fixed = _file(tmp_path, "Row,First name,Last name,Sex,Birth date,National ID,Village code,Errors\n"
+                            "3,Juma,Banda,M,2015-01-02,,NV1,sex: ...\n99,X,Y,F,2000-01-01,,NV1,\n")
+    result = services.apply_corrections(db_session, upload, fixed, scope=EVERYTHING)
+    assert result == {"updated": 1, "unknown": 1}
+    rows = _rows(db_session, upload)
+    assert rows[3].status == "valid" and rows[4].status == "error"
+
+
+def test_a_file_with_headers_only_is_refused_and_not_kept(db_session, tmp_path, country):
+    path = _file(tmp_path, HEADER)
+    with pytest.raises(FileProblem, match="column names but no rows"):
+        services.receive_upload(db_session, path=path, file_name="x.csv", duplicate_policy="error",
+                                day_first=None, program_id=None, enrol_status=None, area_id=None,
+                                actor_id=None, max_rows=10)
+    assert not path.exists()
+
+
+def test_unknown_headers_ask_for_a_mapping_which_is_saved_for_the_next_file(db_session, tmp_path, country):
+    text = "Given,Family,Gender,DOB,Village\nAmina,Banda,F,1990-05-17,NV1\n"
+    upload = _receive(db_session, tmp_path, text)
+    assert upload.status == "mapping"
+    assert upload.mapping["Village"] == "location" and upload.mapping["Given"] == ""
+    with pytest.raises(DomainError, match="First name, Last name"):
+        services.set_mapping(db_session, upload, {"Gender": "sex", "DOB": "birth_date",
+                                                  "Village": "location"}, actor_id=None)
+    services.set_mapping(db_session, upload, {"Given": "first_name", "Family": "last_name", "Gender": "sex",
+                                              "DOB": "birth_date", "Village": "location"},
+                         save_as="District survey", actor_id=None)
+    assert upload.status == "uploaded"
+    assert db_session.scalar(select(SavedMapping.name)) == "District survey"
+    again = _receive(db_session, tmp_path, text.replace("Amina", "Zoë"))
+    assert again.status == "uploaded" and again.mapping["Given"] == "first_name"
+
+
+def test_a_file_whose_content_was_already_imported_is_recognised(db_session, tmp_path, country):
+    text = HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+    first = _validated(db_session, tmp_path, text)
+    _imported(db_session, first)
+    second = _receive(db_session, tmp_path, text)
+    assert services.earlier_import_of_same_file(db_session, second).id == first.id
+
+
+def test_imported_people_are_enrolled_into_the_chosen_program(db_session, tmp_path, country):
+    from portal.programs.models import Beneficiary, Program
+
+    program = Program(code="CT1", name="Cash for all", beneficiary_kind="individual", status="active")
+    db_session.add(program)
+    db_session.flush()
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+                        + "Juma,Banda,M,2015-01-02,,NV1,,,\n", program_id=program.id)
+    counts = _imported(db_session, upload)
+    assert counts["enrolled"] == 2
+    statuses = db_session.scalars(select(Beneficiary.status).where(Beneficiary.program_id == program.id)).all()
+    assert statuses == ["potential", "potential"]
+
+
+def test_uploads_are_seen_by_their_uploader_and_by_users_whose_area_holds_them(
+        db_session, tmp_path, country, make_user):
+    north_officer = make_user("field_officer", [country["N"]])
+    south_officer = make_user("field_officer", [country["S"]])
+    db_session.flush()
+    upload = _receive(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    upload.location_id = country["ND"].id
+    upload.created_by_id = south_officer.id
+    db_session.flush()
+    north = Scope(paths=(country["N"].path,))
+    assert services.get_upload(db_session, upload.id, scope=north, actor_id=north_officer.id) is upload
+    elsewhere = Scope(paths=(country["SW"].path,))
+    assert services.get_upload(db_session, upload.id, scope=elsewhere, actor_id=south_officer.id) is upload
+    assert services.get_upload(db_session, upload.id, scope=elsewhere, actor_id=north_officer.id) is None
