@@ -97,13 +97,13 @@ def make_household(db_session, make_individual, request):
     """A household: head (also the primary recipient) plus size-1 other members."""
     from portal.registry.models import Group, GroupMember
 
-    def make(size=3, *, location=None, head=None, members=(), code=None, name=None) -> Group:
+    def make(size=3, *, location=None, head=None, members=None, code=None, name=None) -> Group:
         n = next(_numbers)
         if location is None:
             location = head.location if head is not None else request.getfixturevalue("default_village")
         head = head or make_individual(location=location)
-        others = list(members) or [make_individual(last_name=head.last_name, location=location)
-                                   for _ in range(size - 1)]
+        others = list(members) if members is not None else [
+            make_individual(last_name=head.last_name, location=location) for _ in range(size - 1)]
         group = Group(code=code or f"HH{n:06d}", name=name or f"{head.last_name} household {n}",
                       kind="household", location_id=location.id, primary_recipient_id=head.id)
         db_session.add(group)

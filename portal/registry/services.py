@@ -1,0 +1,735 @@
+"""Registry rules and queries: search that stays fast at a million people, enrolment with
+duplicate checks, versioned edits, soft delete, households and their invariants.
+
+Every function takes the caller's location ``scope`` where it reads people or groups, and
+``actor_id`` where it writes; none commits.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+
+from sqlalchemy import and_, exists, false, func, or_, select, union
+from sqlalchemy.orm import Session, contains_eager, lazyload
+from sqlalchemy.orm.exc import StaleDataError
+
+from portal.clock import now, today
+from portal.errors import DomainError
+from portal.locations.models import Location
+from portal.privacy import mask
+from portal.registry.models import (DEFAULT_MEMBER_ROLES, GROUP_KINDS, SEXES, CustomField,
+                                    Group, GroupMember, Individual, MemberRole)
+from portal.registry.validation import active_custom_fields, clean_individual, find_duplicates, fold
+
+try:  # the programs domain is optional for the registry
+    from portal.programs.models import Beneficiary, Program
+except ImportError:  # pragma: no cover
+    Beneficiary = Program = None
+
+COUNT_CAP = 1000
+PER_PAGE = 25
+BENEFICIARY_STATUSES = ("potential", "active", "suspended", "graduated")
+
+
+class ConflictError(DomainError):
+    """Someone else saved the same record since the user opened it."""
+
+
+# --- search -----------------------------------------------------------------------------------
+
+INDIVIDUAL_SORTS = {
+    "name": ("name_key", False), "-name": ("name_key", True),
+    "birth_date": ("birth_date", False), "-birth_date": ("birth_date", True),
+    "newest": ("id", True), "oldest": ("id", False),
+}
+FILTER_KEYS = ("q", "location", "sex", "age_min", "age_max", "born_from", "born_to", "group",
+               "household", "program", "status")
+
+
+@dataclass
+class SearchResult:
+    rows: list
+    count: int
+    capped: bool
+    page: int
+    per_page: int
+    has_more: bool
+    households: dict = field(default_factory=dict)
+
+    @property
+    def count_label(self) -> str:
+        return f"{self.count:,}+" if self.capped else f"{self.count:,}"
+
+
+def _upper_bound(prefix: str) -> str:
+    """The smallest string after every string that starts with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _prefix(column, prefix: str, dialect: str):
+    """An index-friendly ``column LIKE 'prefix%'``: a range on a binary ("C") ordering, which
+    both SQLite (BINARY) and PostgreSQL (a COLLATE "C" index) answer from a B-tree."""
+    if dialect == "postgresql":
+        column = column.collate("C")
+    return and_(column >= prefix, column < _upper_bound(prefix))
+
+
+def _name_column(dialect: str):
+    return Individual.name_key.collate("C") if dialect == "postgresql" else Individual.name_key
+
+
+def _location_path(session: Session, value) -> Location | None:
+    """A location given by code or id (filters take either)."""
+    if value in (None, ""):
+        return None
+    text = str(value).strip()
+    location = session.scalar(select(Location).where(Location.code == text))
+    if location is None and text.isdigit():
+        location = session.get(Location, int(text))
+    return location
+
+
+def _years_ago(years: int) -> date:
+    t = today()
+    try:
+        return t.replace(year=t.year - years)
+    except ValueError:  # 29 February
+        return t.replace(year=t.year - years, day=28)
+
+
+def _int(value) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _date(value) -> date | None:
+    try:
+        return date.fromisoformat(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def clean_filters(raw) -> dict:
+    """The known filters from request args (or any mapping), stripped, unknown keys dropped."""
+    return {k: str(raw.get(k, "")).strip() for k in FILTER_KEYS if str(raw.get(k, "") or "").strip()}
+
+
+def individual_filters(session: Session, *, scope, filters: dict) -> list:
+    """The WHERE conditions for a search: living people in scope matching the filters."""
+    dialect = session.get_bind().dialect.name
+    conditions = [Individual.deleted_at.is_(None)]
+    if not scope.everything:
+        conditions.append(scope.covers(Individual.location_id))
+    q = filters.get("q", "")
+    if q:
+        compact = q.replace(" ", "").upper()
+        if any(c.isdigit() for c in q) and re.fullmatch(r"[A-Z0-9/-]+", compact):
+            # The live-ID unique index has the database's collation: a plain range uses it.
+            conditions.append(_prefix(Individual.national_id, compact, "any"))
+        else:
+            key = fold(q.replace(",", " "))
+            if key:
+                conditions.append(_prefix(Individual.name_key, key, dialect))
+    location = _location_path(session, filters.get("location"))
+    if filters.get("location"):
+        if location is None:
+            conditions.append(false())
+        elif location.kind == "village":
+            conditions.append(Individual.location_id == location.id)
+        else:
+            below = select(Location.id).where(Location.path.startswith(location.path, autoescape=True))
+            conditions.append(Individual.location_id.in_(below))
+    if filters.get("sex") in SEXES:
+        conditions.append(Individual.sex == filters["sex"])
+    age_min, age_max = _int(filters.get("age_min")), _int(filters.get("age_max"))
+    if age_min is not None:
+        conditions.append(Individual.birth_date <= _years_ago(age_min))
+    if age_max is not None:  # aged at most N: born after the day N+1 years ago
+        conditions.append(Individual.birth_date > _years_ago(age_max + 1))
+    born_from, born_to = _date(filters.get("born_from")), _date(filters.get("born_to"))
+    if born_from:
+        conditions.append(Individual.birth_date >= born_from)
+    if born_to:
+        conditions.append(Individual.birth_date <= born_to)
+    group = filters.get("group")
+    if group:
+        group_ids = select(Group.id).where(Group.code == group.upper() if not group.isdigit()
+                                           else or_(Group.code == group, Group.id == int(group)))
+        conditions.append(Individual.id.in_(
+            select(GroupMember.individual_id).where(GroupMember.group_id.in_(group_ids))))
+    household = filters.get("household")
+    in_household = exists().where(GroupMember.individual_id == Individual.id,
+                                  GroupMember.group_kind == "household")
+    if household == "yes":
+        conditions.append(in_household)
+    elif household == "no":
+        conditions.append(~in_household)
+    program_id, status = _int(filters.get("program")), filters.get("status")
+    if Beneficiary is not None and (program_id or status in BENEFICIARY_STATUSES):
+        direct = select(Beneficiary.individual_id).where(Beneficiary.individual_id.is_not(None))
+        via_group = (select(GroupMember.individual_id)
+                     .join(Beneficiary, Beneficiary.group_id == GroupMember.group_id))
+        if program_id:
+            direct = direct.where(Beneficiary.program_id == program_id)
+            via_group = via_group.where(Beneficiary.program_id == program_id)
+        if status in BENEFICIARY_STATUSES:
+            direct = direct.where(Beneficiary.status == status)
+            via_group = via_group.where(Beneficiary.status == status)
+        conditions.append(Individual.id.in_(union(direct, via_group)))
+    return conditions
+
+
+def _order(sort: str, dialect: str):
+    column_name, descending = INDIVIDUAL_SORTS.get(sort, INDIVIDUAL_SORTS["name"])
+    column = _name_column(dialect) if column_name == "name_key" else getattr(Individual, column_name)
+    order = [column.desc() if descending else column.asc()]
+    if column_name != "id":
+        order.append(Individual.id.desc() if descending else Individual.id.asc())
+    return order
+
+
+def capped_count(session: Session, conditions: list, cap: int | None = None) -> tuple[int, bool]:
+    """How many match, counting at most ``cap`` + 1 rows: cheap at any size."""
+    cap = cap or COUNT_CAP
+    inner = select(Individual.id).where(*conditions).limit(cap + 1).subquery()
+    n = session.scalar(select(func.count()).select_from(inner))
+    return (cap, True) if n > cap else (n, False)
+
+
+def search_individuals(session: Session, *, scope, filters: dict, sort: str = "name",
+                       page: int = 1, per_page: int = PER_PAGE, with_count: bool = True,
+                       count_cap: int | None = None) -> SearchResult:
+    """One page of living people in scope; two or three statements whatever the page size."""
+    dialect = session.get_bind().dialect.name
+    conditions = individual_filters(session, scope=scope, filters=filters)
+    page = max(page, 1)
+    query = (select(Individual).join(Individual.location)
+             .options(contains_eager(Individual.location).lazyload(Location.parent))
+             .where(*conditions).order_by(*_order(sort, dialect))
+             .offset((page - 1) * per_page).limit(per_page + 1))
+    rows = list(session.scalars(query).unique())
+    has_more = len(rows) > per_page
+    rows = rows[:per_page]
+    if with_count:
+        if page == 1 and not has_more:
+            count, capped = len(rows), False
+        else:
+            count, capped = capped_count(session, conditions, count_cap)
+            if capped and (page - 1) * per_page + len(rows) > count:
+                count = (page - 1) * per_page + len(rows)
+    else:
+        count, capped = 0, False
+    return SearchResult(rows=rows, count=count, capped=capped, page=page, per_page=per_page,
+                        has_more=has_more, households=households_of(session, [r.id for r in rows]))
+
+
+def households_of(session: Session, individual_ids: list[int]) -> dict[int, Group]:
+    """{individual id: household} for a page of people, in one statement."""
+    if not individual_ids:
+        return {}
+    rows = session.execute(
+        select(GroupMember.individual_id, Group)
+        .join(Group, Group.id == GroupMember.group_id)
+        .options(lazyload(Group.location))
+        .where(GroupMember.individual_id.in_(individual_ids), GroupMember.group_kind == "household"))
+    return {individual_id: group for individual_id, group in rows}
+
+
+EXPORT_HEADER = ["ID", "First name", "Middle name", "Last name", "Sex", "Date of birth",
+                 "ID type", "National ID", "Phone", "Village code", "Village", "Household"]
+EXPORT_LIMIT = 200_000
+
+
+def export_rows(session: Session, *, scope, filters: dict, sort: str = "name", pii: bool,
+                custom_fields: list[CustomField] = (), batch: int = 2000):
+    """The rows of the current result for a download, masked unless ``pii``; streamed in
+    keyset batches so memory stays flat."""
+    dialect = session.get_bind().dialect.name
+    conditions = individual_filters(session, scope=scope, filters=filters)
+    show = (lambda v: v or "") if pii else mask
+    household = (select(Group.code).join(GroupMember, GroupMember.group_id == Group.id)
+                 .where(GroupMember.individual_id == Individual.id,
+                        GroupMember.group_kind == "household").limit(1).scalar_subquery())
+    custom_names = [f.name for f in custom_fields]
+    sent = 0
+    offset = 0
+    while sent < EXPORT_LIMIT:
+        rows = session.execute(
+            select(Individual.id, Individual.first_name, Individual.middle_name, Individual.last_name,
+                   Individual.sex, Individual.birth_date, Individual.national_id_type,
+                   Individual.national_id, Individual.phone, Location.code, Location.name,
+                   household, Individual.custom)
+            .join(Location, Location.id == Individual.location_id)
+            .where(*conditions).order_by(*_order(sort, dialect)).offset(offset).limit(batch)).all()
+        if not rows:
+            return
+        for r in rows:
+            custom = r.custom or {}
+            yield [r.id, r.first_name, r.middle_name, r.last_name, SEXES.get(r.sex, r.sex),
+                   r.birth_date, r.national_id_type, show(r.national_id), show(r.phone), r.code,
+                   r.name, r[11]] + [custom.get(n) for n in custom_names]
+        sent += len(rows)
+        offset += batch
+        if len(rows) < batch:
+            return
+
+
+# --- one person -------------------------------------------------------------------------------
+
+def get_individual(session: Session, individual_id: int, *, scope, include_deleted: bool = False
+                   ) -> Individual | None:
+    """The person if they exist and lie in scope (else None: the view answers 404)."""
+    person = session.get(Individual, individual_id)
+    if person is None or not scope.allows(person.location):
+        return None
+    if person.deleted_at is not None and not include_deleted:
+        return None
+    return person
+
+
+def create_individual(session: Session, values: dict, *, actor_id: int | None) -> Individual:
+    """Insert a person from values already cleaned by ``clean_individual``."""
+    person = Individual(**values)
+    session.add(person)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except Exception as exc:  # the unique index on live national IDs, under a race
+        if "national_id" in str(exc).lower() or "unique" in str(exc).lower():
+            raise DomainError(f"National ID {values.get('national_id')} is already registered.",
+                              field="national_id") from None
+        raise
+    return person
+
+
+def enrol_individual(session: Session, raw: dict, *, scope, actor_id: int | None,
+                     confirm_similar: bool = False) -> tuple[Individual | None, dict, list, list]:
+    """The manual enrolment: validate, look for duplicates, save.
+
+    Returns (person or None, errors, blocking duplicates, similar people). Nothing is saved
+    when there are errors or blocking duplicates, or similar people the user has not
+    confirmed."""
+    fields = active_custom_fields(session)
+    values, errors = clean_individual(session, raw, custom_fields=fields, scope=scope)
+    if errors:
+        return None, errors, [], []
+    blocking, similar = find_duplicates(
+        session, national_id=values["national_id"], first_name=values["first_name"],
+        last_name=values["last_name"], birth_date=values["birth_date"], location_id=values["location_id"])
+    if blocking:
+        errors["national_id"] = f"National ID {values['national_id']} is already registered."
+        return None, errors, blocking, similar
+    if similar and not confirm_similar:
+        return None, {}, [], similar
+    return create_individual(session, values, actor_id=actor_id), {}, [], similar
+
+
+def update_individual(session: Session, person: Individual, raw: dict, *, scope,
+                      expected_version: int | None, actor_id: int | None) -> tuple[Individual, dict]:
+    """Save an edit unless someone else saved the person since ``expected_version``.
+
+    Returns (person, errors); raises ConflictError on a stale version."""
+    if expected_version is not None and person.version != expected_version:
+        raise ConflictError(
+            f"{person.full_name} was changed by someone else while you were editing "
+            f"(version {expected_version}, now {person.version}). Your changes were not saved: "
+            f"reload to see the current data, then edit again.")
+    fields = active_custom_fields(session)
+    values, errors = clean_individual(session, raw, custom_fields=fields, scope=scope,
+                                      exclude_id=person.id)
+    if not errors and values["national_id"]:
+        blocking, _ = find_duplicates(session, national_id=values["national_id"], first_name="",
+                                      last_name="", birth_date=None, location_id=None,
+                                      exclude_id=person.id)
+        if blocking:
+            errors["national_id"] = f"National ID {values['national_id']} is already registered."
+    if errors:
+        return person, errors
+    # Custom fields the form did not show (inactive ones) keep their values.
+    values["custom"] = {**(person.custom or {}), **values["custom"]}
+    for name in [f.name for f in fields if f.name not in values["custom"]]:
+        values["custom"].pop(name, None)
+    for key, value in values.items():
+        if getattr(person, key) != value:
+            setattr(person, key, value)
+    try:
+        session.flush()
+    except StaleDataError:
+        raise ConflictError(f"{person.full_name} was changed by someone else at the same moment. "
+                            "Your changes were not saved: reload and edit again.") from None
+    return person, {}
+
+
+def delete_individual(session: Session, person: Individual, *, actor_id: int | None) -> None:
+    if person.deleted_at is not None:
+        raise DomainError(f"{person.full_name} is already deleted.")
+    person.deleted_at = now()
+    session.flush()
+
+
+def restore_individual(session: Session, person: Individual, *, actor_id: int | None) -> None:
+    if person.deleted_at is None:
+        raise DomainError(f"{person.full_name} is not deleted.")
+    if person.national_id and session.scalar(select(Individual.id).where(
+            Individual.national_id == person.national_id, Individual.deleted_at.is_(None),
+            Individual.id != person.id)):
+        raise DomainError(f"Another living person now has national ID {person.national_id}; "
+                          "change one of them before restoring.")
+    person.deleted_at = None
+    session.flush()
+
+
+def programs_of(session: Session, person: Individual) -> list[tuple]:
+    """(program, beneficiary, via group or None) for the person and their groups."""
+    if Beneficiary is None:
+        return []
+    group_ids = [m.group_id for m in person.memberships]
+    condition = Beneficiary.individual_id == person.id
+    if group_ids:
+        condition = or_(condition, Beneficiary.group_id.in_(group_ids))
+    rows = session.execute(select(Program, Beneficiary).join(Beneficiary, Beneficiary.program_id == Program.id)
+                           .where(condition).order_by(Program.name))
+    groups = {m.group_id: m.group for m in person.memberships}
+    return [(p, b, groups.get(b.group_id)) for p, b in rows]
+
+
+def programs_for_filter(session: Session) -> list:
+    if Program is None:
+        return []
+    return list(session.execute(select(Program.id, Program.name).order_by(Program.name)).all())
+
+
+# --- custom fields and member roles -----------------------------------------------------------
+
+def save_custom_field(session: Session, custom_field: CustomField | None, *, name: str, label: str,
+                      type: str, required: bool, unique: bool, pattern: str, choices: list[str],
+                      active: bool = True, position: int = 0, actor_id: int | None) -> CustomField:
+    name = name.strip().lower()
+    if custom_field is None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name):
+            raise DomainError("The name must start with a letter and hold only a-z, 0-9 and _ "
+                              "(it is the column name in uploads).", field="name")
+        reserved = {c.key for c in Individual.__table__.columns} | {"location"}
+        if name in reserved:
+            raise DomainError(f"{name} is a built-in field.", field="name")
+        if session.scalar(select(CustomField.id).where(CustomField.name == name,
+                                                       CustomField.program_id.is_(None))):
+            raise DomainError(f"A custom field named {name} already exists.", field="name")
+    if pattern:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise DomainError(f"The pattern is not a valid regular expression: {exc}.", field="pattern")
+    choices = [c.strip() for c in choices if c.strip()]
+    field_type = custom_field.type if custom_field is not None else type
+    if field_type == "choice" and not choices:
+        raise DomainError("A choice list needs at least one choice.", field="choices")
+    if custom_field is None:
+        custom_field = CustomField(name=name, type=type, program_id=None)
+        session.add(custom_field)
+    custom_field.label = label.strip() or name
+    custom_field.required = required
+    custom_field.unique = unique
+    custom_field.pattern = pattern or None
+    custom_field.choices = choices if field_type == "choice" else []
+    custom_field.active = active
+    custom_field.position = position
+    session.flush()
+    return custom_field
+
+
+def member_roles(session: Session, *, include_inactive: bool = False) -> list[tuple[str, str]]:
+    """(code, label) of the roles members can hold; the defaults until an admin edits them."""
+    query = select(MemberRole).order_by(MemberRole.position, MemberRole.label)
+    if not include_inactive:
+        query = query.where(MemberRole.active.is_(True))
+    rows = list(session.scalars(query))
+    if not rows and not session.scalar(select(MemberRole.code).limit(1)):
+        return list(DEFAULT_MEMBER_ROLES)
+    return [(r.code, r.label) for r in rows]
+
+
+def ensure_member_roles(session: Session) -> None:
+    if session.scalar(select(MemberRole.code).limit(1)) is None:
+        for position, (code, label) in enumerate(DEFAULT_MEMBER_ROLES):
+            session.add(MemberRole(code=code, label=label, position=position, active=True))
+        session.flush()
+
+
+def save_member_role(session: Session, *, code: str, label: str, active: bool,
+                     actor_id: int | None) -> MemberRole:
+    ensure_member_roles(session)
+    code = code.strip().lower().replace(" ", "_")
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,29}", code):
+        raise DomainError("A role code holds only a-z, 0-9 and _.", field="code")
+    if code == "head" and not active:
+        raise DomainError("The head role cannot be switched off: every household has a head.",
+                          field="code")
+    role = session.get(MemberRole, code)
+    if role is None:
+        position = (session.scalar(select(func.max(MemberRole.position))) or 0) + 1
+        role = MemberRole(code=code, position=position)
+        session.add(role)
+    role.label = label.strip() or code.replace("_", " ").title()
+    role.active = active
+    session.flush()
+    return role
+
+
+# --- groups -----------------------------------------------------------------------------------
+
+GROUP_SORTS = {"name": Group.name, "code": Group.code, "newest": Group.id.desc()}
+
+
+def group_filters(session: Session, *, scope, filters: dict) -> list:
+    conditions = [Group.deleted_at.is_(None)]
+    if not scope.everything:
+        conditions.append(scope.covers(Group.location_id))
+    q = filters.get("q", "")
+    if q:
+        conditions.append(or_(Group.code.startswith(q.upper(), autoescape=True),
+                              Group.code.startswith(q, autoescape=True),
+                              func.lower(Group.name).startswith(q.lower(), autoescape=True)))
+    if filters.get("kind") in GROUP_KINDS:
+        conditions.append(Group.kind == filters["kind"])
+    location = _location_path(session, filters.get("location"))
+    if filters.get("location"):
+        if location is None:
+            conditions.append(false())
+        else:
+            below = select(Location.id).where(Location.path.startswith(location.path, autoescape=True))
+            conditions.append(Group.location_id.in_(below))
+    return conditions
+
+
+def search_groups(session: Session, *, scope, filters: dict, sort: str = "name", page: int = 1,
+                  per_page: int = PER_PAGE) -> SearchResult:
+    conditions = group_filters(session, scope=scope, filters=filters)
+    order = GROUP_SORTS.get(sort, Group.name)
+    rows = list(session.scalars(
+        select(Group).options(contains_eager(Group.location).lazyload(Location.parent))
+        .join(Group.location)
+        .where(*conditions).order_by(order, Group.id).offset((page - 1) * per_page).limit(per_page + 1)))
+    has_more = len(rows) > per_page
+    rows = rows[:per_page]
+    inner = select(Group.id).where(*conditions).limit(COUNT_CAP + 1).subquery()
+    n = session.scalar(select(func.count()).select_from(inner))
+    sizes = dict(session.execute(
+        select(GroupMember.group_id, func.count()).where(GroupMember.group_id.in_([g.id for g in rows]))
+        .group_by(GroupMember.group_id)).all()) if rows else {}
+    return SearchResult(rows=rows, count=min(n, COUNT_CAP), capped=n > COUNT_CAP, page=page,
+                        per_page=per_page, has_more=has_more, households=sizes)
+
+
+def get_group(session: Session, group_id: int, *, scope) -> Group | None:
+    group = session.get(Group, group_id)
+    if group is None or group.deleted_at is not None or not scope.allows(group.location):
+        return None
+    return group
+
+
+def _check_role(session: Session, role: str) -> str:
+    codes = dict(member_roles(session))
+    if role not in codes:
+        raise DomainError(f"{role or 'An empty role'} is not a member role.", field="role")
+    return role
+
+
+def _household_of(session: Session, individual_id: int) -> GroupMember | None:
+    return session.scalar(select(GroupMember).where(GroupMember.individual_id == individual_id,
+                                                    GroupMember.group_kind == "household"))
+
+
+def _person_in_scope(session: Session, individual_id: int, scope) -> Individual:
+    person = get_individual(session, individual_id, scope=scope)
+    if person is None:
+        raise DomainError("That person does not exist or is outside your locations.", field="individual")
+    return person
+
+
+def find_person(session: Session, text: str, *, scope) -> Individual:
+    """A living person in scope by id ("#12" or "12") or exact national ID."""
+    text = (text or "").strip().lstrip("#")
+    person = None
+    if text.upper().startswith(("T", "MW", "ZM")) or not text.isdigit():
+        person = session.scalar(select(Individual).where(Individual.national_id == text.replace(" ", "").upper(),
+                                                         Individual.deleted_at.is_(None)))
+    if person is None and text.isdigit():
+        person = session.get(Individual, int(text))
+        if person is None:
+            person = session.scalar(select(Individual).where(Individual.national_id == text,
+                                                             Individual.deleted_at.is_(None)))
+    if person is None or person.deleted_at is not None or not scope.allows(person.location):
+        raise DomainError(f"No person with the ID or national ID {text or '(empty)'} in your locations.",
+                          field="individual")
+    return person
+
+
+def create_group(session: Session, *, code: str, name: str, kind: str, location_id: int | None,
+                 head_id: int | None, scope, actor_id: int | None) -> Group:
+    """A new group; a household needs its head (who becomes the primary recipient)."""
+    code, name = code.strip().upper(), name.strip()
+    if not code or not name:
+        raise DomainError("Code and name are required.", field="code" if not code else "name")
+    if kind not in GROUP_KINDS:
+        raise DomainError("Choose household, cooperative or other.", field="kind")
+    if session.scalar(select(Group.id).where(Group.code == code)):
+        raise DomainError(f"The code {code} is already used.", field="code")
+    location = session.get(Location, location_id) if location_id else None
+    head = session.get(Individual, head_id) if head_id else None
+    if location is None and head is not None:
+        location = head.location
+    if location is None:
+        raise DomainError("Choose the group's location.", field="location")
+    if not scope.allows(location):
+        raise DomainError(f"{location.name} is outside your locations.", field="location")
+    if kind == "household" and head is None:
+        raise DomainError("A household needs a head.", field="head")
+    group = Group(code=code, name=name, kind=kind, location_id=location.id)
+    session.add(group)
+    session.flush()
+    if head is not None:
+        add_member(session, group, head.id, role="head" if kind == "household" else "member",
+                   scope=scope, actor_id=actor_id)
+        if kind == "household":
+            group.primary_recipient_id = head.id
+    session.flush()
+    return group
+
+
+def add_member(session: Session, group: Group, individual_id: int, *, role: str, scope,
+               actor_id: int | None) -> GroupMember:
+    person = _person_in_scope(session, individual_id, scope)
+    role = _check_role(session, role)
+    if session.scalar(select(GroupMember.id).where(GroupMember.group_id == group.id,
+                                                   GroupMember.individual_id == person.id)):
+        raise DomainError(f"{person.full_name} is already a member.", field="individual")
+    if group.kind == "household":
+        other = _household_of(session, person.id)
+        if other is not None:
+            raise DomainError(f"{person.full_name} already belongs to household {other.group.code}; "
+                              "move them instead.", field="individual")
+        if role == "head" and _head(session, group) is not None:
+            raise DomainError("The household already has a head; change the head instead.", field="role")
+    member = GroupMember(group_id=group.id, individual_id=person.id, group_kind=group.kind, role=role)
+    session.add(member)
+    session.flush()
+    session.expire(group, ["members"])
+    return member
+
+
+def _head(session: Session, group: Group) -> GroupMember | None:
+    return session.scalar(select(GroupMember).where(GroupMember.group_id == group.id,
+                                                    GroupMember.role == "head"))
+
+
+def _member(session: Session, group: Group, member_id: int) -> GroupMember:
+    member = session.get(GroupMember, member_id)
+    if member is None or member.group_id != group.id:
+        raise DomainError("That person is not a member of this group.")
+    return member
+
+
+def remove_member(session: Session, group: Group, member_id: int, *, actor_id: int | None) -> None:
+    member = _member(session, group, member_id)
+    if group.kind == "household":
+        others = session.scalar(select(func.count()).where(GroupMember.group_id == group.id,
+                                                          GroupMember.id != member.id))
+        if member.role == "head" and others:
+            raise DomainError("Choose another head before removing the head of the household.")
+        if group.primary_recipient_id == member.individual_id and others:
+            raise DomainError("Choose another primary recipient before removing this one.")
+    if group.primary_recipient_id == member.individual_id:
+        group.primary_recipient_id = None
+    session.delete(member)
+    session.flush()
+    session.expire(group, ["members"])
+
+
+def change_role(session: Session, group: Group, member_id: int, role: str, *,
+                actor_id: int | None) -> GroupMember:
+    member = _member(session, group, member_id)
+    role = _check_role(session, role)
+    if group.kind == "household":
+        if member.role == "head" and role != "head":
+            raise DomainError("A household always has a head: make someone else the head instead.",
+                              field="role")
+        if role == "head" and member.role != "head":
+            return set_head(session, group, member_id, actor_id=actor_id)
+    member.role = role
+    session.flush()
+    return member
+
+
+def set_head(session: Session, group: Group, member_id: int, *, former_head_role: str = "other_relative",
+             actor_id: int | None) -> GroupMember:
+    """Make a member the head; the former head takes ``former_head_role``."""
+    member = _member(session, group, member_id)
+    former_head_role = _check_role(session, former_head_role)
+    if former_head_role == "head":
+        raise DomainError("The former head needs another role.", field="role")
+    current = _head(session, group)
+    if current is not None and current.id != member.id:
+        current.role = former_head_role
+        session.flush()  # the one-head index must see the old head go first
+    member.role = "head"
+    session.flush()
+    return member
+
+
+def set_primary_recipient(session: Session, group: Group, member_id: int, *,
+                          actor_id: int | None) -> None:
+    member = _member(session, group, member_id)
+    group.primary_recipient_id = member.individual_id
+    session.flush()
+
+
+def move_member(session: Session, member_id: int, target: Group, *, role: str, scope,
+                actor_id: int | None) -> GroupMember:
+    """Move a person from their household to another household, keeping both valid."""
+    member = session.get(GroupMember, member_id)
+    if member is None:
+        raise DomainError("That membership no longer exists.")
+    source = member.group
+    if source.id == target.id:
+        raise DomainError("The person is already in this household.", field="target")
+    if source.kind != "household" or target.kind != "household":
+        raise DomainError("Only household members move between households.", field="target")
+    if not scope.allows(target.location):
+        raise DomainError("That household is outside your locations.", field="target")
+    individual_id = member.individual_id
+    remove_member(session, source, member.id, actor_id=actor_id)
+    return add_member(session, target, individual_id, role=role, scope=scope, actor_id=actor_id)
+
+
+def check_household(session: Session, group: Group) -> list[str]:
+    """What is wrong with a household (empty list when it holds the invariants)."""
+    if group.kind != "household":
+        return []
+    problems = []
+    members = list(session.scalars(select(GroupMember).where(GroupMember.group_id == group.id)))
+    heads = [m for m in members if m.role == "head"]
+    if members and len(heads) != 1:
+        problems.append("A household needs exactly one head.")
+    if members and group.primary_recipient_id not in {m.individual_id for m in members}:
+        problems.append("The primary recipient must be a member of the household.")
+    return problems
+
+
+def group_members(session: Session, group: Group) -> list[GroupMember]:
+    """Members with their people and villages, in one statement."""
+    return list(session.scalars(
+        select(GroupMember).join(GroupMember.individual)
+        .options(contains_eager(GroupMember.individual))
+        .where(GroupMember.group_id == group.id).order_by(GroupMember.role != "head", GroupMember.id)))
+
+
+def memberships_of(session: Session, person: Individual) -> list[GroupMember]:
+    return list(session.scalars(
+        select(GroupMember).where(GroupMember.individual_id == person.id)
+        .options(lazyload(GroupMember.individual))
+        .order_by(GroupMember.group_kind != "household", GroupMember.id)))
+
