@@ -1,0 +1,605 @@
+"""Programs, institutions, schemes, beneficiaries: thin routes over ``services``."""
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from flask import abort, flash, redirect, request, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from portal.errors import DomainError
+from portal.extensions import db
+from portal.locations.models import Location
+from portal.programs import bp, services
+from portal.programs.forms import (CloseForm, EnrolStatusForm, FieldForm, InstitutionForm,
+                                   ProgramForm, SchemeForm, StatusForm)
+from portal.programs.models import (BENEFICIARY_STATUSES, PROGRAM_STATUSES, Beneficiary,
+                                    Institution, Program, Scheme)
+from portal.programs.services import CUSTOM_OPERATORS, BeneficiaryFilters, Criteria
+from portal.registry.models import SEXES, CustomField, Group, Individual
+from portal.web import can, htmx_redirect, int_arg, render, require, scope
+
+
+@bp.context_processor
+def _helpers():
+    from portal.privacy import mask
+
+    return {"mask": mask}
+
+
+def _program_or_404(program_id: int) -> Program:
+    return db.get_or_404(Program, program_id)
+
+
+def _form_error(form, exc: DomainError, default: str) -> None:
+    target = exc.field if exc.field and exc.field in form else default
+    form[target].errors = list(form[target].errors) + [exc.message]
+
+
+def _location_id(code: str, errors: dict) -> int | None:
+    code = (code or "").strip()
+    if not code:
+        return None
+    location_id = db.session.scalar(select(Location.id).where(Location.code == code))
+    if location_id is None:
+        errors["location"] = f"No location has the code {code}."
+    return location_id
+
+
+def _int(args, name: str, errors: dict) -> int | None:
+    raw = (args.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        errors[name] = "Enter a whole number."
+        return None
+    if value < 0:
+        errors[name] = "Enter zero or more."
+        return None
+    return value
+
+
+def _program_custom_raw(program: Program) -> dict:
+    return {f.name: request.form.get(f"pf_{f.name}", "")
+            for f in services.program_fields(db.session, program.id, active_only=True)}
+
+
+# --- programs -------------------------------------------------------------------------------
+
+@bp.route("/")
+@require("program.view")
+def index():
+    q = request.args.get("q", "").strip()
+    status = request.args.get("status", "")
+    status = status if status in PROGRAM_STATUSES else ""
+    programs = services.list_programs(db.session, text=q, status=status,
+                                      sort=request.args.get("sort", "name"))
+    taken = services.taken_by_program(db.session, [p.id for p in programs])
+    return render("programs/index.html", partial="programs/_program_rows.html", programs=programs,
+                  taken=taken, q=q, chosen=status, statuses=PROGRAM_STATUSES)
+
+
+def _program_form(program: Program | None) -> ProgramForm:
+    form = ProgramForm(obj=program)
+    form.institution_id.choices = [(0, "—")] + [(i.id, i.name) for i in services.list_institutions(db.session)]
+    form.scheme_id.choices = [(0, "—")] + [(s.id, s.name) for s in services.list_schemes(db.session)]
+    if request.method == "GET" and program is None:
+        form.institution_id.data = int_arg("institution", 0)
+        form.scheme_id.data = int_arg("scheme", 0)
+    return form
+
+
+def _save_program(program: Program | None):
+    if program is not None and program.is_closed:
+        flash(f"{program.name} is closed: it can no longer be changed.", "error")
+        return redirect(url_for("programs.show", program_id=program.id))
+    form = _program_form(program)
+    if form.validate_on_submit():
+        try:
+            saved = services.save_program(
+                db.session, program, code=form.code.data, name=form.name.data,
+                description=form.description.data, beneficiary_kind=form.beneficiary_kind.data,
+                date_from=form.date_from.data, date_to=form.date_to.data,
+                max_beneficiaries=form.max_beneficiaries.data,
+                institution_id=form.institution_id.data or None,
+                scheme_id=form.scheme_id.data or None, amount=form.amount.data,
+                currency=form.currency.data, actor_id=current_user.id)
+        except DomainError as exc:
+            db.session.rollback()
+            program = db.session.get(Program, program.id) if program else None
+            _form_error(form, exc, "code")
+        else:
+            db.session.commit()
+            flash(f"Saved {saved}.", "success")
+            return redirect(url_for("programs.show", program_id=saved.id))
+    return render("programs/form.html", form=form, program=program,
+                  status=422 if form.errors else 200)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@require("program.manage")
+def new():
+    return _save_program(None)
+
+
+@bp.route("/<int:program_id>/edit", methods=["GET", "POST"])
+@require("program.manage")
+def edit(program_id: int):
+    return _save_program(_program_or_404(program_id))
+
+
+@bp.route("/<int:program_id>")
+@require("program.view")
+def show(program_id: int):
+    program = _program_or_404(program_id)
+    sc = scope()
+    counts = services.status_counts(db.session, program, scope=sc)
+    regions = services.region_counts(db.session, program, scope=sc)
+    taken = services.taken_places(db.session, program.id)
+    return render("programs/show.html", program=program, counts=counts, regions=regions,
+                  taken=taken, statuses=BENEFICIARY_STATUSES,
+                  fields=services.program_fields(db.session, program.id))
+
+
+@bp.route("/<int:program_id>/activate", methods=["POST"])
+@require("program.manage")
+def activate(program_id: int):
+    program = _program_or_404(program_id)
+    try:
+        services.activate_program(db.session, program)
+    except DomainError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+    else:
+        db.session.commit()
+        flash(f"{program.name} is active.", "success")
+    return htmx_redirect(url_for("programs.show", program_id=program_id))
+
+
+@bp.route("/<int:program_id>/close", methods=["GET", "POST"])
+@require("program.manage")
+def close(program_id: int):
+    program = _program_or_404(program_id)
+    form = CloseForm()
+    error = None
+    if form.validate_on_submit():
+        try:
+            graduated = services.close_program(db.session, program.id, actor_id=current_user.id,
+                                               reason=form.reason.data,
+                                               effective_date=form.effective_date.data)
+        except DomainError as exc:
+            db.session.rollback()
+            error = exc.message
+        else:
+            db.session.commit()
+            flash(f"{program.name} is closed; {graduated} active beneficiaries graduated.", "success")
+            return htmx_redirect(url_for("programs.show", program_id=program_id))
+    return render("programs/close.html", program=program, form=form, error=error,
+                  to_graduate=services.close_preview(db.session, program),
+                  status=422 if error or form.errors else 200)
+
+
+# --- extra beneficiary fields -----------------------------------------------------------------
+
+@bp.route("/<int:program_id>/fields")
+@require("program.manage")
+def fields(program_id: int):
+    program = _program_or_404(program_id)
+    return render("programs/fields.html", program=program,
+                  fields=services.program_fields(db.session, program.id))
+
+
+def _save_field(program: Program, custom_field: CustomField | None):
+    form = FieldForm(obj=custom_field)
+    if request.method == "GET" and custom_field is not None:
+        form.choices.data = ", ".join(str(c) for c in custom_field.choices or [])
+    if form.validate_on_submit():
+        try:
+            services.save_program_field(
+                db.session, program, custom_field, name=form.name.data, label=form.label.data,
+                type=form.type.data, required=form.required.data, pattern=form.pattern.data,
+                choices=(form.choices.data or "").split(","), active=form.active.data)
+        except DomainError as exc:
+            db.session.rollback()
+            _form_error(form, exc, "name")
+        else:
+            db.session.commit()
+            flash("Field saved.", "success")
+            return redirect(url_for("programs.fields", program_id=program.id))
+    return render("programs/field_form.html", form=form, program=program, field=custom_field,
+                  status=422 if form.errors else 200)
+
+
+@bp.route("/<int:program_id>/fields/new", methods=["GET", "POST"])
+@require("program.manage")
+def new_field(program_id: int):
+    return _save_field(_program_or_404(program_id), None)
+
+
+@bp.route("/<int:program_id>/fields/<int:field_id>", methods=["GET", "POST"])
+@require("program.manage")
+def edit_field(program_id: int, field_id: int):
+    program = _program_or_404(program_id)
+    custom_field = db.get_or_404(CustomField, field_id)
+    if custom_field.program_id != program.id:
+        abort(404)
+    return _save_field(program, custom_field)
+
+
+# --- beneficiaries ----------------------------------------------------------------------------
+
+def _beneficiary_filters(args) -> tuple[BeneficiaryFilters, dict]:
+    errors: dict = {}
+    status = args.get("status", "")
+    sex = args.get("sex", "")
+    filters = BeneficiaryFilters(status=status if status in BENEFICIARY_STATUSES else "",
+                                 text=args.get("q", "").strip()[:100],
+                                 location_id=_location_id(args.get("location", ""), errors),
+                                 sex=sex if sex in SEXES else "")
+    return filters, errors
+
+
+def _filter_args(args, **overrides) -> dict:
+    keep = {k: args.get(k, "") for k in ("status", "q", "location", "sex", "sort")}
+    keep.update(overrides)
+    return {k: v for k, v in keep.items() if v not in ("", None)}
+
+
+@bp.route("/<int:program_id>/beneficiaries")
+@require("program.view")
+def beneficiaries(program_id: int):
+    program = _program_or_404(program_id)
+    filters, errors = _beneficiary_filters(request.args)
+    page = int_arg("page", 1, minimum=1)
+    sort = request.args.get("sort", "name")
+    sort = sort if sort in services.BENEFICIARY_SORTS else "name"
+    sc = scope()
+    rows, has_more = services.search_beneficiaries(db.session, program, scope=sc, filters=filters,
+                                                   sort=sort, page=page)
+    counts = services.status_counts(db.session, program, scope=sc, filters=filters)
+    args = _filter_args(request.args)
+    return render("programs/beneficiaries.html", partial="programs/_beneficiary_rows.html",
+                  program=program, rows=rows, has_more=has_more, page=page, counts=counts,
+                  filters=filters, errors=errors, args=args, sort=sort,
+                  statuses=BENEFICIARY_STATUSES, sexes=SEXES, urlencode=urlencode,
+                  show_pii=can("individual.view_pii"))
+
+
+@bp.route("/<int:program_id>/beneficiaries/export")
+@require("individual.export")
+def export(program_id: int):
+    from portal.registry.exports import export_response
+
+    program = _program_or_404(program_id)
+    if not can("program.view"):
+        abort(403)
+    filters, _errors = _beneficiary_filters(request.args)
+    fmt = request.args.get("format", "csv")
+    if fmt not in ("csv", "xlsx"):
+        abort(404)
+    header, rows = services.export_rows(db.session, program, scope=scope(), filters=filters,
+                                        show_pii=can("individual.view_pii"))
+    return export_response(fmt, f"{program.code}-beneficiaries", header, rows)
+
+
+def _beneficiary_or_404(beneficiary_id: int) -> Beneficiary:
+    beneficiary = services.get_beneficiary(db.session, beneficiary_id, scope=scope())
+    if beneficiary is None:
+        abort(404)
+    return beneficiary
+
+
+def _status_form(beneficiary: Beneficiary) -> StatusForm:
+    form = StatusForm()
+    form.to_status.choices = [(s, "Removed (delete the record)" if s == "removed" else s.title())
+                              for s in services.allowed_targets(beneficiary.status)]
+    return form
+
+
+def _beneficiary_page(beneficiary: Beneficiary, form: StatusForm, status: int = 200):
+    recipient = None
+    if beneficiary.group_id and beneficiary.group.primary_recipient_id:
+        recipient = db.session.get(Individual, beneficiary.group.primary_recipient_id)
+    return render("programs/beneficiary.html", partial="programs/_status_panel.html",
+                  beneficiary=beneficiary, program=beneficiary.program, form=form,
+                  recipient=recipient, timeline=services.timeline(db.session, beneficiary),
+                  fields=services.program_fields(db.session, beneficiary.program_id),
+                  show_pii=can("individual.view_pii"), status=status)
+
+
+@bp.route("/beneficiaries/<int:beneficiary_id>")
+@require("program.view")
+def beneficiary(beneficiary_id: int):
+    record = _beneficiary_or_404(beneficiary_id)
+    return _beneficiary_page(record, _status_form(record))
+
+
+@bp.route("/beneficiaries/<int:beneficiary_id>/status", methods=["POST"])
+@require("beneficiary.status")
+def change_status(beneficiary_id: int):
+    record = _beneficiary_or_404(beneficiary_id)
+    program_id = record.program_id
+    form = _status_form(record)
+    if form.validate_on_submit():
+        try:
+            changed = services.change_status(
+                db.session, record.id, to_status=form.to_status.data, reason=form.reason.data,
+                effective_date=form.effective_date.data, actor_id=current_user.id, scope=scope())
+        except DomainError as exc:
+            db.session.rollback()
+            record = _beneficiary_or_404(beneficiary_id)
+            _form_error(form, exc, "to_status")
+        else:
+            db.session.commit()
+            if changed is None:
+                flash("The potential beneficiary was removed from the program.", "success")
+                return htmx_redirect(url_for("programs.beneficiaries", program_id=program_id))
+            flash(f"Status changed to {changed.status}.", "success")
+            return htmx_redirect(url_for("programs.beneficiary", beneficiary_id=beneficiary_id))
+    return _beneficiary_page(record, form, status=422)
+
+
+@bp.route("/<int:program_id>/beneficiaries/status", methods=["GET", "POST"])
+@require("beneficiary.status")
+def bulk_status(program_id: int):
+    program = _program_or_404(program_id)
+    source = request.form if request.method == "POST" else request.args
+    filters, errors = _beneficiary_filters(source)
+    to_status = source.get("to_status", "")
+    targets = sorted({t for ts in services.TRANSITIONS.values() for t in ts})
+    preview, error = None, None
+    sc = scope()
+    if to_status in targets and not errors:
+        if request.method == "POST":
+            from datetime import date as _date
+
+            try:
+                effective = _date.fromisoformat(source.get("effective_date") or "") \
+                    if source.get("effective_date") else None
+                result = services.bulk_change_status(
+                    db.session, program.id, scope=sc, filters=filters, to_status=to_status,
+                    reason=source.get("reason", ""), effective_date=effective,
+                    actor_id=current_user.id)
+            except (DomainError, ValueError) as exc:
+                db.session.rollback()
+                error = getattr(exc, "message", "Enter the effective date as YYYY-MM-DD.")
+            else:
+                db.session.commit()
+                flash(f"{result['changed']} beneficiaries changed to {to_status}; "
+                      f"{result['not_allowed']} were not allowed to and are unchanged.", "success")
+                return htmx_redirect(url_for("programs.beneficiaries", program_id=program.id,
+                                             **_filter_args(source, status="")))
+        preview = services.bulk_status_preview(db.session, program, scope=sc, filters=filters,
+                                               to_status=to_status)
+    elif request.method == "POST":
+        error = "Choose a status to change to."
+    return render("programs/bulk_status.html", partial="programs/_bulk_preview.html",
+                  program=program, filters=filters, errors=errors, to_status=to_status,
+                  targets=targets, preview=preview, error=error, args=_filter_args(source),
+                  reason=source.get("reason", ""), statuses=BENEFICIARY_STATUSES, sexes=SEXES,
+                  status=422 if error else 200)
+
+
+# --- enrolment --------------------------------------------------------------------------------
+
+def _find_subjects(program: Program, text: str, limit: int = 20):
+    """People (or groups) to enrol, found by id, national ID, name or code, within scope."""
+    from portal.registry.validation import fold
+
+    text = text.strip()
+    if not text:
+        return []
+    sc = scope()
+    model = Group if program.is_group else Individual
+    query = select(model).where(model.deleted_at.is_(None), sc.covers(model.location_id))
+    if text.isdigit():
+        query = query.where(model.id == int(text))
+    elif program.is_group:
+        like = f"%{text}%"
+        query = query.where((Group.code == text) | Group.name.ilike(like))
+    else:
+        key = fold(text).strip()
+        query = query.where((Individual.national_id == text)
+                            | Individual.name_key.startswith(key, autoescape=True)
+                            | Individual.name_key.contains(" " + key, autoescape=True))
+    found = list(db.session.scalars(query.order_by(model.id).limit(limit)))
+    if not found:
+        return []
+    column = Beneficiary.group_id if program.is_group else Beneficiary.individual_id
+    enrolled = set(db.session.scalars(select(column).where(
+        Beneficiary.program_id == program.id, column.in_([s.id for s in found]))))
+    return [(s, s.id in enrolled) for s in found]
+
+
+@bp.route("/<int:program_id>/enrol", methods=["GET", "POST"])
+@require("beneficiary.enrol")
+def enrol(program_id: int):
+    """Find people (or groups) and enrol them; the registry pages post here too, with
+    individual_id or group_id and next."""
+    program = _program_or_404(program_id)
+    form = EnrolStatusForm()
+    error = None
+    if request.method == "POST" and form.validate_on_submit():
+        ids = [int(v) for v in request.form.getlist("individual_id" if not program.is_group
+                                                    else "group_id") if v.isdigit()]
+        try:
+            result = services.enrol(
+                db.session, program.id, status=form.status.data, actor_id=current_user.id,
+                scope=scope(), custom=_program_custom_raw(program),
+                **({"group_ids": ids} if program.is_group else {"individual_ids": ids}))
+        except DomainError as exc:
+            db.session.rollback()
+            error = exc.message
+        else:
+            db.session.commit()
+            flash(f"Enrolled {result['enrolled']}; {result['skipped']} already enrolled.",
+                  "success")
+            target = request.form.get("next", "")
+            if not (target.startswith("/") and not target.startswith("//")):
+                target = url_for("programs.enrol", program_id=program.id,
+                                 q=request.form.get("q", ""))
+            return htmx_redirect(target)
+    elif request.method == "POST":
+        error = "The form had a problem; choose how to enrol and try again."
+    q = request.values.get("q", "")
+    return render("programs/enrol.html", partial="programs/_enrol_results.html", program=program,
+                  form=form, q=q, found=_find_subjects(program, q), error=error,
+                  fields=services.program_fields(db.session, program.id, active_only=True),
+                  show_pii=can("individual.view_pii"), status=422 if error else 200)
+
+
+def _criteria(source) -> tuple[Criteria, dict]:
+    errors: dict = {}
+    sex = source.get("sex", "")
+    if sex and sex not in SEXES:
+        errors["sex"] = "Choose a sex."
+    custom = []
+    for n in (1, 2, 3):
+        name = (source.get(f"cf{n}") or "").strip()
+        if not name:
+            continue
+        op = source.get(f"op{n}", "=")
+        if op not in CUSTOM_OPERATORS:
+            errors[f"cf{n}"] = "Choose an operator."
+            continue
+        custom.append((name, op, source.get(f"v{n}", "")))
+    criteria = Criteria(location_id=_location_id(source.get("location", ""), errors),
+                        sex=sex if sex in SEXES else "",
+                        age_min=_int(source, "age_min", errors), age_max=_int(source, "age_max", errors),
+                        household_min=_int(source, "hh_min", errors),
+                        household_max=_int(source, "hh_max", errors), custom=custom)
+    return criteria, errors
+
+
+CRITERIA_KEYS = ("location", "sex", "age_min", "age_max", "hh_min", "hh_max",
+                 "cf1", "op1", "v1", "cf2", "op2", "v2", "cf3", "op3", "v3")
+
+
+@bp.route("/<int:program_id>/enrol/criteria", methods=["GET", "POST"])
+@require("beneficiary.enrol")
+def enrol_criteria(program_id: int):
+    program = _program_or_404(program_id)
+    source = request.form if request.method == "POST" else request.args
+    criteria, errors = _criteria(source)
+    form = EnrolStatusForm()
+    preview, error = None, None
+    sc = scope()
+    asked = any(source.get(k) for k in CRITERIA_KEYS)
+    if request.method == "POST" and form.validate_on_submit() and not errors:
+        try:
+            expected = int(source.get("expected", "")) if source.get("expected", "").isdigit() else None
+            result = services.enrol_by_criteria(
+                db.session, program.id, scope=sc, criteria=criteria, status=form.status.data,
+                actor_id=current_user.id, custom=_program_custom_raw(program), expected=expected)
+        except DomainError as exc:
+            db.session.rollback()
+            error = exc.message
+        else:
+            db.session.commit()
+            flash(f"Enrolled {result['enrolled']} by criteria; {result['skipped']} were already "
+                  f"enrolled and were skipped.", "success")
+            return htmx_redirect(url_for("programs.beneficiaries", program_id=program.id))
+    if asked and not errors:
+        try:
+            preview = services.preview_criteria(db.session, program, scope=sc, criteria=criteria)
+        except DomainError as exc:
+            errors[exc.field or "location"] = exc.message
+    from portal.registry.validation import active_custom_fields
+
+    return render("programs/criteria.html", partial="programs/_criteria_preview.html",
+                  program=program, form=form, values={k: source.get(k, "") for k in CRITERIA_KEYS},
+                  errors=errors, error=error, preview=preview, sexes=SEXES,
+                  operators=CUSTOM_OPERATORS, custom_fields=active_custom_fields(db.session),
+                  fields=services.program_fields(db.session, program.id, active_only=True),
+                  status=422 if (error or (request.method == "POST" and errors)) else 200)
+
+
+# --- institutions and schemes -------------------------------------------------------------------
+
+ORGS = {
+    "institution": {"model": Institution, "form": InstitutionForm, "plural": "Institutions",
+                    "save": services.save_institution, "list": services.list_institutions},
+    "scheme": {"model": Scheme, "form": SchemeForm, "plural": "Schemes",
+               "save": services.save_scheme, "list": services.list_schemes},
+}
+
+
+def _org_list(kind: str):
+    return render("programs/orgs.html", kind=kind, plural=ORGS[kind]["plural"],
+                  orgs=ORGS[kind]["list"](db.session))
+
+
+def _org_page(kind: str, org_id: int):
+    org = db.get_or_404(ORGS[kind]["model"], org_id)
+    programs = services.list_programs(db.session, **{f"{kind}_id": org.id})
+    return render("programs/org.html", kind=kind, plural=ORGS[kind]["plural"], org=org,
+                  programs=programs, taken=services.taken_by_program(db.session, [p.id for p in programs]))
+
+
+def _org_form(kind: str, org_id: int | None):
+    spec = ORGS[kind]
+    org = db.get_or_404(spec["model"], org_id) if org_id else None
+    form = spec["form"](obj=org)
+    if form.validate_on_submit():
+        values = {k: v for k, v in form.data.items() if k != "csrf_token"}
+        try:
+            saved = spec["save"](db.session, org, **values)
+        except DomainError as exc:
+            db.session.rollback()
+            _form_error(form, exc, "code")
+        else:
+            db.session.commit()
+            flash(f"Saved {saved}.", "success")
+            return redirect(url_for(f"programs.{kind}", org_id=saved.id))
+    return render("programs/org_form.html", kind=kind, plural=spec["plural"], org=org, form=form,
+                  status=422 if form.errors else 200)
+
+
+@bp.route("/institutions")
+@require("program.view")
+def institutions():
+    return _org_list("institution")
+
+
+@bp.route("/institutions/<int:org_id>")
+@require("program.view")
+def institution(org_id: int):
+    return _org_page("institution", org_id)
+
+
+@bp.route("/institutions/new", methods=["GET", "POST"])
+@require("program.manage")
+def new_institution():
+    return _org_form("institution", None)
+
+
+@bp.route("/institutions/<int:org_id>/edit", methods=["GET", "POST"])
+@require("program.manage")
+def edit_institution(org_id: int):
+    return _org_form("institution", org_id)
+
+
+@bp.route("/schemes")
+@require("program.view")
+def schemes():
+    return _org_list("scheme")
+
+
+@bp.route("/schemes/<int:org_id>")
+@require("program.view")
+def scheme(org_id: int):
+    return _org_page("scheme", org_id)
+
+
+@bp.route("/schemes/new", methods=["GET", "POST"])
+@require("program.manage")
+def new_scheme():
+    return _org_form("scheme", None)
+
+
+@bp.route("/schemes/<int:org_id>/edit", methods=["GET", "POST"])
+@require("program.manage")
+def edit_scheme(org_id: int):
+    return _org_form("scheme", org_id)

@@ -1,0 +1,261 @@
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date
+
+from sqlalchemy import select
+
+from portal.locations.services import Scope
+from portal.programs import services
+from portal.programs.models import Beneficiary, Program
+
+
+def _enrol(db_session, plan, people, status="potential"):
+    services.enrol(db_session, plan.id, individual_ids=[p.id for p in people], status=status,
+                   actor_id=None, scope=Scope(everything=True))
+    db_session.commit()
+
+
+def test_a_manager_creates_a_program_and_sees_it_listed(client, login, db_session):
+    login("program_manager")
+    response = client.post("/programs/new", data={
+        "code": "SCT", "name": "Social cash transfer", "beneficiary_kind": "group",
+        "max_beneficiaries": "100", "amount": "15000", "currency": "MWK",
+        "institution_id": "0", "scheme_id": "0", "date_from": "2026-01-01", "date_to": "2026-12-31"})
+    assert response.status_code == 302
+    program = db_session.scalar(select(Program).where(Program.code == "SCT"))
+    assert program.status == "draft" and program.max_beneficiaries == 100
+    assert "Social cash transfer" in client.get("/programs/").get_data(as_text=True)
+    page = client.get(f"/programs/{program.id}").get_data(as_text=True)
+    assert "0 of 100 places taken" in page and "2026-01-01" in page
+
+
+def test_a_program_form_with_errors_answers_422(client, login, program):
+    existing = program(code="DUP")
+    login("program_manager")
+    response = client.post("/programs/new", data={"code": existing.code, "name": "Again",
+                                                  "beneficiary_kind": "individual",
+                                                  "institution_id": "0", "scheme_id": "0"})
+    assert response.status_code == 422
+    assert "already used" in response.get_data(as_text=True)
+
+
+def test_a_viewer_sees_programs_but_cannot_manage_them(client, login, program):
+    plan = program()
+    login("viewer")
+    assert client.get(f"/programs/{plan.id}").status_code == 200
+    assert client.get("/programs/new").status_code == 403
+    assert client.post(f"/programs/{plan.id}/close", data={}).status_code == 403
+    assert client.get(f"/programs/{plan.id}/enrol").status_code == 403
+
+
+def test_closing_shows_how_many_will_graduate_then_graduates_them(client, login, db_session, program,
+                                                                  person):
+    plan = program()
+    _enrol(db_session, plan, [person(), person()], status="active")
+    login("program_manager")
+    confirm = client.get(f"/programs/{plan.id}/close").get_data(as_text=True)
+    assert "<strong>2</strong> active beneficiaries will be graduated" in confirm
+    response = client.post(f"/programs/{plan.id}/close", data={"reason": "Funding ended"})
+    assert response.status_code == 303
+    db_session.expire_all()
+    assert db_session.get(Program, plan.id).status == "closed"
+    assert services.status_counts(db_session, plan, scope=Scope(everything=True))["graduated"] == 2
+    # read-only afterwards, in the pages too
+    assert client.post(f"/programs/{plan.id}/edit", data={"code": plan.code, "name": "x"}
+                       ).status_code == 302
+
+
+def test_the_program_page_draws_counts_by_status_and_region(client, login, db_session, program,
+                                                            person):
+    plan = program(max_beneficiaries=10)
+    _enrol(db_session, plan, [person("NV1"), person("SV1"), person("SV2")])
+    login("viewer")
+    page = client.get(f"/programs/{plan.id}").get_data(as_text=True)
+    assert 'aria-label="Beneficiaries by region"' in page
+    assert ">S region</text>" in page and ">N region</text>" in page
+    assert "3 of 10 places taken; 7 left." in page
+
+
+def test_the_beneficiary_list_has_status_tabs_with_counts_within_the_officers_scope(
+        client, login, db_session, program, person, country):
+    plan = program()
+    _enrol(db_session, plan, [person("NV1", first_name="Northerner"), person("SV1", first_name="Southerner")])
+    _enrol(db_session, plan, [person("NV2", first_name="Active")], status="active")
+    login("viewer", locations=[country["N"]])
+    page = client.get(f"/programs/{plan.id}/beneficiaries").get_data(as_text=True)
+    assert "Northerner" in page and "Active" in page and "Southerner" not in page
+    assert 'All <span class="badge">2</span>' in page
+    assert 'Potential <span class="badge">1</span>' in page
+    tab = client.htmx("get", f"/programs/{plan.id}/beneficiaries?status=active").get_data(as_text=True)
+    assert "Active" in tab and "Northerner" not in tab and "<html" not in tab
+
+
+def test_a_beneficiary_outside_the_officers_scope_answers_404(client, login, db_session, program,
+                                                             person, country):
+    plan = program()
+    south = person("SV1")
+    _enrol(db_session, plan, [south])
+    beneficiary = db_session.scalar(select(Beneficiary).where(Beneficiary.individual_id == south.id))
+    login("program_manager", locations=[country["N"]])
+    assert client.get(f"/programs/beneficiaries/{beneficiary.id}").status_code == 404
+
+
+def test_the_export_is_masked_and_within_scope(client, login, db_session, program, person, country,
+                                               make_user):
+    from portal.accounts.models import Role, RolePermission
+
+    plan = program()
+    _enrol(db_session, plan, [person("NV1", national_id="NORTH-1234"), person("SV1")])
+    # a role that exports without seeing identifiers
+    role = db_session.scalar(select(Role).where(Role.name == "viewer"))
+    role.grants.append(RolePermission(permission="individual.export"))
+    db_session.commit()
+    login("viewer", locations=[country["N"]])
+    response = client.get(f"/programs/{plan.id}/beneficiaries/export?format=csv")
+    assert response.status_code == 200
+    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True).lstrip("\ufeff"))))
+    assert len(rows) == 2  # header + the northerner only
+    assert rows[1][rows[0].index("National ID")] == "••••••1234"
+
+
+def test_the_export_is_plain_for_a_manager_and_comes_as_xlsx_too(client, login, db_session, program,
+                                                                 person):
+    plan = program()
+    _enrol(db_session, plan, [person(national_id="=cmd|x")])
+    login("program_manager")
+    text = client.get(f"/programs/{plan.id}/beneficiaries/export?format=csv").get_data(as_text=True)
+    assert "'=cmd|x" in text
+    xlsx = client.get(f"/programs/{plan.id}/beneficiaries/export?format=xlsx")
+    assert xlsx.status_code == 200 and xlsx.get_data()[:2] == b"PK"
+
+
+def test_enrolling_a_person_from_the_program_page(client, login, db_session, program, person):
+    plan = program(max_beneficiaries=1)
+    mercy = person(first_name="Mercy", last_name="Tembo")
+    other = person()
+    login("program_manager")
+    found = client.get(f"/programs/{plan.id}/enrol?q=tembo").get_data(as_text=True)
+    assert "Mercy Tembo" in found
+    response = client.post(f"/programs/{plan.id}/enrol", data={"individual_id": mercy.id,
+                                                                "status": "active", "q": "tembo"})
+    assert response.status_code == 303
+    assert services.taken_places(db_session, plan.id) == 1
+    refused = client.post(f"/programs/{plan.id}/enrol", data={"individual_id": other.id,
+                                                               "status": "potential"})
+    assert refused.status_code == 422
+    assert "0 places left" in refused.get_data(as_text=True)
+
+
+def test_enrolment_by_criteria_previews_and_confirms(client, login, db_session, program, person):
+    plan = program()
+    for _ in range(3):
+        person("NV1", sex="F", birth_date=date(1950, 1, 1))
+    person("NV1", sex="M")
+    login("program_manager")
+    preview = client.htmx("get", f"/programs/{plan.id}/enrol/criteria?location=N&sex=F&age_min=60")
+    text = preview.get_data(as_text=True)
+    assert "<strong>3</strong> match" in text and "Enrol 3" in text
+    response = client.post(f"/programs/{plan.id}/enrol/criteria", data={
+        "location": "N", "sex": "F", "age_min": "60", "status": "potential", "expected": "3"})
+    assert response.status_code == 303
+    assert services.taken_places(db_session, plan.id) == 3
+    again = client.htmx("get", f"/programs/{plan.id}/enrol/criteria?location=N&sex=F&age_min=60")
+    assert "<strong>3</strong> already enrolled" in again.get_data(as_text=True)
+
+
+def test_an_unknown_location_in_the_criteria_is_an_error_not_a_crash(client, login, program):
+    plan = program()
+    login("program_manager")
+    response = client.post(f"/programs/{plan.id}/enrol/criteria",
+                           data={"location": "NOPE", "status": "potential"})
+    assert response.status_code == 422
+    assert "No location has the code NOPE" in response.get_data(as_text=True)
+
+
+def test_a_status_change_from_the_beneficiary_page_shows_in_the_timeline(client, login, db_session,
+                                                                         program, person):
+    plan = program()
+    someone = person()
+    _enrol(db_session, plan, [someone])
+    beneficiary = db_session.scalar(select(Beneficiary).where(Beneficiary.individual_id == someone.id))
+    login("program_manager")
+    refused = client.htmx("post", f"/programs/beneficiaries/{beneficiary.id}/status",
+                          data={"to_status": "suspended", "reason": "x"})
+    assert refused.status_code == 422
+    assert "cannot become suspended" in refused.get_data(as_text=True)
+    done = client.post(f"/programs/beneficiaries/{beneficiary.id}/status",
+                       data={"to_status": "active", "reason": "Verified at home"})
+    assert done.status_code == 303
+    page = client.get(f"/programs/beneficiaries/{beneficiary.id}").get_data(as_text=True)
+    assert "Verified at home" in page and 'id="current-status">Active' in page
+
+
+def test_a_field_officer_cannot_change_statuses(client, login, db_session, program, person):
+    plan = program()
+    someone = person()
+    _enrol(db_session, plan, [someone])
+    beneficiary = db_session.scalar(select(Beneficiary).where(Beneficiary.individual_id == someone.id))
+    login("field_officer")
+    assert client.post(f"/programs/beneficiaries/{beneficiary.id}/status",
+                       data={"to_status": "active", "reason": "x"}).status_code == 403
+
+
+def test_bulk_status_change_previews_then_applies(client, login, db_session, program, person):
+    plan = program()
+    _enrol(db_session, plan, [person(), person()])
+    _enrol(db_session, plan, [person()], status="active")
+    login("program_manager")
+    preview = client.htmx("get", f"/programs/{plan.id}/beneficiaries/status?to_status=active")
+    assert "<strong>2</strong> will change to active" in preview.get_data(as_text=True)
+    assert "<strong>1</strong> is not allowed" in preview.get_data(as_text=True)
+    response = client.post(f"/programs/{plan.id}/beneficiaries/status",
+                           data={"to_status": "active", "reason": "Verified"})
+    assert response.status_code == 303
+    assert services.status_counts(db_session, plan, scope=Scope(everything=True))["active"] == 3
+
+
+def test_a_group_program_shows_the_households_primary_recipient(client, login, db_session, program,
+                                                                household):
+    plan = program(beneficiary_kind="group")
+    home = household(3)
+    services.enrol(db_session, plan.id, group_ids=[home.id], actor_id=None, scope=Scope(everything=True))
+    db_session.commit()
+    beneficiary = db_session.scalar(select(Beneficiary).where(Beneficiary.group_id == home.id))
+    login("viewer")
+    page = client.get(f"/programs/beneficiaries/{beneficiary.id}").get_data(as_text=True)
+    assert home.primary_recipient.full_name in page
+    assert home.primary_recipient.full_name in client.get(
+        f"/programs/{plan.id}/beneficiaries").get_data(as_text=True)
+
+
+def test_institution_and_scheme_pages_list_their_programs(client, login, db_session, program):
+    login("program_manager")
+    assert client.post("/programs/institutions/new", data={
+        "code": "MOF", "name": "Ministry of Finance", "kind": "ministry"}).status_code == 302
+    assert client.post("/programs/schemes/new", data={"code": "NS", "name": "National scheme"}
+                       ).status_code == 302
+    ministry = services.list_institutions(db_session)[0]
+    scheme = services.list_schemes(db_session)[0]
+    program(name="Linked program", institution_id=ministry.id, scheme_id=scheme.id)
+    db_session.commit()
+    assert "Linked program" in client.get(f"/programs/institutions/{ministry.id}").get_data(as_text=True)
+    assert "Linked program" in client.get(f"/programs/schemes/{scheme.id}").get_data(as_text=True)
+
+
+def test_program_fields_are_asked_at_enrolment(client, login, db_session, program, person):
+    plan = program()
+    login("program_manager")
+    assert client.post(f"/programs/{plan.id}/fields/new", data={
+        "name": "school", "label": "School", "type": "text", "required": "y", "active": "y"}
+    ).status_code == 302
+    someone = person()
+    db_session.commit()
+    refused = client.post(f"/programs/{plan.id}/enrol", data={"individual_id": someone.id,
+                                                               "status": "potential"})
+    assert refused.status_code == 422 and "School is required" in refused.get_data(as_text=True)
+    client.post(f"/programs/{plan.id}/enrol", data={"individual_id": someone.id,
+                                                     "status": "potential", "pf_school": "Chilumba"})
+    assert db_session.scalar(select(Beneficiary.custom).where(
+        Beneficiary.individual_id == someone.id)) == {"school": "Chilumba"}
