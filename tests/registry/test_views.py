@@ -1,0 +1,262 @@
+import io
+from datetime import date
+
+import pytest
+from openpyxl import load_workbook
+from sqlalchemy import select
+
+from portal.registry.models import CustomField, GroupMember, Individual
+
+
+@pytest.fixture
+def people(country, make_individual):
+    return {
+        "banda": make_individual("Chikondi", "Banda", location=country["NV1"], sex="F",
+                                 birth_date=date(1990, 1, 1), national_id="MW1000001", phone="+265991000001"),
+        "phiri": make_individual("Grace", "Phiri", location=country["SV1"], sex="F",
+                                 birth_date=date(1950, 3, 3), national_id="ZM2000001", phone="+260971000001"),
+        "evil": make_individual("=HYPERLINK(\"http://x\")", "Mwale", location=country["NV2"],
+                                national_id="MW1000003"),
+    }
+
+
+PERSON = {"first_name": "Thandiwe", "last_name": "Nyirenda", "sex": "F", "birth_date": "1985-05-05",
+          "national_id_type": "national_id", "national_id": "MW5555555", "phone": "0991 555 555",
+          "location": "NV1"}
+
+
+def test_search_as_you_type_answers_htmx_with_the_results_fragment_only(client, login, people):
+    login("admin")
+    response = client.htmx("get", "/registry/individuals?q=ban")
+    body = response.get_data(as_text=True)
+    assert response.status_code == 200 and "<html" not in body
+    assert "Banda, Chikondi" in body and "Phiri" not in body
+    assert "HX-Request" in response.headers["Vary"]
+    page = client.get("/registry/individuals?q=ban").get_data(as_text=True)
+    assert "<html" in page and 'hx-trigger="input changed delay:300ms, search"' in page
+    assert 'value="ban"' in page  # the URL carries the search: bookmark, back button, share
+
+
+def test_a_field_officer_searches_and_counts_only_their_villages(client, login, country, people):
+    login("field_officer", [country["S"]])
+    body = client.get("/registry/individuals").get_data(as_text=True)
+    assert "Phiri, Grace" in body and "Banda" not in body
+    assert "<strong>1</strong> person" in body
+    assert client.get(f"/registry/individuals/{people['banda'].id}").status_code == 404
+    assert client.get(f"/registry/individuals/{people['phiri'].id}").status_code == 200
+
+
+def test_identifiers_are_masked_for_roles_without_pii_in_pages_fragments_and_exports(
+        client, login, people, make_user, db_session):
+    login("viewer")
+    page = client.get("/registry/individuals").get_data(as_text=True)
+    fragment = client.htmx("get", "/registry/individuals?q=banda").get_data(as_text=True)
+    detail = client.get(f"/registry/individuals/{people['banda'].id}").get_data(as_text=True)
+    for body in (page, fragment, detail):
+        assert "MW1000001" not in body and "+265991000001" not in body
+        assert "•••••0001" in body
+    assert client.get("/registry/individuals/export?format=csv").status_code == 403
+
+
+def test_an_export_without_pii_is_masked_scoped_and_formula_safe(client, login, country, people, db_session):
+    from portal.accounts.models import Role
+    from portal.accounts.services import set_role_permissions
+
+    role = db_session.scalar(select(Role).where(Role.name == "program_manager"))
+    set_role_permissions(role, sorted(role.permissions - {"individual.view_pii"}))
+    db_session.flush()
+    login("program_manager", [country["N"]])
+    body = client.get("/registry/individuals/export?format=csv").get_data(as_text=True)
+    assert "Banda" in body and "Phiri" not in body
+    assert "MW1000001" not in body and "•••••0001" in body
+    assert "'=HYPERLINK" in body
+
+
+def test_a_full_export_to_xlsx_follows_the_filters(client, login, people):
+    login("admin")
+    response = client.get("/registry/individuals/export?format=xlsx&q=banda")
+    assert response.headers["Content-Disposition"] == 'attachment; filename="individuals.xlsx"'
+    sheet = load_workbook(io.BytesIO(response.get_data())).active
+    rows = [[c.value for c in row] for row in sheet.iter_rows()]
+    assert rows[0][:4] == ["ID", "First name", "Middle name", "Last name"]
+    assert [r[3] for r in rows[1:]] == ["Banda"] and rows[1][7] == "MW1000001"
+
+
+def test_enrolment_with_errors_answers_422_with_field_messages(client, login, country):
+    login("admin")
+    response = client.post("/registry/individuals/new", data={**PERSON, "first_name": "", "location": "ZZ"})
+    body = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert "First name is required." in body and "No location has the code ZZ." in body
+
+
+def test_enrolment_saves_and_opens_the_new_person(client, login, country, db_session):
+    login("admin")
+    response = client.post("/registry/individuals/new", data=PERSON)
+    assert response.status_code == 303
+    person = db_session.scalar(select(Individual).where(Individual.national_id == "MW5555555"))
+    assert response.headers["Location"].endswith(f"/registry/individuals/{person.id}")
+    assert person.phone == "0991555555" and person.name_key == "nyirenda thandiwe"
+
+
+def test_a_registered_national_id_blocks_enrolment(client, login, people, db_session):
+    login("admin")
+    response = client.post("/registry/individuals/new", data={**PERSON, "national_id": "MW1000001"})
+    assert response.status_code == 422
+    assert "already registered" in response.get_data(as_text=True)
+    assert db_session.scalar(select(Individual).where(Individual.first_name == "Thandiwe")) is None
+
+
+def test_a_similar_person_warns_and_save_anyway_enrols(client, login, people, db_session):
+    login("admin")
+    similar = {**PERSON, "first_name": "Chikondi", "last_name": "Banda", "birth_date": "1990-01-01",
+               "national_id": "", "location": "NV2"}
+    response = client.htmx("post", "/registry/individuals/new", data=similar)
+    body = response.get_data(as_text=True)
+    assert response.status_code == 422 and "Possibly the same person" in body and "Save anyway" in body
+    assert 'name="confirm" type="hidden" value="yes"' in body
+    response = client.htmx("post", "/registry/individuals/new", data={**similar, "confirm": "yes"})
+    assert response.status_code == 204 and "HX-Redirect" in response.headers
+    assert len(db_session.scalars(select(Individual).where(Individual.name_key == "banda chikondi")).all()) == 2
+
+
+def test_custom_fields_defined_by_an_admin_are_required_and_typed_in_enrolment(client, login, country, db_session):
+    login("admin")
+    response = client.post("/registry/custom-fields", data={
+        "name": "children", "label": "Number of children", "type": "integer", "required": "y",
+        "pattern": "", "choices": "", "position": "1", "active": "y"})
+    assert response.status_code == 303
+    assert db_session.scalar(select(CustomField).where(CustomField.name == "children")).required
+    missing = client.post("/registry/individuals/new", data=PERSON)
+    assert missing.status_code == 422 and "Number of children is required." in missing.get_data(as_text=True)
+    wrong = client.post("/registry/individuals/new", data={**PERSON, "cf_children": "many"})
+    assert "Number of children must be a whole number." in wrong.get_data(as_text=True)
+    client.post("/registry/individuals/new", data={**PERSON, "cf_children": "3"})
+    person = db_session.scalar(select(Individual).where(Individual.national_id == "MW5555555"))
+    assert person.custom == {"children": 3}
+
+
+def test_a_bad_pattern_for_a_custom_field_is_a_form_error(client, login):
+    login("admin")
+    response = client.post("/registry/custom-fields", data={
+        "name": "card", "label": "Card", "type": "text", "pattern": "([a-z", "choices": "", "active": "y"})
+    assert response.status_code == 422 and "not a valid regular expression" in response.get_data(as_text=True)
+
+
+def test_inline_edit_returns_the_form_then_the_saved_card(client, login, people, db_session):
+    login("admin")
+    banda = people["banda"]
+    form = client.htmx("get", f"/registry/individuals/{banda.id}/edit").get_data(as_text=True)
+    assert "<html" not in form and f'name="version" type="hidden" value="{banda.version}"' in form
+    data = {**PERSON, "national_id": "MW1000001", "first_name": "Chikondi", "last_name": "Banda-Phiri",
+            "version": str(banda.version)}
+    response = client.htmx("post", f"/registry/individuals/{banda.id}/edit", data=data)
+    assert response.status_code == 200
+    assert "Chikondi Banda-Phiri" in response.get_data(as_text=True)
+    bad = client.htmx("post", f"/registry/individuals/{banda.id}/edit",
+                      data={**data, "birth_date": "2999-01-01", "version": str(banda.version)})
+    assert bad.status_code == 422 and "Date of birth is in the future." in bad.get_data(as_text=True)
+
+
+def test_two_people_editing_the_same_person_do_not_silently_overwrite_each_other(client, login, people, db_session):
+    login("admin")
+    banda = people["banda"]
+    opened = str(banda.version)
+    first = {**PERSON, "national_id": "MW1000001", "first_name": "Chikondi", "last_name": "Banda",
+             "phone": "0991000111", "version": opened}
+    assert client.htmx("post", f"/registry/individuals/{banda.id}/edit", data=first).status_code == 200
+    second = {**first, "phone": "0882000222"}
+    response = client.htmx("post", f"/registry/individuals/{banda.id}/edit", data=second)
+    assert response.status_code == 409
+    assert "changed by someone else" in response.get_data(as_text=True)
+    db_session.expire_all()
+    assert db_session.get(Individual, banda.id).phone == "0991000111"
+
+
+def test_deleting_hides_a_person_and_restoring_brings_them_back_with_history(client, login, people, db_session):
+    login("admin")
+    banda = people["banda"]
+    assert client.post(f"/registry/individuals/{banda.id}/delete").status_code == 303
+    assert "Banda, Chikondi" not in client.get("/registry/individuals?q=banda").get_data(as_text=True)
+    assert "Banda" not in client.get("/registry/individuals/export?format=csv").get_data(as_text=True)
+    detail = client.get(f"/registry/individuals/{banda.id}").get_data(as_text=True)
+    assert "Restore" in detail and "Deleted on" in detail
+    assert client.post(f"/registry/individuals/{banda.id}/restore").status_code == 303
+    assert "Banda, Chikondi" in client.get("/registry/individuals?q=banda").get_data(as_text=True)
+
+
+def test_a_field_officer_cannot_delete(client, login, country, people):
+    login("field_officer", [country["N"]])
+    assert client.post(f"/registry/individuals/{people['banda'].id}/delete").status_code == 403
+
+
+def test_a_household_is_created_and_members_are_managed_inline(client, login, people, db_session, make_individual,
+                                                             country):
+    login("admin")
+    response = client.post("/registry/groups/new", data={"code": "hh-9", "name": "Banda family",
+                                                       "kind": "household", "head": "MW1000001", "location": ""})
+    assert response.status_code == 303
+    group_url = response.headers["Location"]
+    child = make_individual("Kondwani", "Banda", location=country["NV1"], national_id="MW1000009")
+    db_session.commit()
+    group_id = int(group_url.rstrip("/").rsplit("/", 1)[1])
+    added = client.htmx("post", f"/registry/groups/{group_id}/members", data={"person": "MW1000009", "role": "child"})
+    assert added.status_code == 200 and "Kondwani Banda" in added.get_data(as_text=True)
+    second_head = client.htmx("post", f"/registry/groups/{group_id}/members",
+                              data={"person": str(people["evil"].id), "role": "head"})
+    assert second_head.status_code == 422 and "already has a head" in second_head.get_data(as_text=True)
+    member = db_session.scalar(select(GroupMember).where(GroupMember.individual_id == child.id))
+    swapped = client.htmx("post", f"/registry/groups/{group_id}/members/{member.id}/head")
+    assert swapped.status_code == 200
+    db_session.expire_all()
+    assert db_session.get(GroupMember, member.id).role == "head"
+    role_form = client.htmx("get", f"/registry/groups/{group_id}/members/{member.id}/role")
+    assert '<select name="role"' in role_form.get_data(as_text=True)
+
+
+def test_a_person_already_in_a_household_is_refused_by_another(client, login, people, make_household):
+    make_household(head=people["banda"], members=[], code="HH-A")
+    other = make_household(head=people["phiri"], members=[], code="HH-B")
+    login("admin")
+    response = client.htmx("post", f"/registry/groups/{other.id}/members", data={"person": "MW1000001",
+                                                                               "role": "spouse"})
+    assert response.status_code == 422
+    assert "already belongs to household HH-A" in response.get_data(as_text=True)
+
+
+def test_moving_a_member_to_another_household(client, login, people, make_household, db_session):
+    source = make_household(head=people["banda"], members=[people["evil"]], code="HH-A")
+    target = make_household(head=people["phiri"], members=[], code="HH-B")
+    member = next(m for m in source.members if m.role != "head")
+    login("admin")
+    response = client.htmx("post", f"/registry/groups/{source.id}/members/{member.id}/move",
+                           data={"target": "hh-b", "role": "child"})
+    assert response.status_code == 200
+    db_session.expire_all()
+    moved = db_session.scalar(select(GroupMember).where(GroupMember.individual_id == people["evil"].id))
+    assert moved.group_id == target.id and moved.role == "child"
+
+
+def test_group_search_keeps_to_the_scope(client, login, country, people, make_household):
+    make_household(head=people["banda"], members=[], code="HH-NORTH")
+    make_household(head=people["phiri"], members=[], code="HH-SOUTH")
+    login("field_officer", [country["S"]])
+    body = client.htmx("get", "/registry/groups?q=hh").get_data(as_text=True)
+    assert "HH-SOUTH" in body and "HH-NORTH" not in body
+
+
+def test_the_search_page_takes_the_same_number_of_queries_for_more_results(client, login, country, make_individual,
+                                                                       count_queries, db_session):
+    login("admin")
+    for i in range(2):
+        make_individual("A", f"Zulu{i}", location=country["NV1"])
+    db_session.commit()
+    with count_queries() as few:
+        client.htmx("get", "/registry/individuals?q=zulu")
+    for i in range(2, 20):
+        make_individual("A", f"Zulu{i}", location=country["NV1"])
+    db_session.commit()
+    with count_queries() as many:
+        body = client.htmx("get", "/registry/individuals?q=zulu").get_data(as_text=True)
+    assert "Zulu19" in body
+    assert many() == few()
