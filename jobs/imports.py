@@ -15,6 +15,13 @@ def import_upload(run_id: int):
     return runtime.run(run_id, _import)
 
 
+def _keep_loaded(session) -> None:
+    """Batches commit through progress; objects read once (locations, the upload) stay
+    loaded instead of being read again after every commit."""
+    real = session.registry() if hasattr(session, "registry") else session
+    real.expire_on_commit = False
+
+
 def _upload(session, job) -> Upload:
     upload = session.get(Upload, job.params["upload_id"])
     if upload is None:
@@ -27,6 +34,7 @@ def _validate(session, job, progress):
     if upload.status == "validated" and upload.job_run_id == job.id:
         return upload.counts  # finished already; this is a repeated delivery
     upload.status = "validating"
+    _keep_loaded(session)
     scope = services.scope_from_params(job.params)
     try:
         return services.validate_upload(session, upload, scope=scope, progress=progress)
@@ -47,6 +55,7 @@ def _import(session, job, progress):
     if upload.status == "imported":
         return upload.counts
     upload.status = "importing"
+    _keep_loaded(session)
     scope = services.scope_from_params(job.params)
     try:
         return services.import_upload(session, upload, scope=scope, actor_id=job.created_by_id,

@@ -1,0 +1,168 @@
+"""Upload bench: a 100,000-row XLSX (11 columns, 20,000 households) into a registry that
+already holds 1,000,000 people; parse+validate and import timed separately, and the peak
+memory of the process doing the work (as the worker would).
+
+    python -m bench.upload [--database-url URL] [--rows 100000] [--people 1000000]
+
+Default database: ``instance/bench/upload.db`` (SQLite). For PostgreSQL create a database of
+its own first (the run adds and then removes its 100,000 people):
+    createdb -h 127.0.0.1 -p 54330 -U postgres portal_bench_upload
+    python -m bench.upload --database-url postgresql://postgres@127.0.0.1:54330/portal_bench_upload
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+os.environ.setdefault("PORTAL_ENV", "development")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_URL = f"sqlite:///{ROOT / 'instance' / 'bench' / 'upload.db'}"
+COLUMNS = ["First name", "Middle name", "Last name", "Sex", "Birth date", "National ID", "Phone",
+           "Village code", "Household code", "Role", "Primary recipient"]
+FIRST = ["Chikondi", "Mphatso", "Thandiwe", "Kondwani", "Chisomo", "Blessings", "Mercy", "Tiyamike",
+         "Grace", "Limbani", "Amina", "Juma", "Zawadi", "Baraka", "Neema", "Imani", "Faraji", "Asha"]
+LAST = ["Banda", "Phiri", "Mwale", "Tembo", "Chirwa", "Nyirenda", "Zulu", "Mbewe", "Mwangi",
+        "Otieno", "Kamau", "Njoroge", "Wanjiru", "Achieng", "Mutua", "Kiplagat"]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_xlsx(path: Path, rows: int, villages: list[str], seed: int = 7) -> None:
+    from openpyxl import Workbook
+
+    rng = random.Random(seed)
+    wb = Workbook(write_only=True)
+    sheet = wb.create_sheet("People")
+    sheet.append(COLUMNS)
+    households = rows // 5
+    stamp = int(time.time()) % 100000
+    for i in range(rows):
+        h = i // 5 if i < households * 5 else households - 1
+        head = i % 5 == 0
+        born = date(1940, 1, 1) + timedelta(days=rng.randrange(80 * 365))
+        sheet.append([
+            rng.choice(FIRST), rng.choice(FIRST) if rng.random() < .3 else None, rng.choice(LAST),
+            rng.choice("FM"), born, f"U{stamp:05d}{i:07d}",
+            f"+2659{rng.randrange(10**8):08d}" if rng.random() < .7 else None,
+            villages[h % len(villages)], f"UP{stamp:05d}-{h:06d}",
+            "head" if head else rng.choice(["spouse", "child", "child", "parent", "other_relative"]),
+            "yes" if head else "no",
+        ])
+    wb.save(path)
+
+
+def _cleanup(session, upload) -> None:
+    """Take the bench's people out again, so every run starts from the same registry."""
+    from sqlalchemy import delete, select
+
+    from portal.imports.models import Upload, UploadRow
+    from portal.registry.models import Group, GroupMember, Individual
+
+    people = select(UploadRow.individual_id).where(UploadRow.upload_id == upload.id,
+                                                   UploadRow.individual_id.isnot(None))
+    groups = select(GroupMember.group_id).where(GroupMember.individual_id.in_(people))
+    codes = select(UploadRow.household_code).where(UploadRow.upload_id == upload.id)
+    session.execute(delete(GroupMember).where(GroupMember.individual_id.in_(people)))
+    session.execute(delete(Group).where(Group.code.in_(codes)))
+    ids = list(session.scalars(people))
+    session.execute(delete(UploadRow).where(UploadRow.upload_id == upload.id))
+    for start in range(0, len(ids), 5000):
+        session.execute(delete(Individual).where(Individual.id.in_(ids[start:start + 5000])))
+    session.execute(delete(Upload).where(Upload.id == upload.id))
+    session.commit()
+    del groups
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--people", type=int, default=1_000_000)
+    parser.add_argument("--keep", action="store_true", help="keep the imported people")
+    args = parser.parse_args(argv)
+
+    url = args.database_url
+    if args.people:
+        from bench.population import ensure_population
+
+        started = time.perf_counter()
+        ensure_population(url, people=args.people, households=args.people // 5)
+        print(f"registry ready ({args.people:,} people) in {time.perf_counter() - started:.1f} s", flush=True)
+    from bench.setup import demo_app
+    from sqlalchemy import func, select
+
+    app = demo_app(url)
+    from portal.extensions import db
+    from portal import extensions
+    from portal.imports import services
+    from portal.locations.models import Location
+    from portal.locations.services import Scope
+    from portal.registry.models import Individual
+
+    extensions.sqlite_immediate_everywhere = True  # as in the worker
+    folder = ROOT / "instance" / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    app.config["UPLOAD_DIR"] = str(folder)
+    with app.app_context():
+        session = db.session
+        session.registry().expire_on_commit = False  # as the import jobs do
+        villages = list(session.scalars(select(Location.code).where(Location.kind == "village")
+                                        .order_by(Location.id).limit(500)))
+        registered = session.scalar(select(func.count()).select_from(Individual))
+        session.commit()
+        xlsx = folder / f"upload-{args.rows}.xlsx"
+        started = time.perf_counter()
+        write_xlsx(xlsx, args.rows, villages)
+        print(f"wrote {xlsx.name} ({xlsx.stat().st_size / 1e6:.1f} MB, {args.rows:,} rows, "
+              f"{args.rows // 5:,} households) in {time.perf_counter() - started:.1f} s "
+              f"[not timed below]", flush=True)
+        rss_before = _rss_mb()
+        everything = Scope(everything=True)
+
+        def progress(done, total=None, message=None):
+            session.commit()  # the worker's Progress commits between batches too
+
+        t0 = time.perf_counter()
+        upload = services.receive_upload(
+            session, path=xlsx, file_name=xlsx.name, duplicate_policy="update", day_first=None,
+            program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=500_000)
+        upload.status = "validating"
+        session.commit()
+        t1 = time.perf_counter()
+        counts = services.validate_upload(session, upload, scope=everything, progress=progress)
+        session.commit()
+        t2 = time.perf_counter()
+        services.start_import(session, upload, only_if_clean=False, scope=everything, actor_id=None)
+        session.commit()
+        t3 = time.perf_counter()
+        result = services.import_upload(session, upload, scope=everything, actor_id=None,
+                                        progress=progress)
+        session.commit()
+        t4 = time.perf_counter()
+        peak = _rss_mb()
+        dialect = db.engine.dialect.name
+        print(f"database: {dialect}, registry before: {registered:,} people")
+        print(f"receive (type, header and first-row check): {t1 - t0:6.2f} s")
+        print(f"parse + validate + stage {counts['rows']:,} rows: {t2 - t1:6.2f} s  "
+              f"(valid {counts['valid']:,}, errors {counts['errors']:,}, "
+              f"probable duplicates {counts['duplicates']:,}, updates {counts['updates']:,})")
+        print(f"import: {t4 - t3:6.2f} s  (people created {result.get('people_created', 0):,}, "
+              f"updated {result.get('people_updated', 0):,}, households new "
+              f"{result.get('new_households', 0):,}, members added {result.get('members_added', 0):,})")
+        print(f"total upload -> imported: {t4 - t0:6.2f} s")
+        print(f"peak memory of the process (max RSS): {peak:,.0f} MB (before the upload {rss_before:,.0f} MB)")
+        if not args.keep:
+            _cleanup(session, upload)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""Upload pages: history, templates, the upload form, mapping, the error grid and its fixes."""
+import csv
+import io
+import itertools
+
+from openpyxl import load_workbook
+from sqlalchemy import select
+
+from portal.imports import services
+from portal.imports.models import Upload, UploadRow
+from portal.locations.services import Scope
+from portal.registry.models import CustomField
+
+HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
+_n = itertools.count()
+
+
+def _validated(db_session, tmp_path, user, text, scope=Scope(everything=True)):
+    path = tmp_path / f"u{next(_n)}.csv"
+    path.write_text(text)
+    upload = services.receive_upload(db_session, path=path, file_name="people.csv",
+                                     duplicate_policy="error", day_first=None, program_id=None,
+                                     enrol_status=None, area_id=None, actor_id=user.id, max_rows=100)
+    services.validate_upload(db_session, upload, scope=scope, progress=lambda *a, **k: None)
+    db_session.commit()
+    return upload
+
+
+def _post_file(client, data: bytes, name: str, **fields):
+    return client.post("/imports/new", data={"file": (io.BytesIO(data), name), "duplicate_policy": "error",
+                                             "date_order": "", "enrol_status": "potential", **fields},
+                       content_type="multipart/form-data")
+
+
+def test_the_history_lists_uploads_with_their_counts(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    page = client.get("/imports/").get_data(as_text=True)
+    assert "people.csv" in page and "validated" in page and "Upload a file" in page
+
+
+def test_a_viewer_sees_the_history_but_may_not_upload(client, login):
+    login("viewer")
+    assert client.get("/imports/").status_code == 200
+    assert client.get("/imports/new").status_code == 403
+
+
+def test_the_templates_hold_every_field_including_custom_fields_and_household_columns(client, login, db_session):
+    db_session.add(CustomField(name="income", label="Monthly income", type="choice",
+                               choices=["low", "high"], required=True))
+    db_session.commit()
+    login("field_officer")
+    text = client.get("/imports/template.csv").get_data().decode("utf-8-sig")
+    header = next(csv.reader(io.StringIO(text)))
+    assert header[:3] == ["First name", "Middle name", "Last name"]
+    assert {"Monthly income", "Household code", "Role", "Primary recipient"} <= set(header)
+    book = load_workbook(io.BytesIO(client.get("/imports/template.xlsx").get_data()))
+    assert book.sheetnames[:2] == ["Instructions", "People"]
+    people = book["People"]
+    assert [c.value for c in people[1]] == header
+    lists = [v.formula1 for v in people.data_validations.dataValidation]
+    assert any(f.startswith("Lists!") for f in lists)  # sex, role, income ... dropdowns
+    instructions = " ".join(str(c.value) for row in book["Instructions"].iter_rows() for c in row if c.value)
+    assert "Monthly income" in instructions and "One of low, high" in instructions
+
+
+def test_a_file_that_is_not_a_spreadsheet_is_refused_with_its_reason(client, login, db_session):
+    login("field_officer")
+    response = _post_file(client, b"%PDF-1.4 fake", "people.csv")
+    assert response.status_code == 422
+    assert "This is a PDF document, not a spreadsheet" in response.get_data(as_text=True)
+    assert db_session.scalar(select(Upload.id)) is None
+
+
+def test_a_good_file_is_stored_and_its_validation_queued(client, login, db_session, country):
+    login("field_officer")
+    response = _post_file(client, (HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n").encode(), "people.csv")
+    assert response.status_code == 302
+    upload = db_session.scalar(select(Upload))
+    assert upload.status == "validating" and upload.job_run_id
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert 'hx-trigger="every 1s"' in page
+    assert client.get(f"/imports/{upload.id}/file").get_data() == (HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n").encode()
+
+
+def test_unrecognised_columns_are_mapped_before_validation(client, login, db_session, country):
+    login("field_officer")
+    response = _post_file(client, b"Given;Family;Gender;DOB;Village\nAmina;Banda;F;1990-05-17;NV1\n", "p.csv")
+    assert response.headers["Location"].endswith("/mapping")
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Given" in page and "(leave out)" in page
+    answer = client.post(response.headers["Location"], data={"col-0": "first_name", "col-1": "", "col-2": "sex",
+                                                             "col-3": "birth_date", "col-4": "location"})
+    assert answer.status_code == 422
+    assert "Choose a column for every required field: Last name." in answer.get_data(as_text=True)
+    answer = client.post(response.headers["Location"], data={
+        "col-0": "first_name", "col-1": "last_name", "col-2": "sex", "col-3": "birth_date",
+        "col-4": "location", "save_as": "Survey"})
+    assert answer.status_code == 302
+    assert db_session.scalar(select(Upload.status)) == "validating"
+
+
+def test_the_error_grid_shows_only_rows_with_problems_and_marks_each_bad_cell(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+                        + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
+    page = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert 'id="row-3"' in page and 'id="row-2"' not in page
+    assert 'class="grid-cell-error">Q<br><small class="error">Sex must be F, M or O' in page
+
+
+def test_editing_a_row_inline_checks_it_again(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
+    form = client.htmx("get", f"/imports/{upload.id}/rows/2/edit").get_data(as_text=True)
+    assert '<input name="sex" form="edit-2" value="Q"' in form
+    fixed = client.htmx("post", f"/imports/{upload.id}/rows/2/edit", data={"sex": "male"})
+    assert fixed.status_code == 200
+    html = fixed.get_data(as_text=True)
+    assert 'data-status="valid"' in html and "grid-cell-error" not in html
+    db_session.expire_all()
+    assert db_session.get(Upload, upload.id).counts["valid"] == 1
+
+
+def test_a_row_can_be_dropped_from_the_grid(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
+    response = client.htmx("post", f"/imports/{upload.id}/rows/2/drop")
+    assert response.status_code == 200 and response.get_data(as_text=True).strip().startswith('<div id="flash-messages"') \
+        or response.get_data(as_text=True).strip() == ""
+    assert db_session.scalar(select(UploadRow.status)) == "dropped"
+
+
+def test_find_and_replace_in_a_column_fixes_many_rows(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "A,B,F,1990-05-17,,north-1,,,\n"
+                        + "C,D,F,1990-05-17,,North-1,,,\n")
+    response = client.post(f"/imports/{upload.id}/replace", data={"field": "location", "find": "north-1",
+                                                                  "replace": "NV1"})
+    assert response.status_code == 303
+    page = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert "2 cell(s) replaced" in page and "No row is left to fix." in page
+
+
+def test_rows_to_fix_download_with_an_error_column_and_inert_formulas(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "=cmd(),Banda,Q,1990-05-17,,NV1,,,\n")
+    text = client.get(f"/imports/{upload.id}/problems.csv").get_data().decode("utf-8-sig")
+    header, row = list(csv.reader(io.StringIO(text)))
+    assert header[0] == "Row" and header[-1] == "Errors"
+    assert row[0] == "2" and row[1] == "'=cmd()" and "Sex must be F, M or O" in row[-1]
+    book = load_workbook(io.BytesIO(client.get(f"/imports/{upload.id}/problems.xlsx").get_data()))
+    assert book.active["B2"].value == "'=cmd()"
+
+
+def test_fixed_rows_can_be_uploaded_back_into_the_same_upload(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
+    fixed = "Row,First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient,Errors\n" \
+            "2,Juma,Banda,M,1990-05-17,,NV1,,,,sex: wrong\n"
+    response = client.post(f"/imports/{upload.id}/reupload", data={"file": (io.BytesIO(fixed.encode()), "fixed.csv")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 302
+    assert "1 row(s) updated and checked again." in client.get(response.headers["Location"]).get_data(as_text=True)
+    assert db_session.scalar(select(UploadRow.status)) == "valid"
+
+
+def test_importing_is_queued_from_the_summary(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    page = client.get(f"/imports/{upload.id}").get_data(as_text=True)
+    assert "Import 1 valid row(s)" in page and "New people</dt><dd>1" in page
+    assert client.post(f"/imports/{upload.id}/import").status_code == 303
+    db_session.expire_all()
+    assert db_session.get(Upload, upload.id).status == "importing"
+
+
+def test_the_same_content_already_imported_warns_before_going_on(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    text = HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+    earlier = _validated(db_session, tmp_path, user, text)
+    earlier.status = "imported"
+    db_session.commit()
+    response = _post_file(client, text.encode(), "again.csv")
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "exactly the same content was already imported" in page
+    assert "Go on and check the rows" in page
+
+
+def test_another_officers_upload_elsewhere_is_not_found(client, login, db_session, tmp_path, country, make_user):
+    south = make_user("field_officer", [country["S"]])
+    db_session.flush()
+    upload = _validated(db_session, tmp_path, south, HEADER + "Amina,Banda,F,1990-05-17,,SV1,,,\n",
+                        scope=Scope(paths=(country["S"].path,)))
+    upload.location_id = country["S"].id
+    db_session.commit()
+    login("field_officer", [country["N"]])
+    assert client.get(f"/imports/{upload.id}").status_code == 404
+    assert client.get(f"/imports/{upload.id}/rows").status_code == 404
+    assert client.post(f"/imports/{upload.id}/rows/2/drop").status_code == 404
+
+
+def test_identifiers_in_the_grid_are_masked_without_the_pii_permission(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,Q,1990-05-17,AB123456,NV1,,,\n")
+    page = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert "AB123456" not in page and "••••3456" in page
