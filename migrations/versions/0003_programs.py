@@ -80,14 +80,12 @@ def upgrade():
     sa.ForeignKeyConstraint(['program_id'], ['program.id'], name=op.f('fk_beneficiary_program_id_program'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['individual_id'], ['individual.id'], name=op.f('fk_beneficiary_individual_id_individual'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['group_id'], ['group.id'], name=op.f('fk_beneficiary_group_id_group'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_beneficiary')),
-    sa.UniqueConstraint('program_id', 'individual_id', name=op.f('uq_beneficiary_program_id_individual_id')),
-    sa.UniqueConstraint('program_id', 'group_id', name=op.f('uq_beneficiary_program_id_group_id'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_beneficiary'))
     )
     with op.batch_alter_table('beneficiary', schema=None) as batch_op:
         batch_op.create_index('ix_beneficiary_program_id_status', ['program_id', 'status'], unique=False)
-        batch_op.create_index('ix_beneficiary_individual_id', ['individual_id'], unique=False)
-        batch_op.create_index('ix_beneficiary_group_id', ['group_id'], unique=False)
+        batch_op.create_index('uq_beneficiary_individual_program', ['individual_id', 'program_id'], unique=True, sqlite_where=sa.text('individual_id IS NOT NULL'), postgresql_where=sa.text('individual_id IS NOT NULL'))
+        batch_op.create_index('uq_beneficiary_group_program', ['group_id', 'program_id'], unique=True, sqlite_where=sa.text('group_id IS NOT NULL'), postgresql_where=sa.text('group_id IS NOT NULL'))
 
     op.create_table('beneficiary_status_change',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -118,8 +116,8 @@ def downgrade():
         batch_op.drop_index('ix_beneficiary_status_change_beneficiary_id')
     op.drop_table('beneficiary_status_change')
     with op.batch_alter_table('beneficiary', schema=None) as batch_op:
-        batch_op.drop_index('ix_beneficiary_group_id')
-        batch_op.drop_index('ix_beneficiary_individual_id')
+        batch_op.drop_index('uq_beneficiary_group_program')
+        batch_op.drop_index('uq_beneficiary_individual_program')
         batch_op.drop_index('ix_beneficiary_program_id_status')
     op.drop_table('beneficiary')
     with op.batch_alter_table('program', schema=None) as batch_op:

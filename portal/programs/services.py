@@ -22,6 +22,7 @@ from sqlalchemy import (JSON, Integer, String, and_, delete, exists, func, inser
                         literal_column, or_, select, update)
 from sqlalchemy.orm import Session, aliased
 
+from portal.audit.models import AuditEntry
 from portal.audit.services import record
 from portal.clock import now, today
 from portal.errors import DomainError
@@ -338,21 +339,14 @@ def _refuse_over_cap(program: Program, wanted: int, left: int | None) -> None:
                           f"beneficiaries: {wanted} more cannot be enrolled, {places} left.")
 
 
-def _log_enrolment(session: Session, program: Program, first_new_id: int, *, status: str,
-                   actor_id: int | None, stamp, reason: str) -> None:
-    """One timeline entry per new beneficiary of this call (ids above ``first_new_id``;
-    the program lock keeps other calls for this program out)."""
-    session.execute(insert(BeneficiaryStatusChange).from_select(
-        ["beneficiary_id", "from_status", "to_status", "reason", "effective_date", "actor_id", "at"],
-        select(Beneficiary.id, literal(None, String), literal(status, String),
-               literal(reason, String), literal(stamp.date()), literal(actor_id, Integer),
-               literal(stamp))
-        .where(Beneficiary.program_id == program.id, Beneficiary.id > first_new_id)))
-
-
-def _max_id(session: Session, program: Program) -> int:
-    return session.scalar(select(func.max(Beneficiary.id)).where(
-        Beneficiary.program_id == program.id)) or 0
+def _record_enrolment(session: Session, program: Program, *, stamp, actor_id: int | None,
+                      status: str, count: int, how: str, details: dict) -> None:
+    """The audit entry of an enrolment, written at the instant stored as the new
+    beneficiaries' ``enrolled_at``: their timeline finds who enrolled them, and how, here."""
+    session.add(AuditEntry(at=stamp, actor_id=actor_id, action="enrol", entity_type="program",
+                           entity_id=str(program.id),
+                           summary=f"Enrolled {count} {how} as {status} in {program.name}"[:255],
+                           changes={"how": how, "status": status, "count": count, **details}))
 
 
 def enrol(session: Session, program_id: int, *, individual_ids=(), group_ids=(),
@@ -389,17 +383,13 @@ def enrol(session: Session, program_id: int, *, individual_ids=(), group_ids=(),
     _refuse_over_cap(program, len(new), _places_left(session, program))
     if new:
         stamp = now()
-        first = _max_id(session, program)
         key = "group_id" if program.is_group else "individual_id"
         for start in range(0, len(new), CHUNK):
             session.execute(insert(Beneficiary), [
                 {"program_id": program.id, key: i, "status": status, "custom": values,
                  "enrolled_at": stamp} for i in new[start:start + CHUNK]])
-        _log_enrolment(session, program, first, status=status, actor_id=actor_id, stamp=stamp,
-                       reason="Enrolled")
-        record(session, action="enrol", entity_type="program", entity_id=program.id,
-               summary=f"Enrolled {len(new)} as {status} in {program.name}",
-               changes={key + "s": new[:50], "count": len(new)})
+        _record_enrolment(session, program, stamp=stamp, actor_id=actor_id, status=status,
+                          count=len(new), how="by hand", details={key + "s": new[:50]})
     session.flush()
     return {"enrolled": len(new), "skipped": len(already)}
 
@@ -578,7 +568,6 @@ def enrol_by_criteria(session: Session, program_id: int, *, scope: Scope, criter
     _refuse_over_cap(program, new, _places_left(session, program))
     if new:
         stamp = now()
-        first = _max_id(session, program)
         key = "group_id" if program.is_group else "individual_id"
         session.execute(insert(Beneficiary).from_select(
             ["program_id", key, "status", "custom", "enrolled_at"],
@@ -586,12 +575,9 @@ def enrol_by_criteria(session: Session, program_id: int, *, scope: Scope, criter
                 literal(program.id, Integer), model.id, literal(status, String),
                 literal(values, JSON), literal(stamp), maintain_column_froms=True)
             .order_by(model.id)))
-        _log_enrolment(session, program, first, status=status, actor_id=actor_id, stamp=stamp,
-                       reason="Enrolled by criteria")
-        record(session, action="enrol", entity_type="program", entity_id=program.id,
-               summary=f"Enrolled {new} by criteria as {status} in {program.name}",
-               changes={"criteria": {k: str(v) for k, v in criteria.describe().items()},
-                        "count": new})
+        _record_enrolment(session, program, stamp=stamp, actor_id=actor_id, status=status,
+                          count=new, how="by criteria",
+                          details={"criteria": {k: str(v) for k, v in criteria.describe().items()}})
     session.flush()
     return {"enrolled": new, "skipped": matching - new}
 
@@ -861,10 +847,35 @@ def bulk_change_status(session: Session, program_id: int, *, scope: Scope,
     return {"changed": changed, "not_allowed": preview["not_allowed"]}
 
 
-def timeline(session: Session, beneficiary: Beneficiary) -> list[BeneficiaryStatusChange]:
-    return list(session.scalars(select(BeneficiaryStatusChange).where(
+@dataclass
+class Enrolment:
+    """The first step of a timeline, read from the beneficiary and its enrolment audit entry."""
+
+    from_status: None
+    to_status: str
+    reason: str
+    effective_date: date
+    actor: object
+    at: object
+
+
+def timeline(session: Session, beneficiary: Beneficiary) -> list:
+    """The enrolment, then every status change, oldest first."""
+    from portal.accounts.models import User
+
+    changes = list(session.scalars(select(BeneficiaryStatusChange).where(
         BeneficiaryStatusChange.beneficiary_id == beneficiary.id)
         .order_by(BeneficiaryStatusChange.id)))
+    entry = session.scalar(select(AuditEntry).where(
+        AuditEntry.entity_type == "program", AuditEntry.entity_id == str(beneficiary.program_id),
+        AuditEntry.action == "enrol", AuditEntry.at == beneficiary.enrolled_at).limit(1))
+    actor = session.get(User, entry.actor_id) if entry and entry.actor_id else None
+    how = (entry.changes or {}).get("how", "") if entry else ""
+    first = Enrolment(from_status=None,
+                      to_status=changes[0].from_status if changes else beneficiary.status,
+                      reason=f"Enrolled {how}".strip(), effective_date=beneficiary.enrolled_at.date(),
+                      actor=actor, at=beneficiary.enrolled_at)
+    return [first, *changes]
 
 
 def programs_of_subject(session: Session, *, individual_id: int | None = None,
