@@ -479,3 +479,20 @@ def test_beneficiary_search_finds_by_name_and_national_id(db_session, program, p
         rows, _ = services.search_beneficiaries(db_session, plan, scope=everything,
                                                 filters=BeneficiaryFilters(text=text))
         assert [s.id for _b, s in rows] == [mercy.id]
+
+
+def test_the_demo_has_programs_with_beneficiaries_in_several_statuses(db_session):
+    import random
+
+    from portal.demo import build_locations
+    from portal.programs import demo
+    from portal.programs.models import Program
+    from portal.registry import demo as registry_demo
+
+    rng = random.Random(1)
+    villages = build_locations(db_session, rng)
+    registry_demo.build(db_session, rng, villages)
+    assert demo.build(db_session, rng, villages)["programs"] == 3
+    pension = db_session.scalar(select(Program).where(Program.code == "OAP"))
+    counts = services.status_counts(db_session, pension, scope=Scope(everything=True))
+    assert all(counts[s] for s in ("potential", "active", "suspended", "graduated"))
