@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import (JSON, Integer, String, and_, delete, exists, func, insert, literal,
                         literal_column, or_, select, update)
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from portal.audit.models import AuditEntry
 from portal.audit.services import record
@@ -644,6 +644,8 @@ def search_beneficiaries(session: Session, program: Program, *, scope: Scope,
              "enrolled": Beneficiary.enrolled_at.desc(),
              "status": Beneficiary.status}.get(sort, Beneficiary.id)
     query = query.add_columns(model).order_by(order, Beneficiary.id)
+    if program.is_group:
+        query = query.options(selectinload(Group.primary_recipient))
     rows = session.execute(query.offset((max(page, 1) - 1) * per_page).limit(per_page + 1)).all()
     return [(b, subject) for b, subject in rows[:per_page]], len(rows) > per_page
 
@@ -722,6 +724,18 @@ def export_rows(session: Session, program: Program, *, scope: Scope, filters: Be
                        person.last_name, person.sex, person.birth_date.isoformat(),
                        shown(person.national_id), shown(person.phone), code]
     return header, rows()
+
+
+def update_beneficiary_custom(session: Session, beneficiary_id: int, raw: dict, *, scope: Scope,
+                              actor_id: int | None) -> Beneficiary:
+    """Set the program's extra field values of one beneficiary (validated, audited)."""
+    beneficiary = get_beneficiary(session, beneficiary_id, scope=scope)
+    if beneficiary is None:
+        raise DomainError("That beneficiary does not exist or lies outside your locations.")
+    _writable(beneficiary.program)
+    beneficiary.custom = clean_program_custom(session, beneficiary.program, raw)
+    session.flush()
+    return beneficiary
 
 
 # --- status changes ---------------------------------------------------------------------------

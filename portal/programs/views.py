@@ -298,11 +298,13 @@ def _status_form(beneficiary: Beneficiary) -> StatusForm:
     return form
 
 
-def _beneficiary_page(beneficiary: Beneficiary, form: StatusForm, status: int = 200):
+def _beneficiary_page(beneficiary: Beneficiary, form: StatusForm, status: int = 200,
+                      partial: bool = True):
     recipient = None
     if beneficiary.group_id and beneficiary.group.primary_recipient_id:
         recipient = db.session.get(Individual, beneficiary.group.primary_recipient_id)
-    return render("programs/beneficiary.html", partial="programs/_status_panel.html",
+    return render("programs/beneficiary.html",
+                  partial="programs/_status_panel.html" if partial else None,
                   beneficiary=beneficiary, program=beneficiary.program, form=form,
                   recipient=recipient, timeline=services.timeline(db.session, beneficiary),
                   fields=services.program_fields(db.session, beneficiary.program_id),
@@ -339,6 +341,23 @@ def change_status(beneficiary_id: int):
             flash(f"Status changed to {changed.status}.", "success")
             return htmx_redirect(url_for("programs.beneficiary", beneficiary_id=beneficiary_id))
     return _beneficiary_page(record, form, status=422)
+
+
+@bp.route("/beneficiaries/<int:beneficiary_id>/fields", methods=["POST"])
+@require("beneficiary.enrol")
+def beneficiary_fields(beneficiary_id: int):
+    record = _beneficiary_or_404(beneficiary_id)
+    try:
+        services.update_beneficiary_custom(db.session, record.id, _program_custom_raw(record.program),
+                                           scope=scope(), actor_id=current_user.id)
+    except DomainError as exc:
+        db.session.rollback()
+        record = _beneficiary_or_404(beneficiary_id)
+        flash(exc.message, "error")
+        return _beneficiary_page(record, _status_form(record), status=422, partial=False)
+    db.session.commit()
+    flash("Saved the program fields.", "success")
+    return htmx_redirect(url_for("programs.beneficiary", beneficiary_id=beneficiary_id))
 
 
 @bp.route("/<int:program_id>/beneficiaries/status", methods=["GET", "POST"])

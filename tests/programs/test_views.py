@@ -259,3 +259,39 @@ def test_program_fields_are_asked_at_enrolment(client, login, db_session, progra
                                                      "status": "potential", "pf_school": "Chilumba"})
     assert db_session.scalar(select(Beneficiary.custom).where(
         Beneficiary.individual_id == someone.id)) == {"school": "Chilumba"}
+
+
+def test_a_beneficiarys_program_fields_are_edited_and_validated(client, login, db_session, program,
+                                                                person):
+    plan = program()
+    services.save_program_field(db_session, plan, None, name="grade", label="Grade", type="integer")
+    someone = person()
+    _enrol(db_session, plan, [someone])
+    beneficiary = db_session.scalar(select(Beneficiary).where(Beneficiary.individual_id == someone.id))
+    login("program_manager")
+    page = client.get(f"/programs/beneficiaries/{beneficiary.id}").get_data(as_text=True)
+    assert 'name="pf_grade"' in page
+    refused = client.post(f"/programs/beneficiaries/{beneficiary.id}/fields", data={"pf_grade": "two"})
+    assert refused.status_code == 422 and "Grade must be a whole number" in refused.get_data(as_text=True)
+    saved = client.post(f"/programs/beneficiaries/{beneficiary.id}/fields", data={"pf_grade": "7"})
+    assert saved.status_code == 303
+    db_session.expire_all()
+    assert db_session.get(Beneficiary, beneficiary.id).custom == {"grade": 7}
+    assert 'value="7"' in client.get(f"/programs/beneficiaries/{beneficiary.id}").get_data(as_text=True)
+
+
+def test_the_household_beneficiary_list_takes_the_same_queries_for_3_or_30_rows(
+        client, login, db_session, program, household, count_queries):
+    plan = program(beneficiary_kind="group")
+    login("viewer")
+
+    def queries_for(n):
+        homes = [household(2) for _ in range(n)]
+        services.enrol(db_session, plan.id, group_ids=[h.id for h in homes], actor_id=None,
+                       scope=Scope(everything=True))
+        db_session.commit()
+        with count_queries() as counted:
+            assert client.get(f"/programs/{plan.id}/beneficiaries").status_code == 200
+        return counted()
+
+    assert queries_for(3) == queries_for(27)
