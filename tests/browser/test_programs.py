@@ -31,6 +31,10 @@ def test_a_manager_enrols_by_criteria_then_activates_a_beneficiary(page, browser
     page.wait_for_url(f"**/programs/{plan.id}/beneficiaries")
     expect(page.locator(".flash-success")).to_contain_text("Enrolled 2 by criteria")
     expect(page.locator("nav.tabs[aria-label=Status]")).to_contain_text("Potential 2")
+    page.fill("input[name=q]", "eldernv2")  # active search narrows the list as one types
+    expect(page.locator("#beneficiary-list tbody")).not_to_contain_text("ElderNV1")
+    expect(page.locator("#beneficiary-list tbody")).to_contain_text("ElderNV2 Banda")
+    page.fill("input[name=q]", "")
     page.get_by_role("link", name="ElderNV1 Banda").click()
 
     expect(page.locator("#current-status")).to_have_text("Potential")
