@@ -109,6 +109,13 @@ def list_programs(session: Session, *, text: str = "", status: str = "",
     return list(session.scalars(query.order_by(PROGRAM_SORTS.get(sort, Program.name), Program.id)))
 
 
+def open_programs(session: Session, beneficiary_kind: str) -> list[Program]:
+    """Programs not closed that enrol this kind of beneficiary ('individual' or 'group')."""
+    return list(session.scalars(select(Program).where(
+        Program.status != "closed", Program.beneficiary_kind == beneficiary_kind)
+        .order_by(Program.name).limit(200)))
+
+
 def taken_places(session: Session, program_id: int) -> int:
     """Beneficiaries that hold a place under the cap (all of the program, whatever the scope)."""
     return session.scalar(select(func.count()).select_from(Beneficiary).where(

@@ -27,6 +27,16 @@ def _helpers():
     return {"mask": mask}
 
 
+@bp.app_context_processor
+def _enrol_choices():
+    """For templates/programs/_enrol_subject.html, included by the registry pages."""
+
+    def programs_open_for(kind: str):
+        return services.open_programs(db.session, kind)
+
+    return {"programs_open_for": programs_open_for}
+
+
 def _program_or_404(program_id: int) -> Program:
     return db.get_or_404(Program, program_id)
 
@@ -467,6 +477,38 @@ def enrol(program_id: int):
                   form=form, q=q, found=_find_subjects(program, q), error=error,
                   fields=services.program_fields(db.session, program.id, active_only=True),
                   show_pii=can("individual.view_pii"), status=422 if error else 200)
+
+
+@bp.route("/enrol", methods=["POST"])
+@require("beneficiary.enrol")
+def enrol_subject():
+    """Enrol one person or group chosen on their own page (the registry), then go back."""
+    program = db.session.get(Program, request.form.get("program_id", type=int) or 0)
+    target = request.form.get("next", "")
+    if not (target.startswith("/") and not target.startswith("//")):
+        target = url_for("programs.show", program_id=program.id) if program else url_for("programs.index")
+    if program is None:
+        flash("Choose a program.", "error")
+        return htmx_redirect(target)
+    kind = "group_ids" if program.is_group else "individual_ids"
+    subject = request.form.get("group_id" if program.is_group else "individual_id", type=int)
+    try:
+        result = services.enrol(db.session, program.id, status=request.form.get("status", "potential"),
+                                actor_id=current_user.id, scope=scope(),
+                                **{kind: [subject] if subject else []})
+    except DomainError as exc:
+        db.session.rollback()
+        flash(f"Not enrolled in {program.name}: {exc.message}", "error")
+    else:
+        db.session.commit()
+        if result["enrolled"]:
+            flash(f"Enrolled in {program.name}.", "success")
+        elif result["skipped"]:
+            flash(f"Already enrolled in {program.name}.", "info")
+        else:
+            flash(f"{program.name} enrols {'groups' if program.is_group else 'individuals'}; "
+                  f"nobody was enrolled.", "error")
+    return htmx_redirect(target)
 
 
 def _criteria(source) -> tuple[Criteria, dict]:

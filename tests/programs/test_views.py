@@ -295,3 +295,33 @@ def test_the_household_beneficiary_list_takes_the_same_queries_for_3_or_30_rows(
         return counted()
 
     assert queries_for(3) == queries_for(27)
+
+
+def test_a_person_is_enrolled_from_their_registry_page_form(client, login, db_session, program, person,
+                                                            app):
+    from flask import render_template_string
+
+    plan = program(name="Pension")
+    program(name="Households", beneficiary_kind="group")
+    program(name="Over", status="closed")
+    someone = person()
+    db_session.commit()
+    login("program_manager")
+    client.get("/programs/")  # a request context with the signed-in user for the fragment
+    with app.test_request_context("/registry/individuals/1"):
+        from flask_login import login_user
+
+        from portal.accounts.models import User
+
+        login_user(db_session.scalars(select(User)).all()[-1])
+        html = render_template_string(
+            '{% with subject_kind="individual", subject_id=7, back="/registry/individuals/7" %}'
+            '{% include "programs/_enrol_subject.html" %}{% endwith %}')
+    assert "Pension" in html and "Households" not in html and "Over" not in html
+    response = client.post("/programs/enrol", data={"program_id": plan.id, "individual_id": someone.id,
+                                                    "next": "/registry/individuals/7"})
+    assert response.status_code == 303 and response.headers["Location"] == "/registry/individuals/7"
+    assert services.taken_places(db_session, plan.id) == 1
+    again = client.post("/programs/enrol", data={"program_id": plan.id, "individual_id": someone.id,
+                                                 "next": "//evil.example/"})
+    assert again.headers["Location"] == f"/programs/{plan.id}"
