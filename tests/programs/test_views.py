@@ -228,6 +228,13 @@ def test_a_group_program_shows_the_households_primary_recipient(client, login, d
     assert home.primary_recipient.full_name in page
     assert home.primary_recipient.full_name in client.get(
         f"/programs/{plan.id}/beneficiaries").get_data(as_text=True)
+    client.post("/logout")
+    login("program_manager")
+    exported = client.get(f"/programs/{plan.id}/beneficiaries/export?format=csv").get_data(as_text=True)
+    rows = list(csv.reader(io.StringIO(exported.lstrip("\ufeff"))))
+    assert rows[1][rows[0].index("Group code")] == home.code
+    assert rows[1][rows[0].index("Primary recipient")] == home.primary_recipient.full_name
+    assert rows[1][rows[0].index("Recipient national ID")] == home.primary_recipient.national_id
 
 
 def test_institution_and_scheme_pages_list_their_programs(client, login, db_session, program):
