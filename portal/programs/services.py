@@ -19,7 +19,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import (JSON, Integer, String, and_, delete, exists, func, insert, literal,
-                        literal_column, or_, select, update)
+                        or_, select, update)
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from portal.audit.models import AuditEntry

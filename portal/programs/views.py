@@ -1,6 +1,7 @@
 """Programs, institutions, schemes, beneficiaries: thin routes over ``services``."""
 from __future__ import annotations
 
+from datetime import date
 from urllib.parse import urlencode
 
 from flask import abort, flash, redirect, request, url_for
@@ -382,10 +383,8 @@ def bulk_status(program_id: int):
     sc = scope()
     if to_status in targets and not errors:
         if request.method == "POST":
-            from datetime import date as _date
-
             try:
-                effective = _date.fromisoformat(source.get("effective_date") or "") \
+                effective = date.fromisoformat(source.get("effective_date") or "") \
                     if source.get("effective_date") else None
                 result = services.bulk_change_status(
                     db.session, program.id, scope=sc, filters=filters, to_status=to_status,
