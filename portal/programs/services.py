@@ -600,9 +600,15 @@ class BeneficiaryFilters:
     text: str = ""
     location_id: int | None = None
     sex: str = ""
+    age_min: int | None = None  # of the person, or of a group's primary recipient
+    age_max: int | None = None
 
     def without_status(self) -> "BeneficiaryFilters":
-        return BeneficiaryFilters(text=self.text, location_id=self.location_id, sex=self.sex)
+        return BeneficiaryFilters(text=self.text, location_id=self.location_id, sex=self.sex,
+                                  age_min=self.age_min, age_max=self.age_max)
+
+    def on_person(self) -> bool:
+        return bool(self.sex) or self.age_min is not None or self.age_max is not None
 
 
 def beneficiary_query(session: Session, program: Program, *, scope: Scope,
@@ -613,7 +619,7 @@ def beneficiary_query(session: Session, program: Program, *, scope: Scope,
     filter on the person): counts then read the (program_id, status) index alone."""
     model, column = _subject(program)
     needs_subject = subject or not scope.everything or bool(
-        filters.location_id or (filters.text or "").strip() or filters.sex)
+        filters.location_id or (filters.text or "").strip() or filters.on_person())
     query = select(Beneficiary).where(Beneficiary.program_id == program.id)
     if needs_subject:
         query = query.join(model, model.id == column).where(scope.covers(model.location_id))
@@ -631,9 +637,8 @@ def beneficiary_query(session: Session, program: Program, *, scope: Scope,
         if text_filter:
             like = f"%{text_filter}%"
             query = query.where(or_(Group.name.ilike(like), Group.code.ilike(like)))
-        if filters.sex:
-            query = query.join(Individual, Individual.id == Group.primary_recipient_id).where(
-                Individual.sex == filters.sex)
+        if filters.on_person():
+            query = query.join(Individual, Individual.id == Group.primary_recipient_id)
     else:
         if text_filter:
             from portal.registry.validation import fold
@@ -642,8 +647,13 @@ def beneficiary_query(session: Session, program: Program, *, scope: Scope,
             query = query.where(or_(Individual.name_key.startswith(key, autoescape=True),
                                     Individual.name_key.contains(" " + key, autoescape=True),
                                     Individual.national_id == text_filter))
-        if filters.sex:
-            query = query.where(Individual.sex == filters.sex)
+    if filters.sex:
+        query = query.where(Individual.sex == filters.sex)
+    on = today()
+    if filters.age_min is not None:
+        query = query.where(Individual.birth_date <= _years_ago(filters.age_min, on))
+    if filters.age_max is not None:
+        query = query.where(Individual.birth_date > _years_ago(filters.age_max + 1, on))
     return query
 
 

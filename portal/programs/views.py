@@ -248,12 +248,15 @@ def _beneficiary_filters(args) -> tuple[BeneficiaryFilters, dict]:
     filters = BeneficiaryFilters(status=status if status in BENEFICIARY_STATUSES else "",
                                  text=args.get("q", "").strip()[:100],
                                  location_id=_location_id(args.get("location", ""), errors),
-                                 sex=sex if sex in SEXES else "")
+                                 sex=sex if sex in SEXES else "",
+                                 age_min=_int(args, "age_min", errors),
+                                 age_max=_int(args, "age_max", errors))
     return filters, errors
 
 
 def _filter_args(args, **overrides) -> dict:
-    keep = {k: args.get(k, "") for k in ("status", "q", "location", "sex", "sort")}
+    keep = {k: args.get(k, "") for k in ("status", "q", "location", "sex", "age_min", "age_max",
+                                         "sort")}
     keep.update(overrides)
     return {k: v for k, v in keep.items() if v not in ("", None)}
 

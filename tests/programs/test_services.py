@@ -496,3 +496,22 @@ def test_the_demo_has_programs_with_beneficiaries_in_several_statuses(db_session
     pension = db_session.scalar(select(Program).where(Program.code == "OAP"))
     counts = services.status_counts(db_session, pension, scope=Scope(everything=True))
     assert all(counts[s] for s in ("potential", "active", "suspended", "graduated"))
+
+
+def test_the_beneficiary_list_filters_by_age_and_sex_of_the_person_or_recipient(
+        db_session, program, person, household, everything):
+    plan = program()
+    old_woman = person(sex="F", birth_date=date(1940, 1, 1))
+    person_ids = [old_woman.id, person(sex="M", birth_date=date(1940, 1, 1)).id,
+                  person(sex="F", birth_date=date(2000, 1, 1)).id]
+    services.enrol(db_session, plan.id, individual_ids=person_ids, actor_id=None, scope=everything)
+    rows, _ = services.search_beneficiaries(db_session, plan, scope=everything,
+                                            filters=BeneficiaryFilters(sex="F", age_min=70))
+    assert [s.id for _b, s in rows] == [old_woman.id]
+    homes = program(beneficiary_kind="group")
+    elder_home = household(head=person(birth_date=date(1940, 1, 1)))
+    services.enrol(db_session, homes.id, group_ids=[elder_home.id, household().id], actor_id=None,
+                   scope=everything)
+    counts = services.status_counts(db_session, homes, scope=everything,
+                                    filters=BeneficiaryFilters(age_min=70))
+    assert counts["potential"] == 1
