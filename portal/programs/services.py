@@ -498,7 +498,8 @@ def criteria_query(session: Session, program: Program, *, scope: Scope, criteria
     query = _visible_subjects(program, scope)
     if criteria.location_id:
         place = session.get(Location, criteria.location_id)
-        if place is None or not scope.allows(place):
+        # A place above one's own area is fine: the scope still limits who matches.
+        if place is None or not (scope.allows(place) or scope.ancestors_visible(place)):
             raise DomainError("That location does not exist or lies outside yours.",
                               field="location")
         query = query.where(model.location_id.in_(

@@ -265,6 +265,9 @@ def test_enrolment_by_criteria_stays_within_the_callers_scope(db_session, progra
     with pytest.raises(DomainError, match="outside yours"):
         services.preview_criteria(db_session, plan, scope=north,
                                   criteria=Criteria(location_id=country["S"].id))
+    north_ward = Scope(paths=(country["NW"].path,))  # the region above is allowed, scope still holds
+    assert services.preview_criteria(db_session, plan, scope=north_ward,
+                                     criteria=Criteria(location_id=country["N"].id))["matching"] == 1
 
 
 def test_household_size_selects_people_and_households(db_session, program, household, person,
