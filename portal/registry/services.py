@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 from sqlalchemy import and_, exists, false, func, or_, select, union
-from sqlalchemy.orm import Session, contains_eager, lazyload
+from sqlalchemy.orm import Session, contains_eager, lazyload, selectinload
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.orm.exc import StaleDataError
 
 from portal.clock import now, today
@@ -117,48 +119,86 @@ def clean_filters(raw) -> dict:
     return {k: str(raw.get(k, "")).strip() for k in FILTER_KEYS if str(raw.get(k, "") or "").strip()}
 
 
-def individual_filters(session: Session, *, scope, filters: dict) -> list:
-    """The WHERE conditions for a search: living people in scope matching the filters."""
+def _unindexed(column):
+    """SQLite: ``+column`` is the same value, but the planner will not use an index for it."""
+    return UnaryExpression(column.expression, operator=operators.custom_op("+"), type_=column.type)
+
+
+def _is_id_search(q: str) -> bool:
+    compact = q.replace(" ", "").upper()
+    return any(c.isdigit() for c in q) and bool(re.fullmatch(r"[A-Z0-9/-]+", compact))
+
+
+def _birth_range(filters: dict) -> tuple[date | None, date | None, bool]:
+    """Age and birth-date filters as one range (lowest, highest birth date, possible?)."""
+    lows, highs = [], []
+    age_min, age_max = _int(filters.get("age_min")), _int(filters.get("age_max"))
+    if age_min is not None:
+        highs.append(_years_ago(age_min))
+    if age_max is not None:  # aged at most N: born after the day N+1 years ago
+        lows.append(_years_ago(age_max + 1) + timedelta(days=1))
+    born_from, born_to = _date(filters.get("born_from")), _date(filters.get("born_to"))
+    if born_from:
+        lows.append(born_from)
+    if born_to:
+        highs.append(born_to)
+    low, high = (max(lows) if lows else None), (min(highs) if highs else None)
+    return low, high, not (low and high and low > high)
+
+
+def individual_filters(session: Session, *, scope, filters: dict,
+                       indexable: set[str] | None = None) -> list:
+    """The WHERE conditions for a search: living people in scope matching the filters.
+
+    ``indexable`` (SQLite only, which has no statistics on value ranges) names the columns
+    whose indexes the planner may use; the others are wrapped (``+column``) so that, say,
+    a page ordered by name walks the name index and stops after one page instead of
+    collecting a large filtered set and sorting it."""
     dialect = session.get_bind().dialect.name
+    steering = indexable is not None and dialect == "sqlite"
+
+    def col(column):
+        return _unindexed(column) if steering and column.key not in indexable else column
+
+    location_id = col(Individual.location_id)
     conditions = [Individual.deleted_at.is_(None)]
     if not scope.everything:
-        conditions.append(scope.covers(Individual.location_id))
+        conditions.append(location_id.in_(scope.location_ids()))
     q = filters.get("q", "")
     if q:
         compact = q.replace(" ", "").upper()
-        if any(c.isdigit() for c in q) and re.fullmatch(r"[A-Z0-9/-]+", compact):
+        if _is_id_search(q):
             # The live-ID unique index has the database's collation: a plain range uses it.
-            conditions.append(_prefix(Individual.national_id, compact, "any"))
+            conditions.append(_prefix(col(Individual.national_id), compact, "any"))
         else:
             key = fold(q.replace(",", " "))
             if key:
-                conditions.append(_prefix(Individual.name_key, key, dialect))
+                conditions.append(_prefix(col(Individual.name_key), key, dialect))
     location = _location_path(session, filters.get("location"))
     if filters.get("location"):
         if location is None:
             conditions.append(false())
         elif location.kind == "village":
-            conditions.append(Individual.location_id == location.id)
+            conditions.append(location_id == location.id)
         else:
             below = select(Location.id).where(Location.path.startswith(location.path, autoescape=True))
-            conditions.append(Individual.location_id.in_(below))
+            conditions.append(location_id.in_(below))
     if filters.get("sex") in SEXES:
-        conditions.append(Individual.sex == filters["sex"])
-    age_min, age_max = _int(filters.get("age_min")), _int(filters.get("age_max"))
-    if age_min is not None:
-        conditions.append(Individual.birth_date <= _years_ago(age_min))
-    if age_max is not None:  # aged at most N: born after the day N+1 years ago
-        conditions.append(Individual.birth_date > _years_ago(age_max + 1))
-    born_from, born_to = _date(filters.get("born_from")), _date(filters.get("born_to"))
-    if born_from:
-        conditions.append(Individual.birth_date >= born_from)
-    if born_to:
-        conditions.append(Individual.birth_date <= born_to)
+        conditions.append(col(Individual.sex) == filters["sex"])
+    birth_date = col(Individual.birth_date)
+    low, high, possible = _birth_range(filters)
+    if not possible:
+        conditions.append(false())
+    if low:
+        conditions.append(birth_date >= low)
+    if high:
+        conditions.append(birth_date <= high)
+    person_id = col(Individual.id)
     group = filters.get("group")
     if group:
         group_ids = select(Group.id).where(Group.code == group.upper() if not group.isdigit()
                                            else or_(Group.code == group, Group.id == int(group)))
-        conditions.append(Individual.id.in_(
+        conditions.append(person_id.in_(
             select(GroupMember.individual_id).where(GroupMember.group_id.in_(group_ids))))
     household = filters.get("household")
     in_household = exists().where(GroupMember.individual_id == Individual.id,
@@ -178,17 +218,26 @@ def individual_filters(session: Session, *, scope, filters: dict) -> list:
         if status in BENEFICIARY_STATUSES:
             direct = direct.where(Beneficiary.status == status)
             via_group = via_group.where(Beneficiary.status == status)
-        conditions.append(Individual.id.in_(union(direct, via_group)))
+        conditions.append(person_id.in_(union(direct, via_group)))
     return conditions
 
 
-def _order(sort: str, dialect: str):
-    column_name, descending = INDIVIDUAL_SORTS.get(sort, INDIVIDUAL_SORTS["name"])
+def _sort_column(sort: str, filters: dict) -> tuple[str, bool]:
+    """(column, descending); a national ID search lists by ID unless asked otherwise."""
+    if sort in ("name", "", None) and _is_id_search(filters.get("q", "")):
+        return "national_id", False
+    return INDIVIDUAL_SORTS.get(sort, INDIVIDUAL_SORTS["name"])
+
+
+def _order(sort: str, dialect: str, filters: dict | None = None):
+    column_name, descending = _sort_column(sort, filters or {})
     column = _name_column(dialect) if column_name == "name_key" else getattr(Individual, column_name)
-    order = [column.desc() if descending else column.asc()]
-    if column_name != "id":
-        order.append(Individual.id.desc() if descending else Individual.id.asc())
-    return order
+    # Ties follow the column order of the index that serves the sort (migration 0005), so
+    # a page of 1,000 "Banda Chikondi"s is read straight from the index, not sorted.
+    ties = {"name_key": [Individual.location_id, Individual.birth_date, Individual.sex],
+            "birth_date": [Individual.sex, Individual.location_id]}.get(column_name, [])
+    columns = [column, *ties] + ([Individual.id] if column_name != "id" else [])
+    return [c.desc() if descending else c.asc() for c in columns]
 
 
 def capped_count(session: Session, conditions: list, cap: int | None = None) -> tuple[int, bool]:
@@ -199,28 +248,42 @@ def capped_count(session: Session, conditions: list, cap: int | None = None) -> 
     return (cap, True) if n > cap else (n, False)
 
 
+def _indexable_for_count(filters: dict) -> set[str] | None:
+    """SQLite: a name prefix narrows best, so searches by name leave age and sex unindexed."""
+    q = filters.get("q", "")
+    if q and not _is_id_search(q):
+        return {"name_key", "location_id", "id"}
+    return None
+
+
 def search_individuals(session: Session, *, scope, filters: dict, sort: str = "name",
                        page: int = 1, per_page: int = PER_PAGE, with_count: bool = True,
                        count_cap: int | None = None) -> SearchResult:
-    """One page of living people in scope; two or three statements whatever the page size."""
+    """One page of living people in scope; four small statements whatever the page size.
+
+    The capped count comes first and chooses the plan: up to the cap, the few matches are
+    collected by the most selective index and sorted; beyond it, the page is read in sort
+    order from that column's index, stopping after one page."""
     dialect = session.get_bind().dialect.name
-    conditions = individual_filters(session, scope=scope, filters=filters)
+    indexable = _indexable_for_count(filters)
+    conditions = individual_filters(session, scope=scope, filters=filters, indexable=indexable)
+    count, capped = capped_count(session, conditions, count_cap)
+    if capped and dialect == "sqlite":
+        sort_column = _sort_column(sort, filters)[0]
+        conditions = individual_filters(session, scope=scope, filters=filters, indexable={sort_column})
     page = max(page, 1)
-    query = (select(Individual).join(Individual.location)
-             .options(contains_eager(Individual.location).lazyload(Location.parent))
-             .where(*conditions).order_by(*_order(sort, dialect))
+    if count == 0:
+        return SearchResult(rows=[], count=0, capped=False, page=page, per_page=per_page, has_more=False)
+    query = (select(Individual)
+             .options(selectinload(Individual.location).lazyload(Location.parent))
+             .where(*conditions).order_by(*_order(sort, dialect, filters))
              .offset((page - 1) * per_page).limit(per_page + 1))
-    rows = list(session.scalars(query).unique())
+    rows = list(session.scalars(query))
     has_more = len(rows) > per_page
     rows = rows[:per_page]
-    if with_count:
-        if page == 1 and not has_more:
-            count, capped = len(rows), False
-        else:
-            count, capped = capped_count(session, conditions, count_cap)
-            if capped and (page - 1) * per_page + len(rows) > count:
-                count = (page - 1) * per_page + len(rows)
-    else:
+    if capped and (page - 1) * per_page + len(rows) > count:
+        count = (page - 1) * per_page + len(rows)
+    if not with_count:
         count, capped = 0, False
     return SearchResult(rows=rows, count=count, capped=capped, page=page, per_page=per_page,
                         has_more=has_more, households=households_of(session, [r.id for r in rows]))
@@ -263,7 +326,7 @@ def export_rows(session: Session, *, scope, filters: dict, sort: str = "name", p
                    Individual.national_id, Individual.phone, Location.code, Location.name,
                    household, Individual.custom)
             .join(Location, Location.id == Individual.location_id)
-            .where(*conditions).order_by(*_order(sort, dialect)).offset(offset).limit(batch)).all()
+            .where(*conditions).order_by(*_order(sort, dialect, filters)).offset(offset).limit(batch)).all()
         if not rows:
             return
         for r in rows:

@@ -303,3 +303,20 @@ def test_member_roles_are_editable_but_head_stays(db_session):
     assert ("lodger", "Lodger") in services.member_roles(db_session)
     with pytest.raises(DomainError, match="head role"):
         services.save_member_role(db_session, code="head", label="Head", active=False, actor_id=None)
+
+
+@pytest.mark.parametrize("filters", [{"sex": "F"}, {"q": "band", "sex": "M"}, {"age_min": "18", "location": "N"},
+                                     {"q": "MW1"}, {"born_from": "1940-01-01", "household": "no"}])
+@pytest.mark.parametrize("sort", ["name", "-name", "birth_date", "-birth_date", "newest"])
+def test_large_results_read_in_index_order_match_small_results_sorted(db_session, people, filters, sort):
+    """Beyond the count cap the page is read in index order with the other filters applied
+    row by row; it must be the same page as when the matches are collected and sorted."""
+    sorted_page = services.search_individuals(db_session, scope=EVERYTHING, filters=filters, sort=sort)
+    walked_page = services.search_individuals(db_session, scope=EVERYTHING, filters=filters, sort=sort,
+                                              count_cap=1)
+    assert [p.id for p in walked_page.rows] == [p.id for p in sorted_page.rows]
+
+
+def test_an_impossible_age_and_birth_date_combination_finds_no_one(db_session, people):
+    result = search(db_session, age_max="10", born_to="1960-01-01")
+    assert result.rows == [] and result.count == 0
