@@ -71,6 +71,8 @@ class UploadRow(db.Model):
         Index("ix_upload_row_upload_id_status", "upload_id", "status"),
         Index("ix_upload_row_upload_id_national_id", "upload_id", "national_id"),
         Index("ix_upload_row_upload_id_household_code", "upload_id", "household_code"),
+        # Deleting a person looks here (ON DELETE SET NULL).
+        Index("ix_upload_row_individual_id", "individual_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -84,6 +86,8 @@ class UploadRow(db.Model):
     action: Mapped[str | None] = mapped_column(String(6))  # new | update
     national_id: Mapped[str | None] = mapped_column(String(40))
     household_code: Mapped[str | None] = mapped_column(String(40))
+    role: Mapped[str | None] = mapped_column(String(30))  # in the household, as checked
+    primary: Mapped[bool] = mapped_column(Boolean, default=False)  # the primary recipient
     individual_id: Mapped[int | None] = mapped_column(
         ForeignKey("individual.id", ondelete="SET NULL"))
 

@@ -207,15 +207,12 @@ def reconcile(session: Session, upload: Upload) -> bool:
 # --- checking rows ------------------------------------------------------------------------
 
 def _jsonable(values: dict) -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, (date, datetime)):
-            out[key] = value.isoformat()
-        elif isinstance(value, dict):
-            out[key] = _jsonable(value)
-        else:
-            out[key] = value
-    return out
+    """Cleaned values for a JSON column: the birth date as ISO text (custom values are
+    already JSON-ready)."""
+    born = values.get("birth_date")
+    if isinstance(born, date):
+        values["birth_date"] = born.isoformat()
+    return values
 
 
 class RowChecker:
@@ -412,8 +409,11 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
         for row in staged:
             checker.settle(row, registered, seen, warnings)
             row["upload_id"] = upload_id
-            row["national_id"] = row["cleaned"].get("national_id")
-            row["household_code"] = row["cleaned"].get("household_code")
+            cleaned = row["cleaned"]
+            row["national_id"] = cleaned.get("national_id")
+            row["household_code"] = cleaned.get("household_code")
+            row["role"] = cleaned.get("role")
+            row["primary"] = bool(cleaned.get("primary_recipient"))
         session.execute(insert(UploadRow), staged)
         done += len(chunk)
         progress(done, max(total, done), f"Checked {done:,} rows")
@@ -436,9 +436,9 @@ def check_households(session: Session, upload: Upload, codes: set[str] | None = 
     """One head and at most one primary recipient per household, across the file and the
     registry; a person already in another household cannot join this one. Sets or clears
     each affected row's "household" error."""
-    query = select(UploadRow.id, UploadRow.row_number, UploadRow.household_code, UploadRow.cleaned,
-                   UploadRow.errors, UploadRow.status, UploadRow.action, UploadRow.warning,
-                   UploadRow.individual_id).where(
+    query = select(UploadRow.id, UploadRow.row_number, UploadRow.household_code, UploadRow.role,
+                   UploadRow.primary, UploadRow.errors, UploadRow.status, UploadRow.action,
+                   UploadRow.warning, UploadRow.individual_id).where(
         UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES))
     if codes is not None:
         codes = {c for c in codes if c}
@@ -478,8 +478,8 @@ def check_households(session: Session, upload: Upload, codes: set[str] | None = 
             problems.setdefault(r.id, []).append(message)
 
         group = existing.get(code)
-        heads = [r for r in rows if (r.cleaned or {}).get("role") == "head"]
-        primaries = [r for r in rows if (r.cleaned or {}).get("primary_recipient")]
+        heads = [r for r in rows if r.role == "head"]
+        primaries = [r for r in rows if r.primary]
         if group and group[1] != "household":
             for r in rows:
                 flag(r, f"{code} is the code of a {group[1]}, not of a household.")
@@ -603,6 +603,8 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
         row.individual_id = item["individual_id"]
         row.national_id = item["cleaned"].get("national_id")
         row.household_code = item["cleaned"].get("household_code")
+        row.role = item["cleaned"].get("role")
+        row.primary = bool(item["cleaned"].get("primary_recipient"))
         codes.add(row.household_code or "")
     session.flush()
     check_households(session, upload, codes)
@@ -899,9 +901,10 @@ def import_households(session: Session, upload: Upload) -> int:
         if links:
             session.execute(insert(GroupMember), links)
         joined += len(links)
+        created_now = {f["code"] for f in fresh}
         for code, members in by_code.items():
             primary = next((m for m in members if m.cleaned.get("primary_recipient")), None)
-            if primary is not None and code not in [f["code"] for f in fresh]:
+            if primary is not None and code not in created_now:
                 session.execute(update(Group).where(Group.id == groups[code]).values(
                     primary_recipient_id=primary.individual_id))
         if fresh or links:
