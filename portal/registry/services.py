@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from sqlalchemy import and_, exists, false, func, or_, select, union
+from sqlalchemy import and_, false, func, literal, or_, select, union
 from sqlalchemy.orm import Session, contains_eager, lazyload, selectinload
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
@@ -201,12 +201,14 @@ def individual_filters(session: Session, *, scope, filters: dict,
         conditions.append(person_id.in_(
             select(GroupMember.individual_id).where(GroupMember.group_id.in_(group_ids))))
     household = filters.get("household")
-    in_household = exists().where(GroupMember.individual_id == Individual.id,
-                                  GroupMember.group_kind == "household")
+    membership = select(literal(1)).where(GroupMember.individual_id == Individual.id,
+                                          GroupMember.group_kind == "household")
     if household == "yes":
-        conditions.append(in_household)
+        # OFFSET 0 keeps PostgreSQL from turning this into a semi-join that hashes every
+        # membership; probed per person it stops as soon as a page (or the count cap) is full.
+        conditions.append(membership.offset(0).exists())
     elif household == "no":
-        conditions.append(~in_household)
+        conditions.append(~membership.exists())
     program_id, status = _int(filters.get("program")), filters.get("status")
     if Beneficiary is not None and (program_id or status in BENEFICIARY_STATUSES):
         direct = select(Beneficiary.individual_id).where(Beneficiary.individual_id.is_not(None))
