@@ -1,0 +1,66 @@
+"""A field officer uploads a file with mistakes, fixes them in the grid, imports, and finds
+the people in search, in chromium with the real worker."""
+
+HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
+FILE = (HEADER
+        + "Tiyamike,Zimba,F,1985-04-02,BRZ001,NV1,BHH1,head,yes\n"
+        + "Kondwani,Zimba,boy,2012-07-09,BRZ002,NV1,BHH1,son,no\n"  # sex is fine, role is not
+        + "Limbani,Zimba,M,2014-13-01,BRZ003,NV1,BHH1,child,no\n"  # month 13
+        + "Chisomo,Zimba,F,2016-01-01,BRZ004,NOWHERE,BHH1,child,no\n")  # unknown village
+
+
+def test_an_officer_fixes_a_file_in_the_grid_imports_it_and_finds_the_people(
+        page, browser_login, live_server, country, tmp_path):
+    from playwright.sync_api import expect
+
+    path = tmp_path / "zimba family.csv"
+    path.write_text(FILE)
+    browser_login(page, "field_officer", [country["N"]])
+
+    page.goto(f"{live_server}/imports/")
+    page.get_by_role("link", name="Upload a file").click()
+    page.set_input_files("input[name=file]", str(path))
+    page.get_by_role("button", name="Upload and check").click()
+
+    status = page.locator("#upload-status")
+    expect(status).to_have_attribute("data-status", "validated", timeout=30_000)  # polled by htmx
+    expect(status).to_contain_text("With errors")
+    page.get_by_role("link", name="Fix 3 row(s)").click()
+
+    grid = page.locator("#upload-grid")
+    expect(grid.locator("tbody tr")).to_have_count(3)
+    expect(grid).to_contain_text("Unknown role 'son'; use one of head, spouse, child")
+    expect(grid.locator("#row-2")).to_have_count(0)  # a good row is not shown
+
+    # Fix the role inline: the row is checked again at once.
+    page.locator("#row-3").get_by_role("button", name="Edit").click()
+    page.locator("#row-3 input[name=role]").fill("child")
+    page.locator("#row-3").get_by_role("button", name="Save").click()
+    expect(page.locator("#row-3")).to_have_attribute("data-status", "valid")
+
+    # Fix the date inline.
+    page.locator("#row-4").get_by_role("button", name="Edit").click()
+    page.locator("#row-4 input[name=birth_date]").fill("2014-01-13")
+    page.locator("#row-4").get_by_role("button", name="Save").click()
+    expect(page.locator("#row-4")).to_have_attribute("data-status", "valid")
+
+    # Fix the village with find and replace.
+    page.locator("summary", has_text="Find and replace").click()
+    page.select_option("select[name=field]", "location")
+    page.fill("input[name=find]", "nowhere")
+    page.fill("input[name=replace]", "NV2")
+    page.get_by_role("button", name="Replace").click()
+    expect(page.locator(".flash-success")).to_contain_text("1 cell(s) replaced")
+    expect(page.locator("#upload-grid")).to_contain_text("No row is left to fix.")
+
+    page.get_by_role("link", name="Back to the summary").click()
+    page.get_by_role("button", name="Import 4 valid row(s)").click()
+    expect(page.locator("#upload-status")).to_have_attribute("data-status", "imported", timeout=30_000)
+    expect(page.locator("#upload-status")).to_contain_text("New households")
+
+    page.goto(f"{live_server}/registry/individuals")
+    page.fill("input[name=q]", "zimba")
+    page.press("input[name=q]", "Enter")
+    results = page.locator("main")
+    for name in ("Tiyamike", "Kondwani", "Limbani", "Chisomo"):
+        expect(results).to_contain_text(name)
