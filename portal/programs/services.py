@@ -568,21 +568,24 @@ def enrol_by_criteria(session: Session, program_id: int, *, scope: Scope, criter
     query = criteria_query(session, program, scope=scope, criteria=criteria)
     model, column = _subject(program)
     matching = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    new_query = _not_enrolled(program, query)
-    new = session.scalar(select(func.count()).select_from(new_query.subquery())) or 0
-    if expected is not None and new > expected:
-        raise DomainError(f"{new - expected} more people match than in the preview; "
-                          f"check the preview again.")
-    _refuse_over_cap(program, new, _places_left(session, program))
-    if new:
-        stamp = now()
-        key = "group_id" if program.is_group else "individual_id"
-        session.execute(insert(Beneficiary).from_select(
+    left = _places_left(session, program)
+    stamp = now()
+    key = "group_id" if program.is_group else "individual_id"
+    session.flush()
+    # Insert first and count what went in: one pass over the people instead of two. Over the
+    # cap (or beyond the preview) the savepoint undoes it; the program lock keeps the count true.
+    with session.begin_nested():
+        new = session.execute(insert(Beneficiary).from_select(
             ["program_id", key, "status", "custom", "enrolled_at"],
-            new_query.with_only_columns(
+            _not_enrolled(program, query).with_only_columns(
                 literal(program.id, Integer), model.id, literal(status, String),
                 literal(values, JSON), literal(stamp), maintain_column_froms=True)
-            .order_by(model.id)))
+            .order_by(model.id)), execution_options={"preserve_rowcount": True}).rowcount
+        if expected is not None and new > expected:
+            raise DomainError(f"{new - expected} more people match than in the preview; "
+                              f"check the preview again.")
+        _refuse_over_cap(program, new, left)
+    if new:
         _record_enrolment(session, program, stamp=stamp, actor_id=actor_id, status=status,
                           count=new, how="by criteria",
                           details={"criteria": {k: str(v) for k, v in criteria.describe().items()}})
