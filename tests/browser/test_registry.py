@@ -1,0 +1,52 @@
+"""The Individuals page in chromium: search as you type, filters, back button, inline edit."""
+from datetime import date
+
+
+def _people(make_individual, country, db_session):
+    people = [make_individual("Chikondi", "Banda", location=country["NV1"], sex="F", birth_date=date(1990, 1, 1)),
+              make_individual("Kondwani", "Bandawe", location=country["NV2"], sex="M", birth_date=date(1985, 1, 1)),
+              make_individual("Grace", "Phiri", location=country["SV1"], sex="F", birth_date=date(1970, 1, 1))]
+    db_session.commit()
+    return people
+
+
+def test_search_as_you_type_updates_the_results_and_the_address(page, browser_login, live_server, country,
+                                                                make_individual, db_session):
+    _people(make_individual, country, db_session)
+    browser_login(page, "program_manager")
+    page.goto(f"{live_server}/registry/individuals")
+    rows = page.locator("#individual-rows")
+    assert "Phiri, Grace" in rows.inner_text()
+    marker = page.evaluate("() => (window.stillTheSamePage = true)")
+    page.locator("input[name=q]").press_sequentially("band", delay=60)
+    page.wait_for_function("() => !document.querySelector('#individual-rows').innerText.includes('Phiri')")
+    text = rows.inner_text()
+    assert "Banda, Chikondi" in text and "Bandawe, Kondwani" in text
+    assert page.evaluate("() => window.stillTheSamePage") is marker  # no full page load
+    page.wait_for_function("() => location.search.includes('q=band')")
+    page.select_option("select[name=sex]", "M")
+    page.wait_for_function("() => !document.querySelector('#individual-rows').innerText.includes('Chikondi')")
+    assert "Bandawe, Kondwani" in rows.inner_text()
+    page.go_back()
+    page.wait_for_function("() => document.querySelector('#individual-rows').innerText.includes('Chikondi')")
+
+
+def test_a_field_officer_types_and_sees_only_their_villages(page, browser_login, live_server, country,
+                                                            make_individual, db_session):
+    _people(make_individual, country, db_session)
+    browser_login(page, "field_officer", [country["S"]])
+    page.goto(f"{live_server}/registry/individuals")
+    page.locator("input[name=q]").press_sequentially("b", delay=50)
+    page.wait_for_function("() => document.querySelector('#individual-rows').innerText.includes('No one matches')")
+    assert "Banda" not in page.locator("#results").inner_text()
+
+
+def test_inline_edit_saves_in_place(page, browser_login, live_server, country, make_individual, db_session):
+    banda = _people(make_individual, country, db_session)[0]
+    browser_login(page, "program_manager")
+    page.goto(f"{live_server}/registry/individuals/{banda.id}")
+    page.get_by_role("link", name="Edit").click()
+    page.fill("input[name=phone]", "0999123456")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_function("() => document.querySelector('#person-card').innerText.includes('0999123456')")
+    assert page.locator("#person-card input").count() == 0
