@@ -21,8 +21,9 @@ from pathlib import Path
 
 os.environ.setdefault("PORTAL_ENV", "development")
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_URL = f"sqlite:///{ROOT / 'instance' / 'bench' / 'upload.db'}"
+from bench import BENCH_DIR, default_database_url  # noqa: E402
+
+DEFAULT_URL = default_database_url("upload")
 COLUMNS = ["First name", "Middle name", "Last name", "Sex", "Birth date", "National ID", "Phone",
            "Village code", "Household code", "Role", "Primary recipient"]
 FIRST = ["Chikondi", "Mphatso", "Thandiwe", "Kondwani", "Chisomo", "Blessings", "Mercy", "Tiyamike",
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     from portal.registry.models import Individual
 
     extensions.sqlite_immediate_everywhere = True  # as in the worker
-    folder = ROOT / "instance" / "bench"
+    folder = BENCH_DIR
     folder.mkdir(parents=True, exist_ok=True)
     app.config["UPLOAD_DIR"] = str(folder)
     with app.app_context():

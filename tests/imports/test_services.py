@@ -289,3 +289,14 @@ def test_uploads_are_seen_by_their_uploader_and_by_users_whose_area_holds_them(
     elsewhere = Scope(paths=(country["SW"].path,))
     assert services.get_upload(db_session, upload.id, scope=elsewhere, actor_id=south_officer.id) is upload
     assert services.get_upload(db_session, upload.id, scope=elsewhere, actor_id=north_officer.id) is None
+
+
+def test_the_demo_leaves_one_imported_upload_and_one_with_rows_to_fix(db_session, country):
+    import random
+
+    from portal.imports import demo
+    from portal.imports.models import Upload
+
+    summary = demo.build(db_session, random.Random(1), [country["NV1"].id, country["NV2"].id])
+    statuses = sorted(db_session.scalars(select(Upload.status)))
+    assert statuses == ["imported", "validated"] and summary["people_imported"] > 0
