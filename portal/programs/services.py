@@ -401,6 +401,34 @@ def enrol(session: Session, program_id: int, *, individual_ids=(), group_ids=(),
     return {"enrolled": len(new), "skipped": len(already)}
 
 
+def find_candidates(session: Session, program: Program, *, scope: Scope, text: str,
+                    limit: int = 20) -> list[tuple]:
+    """People (or groups) to enrol, found by id, national ID, name or code, within scope:
+    [(subject, already enrolled?)]."""
+    from portal.registry.validation import fold
+
+    text = (text or "").strip()
+    if not text:
+        return []
+    model, column = _subject(program)
+    query = select(model).where(model.deleted_at.is_(None), scope.covers(model.location_id))
+    if text.isdigit():
+        query = query.where(model.id == int(text))
+    elif program.is_group:
+        query = query.where(or_(Group.code == text, Group.name.ilike(f"%{text}%")))
+    else:
+        key = fold(text).strip()
+        query = query.where(or_(Individual.national_id == text,
+                                Individual.name_key.startswith(key, autoescape=True),
+                                Individual.name_key.contains(" " + key, autoescape=True)))
+    found = list(session.scalars(query.order_by(model.id).limit(limit)))
+    if not found:
+        return []
+    enrolled = set(session.scalars(select(column).where(
+        Beneficiary.program_id == program.id, column.in_([s.id for s in found]))))
+    return [(s, s.id in enrolled) for s in found]
+
+
 # --- enrolment by criteria ------------------------------------------------------------------
 
 CUSTOM_OPERATORS = {"=": "equals", "!=": "is not", "<": "less than", "<=": "at most",

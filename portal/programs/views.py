@@ -17,7 +17,7 @@ from portal.programs.forms import (CloseForm, EnrolStatusForm, FieldForm, Instit
 from portal.programs.models import (BENEFICIARY_STATUSES, PROGRAM_STATUSES, Beneficiary,
                                     Institution, Program, Scheme)
 from portal.programs.services import CUSTOM_OPERATORS, BeneficiaryFilters, Criteria
-from portal.registry.models import SEXES, CustomField, Group, Individual
+from portal.registry.models import SEXES, CustomField, Individual
 from portal.web import can, htmx_redirect, int_arg, render, require, scope
 
 
@@ -415,35 +415,6 @@ def bulk_status(program_id: int):
 
 # --- enrolment --------------------------------------------------------------------------------
 
-def _find_subjects(program: Program, text: str, limit: int = 20):
-    """People (or groups) to enrol, found by id, national ID, name or code, within scope."""
-    from portal.registry.validation import fold
-
-    text = text.strip()
-    if not text:
-        return []
-    sc = scope()
-    model = Group if program.is_group else Individual
-    query = select(model).where(model.deleted_at.is_(None), sc.covers(model.location_id))
-    if text.isdigit():
-        query = query.where(model.id == int(text))
-    elif program.is_group:
-        like = f"%{text}%"
-        query = query.where((Group.code == text) | Group.name.ilike(like))
-    else:
-        key = fold(text).strip()
-        query = query.where((Individual.national_id == text)
-                            | Individual.name_key.startswith(key, autoescape=True)
-                            | Individual.name_key.contains(" " + key, autoescape=True))
-    found = list(db.session.scalars(query.order_by(model.id).limit(limit)))
-    if not found:
-        return []
-    column = Beneficiary.group_id if program.is_group else Beneficiary.individual_id
-    enrolled = set(db.session.scalars(select(column).where(
-        Beneficiary.program_id == program.id, column.in_([s.id for s in found]))))
-    return [(s, s.id in enrolled) for s in found]
-
-
 @bp.route("/<int:program_id>/enrol", methods=["GET", "POST"])
 @require("beneficiary.enrol")
 def enrol(program_id: int):
@@ -476,7 +447,7 @@ def enrol(program_id: int):
         error = "The form had a problem; choose how to enrol and try again."
     q = request.values.get("q", "")
     return render("programs/enrol.html", partial="programs/_enrol_results.html", program=program,
-                  form=form, q=q, found=_find_subjects(program, q), error=error,
+                  form=form, q=q, found=services.find_candidates(db.session, program, scope=scope(), text=q), error=error,
                   fields=services.program_fields(db.session, program.id, active_only=True),
                   show_pii=can("individual.view_pii"), status=422 if error else 200)
 

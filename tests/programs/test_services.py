@@ -518,3 +518,17 @@ def test_the_beneficiary_list_filters_by_age_and_sex_of_the_person_or_recipient(
     counts = services.status_counts(db_session, homes, scope=everything,
                                     filters=BeneficiaryFilters(age_min=70))
     assert counts["potential"] == 1
+
+
+def test_candidates_to_enrol_are_found_within_scope_and_marked_when_enrolled(
+        db_session, program, person, household, country, everything):
+    plan = program()
+    mercy = person("NV1", first_name="Mercy", last_name="Tembo", national_id="NID-77")
+    person("SV1", first_name="Mercy", last_name="Tembo")
+    services.enrol(db_session, plan.id, individual_ids=[mercy.id], actor_id=None, scope=everything)
+    north = Scope(paths=(country["N"].path,))
+    assert services.find_candidates(db_session, plan, scope=north, text="tembo") == [(mercy, True)]
+    assert services.find_candidates(db_session, plan, scope=north, text="NID-77") == [(mercy, True)]
+    homes = program(beneficiary_kind="group")
+    home = household(2)
+    assert services.find_candidates(db_session, homes, scope=everything, text=home.code) == [(home, False)]
