@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from sqlalchemy import and_, false, func, literal, or_, select, union
+from sqlalchemy import and_, false, func, literal, or_, select, tuple_, union
 from sqlalchemy.orm import Session, contains_eager, lazyload, selectinload
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
@@ -231,14 +231,19 @@ def _sort_column(sort: str, filters: dict) -> tuple[str, bool]:
     return INDIVIDUAL_SORTS.get(sort, INDIVIDUAL_SORTS["name"])
 
 
-def _order(sort: str, dialect: str, filters: dict | None = None):
+def _order_columns(sort: str, dialect: str, filters: dict | None = None) -> tuple[list, bool]:
+    """The ORDER BY columns, ending with the id, and whether they run descending."""
     column_name, descending = _sort_column(sort, filters or {})
     column = _name_column(dialect) if column_name == "name_key" else getattr(Individual, column_name)
     # Ties follow the column order of the index that serves the sort (migration 0005), so
     # a page of 1,000 "Banda Chikondi"s is read straight from the index, not sorted.
     ties = {"name_key": [Individual.location_id, Individual.birth_date, Individual.sex],
             "birth_date": [Individual.sex, Individual.location_id]}.get(column_name, [])
-    columns = [column, *ties] + ([Individual.id] if column_name != "id" else [])
+    return [column, *ties] + ([Individual.id] if column_name != "id" else []), descending
+
+
+def _order(sort: str, dialect: str, filters: dict | None = None):
+    columns, descending = _order_columns(sort, dialect, filters)
     return [c.desc() if descending else c.asc() for c in columns]
 
 
@@ -314,21 +319,29 @@ def export_rows(session: Session, *, scope, filters: dict, sort: str = "name", p
     keyset batches so memory stays flat."""
     dialect = session.get_bind().dialect.name
     conditions = individual_filters(session, scope=scope, filters=filters)
+    if dialect == "sqlite" and capped_count(session, conditions)[1]:
+        # Many rows: read them in sort order from the index rather than sort them per batch.
+        conditions = individual_filters(session, scope=scope, filters=filters,
+                                        indexable={_sort_column(sort, filters)[0]})
     show = (lambda v: v or "") if pii else mask
     household = (select(Group.code).join(GroupMember, GroupMember.group_id == Group.id)
                  .where(GroupMember.individual_id == Individual.id,
                         GroupMember.group_kind == "household").limit(1).scalar_subquery())
     custom_names = [f.name for f in custom_fields]
-    sent = 0
-    offset = 0
+    order_columns, descending = _order_columns(sort, dialect, filters)
+    keys = [c.label(f"k{i}") for i, c in enumerate(order_columns)]
+    sent, after = 0, None
     while sent < EXPORT_LIMIT:
-        rows = session.execute(
-            select(Individual.id, Individual.first_name, Individual.middle_name, Individual.last_name,
-                   Individual.sex, Individual.birth_date, Individual.national_id_type,
-                   Individual.national_id, Individual.phone, Location.code, Location.name,
-                   household, Individual.custom)
-            .join(Location, Location.id == Individual.location_id)
-            .where(*conditions).order_by(*_order(sort, dialect, filters)).offset(offset).limit(batch)).all()
+        query = (select(Individual.id, Individual.first_name, Individual.middle_name, Individual.last_name,
+                        Individual.sex, Individual.birth_date, Individual.national_id_type,
+                        Individual.national_id, Individual.phone, Location.code, Location.name,
+                        household, Individual.custom, *keys)
+                 .join(Location, Location.id == Individual.location_id)
+                 .where(*conditions).order_by(*_order(sort, dialect, filters)).limit(batch))
+        if after is not None:  # keyset: continue after the last row sent, at any depth
+            position = tuple_(*order_columns)
+            query = query.where(position < tuple_(*after) if descending else position > tuple_(*after))
+        rows = session.execute(query).all()
         if not rows:
             return
         for r in rows:
@@ -337,7 +350,7 @@ def export_rows(session: Session, *, scope, filters: dict, sort: str = "name", p
                    r.birth_date, r.national_id_type, show(r.national_id), show(r.phone), r.code,
                    r.name, r[11]] + [custom.get(n) for n in custom_names]
         sent += len(rows)
-        offset += batch
+        after = [getattr(rows[-1], f"k{i}") for i in range(len(keys))]
         if len(rows) < batch:
             return
 
@@ -553,11 +566,13 @@ def group_filters(session: Session, *, scope, filters: dict) -> list:
     conditions = [Group.deleted_at.is_(None)]
     if not scope.everything:
         conditions.append(scope.covers(Group.location_id))
-    q = filters.get("q", "")
+    q = (filters.get("q") or "").strip()
     if q:
-        conditions.append(or_(Group.code.startswith(q.upper(), autoescape=True),
-                              Group.code.startswith(q, autoescape=True),
-                              func.lower(Group.name).startswith(q.lower(), autoescape=True)))
+        # Index ranges on the code (upper case) and the name as typed or capitalised.
+        if any(c.isdigit() or c == "-" for c in q):  # a code such as HH-0012
+            conditions.append(_prefix(Group.code, q.upper(), "any"))
+        else:  # a name, capitalised as names are written when typed in lower case
+            conditions.append(_prefix(Group.name, q[:1].upper() + q[1:] if q.islower() else q, "any"))
     if filters.get("kind") in GROUP_KINDS:
         conditions.append(Group.kind == filters["kind"])
     location = _location_path(session, filters.get("location"))
@@ -616,17 +631,12 @@ def _person_in_scope(session: Session, individual_id: int, scope) -> Individual:
 
 
 def find_person(session: Session, text: str, *, scope) -> Individual:
-    """A living person in scope by id ("#12" or "12") or exact national ID."""
-    text = (text or "").strip().lstrip("#")
-    person = None
-    if text.upper().startswith(("T", "MW", "ZM")) or not text.isdigit():
-        person = session.scalar(select(Individual).where(Individual.national_id == text.replace(" ", "").upper(),
-                                                         Individual.deleted_at.is_(None)))
-    if person is None and text.isdigit():
-        person = session.get(Individual, int(text))
-        if person is None:
-            person = session.scalar(select(Individual).where(Individual.national_id == text,
-                                                             Individual.deleted_at.is_(None)))
+    """A living person in scope by exact national ID, or by portal id ("#12" or "12")."""
+    text = (text or "").strip()
+    person = session.scalar(select(Individual).where(
+        Individual.national_id == text.replace(" ", "").upper(), Individual.deleted_at.is_(None)))
+    if person is None and text.lstrip("#").isdigit():
+        person = session.get(Individual, int(text.lstrip("#")))
     if person is None or person.deleted_at is not None or not scope.allows(person.location):
         raise DomainError(f"No person with the ID or national ID {text or '(empty)'} in your locations.",
                           field="individual")

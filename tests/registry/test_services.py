@@ -320,3 +320,13 @@ def test_large_results_read_in_index_order_match_small_results_sorted(db_session
 def test_an_impossible_age_and_birth_date_combination_finds_no_one(db_session, people):
     result = search(db_session, age_max="10", born_to="1960-01-01")
     assert result.rows == [] and result.count == 0
+
+
+def test_an_export_continues_after_each_batch_without_losing_or_repeating_anyone(db_session, country,
+                                                                             make_individual):
+    for i in range(7):
+        make_individual("Same", "Name", location=country["NV1"], birth_date=date(2000, 1, 1), sex="F")
+    for sort in ("name", "-name", "birth_date", "newest"):
+        rows = list(services.export_rows(db_session, scope=EVERYTHING, filters={"q": "name same"}, sort=sort,
+                                         pii=True, batch=2))
+        assert len(rows) == 7 and len({r[0] for r in rows}) == 7
