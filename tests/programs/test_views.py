@@ -332,3 +332,23 @@ def test_a_person_is_enrolled_from_their_registry_page_form(client, login, db_se
     again = client.post("/programs/enrol", data={"program_id": plan.id, "individual_id": someone.id,
                                                  "next": "//evil.example/"})
     assert again.headers["Location"] == f"/programs/{plan.id}"
+
+
+def test_custom_field_criteria_come_from_the_form(client, login, db_session, program, person):
+    from portal.registry.models import CustomField
+
+    db_session.add(CustomField(name="roof", label="Roof", type="choice", choices=["iron", "thatch"]))
+    db_session.flush()
+    person(custom={"roof": "thatch"})
+    person(custom={"roof": "iron"})
+    person(custom={})
+    plan = program()
+    login("program_manager")
+    page = client.get(f"/programs/{plan.id}/enrol/criteria").get_data(as_text=True)
+    assert '<option value="roof"' in page
+    preview = client.htmx("get", f"/programs/{plan.id}/enrol/criteria?cf1=roof&op1=%3D&v1=thatch")
+    assert "<strong>1</strong> match" in preview.get_data(as_text=True)
+    empty = client.htmx("get", f"/programs/{plan.id}/enrol/criteria?cf1=roof&op1=empty")
+    assert "<strong>1</strong> match" in empty.get_data(as_text=True)
+    wrong = client.htmx("get", f"/programs/{plan.id}/enrol/criteria?cf1=roof&op1=%3C&v1=iron")
+    assert "can only be compared with = or !=" in wrong.get_data(as_text=True)
