@@ -64,6 +64,7 @@ def load() -> dict:
         "LOGIN_MAX_FAILURES": _int("LOGIN_MAX_FAILURES", 5),
         "LOGIN_LOCK_MINUTES": _int("LOGIN_LOCK_MINUTES", 15),
         "JOB_STALE_SECONDS": _int("JOB_STALE_SECONDS", 60),
+        "JOB_QUEUE": os.environ.get("JOB_QUEUE", "portal"),
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "COMPRESS_MIMETYPES": [
             "text/html", "text/css", "text/csv", "text/javascript", "application/javascript",

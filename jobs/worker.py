@@ -18,8 +18,8 @@ def main(burst: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
     app = runtime.app()
     connection = redis_connection(app.config)
-    queue = job_queue(connection)
     with app.app_context():
+        queue = job_queue(connection)
         swept = sweep_stale_jobs(db.session, queue, stale_after=app.config["JOB_STALE_SECONDS"])
         db.session.commit()
         if swept:

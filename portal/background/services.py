@@ -10,6 +10,7 @@ import uuid
 from datetime import timedelta
 
 import redis
+from flask import current_app, has_app_context
 from rq import Queue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -43,7 +44,9 @@ def redis_connection(config) -> redis.Redis:
 
 
 def job_queue(connection: redis.Redis) -> Queue:
-    return Queue(QUEUE_NAME, connection=connection)
+    """The queue the workers take jobs from (``JOB_QUEUE``, default "portal")."""
+    name = current_app.config.get("JOB_QUEUE", QUEUE_NAME) if has_app_context() else QUEUE_NAME
+    return Queue(name, connection=connection)
 
 
 def create_job(session: Session, *, kind: str, entry_point: str, params: dict | None = None,
