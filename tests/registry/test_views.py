@@ -260,3 +260,52 @@ def test_the_search_page_takes_the_same_number_of_queries_for_more_results(clien
         body = client.htmx("get", "/registry/individuals?q=zulu").get_data(as_text=True)
     assert "Zulu19" in body
     assert many() == few()
+
+
+def test_the_detail_page_shows_household_programs_and_history(client, login, people, make_household, db_session):
+    from portal.programs.models import Beneficiary, Program
+
+    household = make_household(head=people["banda"], members=[], code="HH-DETAIL")
+    program = Program(code="P9", name="Social cash transfer", beneficiary_kind="group", status="active")
+    db_session.add(program)
+    db_session.flush()
+    db_session.add(Beneficiary(program_id=program.id, group_id=household.id, status="active"))
+    db_session.commit()
+    login("admin")
+    client.htmx("post", f"/registry/individuals/{people['banda'].id}/edit",
+                data={**PERSON, "national_id": "MW1000001", "first_name": "Chikondi", "last_name": "Banda",
+                      "phone": "0991234000", "version": str(people["banda"].version)})
+    body = client.get(f"/registry/individuals/{people['banda'].id}").get_data(as_text=True)
+    assert "HH-DETAIL" in body and "Primary recipient" in body
+    assert "Social cash transfer" in body and "status-active" in body
+    assert "Change history" in body and "0991234000" in body
+
+
+def test_an_admin_edits_a_custom_field_but_not_its_type(client, login, db_session):
+    login("admin")
+    client.post("/registry/custom-fields", data={"name": "crop", "label": "Crop", "type": "choice",
+                                                 "choices": "Maize\nRice", "active": "y"})
+    field = db_session.scalar(select(CustomField).where(CustomField.name == "crop"))
+    page = client.get(f"/registry/custom-fields/{field.id}").get_data(as_text=True)
+    assert "Maize\nRice" in page or "Maize\r\nRice" in page
+    response = client.post(f"/registry/custom-fields/{field.id}",
+                           data={"name": "other", "type": "text", "label": "Main crop", "choices": "Maize\nCassava",
+                                 "active": "y"})
+    assert response.status_code == 303
+    db_session.expire_all()
+    field = db_session.get(CustomField, field.id)
+    assert (field.name, field.type, field.label, field.choices) == ("crop", "choice", "Main crop", ["Maize", "Cassava"])
+
+
+def test_an_admin_adds_a_member_role_that_groups_then_offer(client, login, people, make_group, db_session):
+    login("admin")
+    assert client.post("/registry/member-roles", data={"code": "treasurer", "label": "Treasurer",
+                                                       "active": "y"}).status_code == 303
+    coop = make_group("cooperative", members=[], code="COOP-R")
+    db_session.commit()
+    page = client.get(f"/registry/groups/{coop.id}").get_data(as_text=True)
+    assert '<option value="treasurer"' in page
+    added = client.htmx("post", f"/registry/groups/{coop.id}/members", data={"person": "MW1000001",
+                                                                           "role": "treasurer"})
+    assert added.status_code == 200 and "Treasurer" in added.get_data(as_text=True)
+    assert client.get("/registry/member-roles").status_code == 200
