@@ -1,6 +1,6 @@
 """Enrol 100,000 people by criteria into a program in one action (target: under 5 s).
 
-    python -m bench.enrolment [--database-url URL] [--target 100000]
+    python -m bench.enrolment [--database-url URL] [--target 100000] [--keep]
 
 Uses ``bench.population.ensure_population`` when it exists (the shared population of a
 million people in households); otherwise builds its own population once (100,000 adults +
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
                         help="default: the shared bench population (bench.population), or "
                              "instance/bench/enrolment.db when that module is absent")
     parser.add_argument("--target", type=int, default=100_000)
+    parser.add_argument("--keep", action="store_true", help="keep the bench program afterwards")
     args = parser.parse_args(argv)
     if ensure_population is not None:
         ensure_population(args.database_url)
@@ -180,6 +181,9 @@ def main(argv=None) -> int:
               f"in {time.perf_counter() - started:.2f} s")
         taken = services.taken_places(session, program_id)
         assert taken == result["enrolled"], (taken, result)
+        if not args.keep:  # leave the shared population as it was (not timed)
+            session.execute(delete(Program).where(Program.id == program_id))
+            session.commit()
         return 0 if enrol_s < 5 else 1
 
 
