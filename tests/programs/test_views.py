@@ -352,3 +352,20 @@ def test_custom_field_criteria_come_from_the_form(client, login, db_session, pro
     assert "<strong>1</strong> match" in empty.get_data(as_text=True)
     wrong = client.htmx("get", f"/programs/{plan.id}/enrol/criteria?cf1=roof&op1=%3C&v1=iron")
     assert "can only be compared with = or !=" in wrong.get_data(as_text=True)
+
+
+def test_a_draft_is_activated_and_a_closed_program_refuses_enrolment_with_a_reason(
+        client, login, db_session, program, person):
+    draft = program(status="draft")
+    closed = program(status="closed")
+    someone = person()
+    db_session.commit()
+    login("program_manager")
+    assert client.post(f"/programs/{draft.id}/activate").status_code == 303
+    db_session.expire_all()
+    assert db_session.get(Program, draft.id).status == "active"
+    page = client.get(f"/programs/{closed.id}").get_data(as_text=True)
+    assert "Enrol by criteria" not in page and "Close program" not in page
+    refused = client.post(f"/programs/{closed.id}/enrol", data={"individual_id": someone.id,
+                                                                 "status": "potential"})
+    assert refused.status_code == 422 and "is closed" in refused.get_data(as_text=True)
