@@ -296,16 +296,15 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
                         has_more=has_more, households=households_of(session, [r.id for r in rows]))
 
 
-def households_of(session: Session, individual_ids: list[int]) -> dict[int, Group]:
-    """{individual id: household} for a page of people, in one statement."""
+def households_of(session: Session, individual_ids: list[int]) -> dict:
+    """{individual id: (household id, code)} for a page of people, in one light statement."""
     if not individual_ids:
         return {}
     rows = session.execute(
-        select(GroupMember.individual_id, Group)
+        select(GroupMember.individual_id, Group.id, Group.code)
         .join(Group, Group.id == GroupMember.group_id)
-        .options(lazyload(Group.location))
         .where(GroupMember.individual_id.in_(individual_ids), GroupMember.group_kind == "household"))
-    return {individual_id: group for individual_id, group in rows}
+    return {r.individual_id: r for r in rows}
 
 
 EXPORT_HEADER = ["ID", "First name", "Middle name", "Last name", "Sex", "Date of birth",

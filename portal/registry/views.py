@@ -47,6 +47,9 @@ def individuals():
     page = int_arg("page", 1, minimum=1)
     result = services.search_individuals(db.session, scope=scope(), filters=filters, sort=sort, page=page)
     context = dict(result=result, filters=filters, sort=sort, sexes=SEXES,
+                   # One url_for per page, not two per row.
+                   person_url=url_for("registry.individual", individual_id=0)[:-1],
+                   group_url=url_for("registry.group", group_id=0)[:-1],
                    args_url=lambda **extra: _args_url("registry.individuals", filters,
                                                      **{"sort": sort, **extra}),
                    export_url=lambda fmt: _args_url("registry.export_individuals", filters,
