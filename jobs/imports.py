@@ -15,11 +15,17 @@ def import_upload(run_id: int):
     return runtime.run(run_id, _import)
 
 
-def _keep_loaded(session) -> None:
+def prepare_session(session) -> None:
     """Batches commit through progress; objects read once (locations, the upload) stay
-    loaded instead of being read again after every commit."""
+    loaded instead of being read again after every commit. On SQLite the connection gets a
+    larger page cache (128 MB instead of 2 MB): inserting 100,000 people updates every index
+    of a table of millions, and most of those pages would otherwise be read again."""
+    from sqlalchemy import text
+
     real = session.registry() if hasattr(session, "registry") else session
     real.expire_on_commit = False
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("PRAGMA cache_size=-131072"))
 
 
 def _upload(session, job) -> Upload:
@@ -34,7 +40,7 @@ def _validate(session, job, progress):
     if upload.status == "validated" and upload.job_run_id == job.id:
         return upload.counts  # finished already; this is a repeated delivery
     upload.status = "validating"
-    _keep_loaded(session)
+    prepare_session(session)
     scope = services.scope_from_params(job.params)
     try:
         return services.validate_upload(session, upload, scope=scope, progress=progress)
@@ -55,7 +61,7 @@ def _import(session, job, progress):
     if upload.status == "imported":
         return upload.counts
     upload.status = "importing"
-    _keep_loaded(session)
+    prepare_session(session)
     scope = services.scope_from_params(job.params)
     try:
         return services.import_upload(session, upload, scope=scope, actor_id=job.created_by_id,

@@ -75,6 +75,8 @@ def upgrade():
     sa.Column('household_code', sa.String(length=40), nullable=True),
     sa.Column('role', sa.String(length=30), nullable=True),
     sa.Column('primary', sa.Boolean(), nullable=False),
+    sa.Column('birth_date', sa.Date(), nullable=True),
+    sa.Column('area', sa.String(length=120), nullable=True),
     sa.Column('individual_id', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['individual_id'], ['individual.id'], name=op.f('fk_upload_row_individual_id_individual'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['upload_id'], ['upload.id'], name=op.f('fk_upload_row_upload_id_upload'), ondelete='CASCADE'),

@@ -7,9 +7,9 @@ resumed after a crash without duplicating or losing anyone.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
+from sqlalchemy import (JSON, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, String,
                         UniqueConstraint, func)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -88,6 +88,9 @@ class UploadRow(db.Model):
     household_code: Mapped[str | None] = mapped_column(String(40))
     role: Mapped[str | None] = mapped_column(String(30))  # in the household, as checked
     primary: Mapped[bool] = mapped_column(Boolean, default=False)  # the primary recipient
+    # For the probable-duplicate join: the birth date and the area (district path) as checked.
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    area: Mapped[str | None] = mapped_column(String(120))
     individual_id: Mapped[int | None] = mapped_column(
         ForeignKey("individual.id", ondelete="SET NULL"))
 

@@ -161,7 +161,8 @@ def scope_from_params(params: dict) -> Scope:
 
 
 def start_validation(session: Session, upload: Upload, *, scope: Scope, actor_id: int) -> JobRun:
-    if upload.status not in ("uploaded", "validated", "failed"):
+    if upload.status not in ("uploaded", "failed"):
+        # A validated upload keeps the fixes made to its rows; it is not read again.
         raise DomainError(f"This upload is {upload.status}; it cannot be validated now.")
     if upload.status == "failed" and not upload.mapping:
         raise DomainError("This file could not be read; upload a corrected file instead.")
@@ -229,6 +230,7 @@ class RowChecker:
         self.custom_fields = cols_mod.custom_fields(session)
         self.roles = cols_mod.member_roles(session)
         self.role_set = {r.lower(): r for r in self.roles}
+        self._areas: dict[int, str] | None = None
 
     def clean(self, raw: dict) -> tuple[dict, dict]:
         person = {k: v for k, v in raw.items() if k not in HOUSEHOLD_FIELDS}
@@ -290,47 +292,46 @@ class RowChecker:
         return (f"Probably the same person as #{person.id} {person.full_name}, born "
                 f"{person.birth_date.isoformat()}{more}.")[:500]
 
-    def similar_people(self, rows: list[dict]) -> dict[int, str]:
-        """Probable duplicates of a batch of checked rows, with one query: the living people
-        born on the rows' birth dates, compared by area and name with the registry's rules
-        (the batch form of ``validation.find_duplicates``). row number -> warning."""
-        wanted = [r for r in rows if not r["errors"] and r["cleaned"].get("birth_date")]
-        dates = {r["cleaned"]["birth_date"] for r in wanted}
-        if not dates:
-            return {}
-        areas = self._areas()
-        candidates: dict[tuple, list] = {}
-        for pid, first, last, born, location_id in self.session.execute(
-                select(Individual.id, Individual.first_name, Individual.last_name,
-                       Individual.birth_date, Individual.location_id)
-                .where(Individual.birth_date.in_([date.fromisoformat(d) for d in dates]),
-                       Individual.deleted_at.is_(None))):
-            candidates.setdefault((born.isoformat(), areas.get(location_id)), []).append(
-                (pid, first, last))
+    def flag_probable_duplicates(self) -> int:
+        """Mark the staged new people who probably are registered already: one join in the
+        database finds the living people born the same day in the same area, and the
+        registry's own name rule (``validation.find_duplicates`` uses it) decides."""
+        upload_id = self.upload.id
+        person_area = Location.__table__.alias("person_area")
+        pairs = self.session.execute(
+            select(UploadRow.id, UploadRow.cleaned["first_name"].as_string(),
+                   UploadRow.cleaned["last_name"].as_string(), UploadRow.birth_date,
+                   Individual.id, Individual.first_name, Individual.last_name)
+            .join(Individual, (Individual.birth_date == UploadRow.birth_date)
+                  & Individual.deleted_at.is_(None))
+            .join(person_area, person_area.c.id == Individual.location_id)
+            .where(UploadRow.upload_id == upload_id, UploadRow.status == "valid",
+                   UploadRow.action == "new", UploadRow.area.isnot(None),
+                   person_area.c.path.startswith(UploadRow.area))
+            .order_by(UploadRow.id, Individual.id))
         similar = self.validation._similar
-        found = {}
-        for row in wanted:
-            cleaned = row["cleaned"]
-            key = (cleaned["birth_date"], areas.get(cleaned.get("location_id")))
-            matches = [c for c in candidates.get(key, ())
-                       if similar(cleaned.get("first_name") or "", cleaned.get("last_name") or "",
-                                  c[1], c[2])]
-            if matches:
-                pid, first, last = matches[0]
-                more = f" and {len(matches) - 1} more" if len(matches) > 1 else ""
-                found[row["row_number"]] = (f"Probably the same person as #{pid} {first} {last}, "
-                                            f"born {cleaned['birth_date']}{more}.")[:500]
-        return found
+        found: dict[int, list] = {}
+        for row_id, first, last, born, pid, p_first, p_last in pairs:
+            if similar(first or "", last or "", p_first, p_last):
+                found.setdefault(row_id, []).append((pid, p_first, p_last, born))
+        changes = []
+        for row_id, matches in found.items():
+            pid, p_first, p_last, born = matches[0]
+            more = f" and {len(matches) - 1} more" if len(matches) > 1 else ""
+            changes.append({"id": row_id, "status": "duplicate", "warning": (
+                f"Probably the same person as #{pid} {p_first} {p_last}, born "
+                f"{born.isoformat()}{more}.")[:500]})
+        for chunk in _batched(changes, BATCH):
+            self.session.execute(update(UploadRow), chunk)
+        return len(changes)
 
-    def _areas(self) -> dict[int, str]:
+    def areas(self) -> dict[int, str]:
         """location id -> the area ("same district") its people are compared within."""
-        cache = self.session.info.get("imports_areas")
-        if cache is None:
+        if self._areas is None:
             area_path = self.validation._area_path
-            cache = {lid: area_path(Location(path=path)) for lid, path in
-                     self.session.execute(select(Location.id, Location.path))}
-            self.session.info["imports_areas"] = cache
-        return cache
+            self._areas = {lid: area_path(Location(path=path)) for lid, path in
+                           self.session.execute(select(Location.id, Location.path))}
+        return self._areas
 
     def settle(self, row: dict, registered: dict, seen: dict | None,
                warnings: dict[int, str] | None = None) -> None:
@@ -393,6 +394,7 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     index = {h: i for i, h in enumerate(table.headers) if h}
     fields = [(index[h], name) for h, name in mapping.items() if name and h in index]
     checker = RowChecker(session, upload, scope)
+    areas = checker.areas()
     seen: dict[str, int] = {}
     total = table.total or 0
     done = 0
@@ -405,20 +407,24 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
             cleaned, errors = checker.clean(raw)
             staged.append({"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors})
         registered = checker.registered(r["cleaned"].get("national_id") for r in staged)
-        warnings = checker.similar_people(staged)
         for row in staged:
-            checker.settle(row, registered, seen, warnings)
+            checker.settle(row, registered, seen, {})
             row["upload_id"] = upload_id
             cleaned = row["cleaned"]
             row["national_id"] = cleaned.get("national_id")
             row["household_code"] = cleaned.get("household_code")
             row["role"] = cleaned.get("role")
             row["primary"] = bool(cleaned.get("primary_recipient"))
+            born = cleaned.get("birth_date")
+            row["birth_date"] = date.fromisoformat(born) if born else None
+            row["area"] = areas.get(cleaned.get("location_id"))
         session.execute(insert(UploadRow), staged)
         done += len(chunk)
         progress(done, max(total, done), f"Checked {done:,} rows")
     if done == 0:
         raise FileProblem("The file has column names but no rows of people.")
+    progress(done, done, "Looking for people already registered under another name")
+    checker.flag_probable_duplicates()
     check_households(session, upload)
     upload.counts = summary_counts(session, upload)
     upload.status = "validated"
@@ -605,6 +611,9 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
         row.household_code = item["cleaned"].get("household_code")
         row.role = item["cleaned"].get("role")
         row.primary = bool(item["cleaned"].get("primary_recipient"))
+        born = item["cleaned"].get("birth_date")
+        row.birth_date = date.fromisoformat(born) if born else None
+        row.area = checker.areas().get(item["cleaned"].get("location_id"))
         codes.add(row.household_code or "")
     session.flush()
     check_households(session, upload, codes)

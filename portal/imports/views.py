@@ -101,7 +101,7 @@ def template(fmt: str):
 @require("upload.create")
 def new():
     form = UploadForm()
-    form.program_id.choices = [("", "No program")] + _program_choices()
+    form.program_id.choices = [("", "No program")] + (_program_choices() if can("beneficiary.enrol") else [])
     if form.validate_on_submit():
         path = _save_file(form.file.data, "people")
         program_id = int(form.program_id.data) if form.program_id.data else None
