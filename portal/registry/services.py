@@ -432,10 +432,11 @@ def update_individual(session: Session, person: Individual, raw: dict, *, scope,
     for key, value in values.items():
         if getattr(person, key) != value:
             setattr(person, key, value)
+    name = person.full_name
     try:
         session.flush()
     except StaleDataError:
-        raise ConflictError(f"{person.full_name} was changed by someone else at the same moment. "
+        raise ConflictError(f"{name} was changed by someone else at the same moment. "
                             "Your changes were not saved: reload and edit again.") from None
     return person, {}
 
