@@ -91,10 +91,14 @@ def new_individual():
     form = individual_form(fields)
     blocking, similar = [], []
     if form.validate_on_submit():
+        raw = form.raw()
+        # "Save anyway" holds for the person the warning was about, not for edited details.
+        fingerprint = "|".join(str(raw.get(k) or "").strip().lower()
+                               for k in ("first_name", "last_name", "birth_date", "location"))
         try:
             person, errors, blocking, similar = services.enrol_individual(
-                db.session, form.raw(), scope=scope(), actor_id=current_user.id,
-                confirm_similar=form.confirm.data == "yes")
+                db.session, raw, scope=scope(), actor_id=current_user.id,
+                confirm_similar=form.confirm.data == fingerprint)
         except DomainError as exc:
             db.session.rollback()
             person, errors = None, {exc.field or "national_id": exc.message}
@@ -105,7 +109,7 @@ def new_individual():
         db.session.rollback()
         form.show_errors(errors)
         if similar and not errors:
-            form.confirm.data = "yes"  # the next submit means "save anyway"
+            form.confirm.data = fingerprint  # the next submit means "save anyway"
     status = 422 if (form.errors or form.form_errors or blocking or similar) else 200
     return render("registry/individual_new.html", partial="registry/_individual_form.html", form=form,
                   person=None, blocking=blocking, similar=similar, status=status)

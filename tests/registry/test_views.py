@@ -1,4 +1,5 @@
 import io
+import re
 from datetime import date
 
 import pytest
@@ -114,8 +115,11 @@ def test_a_similar_person_warns_and_save_anyway_enrols(client, login, people, db
     response = client.htmx("post", "/registry/individuals/new", data=similar)
     body = response.get_data(as_text=True)
     assert response.status_code == 422 and "Possibly the same person" in body and "Save anyway" in body
-    assert 'name="confirm" type="hidden" value="yes"' in body
-    response = client.htmx("post", "/registry/individuals/new", data={**similar, "confirm": "yes"})
+    confirm = re.search(r'name="confirm" type="hidden" value="([^"]+)"', body).group(1)
+    changed = client.htmx("post", "/registry/individuals/new",
+                          data={**similar, "location": "NV1", "confirm": confirm})
+    assert changed.status_code == 422  # other details: warned again, not saved blindly
+    response = client.htmx("post", "/registry/individuals/new", data={**similar, "confirm": confirm})
     assert response.status_code == 204 and "HX-Redirect" in response.headers
     assert len(db_session.scalars(select(Individual).where(Individual.name_key == "banda chikondi")).all()) == 2
 
