@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from sqlalchemy import and_, false, func, literal, or_, select, tuple_, union
-from sqlalchemy.orm import Session, contains_eager, lazyload, selectinload
+from sqlalchemy.orm import Session, contains_eager, joinedload, lazyload, selectinload
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.orm.exc import StaleDataError
@@ -805,6 +805,6 @@ def group_members(session: Session, group: Group) -> list[GroupMember]:
 def memberships_of(session: Session, person: Individual) -> list[GroupMember]:
     return list(session.scalars(
         select(GroupMember).where(GroupMember.individual_id == person.id)
-        .options(lazyload(GroupMember.individual))
+        .options(lazyload(GroupMember.individual), joinedload(GroupMember.group).lazyload(Group.location))
         .order_by(GroupMember.group_kind != "household", GroupMember.id)))
 

@@ -313,3 +313,18 @@ def test_an_admin_adds_a_member_role_that_groups_then_offer(client, login, peopl
                                                                            "role": "treasurer"})
     assert added.status_code == 200 and "Treasurer" in added.get_data(as_text=True)
     assert client.get("/registry/member-roles").status_code == 200
+
+
+def test_a_persons_page_takes_the_same_number_of_queries_however_many_groups(
+        client, login, people, make_group, count_queries, db_session):
+    login("admin")
+    make_group("cooperative", members=[people["banda"]], code="C-1")
+    db_session.commit()
+    with count_queries() as one:
+        client.get(f"/registry/individuals/{people['banda'].id}")
+    for code in ("C-2", "C-3", "C-4"):
+        make_group("cooperative", members=[people["banda"]], code=code)
+    db_session.commit()
+    with count_queries() as four:
+        body = client.get(f"/registry/individuals/{people['banda'].id}").get_data(as_text=True)
+    assert "C-4" in body and four() == one()
