@@ -31,7 +31,7 @@ from portal.locations.models import Location
 from portal.locations.services import Scope
 from portal.registry.models import Group, GroupMember, Individual
 
-BATCH = 2000
+BATCH = 5000
 PROBLEM_STATUSES = ("error", "duplicate")
 OPEN_STATUSES = ("valid", "error", "duplicate", "skipped")  # not yet imported or dropped
 INDIVIDUAL_FIELDS = ("first_name", "middle_name", "last_name", "name_key", "sex", "birth_date",
@@ -298,20 +298,29 @@ class RowChecker:
         registry's own name rule (``validation.find_duplicates`` uses it) decides."""
         upload_id = self.upload.id
         person_area = Location.__table__.alias("person_area")
+        # Only indexed columns of the registry here (birth date, village, id), so the
+        # database answers from an index; the names of the few candidates are read after.
         pairs = self.session.execute(
             select(UploadRow.id, UploadRow.cleaned["first_name"].as_string(),
                    UploadRow.cleaned["last_name"].as_string(), UploadRow.birth_date,
-                   Individual.id, Individual.first_name, Individual.last_name)
+                   Individual.id)
             .join(Individual, (Individual.birth_date == UploadRow.birth_date)
                   & Individual.deleted_at.is_(None))
             .join(person_area, person_area.c.id == Individual.location_id)
             .where(UploadRow.upload_id == upload_id, UploadRow.status == "valid",
                    UploadRow.action == "new", UploadRow.area.isnot(None),
-                   person_area.c.path.startswith(UploadRow.area))
-            .order_by(UploadRow.id, Individual.id))
+                   person_area.c.path.startswith(UploadRow.area))).all()
+        names: dict[int, tuple[str, str]] = {}
+        wanted = sorted({pair[4] for pair in pairs})
+        for start in range(0, len(wanted), 1000):
+            for pid, p_first, p_last in self.session.execute(
+                    select(Individual.id, Individual.first_name, Individual.last_name)
+                    .where(Individual.id.in_(wanted[start:start + 1000]))):
+                names[pid] = (p_first, p_last)
         similar = self.validation._similar
         found: dict[int, list] = {}
-        for row_id, first, last, born, pid, p_first, p_last in pairs:
+        for row_id, first, last, born, pid in sorted(pairs, key=lambda p: (p[0], p[4])):
+            p_first, p_last = names[pid]
             if similar(first or "", last or "", p_first, p_last):
                 found.setdefault(row_id, []).append((pid, p_first, p_last, born))
         changes = []
