@@ -427,7 +427,7 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
             born = cleaned.get("birth_date")
             row["birth_date"] = date.fromisoformat(born) if born else None
             row["area"] = areas.get(cleaned.get("location_id"))
-        session.execute(insert(UploadRow), staged)
+        bulk_insert(session, UploadRow.__table__, staged)
         done += len(chunk)
         progress(done, max(total, done), f"Checked {done:,} rows")
     if done == 0:
@@ -790,10 +790,10 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
             updated += mark["status"] == "imported"
             marks.append(mark)
         session.flush()
-        for keys in ({"id", "status", "individual_id"}, {"id", "status", "individual_id", "errors"}):
-            same = [m for m in marks if set(m) == keys]
-            if same:
-                session.execute(update(UploadRow), same)
+        mark_imported(session, [m for m in marks if "errors" not in m])
+        failed = [m for m in marks if "errors" in m]
+        if failed:
+            session.execute(update(UploadRow), failed)
         ok = [m["individual_id"] for m in marks if m["status"] == "imported"]
         record(session, action="import", entity_type="upload", entity_id=upload.id,
                summary=f"Rows {batch[0].row_number}-{batch[-1].row_number}: {len(ok)} people imported",
@@ -816,6 +816,42 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
     upload.imported_at = now()
     upload.import_seconds = round((upload.import_seconds or 0) + time.monotonic() - started, 2)
     return counts
+
+
+def bulk_insert(session: Session, table, rows: list[dict]) -> None:
+    """Insert many rows fast: SQLite's executemany runs in C; PostgreSQL gets multi-row
+    INSERT ... VALUES statements (one round trip per few thousand values) instead of one
+    statement per row."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(table.insert(), rows)
+        return
+    keys = list(rows[0])
+    for row in rows:
+        if len(row) != len(keys):
+            keys = sorted({k for r in rows for k in r})
+            break
+    per_statement = max(1, 30_000 // len(keys))  # PostgreSQL takes at most 65,535 parameters
+    for start in range(0, len(rows), per_statement):
+        chunk = [{k: r.get(k) for k in keys} for r in rows[start:start + per_statement]]
+        session.execute(table.insert().values(chunk))
+
+
+def mark_imported(session: Session, marks: list[dict]) -> None:
+    """Set rows imported with their person's id: {"id", "status", "individual_id"} each."""
+    if not marks:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(update(UploadRow), marks)
+        return
+    from sqlalchemy import Integer, column, values
+
+    for start in range(0, len(marks), 10_000):
+        pairs = values(column("row_id", Integer), column("person_id", Integer), name="marks").data(
+            [(m["id"], m["individual_id"]) for m in marks[start:start + 10_000]])
+        session.execute(update(UploadRow.__table__).where(UploadRow.id == pairs.c.row_id)
+                        .values(status="imported", individual_id=pairs.c.person_id))
 
 
 def allocate_ids(session: Session, table, count: int) -> list[int]:
@@ -842,7 +878,7 @@ def _insert_people(session: Session, rows) -> list[dict]:
         value.setdefault("version", 1)
     try:
         with session.begin_nested():
-            session.execute(table.insert(), values)
+            bulk_insert(session, table, values)
         return [{"id": r.id, "status": "imported", "individual_id": pid} for r, pid in zip(rows, ids)]
     except IntegrityError:
         pass
@@ -907,7 +943,7 @@ def import_households(session: Session, upload: Upload) -> int:
             for values, gid in zip(fresh, ids):
                 values["id"], values["version"] = gid, 1
                 groups[values["code"]] = gid
-            session.execute(Group.__table__.insert(), fresh)
+            bulk_insert(session, Group.__table__, fresh)
             created += len(fresh)
         group_ids = [groups[c] for c in by_code]
         present = set(session.execute(select(GroupMember.group_id, GroupMember.individual_id).where(
@@ -917,7 +953,7 @@ def import_households(session: Session, upload: Upload) -> int:
                  for code, members in by_code.items() for m in members
                  if (groups[code], m.individual_id) not in present]
         if links:
-            session.execute(insert(GroupMember), links)
+            bulk_insert(session, GroupMember.__table__, links)
         joined += len(links)
         created_now = {f["code"] for f in fresh}
         for code, members in by_code.items():
