@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import and_, false, func, literal, or_, select, tuple_, union
 from sqlalchemy.orm import Session, contains_eager, joinedload, lazyload, selectinload
@@ -148,21 +149,21 @@ def _birth_range(filters: dict) -> tuple[date | None, date | None, bool]:
 
 def visible_location_ids(session: Session, *, scope, filters: dict) -> list[int] | None:
     """The ids of the locations a search may return people from: the user's scope and the
-    location filter (at any level, with everything below it) together. None: anywhere.
+    location filter (a code or id, at any level, with everything below it) together, in one
+    statement. None: anywhere.
 
     Resolved to a short list of ids (locations are few), so the planners estimate how many
     people that is from their statistics instead of guessing at a subquery."""
-    code = filters.get("location")
+    code = str(filters.get("location") or "").strip()
     if scope.everything and not code:
         return None
     query = select(Location.id).where(scope.location_clause())
     if code:
-        location = _location_path(session, code)
-        if location is None:
-            return []
-        if location.kind == "village":
-            return [location.id] if scope.allows(location) else []
-        query = query.where(Location.path.startswith(location.path, autoescape=True))
+        named = Location.code == code if not code.isdigit() else or_(Location.code == code,
+                                                                    Location.id == int(code))
+        root = select(Location.path).where(named).order_by(Location.code != code).limit(1)
+        # Paths hold only digits and slashes: nothing to escape in the LIKE pattern.
+        query = query.where(Location.path.like(root.scalar_subquery() + "%"))
     return list(session.scalars(query.order_by(Location.id)))
 
 
@@ -299,23 +300,40 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
     page = max(page, 1)
     if count == 0:
         return SearchResult(rows=[], count=0, capped=False, page=page, per_page=per_page, has_more=False)
-    query = select(Individual)
-    if dialect == "postgresql":  # one round trip less; its planner keeps the people first
-        query = query.join(Individual.location).options(
-            contains_eager(Individual.location).lazyload(Location.parent))
+    if dialect == "postgresql":
+        # Village and household come with the page (fewer round trips); PostgreSQL joins
+        # the village per person and looks the household up only for the rows it returns.
+        household = (select(Group.id, Group.code).join(GroupMember, GroupMember.group_id == Group.id)
+                     .where(GroupMember.individual_id == Individual.id,
+                            GroupMember.group_kind == "household").limit(1))
+        query = (select(Individual, household.with_only_columns(Group.id).scalar_subquery(),
+                        household.with_only_columns(Group.code).scalar_subquery())
+                 .join(Individual.location)
+                 .options(contains_eager(Individual.location).lazyload(Location.parent)))
     else:  # SQLite would reorder a join around the small location table
-        query = query.options(selectinload(Individual.location).lazyload(Location.parent))
+        query = select(Individual).options(selectinload(Individual.location).lazyload(Location.parent))
     query = (query.where(*conditions).order_by(*_order(sort, dialect, filters))
              .offset((page - 1) * per_page).limit(per_page + 1))
-    rows = list(session.scalars(query))
-    has_more = len(rows) > per_page
-    rows = rows[:per_page]
+    if dialect == "postgresql":
+        found = session.execute(query).all()
+        rows = [r[0] for r in found[:per_page]]
+        households = {r[0].id: HouseholdRef(r[1], r[2]) for r in found[:per_page] if r[1] is not None}
+    else:
+        found = list(session.scalars(query))
+        rows = found[:per_page]
+        households = households_of(session, [r.id for r in rows])
+    has_more = len(found) > per_page
     if capped and (page - 1) * per_page + len(rows) > count:
         count = (page - 1) * per_page + len(rows)
     if not with_count:
         count, capped = 0, False
     return SearchResult(rows=rows, count=count, capped=capped, page=page, per_page=per_page,
-                        has_more=has_more, households=households_of(session, [r.id for r in rows]))
+                        has_more=has_more, households=households)
+
+
+class HouseholdRef(NamedTuple):
+    id: int
+    code: str
 
 
 def households_of(session: Session, individual_ids: list[int]) -> dict:
@@ -326,7 +344,7 @@ def households_of(session: Session, individual_ids: list[int]) -> dict:
         select(GroupMember.individual_id, Group.id, Group.code)
         .join(Group, Group.id == GroupMember.group_id)
         .where(GroupMember.individual_id.in_(individual_ids), GroupMember.group_kind == "household"))
-    return {r.individual_id: r for r in rows}
+    return {r.individual_id: HouseholdRef(r.id, r.code) for r in rows}
 
 
 EXPORT_HEADER = ["ID", "First name", "Middle name", "Last name", "Sex", "Date of birth",
