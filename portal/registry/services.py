@@ -282,17 +282,19 @@ def _indexable_for_count(filters: dict) -> set[str] | None:
 def search_individuals(session: Session, *, scope, filters: dict, sort: str = "name",
                        page: int = 1, per_page: int = PER_PAGE, with_count: bool = True,
                        count_cap: int | None = None) -> SearchResult:
-    """One page of living people in scope; four small statements whatever the page size.
+    """One page of living people in scope; a few small statements whatever the page size.
 
-    The capped count comes first and chooses the plan: up to the cap, the few matches are
-    collected by the most selective index and sorted; beyond it, the page is read in sort
-    order from that column's index, stopping after one page."""
+    On SQLite the capped count comes first and chooses the plan: up to the cap, the few
+    matches are collected by the most selective index and sorted; beyond it, the page is
+    read in sort order from that column's index, stopping after one page."""
     dialect = session.get_bind().dialect.name
     places = visible_location_ids(session, scope=scope, filters=filters)
     indexable = _indexable_for_count(filters)
     conditions = individual_filters(session, scope=scope, filters=filters, indexable=indexable,
                                     location_ids=places)
-    count, capped = capped_count(session, conditions, count_cap)
+    # SQLite: the capped count comes first and chooses the plan. PostgreSQL plans well by
+    # itself: it counts only when there is more than one page.
+    count, capped = capped_count(session, conditions, count_cap) if dialect != "postgresql" else (None, False)
     if capped and dialect == "sqlite":
         sort_column = _sort_column(sort, filters)[0]
         conditions = individual_filters(session, scope=scope, filters=filters, indexable={sort_column},
@@ -323,6 +325,9 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
         rows = found[:per_page]
         households = households_of(session, [r.id for r in rows])
     has_more = len(found) > per_page
+    if count is None:
+        count, capped = ((len(rows), False) if page == 1 and not has_more
+                         else capped_count(session, conditions, count_cap))
     if capped and (page - 1) * per_page + len(rows) > count:
         count = (page - 1) * per_page + len(rows)
     if not with_count:
