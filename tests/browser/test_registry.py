@@ -1,4 +1,5 @@
 """The Individuals page in chromium: search as you type, filters, back button, inline edit."""
+import re
 from datetime import date
 
 
@@ -50,3 +51,21 @@ def test_inline_edit_saves_in_place(page, browser_login, live_server, country, m
     page.get_by_role("button", name="Save").click()
     page.wait_for_function("() => document.querySelector('#person-card').innerText.includes('0999123456')")
     assert page.locator("#person-card input").count() == 0
+
+
+def test_enrolment_warns_about_a_similar_person_and_saves_anyway(page, browser_login, live_server, country,
+                                                                 make_individual, db_session):
+    _people(make_individual, country, db_session)
+    browser_login(page, "program_manager")
+    page.goto(f"{live_server}/registry/individuals/new")
+    page.fill("input[name=first_name]", "Chikondi")
+    page.fill("input[name=last_name]", "Banda")
+    page.select_option("select[name=sex]", "F")
+    page.fill("input[name=birth_date]", "1990-01-01")
+    page.fill("input[name=location]", "NV2")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_selector("#similar-people")
+    assert "Possibly the same person" in page.locator("#similar-people").inner_text()
+    page.get_by_role("button", name="Save anyway").click()
+    page.wait_for_url(re.compile(r"/registry/individuals/\d+$"))
+    assert page.locator("h1").first.inner_text() == "Chikondi Banda"
