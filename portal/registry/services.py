@@ -82,7 +82,7 @@ def _name_column(dialect: str):
     return Individual.name_key.collate("C") if dialect == "postgresql" else Individual.name_key
 
 
-def _location_path(session: Session, value) -> Location | None:
+def find_location(session: Session, value) -> Location | None:
     """A location given by code or id (filters take either)."""
     if value in (None, ""):
         return None
@@ -621,7 +621,7 @@ def group_filters(session: Session, *, scope, filters: dict) -> list:
             conditions.append(_prefix(Group.name, q[:1].upper() + q[1:] if q.islower() else q, "any"))
     if filters.get("kind") in GROUP_KINDS:
         conditions.append(Group.kind == filters["kind"])
-    location = _location_path(session, filters.get("location"))
+    location = find_location(session, filters.get("location"))
     if filters.get("location"):
         if location is None:
             conditions.append(false())

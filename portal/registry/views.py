@@ -299,7 +299,7 @@ def new_group():
                 head_id = services.find_person(db.session, form.head.data, scope=scope()).id
             location_id = None
             if (form.location.data or "").strip():
-                location = services._location_path(db.session, form.location.data)
+                location = services.find_location(db.session, form.location.data)
                 if location is None:
                     raise DomainError(f"No location has the code {form.location.data}.", field="location")
                 location_id = location.id
