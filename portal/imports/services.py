@@ -819,23 +819,26 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
 
 
 def bulk_insert(session: Session, table, rows: list[dict]) -> None:
-    """Insert many rows fast: SQLite's executemany runs in C; PostgreSQL gets multi-row
-    INSERT ... VALUES statements (one round trip per few thousand values) instead of one
-    statement per row."""
+    """Insert many rows fast: SQLite's executemany runs in C; PostgreSQL gets COPY (one
+    stream) instead of a statement per row. Rows carry every value the table needs (no
+    Python-side defaults are applied here)."""
     if not rows:
         return
     if session.get_bind().dialect.name != "postgresql":
         session.execute(table.insert(), rows)
         return
-    keys = list(rows[0])
-    for row in rows:
-        if len(row) != len(keys):
-            keys = sorted({k for r in rows for k in r})
-            break
-    per_statement = max(1, 30_000 // len(keys))  # PostgreSQL takes at most 65,535 parameters
-    for start in range(0, len(rows), per_statement):
-        chunk = [{k: r.get(k) for k in keys} for r in rows[start:start + per_statement]]
-        session.execute(table.insert().values(chunk))
+    import json
+
+    from sqlalchemy import JSON
+
+    keys = sorted({k for row in rows for k in row})
+    as_json = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    columns = ", ".join(f'"{k}"' for k in keys)
+    cursor = session.connection().connection.driver_connection.cursor()
+    with cursor.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([json.dumps(row.get(k)) if k in as_json and row.get(k) is not None
+                            else row.get(k) for k in keys])
 
 
 def mark_imported(session: Session, marks: list[dict]) -> None:
@@ -845,13 +848,13 @@ def mark_imported(session: Session, marks: list[dict]) -> None:
     if session.get_bind().dialect.name != "postgresql":
         session.execute(update(UploadRow), marks)
         return
-    from sqlalchemy import Integer, column, values
+    from sqlalchemy import text
 
-    for start in range(0, len(marks), 10_000):
-        pairs = values(column("row_id", Integer), column("person_id", Integer), name="marks").data(
-            [(m["id"], m["individual_id"]) for m in marks[start:start + 10_000]])
-        session.execute(update(UploadRow.__table__).where(UploadRow.id == pairs.c.row_id)
-                        .values(status="imported", individual_id=pairs.c.person_id))
+    session.execute(text(
+        "UPDATE upload_row SET status = 'imported', individual_id = marks.person_id "
+        "FROM unnest(CAST(:rows AS integer[]), CAST(:people AS integer[])) AS marks(row_id, person_id) "
+        "WHERE upload_row.id = marks.row_id"),
+        {"rows": [m["id"] for m in marks], "people": [m["individual_id"] for m in marks]})
 
 
 def allocate_ids(session: Session, table, count: int) -> list[int]:
@@ -869,6 +872,15 @@ def allocate_ids(session: Session, table, count: int) -> list[int]:
     return list(range(highest + 1, highest + 1 + count))
 
 
+def _integrity_errors() -> tuple:
+    """SQLAlchemy's, and psycopg's own when COPY is used on its connection."""
+    try:
+        import psycopg
+    except ImportError:
+        return (IntegrityError,)
+    return (IntegrityError, psycopg.IntegrityError)
+
+
 def _insert_people(session: Session, rows) -> list[dict]:
     table = Individual.__table__
     values = [_individual_values(r.cleaned) for r in rows]
@@ -880,7 +892,7 @@ def _insert_people(session: Session, rows) -> list[dict]:
         with session.begin_nested():
             bulk_insert(session, table, values)
         return [{"id": r.id, "status": "imported", "individual_id": pid} for r, pid in zip(rows, ids)]
-    except IntegrityError:
+    except _integrity_errors():
         pass
     # Someone registered one of these national IDs since validation: go row by row.
     marks = []
@@ -889,7 +901,7 @@ def _insert_people(session: Session, rows) -> list[dict]:
             with session.begin_nested():
                 session.execute(table.insert(), [value])
             marks.append({"id": row.id, "status": "imported", "individual_id": value["id"]})
-        except IntegrityError:
+        except _integrity_errors():
             marks.append({"id": row.id, "status": "error", "individual_id": None, "errors": {
                 "national_id": "This national ID was registered for someone else meanwhile."}})
     return marks

@@ -300,3 +300,15 @@ def test_the_demo_leaves_one_imported_upload_and_one_with_rows_to_fix(db_session
     summary = demo.build(db_session, random.Random(1), [country["NV1"].id, country["NV2"].id])
     statuses = sorted(db_session.scalars(select(Upload.status)))
     assert statuses == ["imported", "validated"] and summary["people_imported"] > 0
+
+
+def test_a_national_id_registered_between_validation_and_import_fails_only_its_row(
+        db_session, tmp_path, country, make_individual):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,A100,NV1,,,\n"
+                        + "Zoë,Phiri,F,1980-03-04,A101,NV2,,,\n")
+    make_individual("Someone", "Else", national_id="A101", location=country["NV1"])
+    counts = _imported(db_session, upload)
+    rows = _rows(db_session, upload)
+    assert rows[2].status == "imported" and rows[3].status == "error"
+    assert rows[3].errors["national_id"] == "This national ID was registered for someone else meanwhile."
+    assert counts["imported"] == 1
