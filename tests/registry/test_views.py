@@ -328,3 +328,14 @@ def test_a_persons_page_takes_the_same_number_of_queries_however_many_groups(
     with count_queries() as four:
         body = client.get(f"/registry/individuals/{people['banda'].id}").get_data(as_text=True)
     assert "C-4" in body and four() == one()
+
+
+def test_a_cooperative_names_the_member_who_receives_its_payments(client, login, people, make_group, db_session):
+    coop = make_group("cooperative", members=[people["banda"], people["phiri"]], code="COOP-P")
+    db_session.commit()
+    login("admin")
+    member = next(m for m in coop.members if m.individual_id == people["phiri"].id)
+    response = client.htmx("post", f"/registry/groups/{coop.id}/members/{member.id}/recipient")
+    assert response.status_code == 200 and "Primary recipient" in response.get_data(as_text=True)
+    db_session.expire_all()
+    assert db_session.get(type(coop), coop.id).primary_recipient_id == people["phiri"].id
