@@ -488,8 +488,21 @@ def update_individual(session: Session, person: Individual, raw: dict, *, scope,
 
 
 def delete_individual(session: Session, person: Individual, *, actor_id: int | None) -> None:
+    """Hide a person (history kept). A household's head or payee goes only after someone else
+    has taken that place, so no household is left without one."""
     if person.deleted_at is not None:
         raise DomainError(f"{person.full_name} is already deleted.")
+    for member in memberships_of(session, person):
+        group = member.group
+        others = session.scalar(select(func.count()).where(GroupMember.group_id == group.id,
+                                                          GroupMember.id != member.id))
+        if not others:
+            continue
+        if group.kind == "household" and member.role == "head":
+            raise DomainError(f"{person.full_name} heads household {group.code}: choose another head first.")
+        if group.primary_recipient_id == person.id:
+            raise DomainError(f"{person.full_name} receives the payments of {group.code}: "
+                              "choose another primary recipient first.")
     person.deleted_at = now()
     session.flush()
 

@@ -170,7 +170,12 @@ def edit_individual(individual_id: int):
 @require("individual.delete")
 def delete_individual(individual_id: int):
     person = _individual_or_404(individual_id)
-    services.delete_individual(db.session, person, actor_id=current_user.id)
+    try:
+        services.delete_individual(db.session, person, actor_id=current_user.id)
+    except DomainError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        return htmx_redirect(url_for("registry.individual", individual_id=individual_id))
     db.session.commit()
     flash(f"Deleted {person.full_name}. They no longer appear in searches and exports; "
           "you can restore them from this page.", "success")

@@ -330,3 +330,14 @@ def test_an_export_continues_after_each_batch_without_losing_or_repeating_anyone
         rows = list(services.export_rows(db_session, scope=EVERYTHING, filters={"q": "name same"}, sort=sort,
                                          pii=True, batch=2))
         assert len(rows) == 7 and len({r[0] for r in rows}) == 7
+
+
+def test_the_head_of_a_household_is_deleted_only_after_another_head_is_chosen(db_session, people, make_household):
+    group = make_household(head=people["banda"], members=[people["bandawe"]])
+    with pytest.raises(DomainError, match="choose another head first"):
+        services.delete_individual(db_session, people["banda"], actor_id=None)
+    other = next(m for m in group.members if m.role != "head")
+    services.set_head(db_session, group, other.id, actor_id=None)
+    services.set_primary_recipient(db_session, group, other.id, actor_id=None)
+    services.delete_individual(db_session, people["banda"], actor_id=None)
+    assert people["banda"].deleted_at is not None
