@@ -206,3 +206,16 @@ def test_identifiers_in_the_grid_are_masked_without_the_pii_permission(client, l
     upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,Q,1990-05-17,AB123456,NV1,,,\n")
     page = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
     assert "AB123456" not in page and "••••3456" in page
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_stored(app, client, login, db_session):
+    login("field_officer")
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    app.config["MAX_CONTENT_LENGTH"] = 2000
+    try:
+        response = _post_file(client, (HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n" * 100).encode(), "big.csv")
+    finally:
+        app.config["MAX_CONTENT_LENGTH"] = limit
+    assert response.status_code == 413
+    assert "The file is larger than the portal accepts." in response.get_data(as_text=True)
+    assert db_session.scalar(select(Upload.id)) is None
