@@ -317,7 +317,15 @@ class RowChecker:
                     select(Individual.id, Individual.first_name, Individual.last_name)
                     .where(Individual.id.in_(wanted[start:start + 1000]))):
                 names[pid] = (p_first, p_last)
-        similar = self.validation._similar
+        rule = self.validation._similar
+        verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
+
+        def similar(*names_) -> bool:
+            verdict = verdicts.get(names_)
+            if verdict is None:
+                verdict = verdicts[names_] = rule(*names_)
+            return verdict
+
         found: dict[int, list] = {}
         for row_id, first, last, born, pid in sorted(pairs, key=lambda p: (p[0], p[4])):
             p_first, p_last = names[pid]
@@ -930,10 +938,12 @@ def import_households(session: Session, upload: Upload) -> int:
         UploadRow.upload_id == upload.id, UploadRow.status == "imported",
         UploadRow.household_code.isnot(None)).distinct()))
     created = joined = 0
-    for start in range(0, len(codes), 500):
-        chunk = codes[start:start + 500]
-        rows = session.execute(select(UploadRow.household_code, UploadRow.individual_id,
-                                      UploadRow.cleaned).where(
+    for start in range(0, len(codes), BATCH):
+        chunk = codes[start:start + BATCH]
+        rows = session.execute(select(
+            UploadRow.household_code, UploadRow.individual_id, UploadRow.role, UploadRow.primary,
+            UploadRow.cleaned["last_name"].as_string().label("last_name"),
+            UploadRow.cleaned["location_id"].as_integer().label("location_id")).where(
             UploadRow.upload_id == upload.id, UploadRow.status == "imported",
             UploadRow.household_code.in_(chunk)).order_by(UploadRow.row_number)).all()
         groups = dict(session.execute(select(Group.code, Group.id).where(Group.code.in_(chunk))).all())
@@ -944,11 +954,11 @@ def import_households(session: Session, upload: Upload) -> int:
         for code, members in by_code.items():
             if code in groups:
                 continue
-            head = next((m for m in members if m.cleaned.get("role") == "head"), members[0])
-            primary = next((m for m in members if m.cleaned.get("primary_recipient")), head)
+            head = next((m for m in members if m.role == "head"), members[0])
+            primary = next((m for m in members if m.primary), head)
             fresh.append({"code": code, "kind": "household",
-                          "name": f"{head.cleaned.get('last_name') or code} household"[:120],
-                          "location_id": head.cleaned.get("location_id"),
+                          "name": f"{head.last_name or code} household"[:120],
+                          "location_id": head.location_id,
                           "primary_recipient_id": primary.individual_id})
         if fresh:
             ids = allocate_ids(session, Group.__table__, len(fresh))
@@ -961,7 +971,7 @@ def import_households(session: Session, upload: Upload) -> int:
         present = set(session.execute(select(GroupMember.group_id, GroupMember.individual_id).where(
             GroupMember.group_id.in_(group_ids))).all())
         links = [{"group_id": groups[code], "individual_id": m.individual_id,
-                  "group_kind": "household", "role": m.cleaned.get("role") or "member"}
+                  "group_kind": "household", "role": m.role or "member"}
                  for code, members in by_code.items() for m in members
                  if (groups[code], m.individual_id) not in present]
         if links:
@@ -969,7 +979,7 @@ def import_households(session: Session, upload: Upload) -> int:
         joined += len(links)
         created_now = {f["code"] for f in fresh}
         for code, members in by_code.items():
-            primary = next((m for m in members if m.cleaned.get("primary_recipient")), None)
+            primary = next((m for m in members if m.primary), None)
             if primary is not None and code not in created_now:
                 session.execute(update(Group).where(Group.id == groups[code]).values(
                     primary_recipient_id=primary.individual_id))
