@@ -219,3 +219,16 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_stored(app, client, 
     assert response.status_code == 413
     assert "The file is larger than the portal accepts." in response.get_data(as_text=True)
     assert db_session.scalar(select(Upload.id)) is None
+
+
+def test_the_people_of_an_imported_upload_link_to_their_registry_pages(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H9,head,yes\n")
+    services.start_import(db_session, upload, only_if_clean=False, scope=Scope(everything=True), actor_id=user.id)
+    services.import_upload(db_session, upload, scope=Scope(everything=True), actor_id=user.id,
+                           progress=lambda *a, **k: None)
+    db_session.commit()
+    person_id = db_session.scalar(select(UploadRow.individual_id))
+    page = client.get(f"/imports/{upload.id}/people").get_data(as_text=True)
+    assert f'href="/registry/individuals/{person_id}">Amina Banda</a>' in page
+    assert "H9" in page and "created" in page
