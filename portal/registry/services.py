@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import and_, false, func, literal, or_, select, tuple_, union
+from sqlalchemy import ARRAY, Integer, and_, any_, cast, false, func, literal, or_, select, tuple_, union
 from sqlalchemy.orm import Session, contains_eager, joinedload, lazyload, selectinload
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
@@ -147,16 +147,27 @@ def _birth_range(filters: dict) -> tuple[date | None, date | None, bool]:
     return low, high, not (low and high and low > high)
 
 
-def visible_location_ids(session: Session, *, scope, filters: dict) -> list[int] | None:
+def visible_location_ids(session: Session, *, scope, filters: dict):
     """The ids of the locations a search may return people from: the user's scope and the
     location filter (a code or id, at any level, with everything below it) together, in one
-    statement. None: anywhere.
+    statement. None: anywhere. A list, or on PostgreSQL for the user's own area an array
+    subquery that the search statement computes once.
 
     Resolved to a short list of ids (locations are few), so the planners estimate how many
     people that is from their statistics instead of guessing at a subquery."""
     code = str(filters.get("location") or "").strip()
     if scope.everything and not code:
         return None
+    query = _visible_locations_query(scope, code)
+    if not code and session.get_bind().dialect.name == "postgresql":
+        # A user's own area: one array computed once inside the search statement itself
+        # (no extra round trip). A location filter, often a single village, is resolved
+        # first so that the planner knows how few people live there.
+        return select(func.array_agg(Location.id)).where(query.whereclause).scalar_subquery()
+    return list(session.scalars(query.order_by(Location.id)))
+
+
+def _visible_locations_query(scope, code: str):
     query = select(Location.id).where(scope.location_clause())
     if code:
         named = Location.code == code if not code.isdigit() else or_(Location.code == code,
@@ -164,7 +175,7 @@ def visible_location_ids(session: Session, *, scope, filters: dict) -> list[int]
         root = select(Location.path).where(named).order_by(Location.code != code).limit(1)
         # Paths hold only digits and slashes: nothing to escape in the LIKE pattern.
         query = query.where(Location.path.like(root.scalar_subquery() + "%"))
-    return list(session.scalars(query.order_by(Location.id)))
+    return query
 
 
 def individual_filters(session: Session, *, scope, filters: dict,
@@ -187,8 +198,10 @@ def individual_filters(session: Session, *, scope, filters: dict,
         location_ids = visible_location_ids(session, scope=scope, filters=filters)
     location_id = col(Individual.location_id)
     conditions = [Individual.deleted_at.is_(None)]
-    if location_ids is not None:
+    if isinstance(location_ids, list):
         conditions.append(location_id.in_(location_ids) if location_ids else false())
+    elif location_ids is not None:  # PostgreSQL: an array subquery
+        conditions.append(location_id == any_(cast(location_ids, ARRAY(Integer))))
     q = filters.get("q", "")
     if q:
         compact = q.replace(" ", "").upper()
@@ -263,11 +276,15 @@ def _order(sort: str, dialect: str, filters: dict | None = None):
     return [c.desc() if descending else c.asc() for c in columns]
 
 
+def _capped_count_query(conditions: list, cap: int):
+    inner = select(Individual.id).where(*conditions).limit(cap + 1).subquery()
+    return select(func.count()).select_from(inner)
+
+
 def capped_count(session: Session, conditions: list, cap: int | None = None) -> tuple[int, bool]:
     """How many match, counting at most ``cap`` + 1 rows: cheap at any size."""
     cap = cap or COUNT_CAP
-    inner = select(Individual.id).where(*conditions).limit(cap + 1).subquery()
-    n = session.scalar(select(func.count()).select_from(inner))
+    n = session.scalar(_capped_count_query(conditions, cap))
     return (cap, True) if n > cap else (n, False)
 
 
@@ -293,7 +310,7 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
     conditions = individual_filters(session, scope=scope, filters=filters, indexable=indexable,
                                     location_ids=places)
     # SQLite: the capped count comes first and chooses the plan. PostgreSQL plans well by
-    # itself: it counts only when there is more than one page.
+    # itself: the count rides along with the page (a one-off subquery, same round trip).
     count, capped = capped_count(session, conditions, count_cap) if dialect != "postgresql" else (None, False)
     if capped and dialect == "sqlite":
         sort_column = _sort_column(sort, filters)[0]
@@ -308,8 +325,9 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
         household = (select(Group.id, Group.code).join(GroupMember, GroupMember.group_id == Group.id)
                      .where(GroupMember.individual_id == Individual.id,
                             GroupMember.group_kind == "household").limit(1))
+        total = _capped_count_query(conditions, count_cap or COUNT_CAP).scalar_subquery()
         query = (select(Individual, household.with_only_columns(Group.id).scalar_subquery(),
-                        household.with_only_columns(Group.code).scalar_subquery())
+                        household.with_only_columns(Group.code).scalar_subquery(), total)
                  .join(Individual.location)
                  .options(contains_eager(Individual.location).lazyload(Location.parent)))
     else:  # SQLite would reorder a join around the small location table
@@ -320,6 +338,11 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
         found = session.execute(query).all()
         rows = [r[0] for r in found[:per_page]]
         households = {r[0].id: HouseholdRef(r[1], r[2]) for r in found[:per_page] if r[1] is not None}
+        cap = count_cap or COUNT_CAP
+        if found:
+            count, capped = (cap, True) if found[0][3] > cap else (found[0][3], False)
+        elif page == 1:
+            count, capped = 0, False
     else:
         found = list(session.scalars(query))
         rows = found[:per_page]
