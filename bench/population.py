@@ -123,6 +123,9 @@ def _analyze(engine, dialect: str) -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             for table in ("individual", '"group"', "group_member", "location"):
                 conn.execute(text(f"VACUUM ANALYZE {table}"))
+            # Once more: statistics taken while autovacuum was still busy with the fresh
+            # rows were seen to be useless for the name ranges (estimates of 1 row).
+            conn.execute(text("ANALYZE individual"))
     else:
         with engine.connect() as conn:
             conn.execute(text("ANALYZE"))
