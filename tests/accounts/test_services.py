@@ -108,3 +108,18 @@ def test_the_first_admin_is_created_once_with_a_generated_password(db_session):
     again, second = services.create_first_admin(db_session, "other@example.org", None)
     assert again is admin and second is None
     assert db_session.scalar(select(User).where(User.email == "other@example.org")) is None
+
+
+def test_loading_the_signed_in_user_with_roles_and_locations_takes_one_statement(
+        db_session, make_user, country, count_queries):
+    from portal.accounts.services import load_user
+
+    user = make_user("field_officer", [country["ND"]])
+    db_session.commit()
+    token = user.get_id()
+    db_session.expire_all()
+    with count_queries() as statements:
+        loaded = load_user(db_session, token)
+        assert loaded.can("individual.view") and not loaded.can("user.manage")
+        assert [place.code for place in loaded.locations] == ["ND"]
+    assert statements() == 1
