@@ -72,6 +72,13 @@ def run_migrations_offline():
         context.run_migrations()
 
 
+def include_object(obj, name, type_, reflected, compare_to):
+    """Autogenerate must not offer to drop the search indexes that migration 0005 owns."""
+    from portal.registry.models import SEARCH_INDEXES
+
+    return not (type_ == "index" and reflected and compare_to is None and name in SEARCH_INDEXES)
+
+
 def run_migrations_online():
     """Run migrations in 'online' mode.
 
@@ -100,6 +107,7 @@ def run_migrations_online():
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
+            include_object=include_object,
             **conf_args
         )
 

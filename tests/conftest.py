@@ -148,7 +148,7 @@ def db_session(app, request):
 
 
 def _empty_tables():
-    keep = {"alembic_version", "role", "role_permission"}
+    keep = {"alembic_version", "role", "role_permission", "member_role"}  # seeded by migrations
     tables = [t for t in reversed(db.metadata.sorted_tables) if t.name not in keep]
     with db.engine.begin() as conn:
         if conn.dialect.name == "postgresql":

@@ -19,6 +19,11 @@ GROUP_KINDS = {"household": "Household", "cooperative": "Cooperative", "other": 
 FIELD_TYPES = ("text", "integer", "decimal", "boolean", "date", "choice")
 
 
+# Partial indexes with a per-dialect collation, created by migration 0005 only.
+SEARCH_INDEXES = frozenset({"ix_individual_search_name", "ix_individual_location_name",
+                            "ix_individual_location_birth", "ix_individual_birth_sex"})
+
+
 class Individual(Audited, db.Model):
     __pii__ = {"national_id", "phone"}
     __audit_exclude__ = {"version", "name_key", "created_at", "updated_at"}
@@ -156,7 +161,8 @@ class CustomField(Audited, db.Model):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    program_id: Mapped[int | None] = mapped_column(Integer)  # FK added by the programs migration
+    program_id: Mapped[int | None] = mapped_column(
+        ForeignKey("program.id", ondelete="CASCADE"))  # created by migration 0003
     name: Mapped[str] = mapped_column(String(40))
     label: Mapped[str] = mapped_column(String(80))
     type: Mapped[str] = mapped_column(String(10))

@@ -369,3 +369,28 @@ def test_a_draft_is_activated_and_a_closed_program_refuses_enrolment_with_a_reas
     refused = client.post(f"/programs/{closed.id}/enrol", data={"individual_id": someone.id,
                                                                  "status": "potential"})
     assert refused.status_code == 422 and "is closed" in refused.get_data(as_text=True)
+
+
+def test_a_manager_enrols_a_person_from_the_persons_registry_page_and_follows_the_link_back(
+        client, login, db_session, program, person):
+    plan = program(name="Old age pension")
+    someone = person()
+    login("program_manager")
+    page = client.get(f"/registry/individuals/{someone.id}").get_data(as_text=True)
+    assert "Enrol in" in page and "Old age pension" in page
+    response = client.post("/programs/enrol", data={"program_id": plan.id, "individual_id": someone.id,
+                                                    "next": f"/registry/individuals/{someone.id}"})
+    assert response.status_code == 303
+    beneficiary = db_session.scalar(select(Beneficiary).where(Beneficiary.individual_id == someone.id))
+    page = client.get(f"/registry/individuals/{someone.id}").get_data(as_text=True)
+    assert f'href="/programs/beneficiaries/{beneficiary.id}"' in page
+
+
+def test_a_viewer_sees_a_persons_programs_without_an_enrol_form(client, login, db_session, program, person):
+    plan = program(name="Old age pension")
+    someone = person()
+    services.enrol(db_session, plan.id, individual_ids=[someone.id], actor_id=None, scope=Scope(everything=True))
+    db_session.commit()
+    login("viewer")
+    page = client.get(f"/registry/individuals/{someone.id}").get_data(as_text=True)
+    assert "Old age pension" in page and "Enrol in" not in page
