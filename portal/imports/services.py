@@ -317,7 +317,7 @@ class RowChecker:
                     select(Individual.id, Individual.first_name, Individual.last_name)
                     .where(Individual.id.in_(wanted[start:start + 1000]))):
                 names[pid] = (p_first, p_last)
-        rule = self.validation._similar
+        rule = self.validation.similar_names
         verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
 
         def similar(*names_) -> bool:
@@ -345,7 +345,7 @@ class RowChecker:
     def areas(self) -> dict[int, str]:
         """location id -> the area ("same district") its people are compared within."""
         if self._areas is None:
-            area_path = self.validation._area_path
+            area_path = self.validation.area_path
             self._areas = {lid: area_path(Location(path=path)) for lid, path in
                            self.session.execute(select(Location.id, Location.path))}
         return self._areas

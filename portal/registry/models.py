@@ -76,6 +76,7 @@ class Group(Audited, db.Model):
     __table_args__ = (
         CheckConstraint("kind IN ('household', 'cooperative', 'other')", name="kind"),
         Index("ix_group_location_id", "location_id"),
+        Index("ix_group_primary_recipient_id", "primary_recipient_id"),  # deleting a person looks here
         Index("ix_group_name", "name"),
     )
 

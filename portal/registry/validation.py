@@ -318,7 +318,7 @@ def clean_individual(session: Session, raw: dict, *, custom_fields: list[CustomF
 
 # --- duplicates -------------------------------------------------------------------------------
 
-def _similar(a_first: str, a_last: str, b_first: str, b_last: str) -> bool:
+def similar_names(a_first: str, a_last: str, b_first: str, b_last: str) -> bool:
     a_first, a_last, b_first, b_last = (fold(x) for x in (a_first, a_last, b_first, b_last))
     if {a_first, a_last} == {b_first, b_last}:
         return True  # same names, perhaps swapped
@@ -328,7 +328,7 @@ def _similar(a_first: str, a_last: str, b_first: str, b_last: str) -> bool:
     return a_last == b_last and a_first[:3] == b_first[:3] and bool(a_first)
 
 
-def _area_path(location: Location) -> str:
+def area_path(location: Location) -> str:
     """The district (or the location itself when higher) whose people count as 'same area'."""
     parts = [p for p in location.path.split("/") if p]
     return "/" + "/".join(parts[:2]) + "/"
@@ -349,12 +349,12 @@ def find_duplicates(session: Session, *, national_id, first_name, last_name, bir
     warnings: list[Individual] = []
     location = session.get(Location, location_id) if location_id else None
     if birth_date and location is not None and (first_name or last_name):
-        area = _area_path(location)
+        area = area_path(location)
         candidates = session.scalars(
             select(Individual).join(Location, Individual.location_id == Location.id)
             .where(Individual.birth_date == birth_date, Location.path.startswith(area, autoescape=True),
                    *live).limit(200))
         seen = {p.id for p in blocking}
         warnings = [p for p in candidates if p.id not in seen and
-                    _similar(first_name or "", last_name or "", p.first_name, p.last_name)]
+                    similar_names(first_name or "", last_name or "", p.first_name, p.last_name)]
     return blocking, warnings[:10]
