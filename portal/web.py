@@ -81,6 +81,26 @@ def scope() -> Scope:
     return Scope.for_user(current_user)
 
 
+def queue_job(run) -> None:
+    """Commit the job row, then hand it to RQ: a worker must find the row it is given."""
+    from portal.background.services import enqueue, job_queue, redis_connection
+
+    db.session.commit()
+    enqueue(job_queue(redis_connection(current_app.config)), run)
+    db.session.commit()
+
+
+def sweep_if_running(run) -> None:
+    """A poll of a running job is also the moment to notice a worker that died under it."""
+    from portal.background.services import job_queue, redis_connection, sweep_stale_jobs
+
+    if run is None or run.status != "running":
+        return
+    queue = job_queue(redis_connection(current_app.config))
+    if sweep_stale_jobs(db.session, queue, stale_after=current_app.config["JOB_STALE_SECONDS"]):
+        db.session.commit()
+
+
 def can(permission: str) -> bool:
     return current_user.is_authenticated and current_user.can(permission)
 

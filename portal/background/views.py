@@ -1,12 +1,11 @@
-from flask import abort, current_app, flash
+from flask import abort, flash
 from flask_login import current_user
 
 from portal.background.models import JobRun
-from portal.background.services import (enqueue, job_queue, recent_jobs, redis_connection,
-                                        sweep_stale_jobs)
+from portal.background.services import recent_jobs
 from portal.background import bp
 from portal.extensions import db
-from portal.web import can, htmx_redirect, render, require
+from portal.web import can, htmx_redirect, queue_job, render, require, sweep_if_running
 from flask import url_for
 
 
@@ -28,12 +27,7 @@ def index():
 @require("job.view")
 def show(run_id: int):
     run = _visible_run(run_id)
-    if run.status == "running":
-        # A poll is also the moment to notice a worker that died under this job.
-        queue = job_queue(redis_connection(current_app.config))
-        swept = sweep_stale_jobs(db.session, queue, stale_after=current_app.config["JOB_STALE_SECONDS"])
-        if swept:
-            db.session.commit()
+    sweep_if_running(run)
     return render("background/show.html", partial="background/_job_progress.html", run=run)
 
 
@@ -45,7 +39,5 @@ def retry(run_id: int):
         flash("Only a failed job can be started again.", "error")
     else:
         run.status, run.message, run.finished_at = "queued", "Queued again", None
-        db.session.commit()
-        enqueue(job_queue(redis_connection(current_app.config)), run)
-        db.session.commit()
+        queue_job(run)
     return htmx_redirect(url_for("background.show", run_id=run.id))

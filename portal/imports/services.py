@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from datetime import date, datetime
+from datetime import date
 from itertools import islice
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 

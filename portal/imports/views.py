@@ -9,14 +9,14 @@ from flask import abort, current_app, flash, make_response, redirect, request, s
 from flask_login import current_user
 from sqlalchemy import select
 
-from portal.background.services import enqueue, job_queue, redis_connection, sweep_stale_jobs
 from portal.errors import DomainError
 from portal.extensions import db
 from portal.imports import bp, columns, services
 from portal.imports.forms import ImportForm, MappingForm, ReplaceForm, ReuploadForm, UploadForm
 from portal.imports.models import DUPLICATE_POLICIES
 from portal.privacy import mask
-from portal.web import can, htmx_redirect, int_arg, is_fragment_request, render, require, scope
+from portal.web import (can, htmx_redirect, int_arg, is_fragment_request, queue_job, render, require,
+                        scope, sweep_if_running)
 
 EXTENSIONS = (".csv", ".xlsx", ".txt", ".tsv")
 
@@ -45,12 +45,6 @@ def _row(upload, row_number: int):
     if row is None:
         abort(404)
     return row
-
-
-def _enqueue(run) -> None:
-    db.session.commit()
-    enqueue(job_queue(redis_connection(current_app.config)), run)
-    db.session.commit()
 
 
 def _save_file(storage, folder: str) -> Path:
@@ -125,7 +119,7 @@ def new():
                 if upload.status == "uploaded" and earlier is None:
                     run = services.start_validation(db.session, upload, scope=scope(),
                                                     actor_id=current_user.id)
-                    _enqueue(run)
+                    queue_job(run)
                     return redirect(url_for("imports.show", upload_id=upload.id))
                 db.session.commit()
                 if upload.status == "mapping":
@@ -157,7 +151,7 @@ def mapping(upload_id: int):
             db.session.rollback()
             error, proposed = exc.message, chosen
         else:
-            _enqueue(run)
+            queue_job(run)
             return redirect(url_for("imports.show", upload_id=upload.id))
     return render("imports/mapping.html", upload=upload, form=form, cols=cols,
                   proposed=proposed, error=error, status=422 if error or form.errors else 200)
@@ -167,10 +161,8 @@ def mapping(upload_id: int):
 @require("upload.view")
 def show(upload_id: int):
     upload = _upload(upload_id)
-    if upload.busy and upload.job_run is not None and upload.job_run.status == "running":
-        queue = job_queue(redis_connection(current_app.config))
-        if sweep_stale_jobs(db.session, queue, stale_after=current_app.config["JOB_STALE_SECONDS"]):
-            db.session.commit()
+    if upload.busy:
+        sweep_if_running(upload.job_run)
     if services.reconcile(db.session, upload):
         db.session.commit()
     earlier = services.earlier_import_of_same_file(db.session, upload) \
@@ -189,7 +181,7 @@ def validate(upload_id: int):
         db.session.rollback()
         flash(exc.message, "error")
     else:
-        _enqueue(run)
+        queue_job(run)
     return htmx_redirect(url_for("imports.show", upload_id=upload.id))
 
 
@@ -207,7 +199,7 @@ def start_import(upload_id: int):
         db.session.rollback()
         flash(exc.message, "error")
     else:
-        _enqueue(run)
+        queue_job(run)
     return htmx_redirect(url_for("imports.show", upload_id=upload.id))
 
 

@@ -5,13 +5,13 @@ from flask import abort, current_app, flash, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
-from portal.background.services import create_job, enqueue, job_queue, redis_connection
+from portal.background.services import create_job
 from portal.errors import DomainError
 from portal.extensions import db
 from portal.locations import bp, services
 from portal.locations.forms import LocationForm, LocationImportForm
 from portal.locations.models import Location
-from portal.web import int_arg, render, require, scope
+from portal.web import int_arg, queue_job, render, require, scope
 
 
 @bp.route("/")
@@ -108,8 +108,6 @@ def import_csv():
         except DomainError as exc:
             form.file.errors.append(exc.message)
         else:
-            db.session.commit()
-            enqueue(job_queue(redis_connection(current_app.config)), run)
-            db.session.commit()
+            queue_job(run)
             return redirect(url_for("background.show", run_id=run.id))
     return render("locations/import.html", form=form, status=422 if form.errors else 200)

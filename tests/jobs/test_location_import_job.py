@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.background.models import JobRun
-from portal.background.services import create_job, enqueue, job_queue, redis_connection, sweep_stale_jobs
+from portal.background.services import create_job, job_queue, redis_connection, sweep_stale_jobs
 from portal.errors import DomainError
 from portal.extensions import db
 from portal.locations.models import Location
