@@ -81,8 +81,15 @@ class User(Audited, UserMixin, db.Model):
     def get_id(self) -> str:
         return f"{self.id}:{self.session_version}"
 
+    # What ``load_user`` read for the signed-in user in the same statement as the user,
+    # so that a request need not load roles and grants to check a permission.
+    granted_permissions = None  # frozenset[str] once loaded
+
     @property
     def permissions(self) -> frozenset[str]:
+        if self.granted_permissions is not None and "roles" not in self.__dict__:
+            return self.granted_permissions
+        # Roles loaded (say, being edited): they are the truth.
         return frozenset(p for role in self.roles for p in role.permissions)
 
     def can(self, permission: str) -> bool:

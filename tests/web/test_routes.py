@@ -81,6 +81,21 @@ def test_a_viewer_gets_403_on_every_page_whose_permission_the_role_lacks(client,
     assert refused >= 5
 
 
+def test_a_role_change_applies_from_the_users_next_request(client, login, db_session):
+    """Permissions are read with the user on every request, not kept from sign-in."""
+    from portal.accounts.models import RolePermission
+
+    viewer = login("viewer")
+    assert client.get("/registry/individuals").status_code == 200
+    role = viewer.roles[0]
+    role.grants = [g for g in role.grants if g.permission != "individual.view"]
+    db_session.commit()
+    assert client.get("/registry/individuals").status_code == 403
+    role.grants.append(RolePermission(permission="individual.view"))
+    db_session.commit()
+    assert client.get("/registry/individuals").status_code == 200
+
+
 def test_health_check_reports_database_and_redis(client):
     response = client.get("/healthz")
     assert response.status_code == 200
