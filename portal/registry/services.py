@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import ARRAY, Integer, and_, any_, cast, false, func, literal, or_, select, tuple_, union
-from sqlalchemy.orm import Session, contains_eager, joinedload, lazyload, selectinload
+from sqlalchemy import (ARRAY, Integer, and_, any_, bindparam, cast, false, func, literal, or_, select,
+                        tuple_, union)
+from sqlalchemy.orm import Session, contains_eager, joinedload, lazyload
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.orm.exc import StaleDataError
@@ -299,19 +300,22 @@ def _indexable_for_count(filters: dict) -> set[str] | None:
 def search_individuals(session: Session, *, scope, filters: dict, sort: str = "name",
                        page: int = 1, per_page: int = PER_PAGE, with_count: bool = True,
                        count_cap: int | None = None) -> SearchResult:
-    """One page of living people in scope; a few small statements whatever the page size.
+    """One page of living people in scope, as light rows: the ``PAGE_COLUMNS`` with
+    ``village``, ``household_id`` and ``household_code``. One statement on PostgreSQL, three
+    on SQLite, whatever the page size.
 
     On SQLite the capped count comes first and chooses the plan: up to the cap, the few
     matches are collected by the most selective index and sorted; beyond it, the page is
     read in sort order from that column's index, stopping after one page."""
     dialect = session.get_bind().dialect.name
+    cap = count_cap or COUNT_CAP
     places = visible_location_ids(session, scope=scope, filters=filters)
     indexable = _indexable_for_count(filters)
     conditions = individual_filters(session, scope=scope, filters=filters, indexable=indexable,
                                     location_ids=places)
     # SQLite: the capped count comes first and chooses the plan. PostgreSQL plans well by
     # itself: the count rides along with the page (a one-off subquery, same round trip).
-    count, capped = capped_count(session, conditions, count_cap) if dialect != "postgresql" else (None, False)
+    count, capped = capped_count(session, conditions, cap) if dialect != "postgresql" else (None, False)
     if capped and dialect == "sqlite":
         sort_column = _sort_column(sort, filters)[0]
         conditions = individual_filters(session, scope=scope, filters=filters, indexable={sort_column},
@@ -319,60 +323,65 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
     page = max(page, 1)
     if count == 0:
         return SearchResult(rows=[], count=0, capped=False, page=page, per_page=per_page, has_more=False)
-    if dialect == "postgresql":
-        # Village and household come with the page (fewer round trips); PostgreSQL joins
-        # the village per person and looks the household up only for the rows it returns.
-        household = (select(Group.id, Group.code).join(GroupMember, GroupMember.group_id == Group.id)
-                     .where(GroupMember.individual_id == Individual.id,
-                            GroupMember.group_kind == "household").limit(1))
-        total = _capped_count_query(conditions, count_cap or COUNT_CAP).scalar_subquery()
-        query = (select(Individual, household.with_only_columns(Group.id).scalar_subquery(),
-                        household.with_only_columns(Group.code).scalar_subquery(), total)
-                 .join(Individual.location)
-                 .options(contains_eager(Individual.location).lazyload(Location.parent)))
-    else:  # SQLite would reorder a join around the small location table
-        query = select(Individual).options(selectinload(Individual.location).lazyload(Location.parent))
-    query = (query.where(*conditions).order_by(*_order(sort, dialect, filters))
+    query = (select(*PAGE_COLUMNS).where(*conditions).order_by(*_order(sort, dialect, filters))
              .offset((page - 1) * per_page).limit(per_page + 1))
     if dialect == "postgresql":
+        # Village, household and count come with the page: PostgreSQL evaluates the
+        # village and household subqueries only for the rows it returns.
+        found = session.execute(query.add_columns(
+            *_PAGE_EXTRAS, _capped_count_query(conditions, cap).scalar_subquery().label("total"))).all()
+    else:
+        # SQLite computes a subquery in the SELECT list for every row it sorts, so the
+        # page's village and household are looked up by id afterwards.
         found = session.execute(query).all()
-        rows = [r[0] for r in found[:per_page]]
-        households = {r[0].id: HouseholdRef(r[1], r[2]) for r in found[:per_page] if r[1] is not None}
-        cap = count_cap or COUNT_CAP
+        extras = {r.id: r for r in session.execute(_PAGE_EXTRAS_BY_ID, {"ids": [r.id for r in found]})}
+        found = [PageRow(*r, *extras[r.id][1:]) for r in found]
+    rows = found[:per_page]
+    has_more = len(found) > per_page
+    if count is None:  # PostgreSQL: the count came with the page
         if found:
-            count, capped = (cap, True) if found[0][3] > cap else (found[0][3], False)
+            count, capped = (cap, True) if found[0].total > cap else (found[0].total, False)
         elif page == 1:
             count, capped = 0, False
-    else:
-        found = list(session.scalars(query))
-        rows = found[:per_page]
-        households = households_of(session, [r.id for r in rows])
-    has_more = len(found) > per_page
-    if count is None:
-        count, capped = ((len(rows), False) if page == 1 and not has_more
-                         else capped_count(session, conditions, count_cap))
+        else:  # past the last page
+            count, capped = capped_count(session, conditions, cap)
     if capped and (page - 1) * per_page + len(rows) > count:
         count = (page - 1) * per_page + len(rows)
     if not with_count:
         count, capped = 0, False
     return SearchResult(rows=rows, count=count, capped=capped, page=page, per_page=per_page,
-                        has_more=has_more, households=households)
+                        has_more=has_more)
 
 
-class HouseholdRef(NamedTuple):
+# A row of the search page: plain columns, not ORM objects, as a search runs on every
+# keystroke and its page shows only these. The extras are built once, here: only the
+# page's own part of the statement is built per search.
+PAGE_COLUMNS = (Individual.id, Individual.first_name, Individual.middle_name, Individual.last_name,
+                Individual.sex, Individual.birth_date, Individual.national_id, Individual.phone)
+_household = (select(Group.id).join(GroupMember, GroupMember.group_id == Group.id)
+              .where(GroupMember.individual_id == Individual.id, GroupMember.group_kind == "household")
+              .limit(1))
+_PAGE_EXTRAS = (
+    select(Location.name).where(Location.id == Individual.location_id).scalar_subquery().label("village"),
+    _household.scalar_subquery().label("household_id"),
+    _household.with_only_columns(Group.code).scalar_subquery().label("household_code"),
+)
+_PAGE_EXTRAS_BY_ID = select(Individual.id, *_PAGE_EXTRAS).where(
+    Individual.id.in_(bindparam("ids", expanding=True)))
+
+
+class PageRow(NamedTuple):
     id: int
-    code: str
-
-
-def households_of(session: Session, individual_ids: list[int]) -> dict:
-    """{individual id: (household id, code)} for a page of people, in one light statement."""
-    if not individual_ids:
-        return {}
-    rows = session.execute(
-        select(GroupMember.individual_id, Group.id, Group.code)
-        .join(Group, Group.id == GroupMember.group_id)
-        .where(GroupMember.individual_id.in_(individual_ids), GroupMember.group_kind == "household"))
-    return {r.individual_id: HouseholdRef(r.id, r.code) for r in rows}
+    first_name: str
+    middle_name: str | None
+    last_name: str
+    sex: str
+    birth_date: date
+    national_id: str | None
+    phone: str | None
+    village: str
+    household_id: int | None
+    household_code: str | None
 
 
 EXPORT_HEADER = ["ID", "First name", "Middle name", "Last name", "Sex", "Date of birth",

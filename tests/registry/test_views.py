@@ -339,3 +339,22 @@ def test_a_cooperative_names_the_member_who_receives_its_payments(client, login,
     assert response.status_code == 200 and "Primary recipient" in response.get_data(as_text=True)
     db_session.expire_all()
     assert db_session.get(type(coop), coop.id).primary_recipient_id == people["phiri"].id
+
+
+@pytest.mark.parametrize("locations", [None, ["N"]], ids=["everywhere", "own area"])
+@pytest.mark.parametrize("query", ["q=banda", "q=MW1000001", "sex=F&age_min=18", "location=NV1&household=no",
+                                   "q=nobody-matches"])
+def test_a_search_request_takes_two_statements_on_postgresql(client, login, country, people, count_queries,
+                                                             db_session, locations, query):
+    """The signed-in user with their permissions, then the page with its villages,
+    households and count (a location filter is resolved first, so that the planner knows
+    how many people live there). SQLite, where a statement costs no round trip, counts
+    first to choose its plan and looks the page's villages and households up by id."""
+    login("viewer", [country[code] for code in locations] if locations else None)
+    with count_queries() as statements:
+        response = client.htmx("get", f"/registry/individuals?{query}")
+    assert response.status_code == 200 and "<html" not in response.get_data(as_text=True)
+    if db_session.get_bind().dialect.name == "postgresql":
+        assert statements() == (3 if "location=" in query else 2)
+    else:
+        assert statements() <= 5
