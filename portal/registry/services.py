@@ -334,8 +334,9 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
         # SQLite computes a subquery in the SELECT list for every row it sorts, so the
         # page's village and household are looked up by id afterwards.
         found = session.execute(query).all()
-        extras = {r.id: r for r in session.execute(_PAGE_EXTRAS_BY_ID, {"ids": [r.id for r in found]})}
-        found = [PageRow(*r, *extras[r.id][1:]) for r in found]
+        if found:
+            extras = {r.id: r for r in session.execute(_PAGE_EXTRAS_BY_ID, {"ids": [r.id for r in found]})}
+            found = [PageRow(*r, *extras[r.id][1:]) for r in found]
     rows = found[:per_page]
     has_more = len(found) > per_page
     if count is None:  # PostgreSQL: the count came with the page

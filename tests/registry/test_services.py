@@ -104,6 +104,22 @@ def test_counts_are_capped_so_they_stay_cheap(db_session, people):
     assert not result.capped and result.count == 2 and result.has_more
 
 
+def test_a_result_row_names_the_persons_village_and_household(db_session, people, make_household):
+    household = make_household(head=people["banda"], members=[], code="HH-ROW")
+    rows = {p.id: p for p in search(db_session, q="banda").rows}
+    banda, bandawe = rows[people["banda"].id], rows[people["bandawe"].id]
+    assert (banda.village, banda.household_id, banda.household_code) == (
+        people["banda"].location.name, household.id, "HH-ROW")
+    assert (bandawe.village, bandawe.household_id, bandawe.household_code) == (
+        people["bandawe"].location.name, None, None)
+    assert (banda.national_id, banda.birth_date, banda.sex) == ("MW1000001", date(1990, 1, 1), "F")
+
+
+def test_a_page_past_the_last_keeps_the_count(db_session, people):
+    result = services.search_individuals(db_session, scope=EVERYTHING, filters={"q": "banda"}, page=3, per_page=1)
+    assert result.rows == [] and result.count == 2 and not result.has_more
+
+
 def test_sorting_is_whitelisted(db_session, people):
     assert names(services.search_individuals(db_session, scope=EVERYTHING, filters={}, sort="-birth_date"))[0] \
         == "Bandawe Kondwani"

@@ -38,6 +38,15 @@ def test_search_as_you_type_answers_htmx_with_the_results_fragment_only(client, 
     assert 'value="ban"' in page  # the URL carries the search: bookmark, back button, share
 
 
+def test_a_search_result_links_each_person_and_their_household(client, login, country, people, make_household):
+    household = make_household(head=people["banda"], members=[], code="HH-LINK")
+    login("admin")
+    body = client.htmx("get", "/registry/individuals?q=banda").get_data(as_text=True)
+    assert f'href="/registry/individuals/{people["banda"].id}"' in body
+    assert f'href="/registry/groups/{household.id}">HH-LINK</a>' in body
+    assert f"<td>{country['NV1'].name}</td>" in body
+
+
 def test_a_field_officer_searches_and_counts_only_their_villages(client, login, country, people):
     login("field_officer", [country["S"]])
     body = client.get("/registry/individuals").get_data(as_text=True)
