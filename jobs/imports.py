@@ -26,6 +26,7 @@ def prepare_session(session) -> None:
     real.expire_on_commit = False
     if session.get_bind().dialect.name == "sqlite":
         session.execute(text("PRAGMA cache_size=-131072"))
+        session.execute(text("PRAGMA wal_autocheckpoint=0"))
 
 
 def _upload(session, job) -> Upload:

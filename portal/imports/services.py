@@ -14,7 +14,8 @@ from datetime import date
 from itertools import islice
 from pathlib import Path
 
-from sqlalchemy import delete, func, or_, select, update
+import orjson
+from sqlalchemy import JSON, delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,14 +25,17 @@ from portal.background.services import create_job
 from portal.clock import now
 from portal.errors import DomainError
 from portal.imports import columns as cols_mod
-from portal.imports.columns import HOUSEHOLD_FIELDS, parse_yes_no
+from portal.imports.columns import parse_yes_no
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
-from portal.imports.reading import FileProblem, open_table
+from portal.imports.reading import FileProblem, open_table, read_head
 from portal.locations.models import Location
 from portal.locations.services import Scope
 from portal.registry.models import Group, GroupMember, Individual
 
 BATCH = 5000
+# Rows imported per transaction: each batch updates pages all over the registry's indexes,
+# so fewer, larger batches write each page fewer times.
+IMPORT_BATCH = 50_000
 PROBLEM_STATUSES = ("error", "duplicate")
 OPEN_STATUSES = ("valid", "error", "duplicate", "skipped")  # not yet imported or dropped
 INDIVIDUAL_FIELDS = ("first_name", "middle_name", "last_name", "name_key", "sex", "birth_date",
@@ -85,11 +89,7 @@ def receive_upload(session: Session, *, path: Path, file_name: str, duplicate_po
     if duplicate_policy not in DUPLICATE_POLICIES:
         raise DomainError("Choose what to do with people already registered.")
     try:
-        table = open_table(path, max_rows=max_rows)
-        first = next(table.rows, None)
-        table.rows.close()
-        if first is None:
-            raise FileProblem("The file has column names but no rows of people.")
+        table = read_head(path, max_rows=max_rows)
     except (FileProblem, OSError) as exc:
         path.unlink(missing_ok=True)
         if isinstance(exc, FileProblem):
@@ -228,37 +228,74 @@ class RowChecker:
         self.upload = upload
         self.scope = scope
         self.custom_fields = cols_mod.custom_fields(session)
+        self.unique_fields = [f for f in self.custom_fields if f.active and f.unique]
+        self.rules = validation.PersonRules(session, custom_fields=self.custom_fields,
+                                            scope=scope, day_first=upload.day_first)
         self.roles = cols_mod.member_roles(session)
         self.role_set = {r.lower(): r for r in self.roles}
         self._areas: dict[int, str] | None = None
 
-    def clean(self, raw: dict) -> tuple[dict, dict]:
-        person = {k: v for k, v in raw.items() if k not in HOUSEHOLD_FIELDS}
-        values, errors = self.validation.clean_individual(
-            self.session, person, custom_fields=self.custom_fields, scope=self.scope,
-            day_first=self.upload.day_first)
-        errors = dict(errors)
-        cleaned = {k: values.get(k) for k in INDIVIDUAL_FIELDS if k in values}
-        code = (raw.get("household_code") or "").strip()
-        role = (raw.get("role") or "").strip()
-        primary = parse_yes_no(raw.get("primary_recipient") or "")
-        if code:
-            if len(code) > 40:
-                errors["household_code"] = "A household code has at most 40 characters."
-            if not role:
-                errors["role"] = f"Give this member's role: one of {', '.join(self.roles)}."
-            elif role.lower() not in self.role_set:
-                errors["role"] = f"Unknown role '{role}'; use one of {', '.join(self.roles)}."
-        elif role:
-            errors["household_code"] = "A role needs the household code it belongs to."
-        if primary is None:
-            errors["primary_recipient"] = "Write yes or no."
-        elif primary and not code:
-            errors["household_code"] = "A primary recipient needs a household code."
-        cleaned["household_code"] = code or None
-        cleaned["role"] = self.role_set.get(role.lower()) if role else None
-        cleaned["primary_recipient"] = bool(primary)
-        return _jsonable(cleaned), errors
+    def clean_many(self, raws: list[dict]) -> list[tuple[dict, dict]]:
+        """Cleaned values (JSON-ready) and errors of each raw row: the registry's rules for
+        the person, and the household columns."""
+        people = self.rules.clean_many(raws)
+        roles, role_set = self.roles, self.role_set
+        results = []
+        for raw, (values, errors) in zip(raws, people):
+            cleaned = {k: values.get(k) for k in INDIVIDUAL_FIELDS if k in values}
+            code = (raw.get("household_code") or "").strip()
+            role = (raw.get("role") or "").strip()
+            primary = parse_yes_no(raw.get("primary_recipient") or "")
+            if code:
+                if len(code) > 40:
+                    errors["household_code"] = "A household code has at most 40 characters."
+                if not role:
+                    errors["role"] = f"Give this member's role: one of {', '.join(roles)}."
+                elif role.lower() not in role_set:
+                    errors["role"] = f"Unknown role '{role}'; use one of {', '.join(roles)}."
+            elif role:
+                errors["household_code"] = "A role needs the household code it belongs to."
+            if primary is None:
+                errors["primary_recipient"] = "Write yes or no."
+            elif primary and not code:
+                errors["household_code"] = "A primary recipient needs a household code."
+            cleaned["household_code"] = code or None
+            cleaned["role"] = role_set.get(role.lower()) if role else None
+            cleaned["primary_recipient"] = bool(primary)
+            results.append((_jsonable(cleaned), errors))
+        return results
+
+    def check_unique_custom(self, rows: list[dict], seen: dict | None) -> None:
+        """Unique custom fields: a value another living person has is an error (unless it is
+        the person this row updates), and so is a value an earlier row of the file has
+        (``seen``: (field, value) -> first row number; None when the caller checks the file)."""
+        for field in self.unique_fields:
+            name = field.name
+            having = [r for r in rows if name not in r["errors"]
+                      and r["cleaned"].get("custom", {}).get(name) is not None]
+            values = sorted({r["cleaned"]["custom"][name] for r in having}, key=str)
+            owners: dict = {}
+            column = self.validation._json_column(Individual, field)
+            for start in range(0, len(values), 1000):
+                for value, pid in self.session.execute(
+                        select(column, Individual.id).where(
+                            column.in_(values[start:start + 1000]), Individual.deleted_at.is_(None))):
+                    owners.setdefault(value, set()).add(pid)
+            staged = self.validation.typed_json(UploadRow.cleaned[("custom", name)], field)
+            for row in having:
+                value = row["cleaned"]["custom"][name]
+                if owners.get(value, set()) - {row.get("individual_id")}:
+                    row["errors"][name] = f"{field.label} {value} is already used by someone else."
+                    continue
+                if seen is not None:
+                    first = seen.setdefault((name, value), row["row_number"])
+                else:
+                    first = self.session.scalar(select(func.min(UploadRow.row_number)).where(
+                        UploadRow.upload_id == self.upload.id, staged == value,
+                        UploadRow.row_number != row["row_number"],
+                        UploadRow.status.in_(OPEN_STATUSES)))
+                if first is not None and first != row["row_number"]:
+                    row["errors"][name] = f"{field.label} {value} is also on row {first}."
 
     def registered(self, national_ids) -> dict[str, tuple[int, str, str]]:
         """national ID -> (person id, full name, location path) of living registered people."""
@@ -418,14 +455,18 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     progress(0, total, "Reading and checking rows")
     upload_id = upload.id
     for chunk in _batched(table.rows, BATCH):
-        staged = []
-        for number, cells in chunk:
-            raw = {name: cells[i] if i < len(cells) else "" for i, name in fields}
-            cleaned, errors = checker.clean(raw)
-            staged.append({"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors})
+        raws = [{name: cells[i] if i < len(cells) else "" for i, name in fields}
+                for _number, cells in chunk]
+        staged = [{"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors}
+                  for (number, _cells), raw, (cleaned, errors) in
+                  zip(chunk, raws, checker.clean_many(raws))]
         registered = checker.registered(r["cleaned"].get("national_id") for r in staged)
         for row in staged:
             checker.settle(row, registered, seen, {})
+        if checker.unique_fields:
+            checker.check_unique_custom(staged, seen)
+        for row in staged:
+            row["status"] = row_status(row["errors"], row["action"], row["warning"])
             row["upload_id"] = upload_id
             cleaned = row["cleaned"]
             row["national_id"] = cleaned.get("national_id")
@@ -605,9 +646,8 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
     checker = RowChecker(session, upload, scope)
     codes: set[str] = set()
     checked = []
-    for row in rows:
+    for row, (cleaned, errors) in zip(rows, checker.clean_many([dict(row.raw) for row in rows])):
         codes.add(row.household_code or "")
-        cleaned, errors = checker.clean(dict(row.raw))
         checked.append({"row": row, "row_number": row.row_number, "cleaned": cleaned,
                         "errors": errors})
     registered = checker.registered(c["cleaned"].get("national_id") for c in checked)
@@ -621,6 +661,11 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
             if other is not None:
                 item["errors"]["national_id"] = f"This national ID is also on row {other}."
         checker.settle(item, registered, None)
+    if checker.unique_fields:
+        checker.check_unique_custom(checked, None)
+    for item in checked:
+        row = item["row"]
+        item["status"] = row_status(item["errors"], item["action"], item["warning"])
         row.cleaned, row.errors = item["cleaned"], item["errors"]
         row.status, row.action, row.warning = item["status"], item["action"], item["warning"]
         row.individual_id = item["individual_id"]
@@ -783,29 +828,34 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
     progress(done, total, "Importing people")
     created = updated = 0
     while True:
-        batch = session.execute(select(UploadRow.id, UploadRow.row_number, UploadRow.cleaned,
-                                       UploadRow.action, UploadRow.individual_id).where(
+        batch = session.execute(select(UploadRow.id, UploadRow.row_number, UploadRow.action).where(
             UploadRow.upload_id == upload.id, UploadRow.status == "valid")
-            .order_by(UploadRow.id).limit(BATCH)).all()
+            .order_by(UploadRow.id).limit(IMPORT_BATCH)).all()
         if not batch:
             break
-        new = [r for r in batch if r.action == "new"]
-        changes = [r for r in batch if r.action == "update"]
-        marks: list[dict] = _insert_people(session, new) if new else []
-        created += sum(1 for m in marks if m["status"] == "imported")
-        for row in changes:
+        new = [r.id for r in batch if r.action == "new"]
+        marks: list[dict] = []
+        people: list[int] = []  # the people this batch created or updated
+        if new:
+            people = _insert_new_people(session, upload.id, new[0], new[-1])
+            if people is None:  # someone registered one of these national IDs meanwhile
+                marks = _insert_people(session, _with_cleaned(session, new))
+                people = [m["individual_id"] for m in marks if m["status"] == "imported"]
+        created += len(people)
+        for row in _with_cleaned(session, [r.id for r in batch if r.action == "update"]):
             mark = _update_person(session, row)
-            updated += mark["status"] == "imported"
             marks.append(mark)
+            if mark["status"] == "imported":
+                updated += 1
+                people.append(mark["individual_id"])
         session.flush()
         mark_imported(session, [m for m in marks if "errors" not in m])
         failed = [m for m in marks if "errors" in m]
         if failed:
             session.execute(update(UploadRow), failed)
-        ok = [m["individual_id"] for m in marks if m["status"] == "imported"]
         record(session, action="import", entity_type="upload", entity_id=upload.id,
-               summary=f"Rows {batch[0].row_number}-{batch[-1].row_number}: {len(ok)} people imported",
-               changes={"individual_ids": ok})
+               summary=f"Rows {batch[0].row_number}-{batch[-1].row_number}: {len(people)} people imported",
+               changes={"individual_ids": people})
         done += len(batch)
         progress(done, total, f"Imported {done:,} of {total:,} people")
     members = import_households(session, upload)
@@ -827,26 +877,32 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
 
 
 def bulk_insert(session: Session, table, rows: list[dict]) -> None:
-    """Insert many rows fast: SQLite's executemany runs in C; PostgreSQL gets COPY (one
-    stream) instead of a statement per row. Rows carry every value the table needs (no
-    Python-side defaults are applied here)."""
+    """Insert many rows fast, on the session's connection and transaction: SQLite's
+    executemany of plain tuples runs in C, PostgreSQL gets COPY (one stream) instead of a
+    statement per row. Every row has the keys of the first (no Python-side defaults are
+    applied here); JSON columns are encoded by orjson."""
     if not rows:
         return
-    if session.get_bind().dialect.name != "postgresql":
-        session.execute(table.insert(), rows)
-        return
-    import json
-
-    from sqlalchemy import JSON
-
-    keys = sorted({k for row in rows for k in row})
-    as_json = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    keys = list(rows[0])
+    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    jsons = [k in json_columns for k in keys]
     columns = ", ".join(f'"{k}"' for k in keys)
     cursor = session.connection().connection.driver_connection.cursor()
+    if session.get_bind().dialect.name != "postgresql":
+        iso = date.isoformat
+        values = [tuple(_json(v) if j else iso(v) if type(v) is date else v
+                        for v, j in zip(map(row.__getitem__, keys), jsons)) for row in rows]
+        cursor.executemany(f'INSERT INTO "{table.name}" ({columns}) VALUES '
+                           f'({", ".join("?" * len(keys))})', values)
+        return
     with cursor.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
         for row in rows:
-            copy.write_row([json.dumps(row.get(k)) if k in as_json and row.get(k) is not None
-                            else row.get(k) for k in keys])
+            copy.write_row([_json(v) if j else v for v, j in zip(map(row.__getitem__, keys), jsons)])
+
+
+def _json(value) -> str | None:
+    """A JSON column's text, as SQLAlchemy would store it (None stays NULL)."""
+    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def mark_imported(session: Session, marks: list[dict]) -> None:
@@ -856,8 +912,6 @@ def mark_imported(session: Session, marks: list[dict]) -> None:
     if session.get_bind().dialect.name != "postgresql":
         session.execute(update(UploadRow), marks)
         return
-    from sqlalchemy import text
-
     session.execute(text(
         "UPDATE upload_row SET status = 'imported', individual_id = marks.person_id "
         "FROM unnest(CAST(:rows AS integer[]), CAST(:people AS integer[])) AS marks(row_id, person_id) "
@@ -889,26 +943,74 @@ def _integrity_errors() -> tuple:
     return (IntegrityError, psycopg.IntegrityError)
 
 
-def _insert_people(session: Session, rows) -> list[dict]:
-    table = Individual.__table__
-    values = [_individual_values(r.cleaned) for r in rows]
-    ids = allocate_ids(session, table, len(values))
-    for value, pid in zip(values, ids):
-        value["id"] = pid
-        value.setdefault("version", 1)
+_PERSON_COLUMNS = ("first_name", "middle_name", "last_name", "name_key", "sex",
+                   "national_id_type", "phone")
+
+
+def _insert_new_people(session: Session, upload_id: int, first_id: int, last_id: int) -> list[int] | None:
+    """Create the people of the valid new rows with ids first_id..last_id, and mark those rows
+    imported, in the database itself (no row passes through Python). Returns the people's
+    ids, or None when a national ID was registered meanwhile (nothing is changed then)."""
+    rows = ("upload_row.upload_id = :upload AND upload_row.status = 'valid' AND "
+            "upload_row.action = 'new' AND upload_row.id BETWEEN :first AND :last")
+    columns = ", ".join(_PERSON_COLUMNS)
+    params = {"upload": upload_id, "first": first_id, "last": last_id}
     try:
         with session.begin_nested():
-            bulk_insert(session, table, values)
-        return [{"id": r.id, "status": "imported", "individual_id": pid} for r, pid in zip(rows, ids)]
+            if session.get_bind().dialect.name == "postgresql":
+                values = ", ".join(f"cleaned->>'{c}'" for c in _PERSON_COLUMNS)
+                return list(session.scalars(text(
+                    "WITH batch AS MATERIALIZED (SELECT id AS row_id, nextval(pg_get_serial_sequence"
+                    "('individual', 'id')) AS person_id, cleaned, birth_date, national_id "
+                    f"FROM upload_row WHERE {rows} ORDER BY id), "
+                    f"people AS (INSERT INTO individual (id, {columns}, birth_date, national_id, "
+                    f"location_id, custom, version) SELECT person_id, {values}, birth_date, "
+                    "national_id, CAST(cleaned->>'location_id' AS integer), "
+                    "COALESCE(cleaned->'custom', CAST('{}' AS json)), 1 FROM batch "
+                    "ORDER BY cleaned->>'location_id', cleaned->>'name_key') "
+                    "UPDATE upload_row SET status = 'imported', individual_id = batch.person_id "
+                    "FROM batch WHERE upload_row.id = batch.row_id RETURNING batch.person_id"),
+                    params))
+            # SQLite: the job holds the write lock (BEGIN IMMEDIATE), so the ids after the
+            # largest are free; a row's person id follows from the row's id.
+            params["base"] = (session.scalar(select(func.max(Individual.id))) or 0) + 1 - first_id
+            values = ", ".join(f"json_extract(cleaned, '$.{c}')" for c in _PERSON_COLUMNS)
+            session.execute(text(
+                f"INSERT INTO individual (id, {columns}, birth_date, national_id, location_id, "
+                f"custom, version) SELECT id + :base, {values}, birth_date, national_id, "
+                "json_extract(cleaned, '$.location_id'), "
+                f"COALESCE(json_extract(cleaned, '$.custom'), '{{}}'), 1 FROM upload_row WHERE {rows} "
+                # Village then name: consecutive rows land on the same pages of the indexes.
+                "ORDER BY json_extract(cleaned, '$.location_id'), json_extract(cleaned, '$.name_key')"),
+                params)
+            return list(session.scalars(text(
+                f"UPDATE upload_row SET status = 'imported', individual_id = id + :base WHERE {rows} "
+                "RETURNING individual_id"), params))
     except _integrity_errors():
-        pass
-    # Someone registered one of these national IDs since validation: go row by row.
+        return None
+
+
+def _with_cleaned(session: Session, row_ids: list[int]) -> list:
+    """The staged rows with these ids and their cleaned values, in id order."""
+    rows = []
+    for start in range(0, len(row_ids), 1000):
+        rows += session.execute(select(UploadRow.id, UploadRow.cleaned, UploadRow.individual_id)
+                                .where(UploadRow.id.in_(row_ids[start:start + 1000]))
+                                .order_by(UploadRow.id)).all()
+    return rows
+
+
+def _insert_people(session: Session, rows) -> list[dict]:
+    """Row by row, for a batch in which someone registered one of its national IDs after
+    validation: that row becomes an error, the others are imported."""
+    table = Individual.__table__
     marks = []
-    for row, value in zip(rows, values):
+    for row, pid in zip(rows, allocate_ids(session, table, len(rows))):
+        value = {**_individual_values(row.cleaned), "id": pid, "version": 1}
         try:
             with session.begin_nested():
                 session.execute(table.insert(), [value])
-            marks.append({"id": row.id, "status": "imported", "individual_id": value["id"]})
+            marks.append({"id": row.id, "status": "imported", "individual_id": pid})
         except _integrity_errors():
             marks.append({"id": row.id, "status": "error", "individual_id": None, "errors": {
                 "national_id": "This national ID was registered for someone else meanwhile."}})
@@ -932,61 +1034,46 @@ def _update_person(session: Session, row) -> dict:
 
 
 def import_households(session: Session, upload: Upload) -> int:
-    """Create the households named by imported rows and add their members; what exists
-    already (from an earlier run) is left as it is. Returns the members added."""
-    codes = list(session.scalars(select(UploadRow.household_code).where(
-        UploadRow.upload_id == upload.id, UploadRow.status == "imported",
-        UploadRow.household_code.isnot(None)).distinct()))
-    created = joined = 0
-    for start in range(0, len(codes), BATCH):
-        chunk = codes[start:start + BATCH]
-        rows = session.execute(select(
-            UploadRow.household_code, UploadRow.individual_id, UploadRow.role, UploadRow.primary,
-            UploadRow.cleaned["last_name"].as_string().label("last_name"),
-            UploadRow.cleaned["location_id"].as_integer().label("location_id")).where(
-            UploadRow.upload_id == upload.id, UploadRow.status == "imported",
-            UploadRow.household_code.in_(chunk)).order_by(UploadRow.row_number)).all()
-        groups = dict(session.execute(select(Group.code, Group.id).where(Group.code.in_(chunk))).all())
-        by_code: dict[str, list] = {}
-        for row in rows:
-            by_code.setdefault(row.household_code, []).append(row)
-        fresh = []
-        for code, members in by_code.items():
-            if code in groups:
-                continue
-            head = next((m for m in members if m.role == "head"), members[0])
-            primary = next((m for m in members if m.primary), head)
-            fresh.append({"code": code, "kind": "household",
-                          "name": f"{head.last_name or code} household"[:120],
-                          "location_id": head.location_id,
-                          "primary_recipient_id": primary.individual_id})
-        if fresh:
-            ids = allocate_ids(session, Group.__table__, len(fresh))
-            for values, gid in zip(fresh, ids):
-                values["id"], values["version"] = gid, 1
-                groups[values["code"]] = gid
-            bulk_insert(session, Group.__table__, fresh)
-            created += len(fresh)
-        group_ids = [groups[c] for c in by_code]
-        present = set(session.execute(select(GroupMember.group_id, GroupMember.individual_id).where(
-            GroupMember.group_id.in_(group_ids))).all())
-        links = [{"group_id": groups[code], "individual_id": m.individual_id,
-                  "group_kind": "household", "role": m.role or "member"}
-                 for code, members in by_code.items() for m in members
-                 if (groups[code], m.individual_id) not in present]
-        if links:
-            bulk_insert(session, GroupMember.__table__, links)
-        joined += len(links)
-        created_now = {f["code"] for f in fresh}
-        for code, members in by_code.items():
-            primary = next((m for m in members if m.primary), None)
-            if primary is not None and code not in created_now:
-                session.execute(update(Group).where(Group.id == groups[code]).values(
-                    primary_recipient_id=primary.individual_id))
-        if fresh or links:
-            record(session, action="import", entity_type="upload", entity_id=upload.id,
-                   summary=f"{len(fresh)} households created, {len(links)} members added",
-                   changes={"group_ids": [groups[f["code"]] for f in fresh]})
+    """Create the households named by imported rows and add their members, in the database
+    itself; what exists already (from an earlier run) is left as it is, so a resumed import
+    adds nothing twice. Returns the members added."""
+    if session.get_bind().dialect.name == "postgresql":
+        last_name, location = "r.cleaned->>'last_name'", "CAST(r.cleaned->>'location_id' AS integer)"
+    else:
+        last_name, location = "json_extract(r.cleaned, '$.last_name')", "json_extract(r.cleaned, '$.location_id')"
+    params = {"upload": upload.id}
+    imported = "upload_id = :upload AND status = 'imported' AND household_code IS NOT NULL"
+    # A primary recipient named for a household that is registered already.
+    session.execute(text(
+        'UPDATE "group" SET version = version + 1, primary_recipient_id = (SELECT min(p.individual_id) '
+        'FROM upload_row p WHERE p.upload_id = :upload AND p.status = \'imported\' AND p."primary" '
+        'AND p.household_code = "group".code) '
+        f'WHERE code IN (SELECT household_code FROM upload_row WHERE {imported} AND "primary")'), params)
+    # New households: named after the head (or the first member), paid to the primary
+    # recipient (or the head).
+    created = list(session.scalars(text(
+        'INSERT INTO "group" (code, kind, name, location_id, primary_recipient_id, version) '
+        f"SELECT h.household_code, 'household', substr(coalesce({last_name}, h.household_code) "
+        f"|| ' household', 1, 120), {location}, coalesce(p.individual_id, r.individual_id), 1 "
+        "FROM (SELECT household_code, coalesce(min(CASE WHEN role = 'head' THEN row_number END), "
+        'min(row_number)) AS lead, min(CASE WHEN "primary" THEN row_number END) AS payee '
+        f"FROM upload_row WHERE {imported} GROUP BY household_code) h "
+        "JOIN upload_row r ON r.upload_id = :upload AND r.row_number = h.lead "
+        "LEFT JOIN upload_row p ON p.upload_id = :upload AND p.row_number = h.payee "
+        'WHERE NOT EXISTS (SELECT 1 FROM "group" g WHERE g.code = h.household_code) '
+        "ORDER BY h.household_code RETURNING id"), params))
+    joined = session.execute(text(
+        "INSERT INTO group_member (group_id, individual_id, group_kind, role) "
+        "SELECT g.id, r.individual_id, 'household', coalesce(r.role, 'member') "
+        'FROM upload_row r JOIN "group" g ON g.code = r.household_code '
+        "WHERE r.upload_id = :upload AND r.status = 'imported' AND r.household_code IS NOT NULL "
+        "AND r.individual_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM group_member m WHERE m.group_id = g.id "
+        "AND m.individual_id = r.individual_id) ORDER BY r.row_number"), params).rowcount
+    if created or joined:
+        record(session, action="import", entity_type="upload", entity_id=upload.id,
+               summary=f"{len(created)} households created, {joined} members added",
+               changes={"group_ids": created})
     return joined
 
 

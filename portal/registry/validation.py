@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from difflib import SequenceMatcher
+from functools import lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -46,8 +48,12 @@ def _text(value) -> str:
     return str(value).strip()
 
 
+@lru_cache(maxsize=65536)
 def fold(text: str) -> str:
-    """Lower-case, accents stripped, inner whitespace collapsed: the search form of a name."""
+    """Lower-case, accents stripped, inner whitespace collapsed: the search form of a name.
+
+    Remembered: names repeat (a registry has a few thousand distinct ones), and uploads and
+    duplicate checks fold the same names again and again."""
     decomposed = unicodedata.normalize("NFKD", text or "")
     plain = "".join(c for c in decomposed if not unicodedata.combining(c))
     return " ".join(plain.lower().split())
@@ -157,6 +163,19 @@ def _typed(field: CustomField, raw):
     return value
 
 
+_EMPTY = object()  # a custom value left out: empty and not required
+
+
+def custom_value(field: CustomField, raw_value) -> tuple[object, str | None]:
+    """One active custom field's typed value (``_EMPTY`` when left out) and its error."""
+    if raw_value is None or _text(raw_value) == "":
+        return _EMPTY, (f"{field.label} is required." if field.required else None)
+    try:
+        return _typed(field, raw_value), None
+    except ValueError as exc:
+        return _EMPTY, f"{field.label} {exc}."
+
+
 def clean_custom(fields: list[CustomField], raw: dict) -> tuple[dict, dict[str, str]]:
     """Typed values of the active custom fields present in ``raw``, and errors by field name.
 
@@ -166,20 +185,20 @@ def clean_custom(fields: list[CustomField], raw: dict) -> tuple[dict, dict[str, 
     for field in fields:
         if not field.active:
             continue
-        raw_value = raw.get(field.name)
-        if raw_value is None or _text(raw_value) == "":
-            if field.required:
-                errors[field.name] = f"{field.label} is required."
-            continue
-        try:
-            values[field.name] = _typed(field, raw_value)
-        except ValueError as exc:
-            errors[field.name] = f"{field.label} {exc}."
+        value, error = custom_value(field, raw.get(field.name))
+        if error:
+            errors[field.name] = error
+        elif value is not _EMPTY:
+            values[field.name] = value
     return values, errors
 
 
 def _json_column(model, field: CustomField):
-    element = model.custom[field.name]
+    return typed_json(model.custom[field.name], field)
+
+
+def typed_json(element, field: CustomField):
+    """A JSON element compared as the custom field's type."""
     if field.type == "integer":
         return element.as_integer()
     if field.type == "decimal":
@@ -216,11 +235,9 @@ def active_custom_fields(session: Session, program_id: int | None = None) -> lis
 
 # --- individuals ------------------------------------------------------------------------------
 
-def _village(session: Session, raw: dict) -> tuple[Location | None, str]:
-    """The location named by ``location`` (a code) or ``location_id``; cached per session."""
+def _village(session: Session, code: str, location_id) -> tuple[Location | None, str]:
+    """The location named by a code or an id; cached per session."""
     cache = session.info.setdefault("registry_locations", {})
-    code = _text(raw.get("location"))
-    location_id = raw.get("location_id")
     if code:
         key = ("code", code.upper())
         if key not in cache:
@@ -239,6 +256,164 @@ def _village(session: Session, raw: dict) -> tuple[Location | None, str]:
     return None, ""
 
 
+NAME_FIELDS = (("first_name", "First name", True), ("middle_name", "Middle name", False),
+               ("last_name", "Last name", True))
+NATIONAL_ID_RE = re.compile(r"[A-Z0-9/-]+")
+PHONE_NOISE_RE = re.compile(r"[\s().-]")
+
+
+class PersonRules:
+    """The registry's rules for a person's fields, as ``clean_individual`` applies them.
+
+    Rows are checked column by column, each distinct value of a column once: a 100,000-row
+    upload holds a few thousand distinct names, dates, sexes and villages, so most of its
+    cells cost a dictionary lookup. National IDs and phones, unique by nature, are checked
+    cell by cell."""
+
+    def __init__(self, session: Session, *, custom_fields: list[CustomField], scope,
+                 day_first: bool | None = None):
+        self.session = session
+        self.scope = scope
+        self.day_first = day_first
+        self.custom_fields = [f for f in custom_fields if f.active]
+        self._memo: dict = {}
+        self._today = today()
+
+    def _column(self, values: list, rule, *args) -> list:
+        """``rule(value, *args)`` for each value of a column, computed once per distinct
+        value. Only text (and empty) cells are remembered: other types could compare equal
+        (1 == 1.0 == True) and still be different answers."""
+        if not set(map(type, values)) <= {str, type(None)}:
+            return [rule(value, *args) for value in values]
+        memo = self._memo.setdefault((rule, args), {})
+        for value in set(values).difference(memo):
+            memo[value] = rule(value, *args)
+        return list(map(memo.__getitem__, values))
+
+    @staticmethod
+    def _name(raw, label: str, required: bool) -> tuple[str | None, str | None]:
+        text = " ".join(_text(raw).split())
+        if required and not text:
+            return text, f"{label} is required."
+        if len(text) > MAX_NAME:
+            return text, f"{label} is longer than {MAX_NAME} characters."
+        return text, None
+
+    @staticmethod
+    def _sex(raw) -> tuple[str | None, str | None]:
+        sex = _text(raw).lower()
+        if not sex:
+            return None, "Sex is required."
+        if sex not in SEX_WORDS:
+            return None, "Sex must be F, M or O (female, male, other)."
+        return SEX_WORDS[sex], None
+
+    def _birth_date(self, raw, day_first) -> tuple[date | None, str | None]:
+        if raw is None or _text(raw) == "":
+            return None, "Date of birth is required."
+        try:
+            born = parse_date(raw, day_first=day_first)
+        except ValueError as exc:
+            return None, f"Date of birth {exc}."
+        if born > self._today:
+            return born, "Date of birth is in the future."
+        if born.year < 1900:
+            return born, "Date of birth is before 1900."
+        return born, None
+
+    def _location(self, code, location_id=None) -> tuple[int | None, str | None]:
+        location, given = _village(self.session, _text(code), location_id)
+        if location is None:
+            return None, f"No location has the code {given}." if given else "Village is required."
+        if location.kind != "village":
+            return location.id, f"{location.name} is a {location.kind}; choose a village."
+        if not self.scope.allows(location):
+            return location.id, f"{location.name} is outside your locations."
+        return location.id, None
+
+    @staticmethod
+    def _custom(raw, field: CustomField) -> tuple[object, str | None]:
+        return custom_value(field, raw)
+
+    def clean(self, raw: dict) -> tuple[dict, dict[str, str]]:
+        """Values ready for ``Individual(**values)`` and errors {field: message}; custom
+        fields are not checked for uniqueness here."""
+        return self.clean_many([raw])[0]
+
+    def clean_many(self, raws: list[dict]) -> list[tuple[dict, dict[str, str]]]:
+        """``clean`` for many rows at once, column by column."""
+        column = self._column
+
+        def cells(key: str) -> list:
+            return [raw.get(key) for raw in raws]
+
+        checked = []  # (field name in errors, value key or None, answers)
+        for key, label, required in NAME_FIELDS:
+            checked.append((key, None, column(cells(key), self._name, label, required)))
+        checked.append(("sex", "sex", column(cells("sex"), self._sex)))
+        checked.append(("birth_date", "birth_date",
+                        column(cells("birth_date"), self._birth_date, self.day_first)))
+        ids = cells("location_id")
+        if any(lid not in (None, "") for lid in ids):  # a form or the API names the village by id
+            locations = [self._location(code, lid if type(lid) in (int, str) else None)
+                         for code, lid in zip(cells("location"), ids)]
+        else:
+            locations = column(cells("location"), self._location)
+        checked.append(("location", "location_id", locations))
+        customs = [(field.name, column(cells(field.name), self._custom, field))
+                   for field in self.custom_fields]
+        identities = map(self._identity, cells("national_id"), cells("national_id_type"))
+        phones = map(self._phone, cells("phone"))
+        results = []
+        for i, (identity, phone) in enumerate(zip(identities, phones)):
+            values: dict = {}
+            errors: dict[str, str] = {}
+            for key, value_key, answers in checked:
+                value, error = answers[i]
+                if error:
+                    errors[key] = error
+                values[value_key or key] = value
+            values["middle_name"] = values["middle_name"] or None
+            values["name_key"] = name_key(values["first_name"], values["middle_name"],
+                                          values["last_name"])
+            (values["national_id"], values["national_id_type"]), identity_errors = identity
+            if identity_errors:
+                errors.update(identity_errors)
+            values["phone"], error = phone
+            if error:
+                errors["phone"] = error
+            custom: dict = {}
+            for name, answers in customs:
+                value, error = answers[i]
+                if error:
+                    errors[name] = error
+                elif value is not _EMPTY:
+                    custom[name] = value
+            values["custom"] = custom
+            results.append((values, errors))
+        return results
+
+    @staticmethod
+    def _identity(raw_id, raw_type) -> tuple[tuple[str | None, str | None], dict[str, str]]:
+        national_id = _text(raw_id).replace(" ", "").upper()
+        id_type = _text(raw_type).lower().replace(" ", "_")
+        errors = {}
+        if len(national_id) > 40:
+            errors["national_id"] = "National ID is longer than 40 characters."
+        elif national_id and not NATIONAL_ID_RE.fullmatch(national_id):
+            errors["national_id"] = "National ID may hold only letters, digits, / and -."
+        if id_type and id_type not in ID_TYPES:
+            errors["national_id_type"] = "ID type must be one of " + ", ".join(ID_TYPES) + "."
+        return (national_id or None, (id_type or "national_id") if national_id else (id_type or None)), errors
+
+    @staticmethod
+    def _phone(raw) -> tuple[str | None, str | None]:
+        phone = PHONE_NOISE_RE.sub("", _text(raw))
+        if phone and not PHONE_RE.match(phone):
+            return phone, "Phone must have 7 to 15 digits, optionally starting with +."
+        return phone or None, None
+
+
 def clean_individual(session: Session, raw: dict, *, custom_fields: list[CustomField], scope,
                      day_first: bool | None = None, check_unique: bool = True,
                      exclude_id: int | None = None) -> tuple[dict, dict[str, str]]:
@@ -247,72 +422,12 @@ def clean_individual(session: Session, raw: dict, *, custom_fields: list[CustomF
     Checks names, sex, birth date, identifiers, that the location is a village within the
     caller's scope, and the custom fields (including uniqueness unless ``check_unique`` is
     False, for callers that check a whole batch at once)."""
-    errors: dict[str, str] = {}
-    values: dict = {}
-    for key, label, required in (("first_name", "First name", True),
-                                 ("middle_name", "Middle name", False),
-                                 ("last_name", "Last name", True)):
-        text = " ".join(_text(raw.get(key)).split())
-        if required and not text:
-            errors[key] = f"{label} is required."
-        elif len(text) > MAX_NAME:
-            errors[key] = f"{label} is longer than {MAX_NAME} characters."
-        values[key] = text or None if key == "middle_name" else text
-    values["name_key"] = name_key(values["first_name"], values["middle_name"], values["last_name"])
-
-    sex = _text(raw.get("sex")).lower()
-    if not sex:
-        errors["sex"] = "Sex is required."
-    elif sex not in SEX_WORDS:
-        errors["sex"] = "Sex must be F, M or O (female, male, other)."
-    values["sex"] = SEX_WORDS.get(sex)
-
-    birth = raw.get("birth_date")
-    values["birth_date"] = None
-    if birth is None or _text(birth) == "":
-        errors["birth_date"] = "Date of birth is required."
-    else:
-        try:
-            values["birth_date"] = parse_date(birth, day_first=day_first)
-        except ValueError as exc:
-            errors["birth_date"] = f"Date of birth {exc}."
-        else:
-            if values["birth_date"] > today():
-                errors["birth_date"] = "Date of birth is in the future."
-            elif values["birth_date"].year < 1900:
-                errors["birth_date"] = "Date of birth is before 1900."
-
-    national_id = _text(raw.get("national_id")).replace(" ", "").upper()
-    id_type = _text(raw.get("national_id_type")).lower().replace(" ", "_")
-    if len(national_id) > 40:
-        errors["national_id"] = "National ID is longer than 40 characters."
-    elif national_id and not re.fullmatch(r"[A-Z0-9/-]+", national_id):
-        errors["national_id"] = "National ID may hold only letters, digits, / and -."
-    if id_type and id_type not in ID_TYPES:
-        errors["national_id_type"] = "ID type must be one of " + ", ".join(ID_TYPES) + "."
-    values["national_id"] = national_id or None
-    values["national_id_type"] = (id_type or "national_id") if national_id else (id_type or None)
-
-    phone = re.sub(r"[\s().-]", "", _text(raw.get("phone")))
-    if phone and not PHONE_RE.match(phone):
-        errors["phone"] = "Phone must have 7 to 15 digits, optionally starting with +."
-    values["phone"] = phone or None
-
-    location, given = _village(session, raw)
-    values["location_id"] = location.id if location is not None else None
-    if location is None:
-        errors["location"] = f"No location has the code {given}." if given else "Village is required."
-    elif location.kind != "village":
-        errors["location"] = f"{location.name} is a {location.kind}; choose a village."
-    elif not scope.allows(location):
-        errors["location"] = f"{location.name} is outside your locations."
-
-    custom, custom_errors = clean_custom(custom_fields, raw)
-    if check_unique and custom:
-        for name, message in check_custom_unique(session, custom_fields, custom, exclude_id).items():
-            custom_errors.setdefault(name, message)
-    values["custom"] = custom
-    errors.update(custom_errors)
+    values, errors = PersonRules(session, custom_fields=custom_fields, scope=scope,
+                                 day_first=day_first).clean(raw)
+    if check_unique and values["custom"]:
+        for name, message in check_custom_unique(session, custom_fields, values["custom"],
+                                                 exclude_id).items():
+            errors.setdefault(name, message)
     return values, errors
 
 
@@ -322,10 +437,24 @@ def similar_names(a_first: str, a_last: str, b_first: str, b_last: str) -> bool:
     a_first, a_last, b_first, b_last = (fold(x) for x in (a_first, a_last, b_first, b_last))
     if {a_first, a_last} == {b_first, b_last}:
         return True  # same names, perhaps swapped
-    whole = SequenceMatcher(None, f"{a_first} {a_last}", f"{b_first} {b_last}").ratio()
-    if whole >= 0.8:
+    if a_last == b_last and a_first[:3] == b_first[:3] and a_first:
         return True
-    return a_last == b_last and a_first[:3] == b_first[:3] and bool(a_first)
+    a, b = f"{a_first} {a_last}", f"{b_first} {b_last}"
+    # ratio() is 2M/T (M matching characters, T both lengths), so ratio() >= 0.8 needs
+    # 5M >= 2T. M is at most the shorter length and at most the letters the two names share:
+    # these bounds cost far less than the matcher and tell most strangers apart.
+    total = len(a) + len(b)
+    if 5 * min(len(a), len(b)) < 2 * total:
+        return False
+    a_letters, b_letters = _letters(a), _letters(b)
+    if 5 * sum(min(n, b_letters[c]) for c, n in a_letters.items()) < 2 * total:
+        return False
+    return SequenceMatcher(None, a, b).ratio() >= 0.8
+
+
+@lru_cache(maxsize=65536)
+def _letters(text: str) -> Counter:
+    return Counter(text)
 
 
 def area_path(location: Location) -> str:

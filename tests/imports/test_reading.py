@@ -6,7 +6,7 @@ from datetime import date, datetime
 import pytest
 from openpyxl import Workbook
 
-from portal.imports.reading import CELL_MAX, FileProblem, open_table
+from portal.imports.reading import CELL_MAX, FileProblem, open_table, read_head
 
 HEADER = "First name,Last name,Sex,Birth date,Village code\n"
 
@@ -109,6 +109,72 @@ def test_a_bad_file_is_refused_with_a_clear_message(tmp_path, name):
     with pytest.raises(FileProblem) as caught:
         _read(path)
     assert message in caught.value.message
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_a_bad_file_is_refused_from_its_first_rows_when_it_is_received(tmp_path, name):
+    data, message = BAD_FILES[name]
+    path = _write(tmp_path, "upload.bin", data)
+    with pytest.raises(FileProblem) as caught:
+        read_head(path, max_rows=100)
+    assert message in caught.value.message
+
+
+def test_a_workbook_with_headers_only_is_refused_when_it_is_received(tmp_path):
+    path = _write(tmp_path, "a.xlsx", _xlsx([["First name", "Last name"], [None, "  "]]))
+    with pytest.raises(FileProblem, match="column names but no rows"):
+        read_head(path, max_rows=100)
+
+
+def test_a_workbook_with_a_doctype_is_refused_unread(tmp_path):
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]>'
+            b'<workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"/>')
+    path = _write(tmp_path, "a.xlsx", _zip({"xl/workbook.xml": bomb}))
+    with pytest.raises(FileProblem, match="damaged, encrypted or not a real .xlsx"):
+        read_head(path, max_rows=100)
+
+
+def _rich_text_workbook() -> bytes:
+    """An Excel-style workbook: shared strings (one in rich text), the table starting at C3,
+    and a dimension that gives its size."""
+    main = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    rel = 'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"'
+    return _zip({
+        "[Content_Types].xml": b'<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+                               b'<Default Extension="xml" ContentType="application/xml"/></Types>',
+        "xl/workbook.xml": f'<workbook {main} {rel}><sheets><sheet name="People" sheetId="7" '
+                           f'r:id="rId4"/></sheets></workbook>'.encode(),
+        "xl/_rels/workbook.xml.rels":
+            b'<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            b'<Relationship Id="rId4" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
+            b'relationships/worksheet" Target="worksheets/people.xml"/></Relationships>',
+        "xl/sharedStrings.xml": f'<sst {main}><si><t>First name</t></si><si><r><t>Last </t></r>'
+                                f'<r><t>name</t></r><rPh><t>ラスト</t></rPh></si><si><t>Ann</t></si>'
+                                f'</sst>'.encode(),
+        "xl/worksheets/people.xml": f'<worksheet {main}><dimension ref="C3:E5"/><sheetData>'
+                                    f'<row r="3"><c r="C3" t="s"><v>0</v></c><c r="D3" t="s"><v>1</v></c>'
+                                    f'<c r="E3" t="inlineStr"><is><t> Born </t></is></c></row>'
+                                    f'<row r="4"><c r="C4" t="s"><v>2</v></c><c r="E4"><v>7</v></c></row>'
+                                    f'<row r="5"><c r="C5" t="s"><v>2</v></c></row>'
+                                    f'</sheetData></worksheet>'.encode(),
+    })
+
+
+def test_receiving_a_workbook_reads_shared_and_rich_text_headers_where_the_table_starts(tmp_path):
+    path = _write(tmp_path, "a.xlsx", _rich_text_workbook())
+    head = read_head(path, max_rows=100)
+    assert (head.format, head.headers, head.total) == ("xlsx", ["First name", "Last name", "Born"], 2)
+    with pytest.raises(FileProblem, match="2 rows; at most 1"):
+        read_head(path, max_rows=1)
+
+
+@pytest.mark.parametrize("rows", [
+    [["First name", "Born", 12, True], ["Ann", date(1990, 5, 17), 3, False]],
+    [[None, "Village code", None, "Sex"], ["x", "V1", None, "F"]],
+])
+def test_the_headers_read_on_receiving_are_those_the_whole_read_finds(tmp_path, rows):
+    path = _write(tmp_path, "a.xlsx", _xlsx(rows))
+    assert read_head(path, max_rows=100).headers == open_table(path, max_rows=100).headers
 
 
 def test_a_csv_with_more_rows_than_allowed_is_refused(tmp_path):
