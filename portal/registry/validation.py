@@ -362,6 +362,7 @@ class PersonRules:
         checked.append(("location", "location_id", locations))
         customs = [(field.name, column(cells(field.name), self._custom, field))
                    for field in self.custom_fields]
+        name_keys = self._memo.setdefault(name_key, {})
         identities = map(self._identity, cells("national_id"), cells("national_id_type"))
         phones = map(self._phone, cells("phone"))
         results = []
@@ -373,9 +374,12 @@ class PersonRules:
                 if error:
                     errors[key] = error
                 values[value_key or key] = value
-            values["middle_name"] = values["middle_name"] or None
-            values["name_key"] = name_key(values["first_name"], values["middle_name"],
-                                          values["last_name"])
+            names = (values["first_name"], values["middle_name"] or None, values["last_name"])
+            values["middle_name"] = names[1]
+            key = name_keys.get(names)
+            if key is None:
+                key = name_keys[names] = name_key(*names)
+            values["name_key"] = key
             (values["national_id"], values["national_id_type"]), identity_errors = identity
             if identity_errors:
                 errors.update(identity_errors)
@@ -395,8 +399,8 @@ class PersonRules:
 
     @staticmethod
     def _identity(raw_id, raw_type) -> tuple[tuple[str | None, str | None], dict[str, str]]:
-        national_id = _text(raw_id).replace(" ", "").upper()
-        id_type = _text(raw_type).lower().replace(" ", "_")
+        national_id = (raw_id.strip() if type(raw_id) is str else _text(raw_id)).replace(" ", "").upper()
+        id_type = (raw_type.strip() if type(raw_type) is str else _text(raw_type)).lower().replace(" ", "_")
         errors = {}
         if len(national_id) > 40:
             errors["national_id"] = "National ID is longer than 40 characters."
@@ -408,7 +412,7 @@ class PersonRules:
 
     @staticmethod
     def _phone(raw) -> tuple[str | None, str | None]:
-        phone = PHONE_NOISE_RE.sub("", _text(raw))
+        phone = PHONE_NOISE_RE.sub("", raw if type(raw) is str else _text(raw))
         if phone and not PHONE_RE.match(phone):
             return phone, "Phone must have 7 to 15 digits, optionally starting with +."
         return phone or None, None
