@@ -15,7 +15,8 @@ from itertools import islice
 from pathlib import Path
 
 import orjson
-from sqlalchemy import case, delete, func, or_, select, text, update
+from sqlalchemy import (ARRAY, Integer, String, any_, bindparam, case, column, delete, func, or_,
+                        select, table, text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -298,15 +299,14 @@ class RowChecker:
 
     def registered(self, national_ids) -> dict[str, tuple[int, str, str]]:
         """national ID -> (person id, full name, location path) of living registered people."""
-        ids = [n for n in set(national_ids) if n]
+        ids = sorted(n for n in set(national_ids) if n)
         found: dict[str, tuple[int, str, str]] = {}
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start:start + 1000]
+        for _chunk, wanted in _in_chunks(self.session, Individual.national_id, ids, String):
             for nid, pid, first, last, path in self.session.execute(
                     select(Individual.national_id, Individual.id, Individual.first_name,
                            Individual.last_name, Location.path)
                     .join(Location, Location.id == Individual.location_id)
-                    .where(Individual.national_id.in_(chunk), Individual.deleted_at.is_(None))):
+                    .where(wanted, Individual.deleted_at.is_(None))):
                 found[nid] = (pid, f"{first} {last}", path)
         return found
 
@@ -333,25 +333,36 @@ class RowChecker:
         database finds the living people born the same day in the same area, and the
         registry's own name rule (``validation.find_duplicates`` uses it) decides."""
         upload_id = self.upload.id
-        person_area = Location.__table__.alias("person_area")
-        # Only indexed columns of the registry here (birth date, village, id), so the
-        # database answers from an index; the names of the few candidates are read after.
-        pairs = self.session.execute(
-            select(UploadRow.id, UploadRow.cleaned["first_name"].as_string(),
-                   UploadRow.cleaned["last_name"].as_string(), UploadRow.birth_date,
+        # The staged rows are narrowed to what the join needs first (a hash join would
+        # otherwise carry each row's JSON along), and the registry is read only through
+        # indexed columns (birth date, village, id); the names of the few candidates come
+        # after. Each village's area comes from a temporary table, so the database matches
+        # birth date and area together instead of comparing every same-day birth's path.
+        session = self.session
+        session.execute(text("DROP TABLE IF EXISTS temp_village_area"))
+        session.execute(text("CREATE TEMPORARY TABLE temp_village_area "
+                             "(village_id INTEGER PRIMARY KEY, area VARCHAR(120))"))
+        session.execute(text("INSERT INTO temp_village_area VALUES (:village, :area)"),
+                        [{"village": v, "area": a} for v, a in self.areas().items()])
+        village_area = table("temp_village_area", column("village_id"), column("area"))
+        staged = (select(UploadRow.id, UploadRow.birth_date, UploadRow.area,
+                         UploadRow.cleaned["first_name"].as_string().label("first_name"),
+                         UploadRow.cleaned["last_name"].as_string().label("last_name"))
+                  .where(UploadRow.upload_id == upload_id, UploadRow.status == "valid",
+                         UploadRow.action == "new", UploadRow.area.isnot(None))
+                  .cte("staged").prefix_with("MATERIALIZED"))
+        pairs = session.execute(
+            select(staged.c.id, staged.c.first_name, staged.c.last_name, staged.c.birth_date,
                    Individual.id)
-            .join(Individual, (Individual.birth_date == UploadRow.birth_date)
+            .join(Individual, (Individual.birth_date == staged.c.birth_date)
                   & Individual.deleted_at.is_(None))
-            .join(person_area, person_area.c.id == Individual.location_id)
-            .where(UploadRow.upload_id == upload_id, UploadRow.status == "valid",
-                   UploadRow.action == "new", UploadRow.area.isnot(None),
-                   person_area.c.path.startswith(UploadRow.area))).all()
+            .join(village_area, (village_area.c.village_id == Individual.location_id)
+                  & (village_area.c.area == staged.c.area))).all()
+        session.execute(text("DROP TABLE temp_village_area"))
         names: dict[int, tuple[str, str]] = {}
-        wanted = sorted({pair[4] for pair in pairs})
-        for start in range(0, len(wanted), 1000):
+        for chunk, wanted in _in_chunks(self.session, Individual.id, sorted({pair[4] for pair in pairs})):
             for pid, p_first, p_last in self.session.execute(
-                    select(Individual.id, Individual.first_name, Individual.last_name)
-                    .where(Individual.id.in_(wanted[start:start + 1000]))):
+                    select(Individual.id, Individual.first_name, Individual.last_name).where(wanted)):
                 names[pid] = (p_first, p_last)
         rule = self.validation.similar_names
         verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
@@ -417,6 +428,19 @@ class RowChecker:
             row["warning"] = (self.probable_duplicate(cleaned) if warnings is None
                               else warnings.get(row["row_number"]))
         row["status"] = row_status(errors, row["action"], row["warning"])
+
+
+def _in_chunks(session: Session, column, values: list, item_type=Integer):
+    """(values, condition "column is one of them") over a long list: PostgreSQL takes the
+    whole list as one array (an IN list of a thousand values costs more to plan than to
+    run), SQLite IN lists of a thousand."""
+    if session.get_bind().dialect.name == "postgresql":
+        if values:
+            yield values, column == any_(bindparam("values", values, type_=ARRAY(item_type)))
+        return
+    for start in range(0, len(values), 1000):
+        chunk = values[start:start + 1000]
+        yield chunk, column.in_(chunk)
 
 
 def row_status(errors: dict, action: str | None, warning: str | None) -> str:
@@ -994,8 +1018,7 @@ def _insert_new_people(session: Session, upload_id: int, first_id: int, last_id:
                     f"people AS (INSERT INTO individual (id, {columns}, birth_date, national_id, "
                     f"location_id, custom, version) SELECT person_id, {values}, birth_date, "
                     "national_id, CAST(cleaned->>'location_id' AS integer), "
-                    "COALESCE(cleaned->'custom', CAST('{}' AS json)), 1 FROM batch "
-                    "ORDER BY cleaned->>'location_id', cleaned->>'name_key') "
+                    "COALESCE(cleaned->'custom', CAST('{}' AS json)), 1 FROM batch) "
                     "UPDATE upload_row SET status = 'imported', individual_id = batch.person_id "
                     "FROM batch WHERE upload_row.id = batch.row_id RETURNING batch.person_id"),
                     params))
@@ -1008,7 +1031,9 @@ def _insert_new_people(session: Session, upload_id: int, first_id: int, last_id:
                 f"custom, version) SELECT id + :base, {values}, birth_date, national_id, "
                 "json_extract(cleaned, '$.location_id'), "
                 f"COALESCE(json_extract(cleaned, '$.custom'), '{{}}'), 1 FROM upload_row WHERE {rows} "
-                # Village then name: consecutive rows land on the same pages of the indexes.
+                # Village then name: consecutive rows land on the same pages of the indexes,
+                # which SQLite's small page cache needs (PostgreSQL's larger one does not,
+                # and sorting on its JSON text costs it more than it saves).
                 "ORDER BY json_extract(cleaned, '$.location_id'), json_extract(cleaned, '$.name_key')"),
                 params)
             return list(session.scalars(text(
