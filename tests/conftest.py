@@ -264,7 +264,7 @@ def worker_env(app) -> dict:
     return dict(os.environ, DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"],
                 REDIS_URL=app.config["REDIS_URL"], PORTAL_ENV="test",
                 PORTAL_INSTANCE=str(INSTANCE), UPLOAD_DIR=app.config["UPLOAD_DIR"],
-                JOB_STALE_SECONDS="5")
+                JOB_STALE_SECONDS="5", UPLOAD_IMPORT_BATCH="5000")
 
 
 def start_worker(app) -> subprocess.Popen:
