@@ -15,6 +15,7 @@ from itertools import islice
 from pathlib import Path
 
 import orjson
+from flask import current_app
 from sqlalchemy import (ARRAY, Integer, String, any_, bindparam, case, column, delete, func, or_,
                         select, table, text, update)
 from sqlalchemy.exc import IntegrityError
@@ -34,9 +35,6 @@ from portal.locations.services import Scope
 from portal.registry.models import Group, GroupMember, Individual
 
 BATCH = 5000
-# Rows imported per transaction: each batch updates pages all over the registry's indexes,
-# so fewer, larger batches write each page fewer times.
-IMPORT_BATCH = 50_000
 PROBLEM_STATUSES = ("error", "duplicate")
 OPEN_STATUSES = ("valid", "error", "duplicate", "skipped")  # not yet imported or dropped
 INDIVIDUAL_FIELDS = ("first_name", "middle_name", "last_name", "name_key", "sex", "birth_date",
@@ -517,8 +515,6 @@ def _analyze_staged_rows(session: Session) -> None:
 
 
 def _max_rows() -> int:
-    from flask import current_app
-
     return current_app.config["UPLOAD_MAX_ROWS"]
 
 
@@ -870,11 +866,14 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
     done = session.scalar(select(func.count()).where(
         UploadRow.upload_id == upload.id, UploadRow.status == "imported"))
     progress(done, total, "Importing people")
+    # Each batch updates pages all over the registry's indexes; fewer, larger batches
+    # write each page fewer times.
+    batch_size = current_app.config["UPLOAD_IMPORT_BATCH"]
     created = updated = 0
     while True:
         batch = session.execute(select(UploadRow.id, UploadRow.row_number, UploadRow.action).where(
             UploadRow.upload_id == upload.id, UploadRow.status == "valid")
-            .order_by(UploadRow.id).limit(IMPORT_BATCH)).all()
+            .order_by(UploadRow.id).limit(batch_size)).all()
         if not batch:
             break
         new = [r.id for r in batch if r.action == "new"]
