@@ -137,6 +137,20 @@ def test_joining_a_registered_household_that_has_a_head_needs_no_new_head(
     assert upload.counts["updated_households"] == 1 and upload.counts["new_households"] == 0
 
 
+def test_a_cooperatives_code_or_a_person_of_another_household_is_refused_in_a_household(
+        db_session, tmp_path, country, make_group, make_household, make_individual):
+    make_group("cooperative", code="COOP-1", location=country["NV1"])
+    member = make_individual("Juma", "Phiri", national_id="A200", location=country["NV1"])
+    make_household(1, head=member, code="HH-JUMA")
+    upload = _validated(db_session, tmp_path, HEADER
+                        + "Amina,Banda,F,1990-05-17,,NV1,COOP-1,head,yes\n"
+                        + "Juma,Phiri,M,1970-01-01,A200,NV1,HH-NEW,head,yes\n", policy="update")
+    rows = _rows(db_session, upload)
+    assert rows[2].errors["household"] == "COOP-1 is the code of a cooperative, not of a household."
+    assert rows[3].errors["household"] == ("This person is already in household HH-JUMA; move them "
+                                           "in the registry first.")
+
+
 def test_a_probable_duplicate_is_flagged_until_the_user_confirms_it(db_session, tmp_path, country, make_individual):
     make_individual("Amina", "Banda", national_id=None, birth_date=date(1990, 5, 17), location=country["NV2"])
     upload = _validated(db_session, tmp_path, HEADER + "Aminah,Banda,F,1990-05-17,,NV1,,,\n")
@@ -312,3 +326,32 @@ def test_a_national_id_registered_between_validation_and_import_fails_only_its_r
     assert rows[2].status == "imported" and rows[3].status == "error"
     assert rows[3].errors["national_id"] == "This national ID was registered for someone else meanwhile."
     assert counts["imported"] == 1
+
+
+def test_a_unique_custom_value_already_registered_or_earlier_in_the_file_is_an_error(
+        db_session, tmp_path, country, make_individual):
+    from portal.registry.models import CustomField
+
+    db_session.add(CustomField(name="voter", label="Voter card", type="text", unique=True,
+                               active=True, required=False, position=0))
+    db_session.flush()
+    make_individual("Amina", "Banda", national_id="A100", location=country["NV1"], custom={"voter": "V1"})
+    make_individual("Juma", "Phiri", national_id="A200", location=country["NV1"], custom={"voter": "V3"})
+    header = "First name,Last name,Sex,Birth date,National ID,Village code,Voter card\n"
+    upload = _validated(db_session, tmp_path, header
+                        + "Zoë,Mwale,F,1990-05-17,,NV1,V1\n"  # another person's card
+                        + "Ann,Tembo,F,1991-05-17,,NV1,V2\n"
+                        + "Ben,Tembo,M,1992-05-17,,NV1,V2\n"  # the card of row 3
+                        + "Juma,Phiri,M,1970-01-01,A200,NV1,V3\n", policy="update")  # his own card
+    rows = _rows(db_session, upload)
+    assert rows[2].errors["voter"] == "Voter card V1 is already used by someone else."
+    assert rows[3].status == "valid"
+    assert rows[4].errors["voter"] == "Voter card V2 is also on row 3."
+    assert (rows[5].status, rows[5].action) == ("valid", "update")
+
+
+def test_a_mapped_column_that_the_whole_file_lacks_fails_validation_naming_it(db_session, tmp_path, country):
+    upload = _receive(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    upload.mapping = {**upload.mapping, "Ghost column": "phone"}
+    with pytest.raises(FileProblem, match="The column 'Ghost column' was not found"):
+        services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
