@@ -1009,15 +1009,20 @@ def _insert_new_people(session: Session, upload_id: int, first_id: int, last_id:
     try:
         with session.begin_nested():
             if session.get_bind().dialect.name == "postgresql":
-                values = ", ".join(f"cleaned->>'{c}'" for c in _PERSON_COLUMNS)
+                # Each row's JSON is parsed once (json_to_record), and the sequence is named
+                # once: pg_get_serial_sequence() in the row would be looked up for every row.
+                params["sequence"] = session.scalar(
+                    text("SELECT pg_get_serial_sequence('individual', 'id')"))
+                fields = ", ".join(f"{c} text" for c in _PERSON_COLUMNS)
                 return list(session.scalars(text(
-                    "WITH batch AS MATERIALIZED (SELECT id AS row_id, nextval(pg_get_serial_sequence"
-                    "('individual', 'id')) AS person_id, cleaned, birth_date, national_id "
-                    f"FROM upload_row WHERE {rows} ORDER BY id), "
+                    "WITH batch AS MATERIALIZED (SELECT upload_row.id AS row_id, "
+                    "nextval(CAST(:sequence AS regclass)) AS person_id, upload_row.birth_date, "
+                    "upload_row.national_id, c.* FROM upload_row, "
+                    f"json_to_record(upload_row.cleaned) AS c({fields}, location_id integer, "
+                    f"custom json) WHERE {rows} ORDER BY upload_row.id), "
                     f"people AS (INSERT INTO individual (id, {columns}, birth_date, national_id, "
-                    f"location_id, custom, version) SELECT person_id, {values}, birth_date, "
-                    "national_id, CAST(cleaned->>'location_id' AS integer), "
-                    "COALESCE(cleaned->'custom', CAST('{}' AS json)), 1 FROM batch) "
+                    f"location_id, custom, version) SELECT person_id, {columns}, birth_date, "
+                    "national_id, location_id, COALESCE(custom, CAST('{}' AS json)), 1 FROM batch) "
                     "UPDATE upload_row SET status = 'imported', individual_id = batch.person_id "
                     "FROM batch WHERE upload_row.id = batch.row_id RETURNING batch.person_id"),
                     params))
