@@ -27,7 +27,9 @@ class ReuploadForm(FlaskForm):
 
 class ReplaceForm(FlaskForm):
     field = SelectField("Column", choices=[])
-    find = StringField("Cells equal to", validators=[Length(max=200)],
+    match = SelectField("Find", choices=[("cell", "Cells equal to"), ("part", "Text within cells")],
+                        default="cell")
+    find = StringField("Text", validators=[Length(max=200)],
                        description="Empty finds the empty cells.")
     replace = StringField("Replace with", validators=[Length(max=200)])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from datetime import date
 from itertools import islice
@@ -761,13 +762,25 @@ def confirm_row(session: Session, upload: Upload, row: UploadRow) -> None:
 
 
 def replace_in_column(session: Session, upload: Upload, *, field: str, find: str, replace: str,
-                      scope: Scope) -> int:
-    """Replace every cell of a column equal to ``find`` (ignoring case and surrounding
-    spaces; empty finds empty cells) in the rows not yet imported. Returns rows changed."""
+                      scope: Scope, whole_cell: bool = True) -> int:
+    """In the rows not yet imported, replace every cell of a column equal to ``find``
+    (ignoring case and surrounding spaces; empty finds empty cells), or with ``whole_cell``
+    False every occurrence of ``find`` within the cells (ignoring case). The changed rows
+    are checked again. Returns rows changed."""
     _editable(upload)
     if field not in set(upload.mapping.values()) - {""}:
         raise DomainError("Choose a column of this file.")
+    if not whole_cell and not find.strip():
+        raise DomainError("Write the text to find within the cells.")
     target = find.strip().lower()
+    part = re.compile(re.escape(find.strip()), re.IGNORECASE)
+
+    def replaced(value: str) -> str | None:
+        if whole_cell:
+            return replace.strip() if value.strip().lower() == target else None
+        new = part.sub(lambda _match: replace.strip(), value)
+        return new if new != value else None
+
     changed: list[UploadRow] = []
     last = 0
     while True:
@@ -778,10 +791,9 @@ def replace_in_column(session: Session, upload: Upload, *, field: str, find: str
             break
         last = rows[-1].id
         for row in rows:
-            if (row.raw.get(field) or "").strip().lower() == target:
-                raw = dict(row.raw)
-                raw[field] = replace.strip()
-                row.raw = raw
+            value = replaced(row.raw.get(field) or "")
+            if value is not None:
+                row.raw = {**row.raw, field: value}
                 changed.append(row)
     for chunk in _batched(changed, 500):
         recheck_rows(session, upload, chunk, scope=scope)

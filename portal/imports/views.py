@@ -325,7 +325,8 @@ def replace(upload_id: int):
         try:
             changed = services.replace_in_column(db.session, upload, field=form.field.data,
                                                  find=form.find.data or "",
-                                                 replace=form.replace.data or "", scope=scope())
+                                                 replace=form.replace.data or "", scope=scope(),
+                                                 whole_cell=form.match.data != "part")
         except DomainError as exc:
             db.session.rollback()
             flash(exc.message, "error")

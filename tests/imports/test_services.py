@@ -183,6 +183,21 @@ def test_find_and_replace_fixes_every_matching_cell_of_a_column(db_session, tmp_
     assert upload.counts["errors"] == 0 and upload.counts["valid"] == 5
 
 
+def test_find_and_replace_within_cells_changes_only_the_cells_holding_the_text(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,old-NV1,,,\n"
+                        + "Juma,Banda,M,1991-05-17,,OLD-nv2,,,\n" + "Zoë,Phiri,F,1980-03-04,,NV1,,,\n")
+    assert upload.counts["errors"] == 2
+    with pytest.raises(DomainError, match="Write the text to find"):
+        services.replace_in_column(db_session, upload, field="location", find=" ", replace="",
+                                   scope=EVERYTHING, whole_cell=False)
+    changed = services.replace_in_column(db_session, upload, field="location", find="old-",
+                                         replace="", scope=EVERYTHING, whole_cell=False)
+    rows = _rows(db_session, upload)
+    assert changed == 2
+    assert [rows[n].raw["location"] for n in (2, 3, 4)] == ["NV1", "nv2", "NV1"]
+    assert upload.counts["errors"] == 0 and upload.counts["valid"] == 3
+
+
 def test_a_dropped_row_is_left_out_of_the_import(db_session, tmp_path, country):
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\nBad,Row,?,,,NV1,,,\n")
     services.drop_row(db_session, upload, _rows(db_session, upload)[3], scope=EVERYTHING)
