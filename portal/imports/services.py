@@ -333,10 +333,10 @@ class RowChecker:
         registry's own name rule (``validation.find_duplicates`` uses it) decides."""
         upload_id = self.upload.id
         # The staged rows are narrowed to what the join needs first (a hash join would
-        # otherwise carry each row's JSON along), and the registry is read only through
-        # indexed columns (birth date, village, id); the names of the few candidates come
-        # after. Each village's area comes from a temporary table, so the database matches
-        # birth date and area together instead of comparing every same-day birth's path.
+        # otherwise carry each row's JSON along). Each village's area comes from a
+        # temporary table, so the database matches birth date and area together instead of
+        # comparing every same-day birth's path; the registry's names are read only for
+        # the pairs that match.
         session = self.session
         session.execute(text("DROP TABLE IF EXISTS temp_village_area"))
         session.execute(text("CREATE TEMPORARY TABLE temp_village_area "
@@ -352,17 +352,12 @@ class RowChecker:
                   .cte("staged").prefix_with("MATERIALIZED"))
         pairs = session.execute(
             select(staged.c.id, staged.c.first_name, staged.c.last_name, staged.c.birth_date,
-                   Individual.id)
+                   Individual.id, Individual.first_name, Individual.last_name)
             .join(Individual, (Individual.birth_date == staged.c.birth_date)
                   & Individual.deleted_at.is_(None))
             .join(village_area, (village_area.c.village_id == Individual.location_id)
                   & (village_area.c.area == staged.c.area))).all()
         session.execute(text("DROP TABLE temp_village_area"))
-        names: dict[int, tuple[str, str]] = {}
-        for chunk, wanted in _in_chunks(self.session, Individual.id, sorted({pair[4] for pair in pairs})):
-            for pid, p_first, p_last in self.session.execute(
-                    select(Individual.id, Individual.first_name, Individual.last_name).where(wanted)):
-                names[pid] = (p_first, p_last)
         rule = self.validation.similar_names
         verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
 
@@ -373,8 +368,7 @@ class RowChecker:
             return verdict
 
         found: dict[int, list] = {}
-        for row_id, first, last, born, pid in sorted(pairs, key=lambda p: (p[0], p[4])):
-            p_first, p_last = names[pid]
+        for row_id, first, last, born, pid, p_first, p_last in sorted(pairs, key=lambda p: (p[0], p[4])):
             if similar(first or "", last or "", p_first, p_last):
                 found.setdefault(row_id, []).append((pid, p_first, p_last, born))
         changes = []
