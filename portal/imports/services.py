@@ -240,11 +240,13 @@ class RowChecker:
         the person, and the household columns."""
         people = self.rules.clean_many(raws)
         roles, role_set = self.roles, self.role_set
+        answers: dict[str, bool | None] = {}  # yes/no texts repeat: each is read once
         results = []
         for raw, (cleaned, errors) in zip(raws, people):
             code = (raw.get("household_code") or "").strip()
             role = (raw.get("role") or "").strip()
-            primary = parse_yes_no(raw.get("primary_recipient") or "")
+            said = raw.get("primary_recipient") or ""
+            primary = answers[said] if said in answers else answers.setdefault(said, parse_yes_no(said))
             if code:
                 if len(code) > 40:
                     errors["household_code"] = "A household code has at most 40 characters."
@@ -476,8 +478,7 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     progress(0, total, "Reading and checking rows")
     upload_id = upload.id
     for chunk in _batched(table.rows, BATCH):
-        raws = [{name: cells[i] if i < len(cells) else "" for i, name in fields}
-                for _number, cells in chunk]
+        raws = [{name: cells[i] for i, name in fields} for _number, cells in chunk]  # padded rows
         staged = [{"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors}
                   for (number, _cells), raw, (cleaned, errors) in
                   zip(chunk, raws, checker.clean_many(raws))]
