@@ -233,35 +233,49 @@ def import_locations(session: Session, rows: list[dict], *, scope: Scope, progre
         else:
             by_code[row["code"]] = row
     existing = {loc.code: loc for loc in session.scalars(select(Location))}
-    created = renamed = 0
-    # Creating parents before children: sort rows by depth of their type.
-    ordered = sorted(by_code.values(), key=lambda r: KINDS.index(r["kind"]))
-    for n, row in enumerate(ordered, start=1):
-        parent = None
-        if row["kind"] != "region":
-            parent = existing.get(row["parent_code"])
-            if parent is None:
-                errors.append(f"Line {row['line']}: parent code '{row['parent_code']}' is not a "
-                              f"known location.")
-                continue
-        current = existing.get(row["code"])
-        try:
-            if current is None:
-                existing[row["code"]] = create_location(
-                    session, code=row["code"], name=row["name"], kind=row["kind"],
-                    parent=parent, scope=scope)
-                created += 1
-            else:
-                if current.kind != row["kind"]:
-                    raise DomainError(f"{row['code']} exists as a {current.kind}, not a {row['kind']}.")
-                if current.name != row["name"] or current.parent is not parent:
-                    update_location(session, current, code=row["code"], name=row["name"],
-                                    parent=parent, scope=scope)
-                    renamed += 1
-        except DomainError as exc:
-            errors.append(f"Line {row['line']}: {exc.message}")
-        if progress and n % 200 == 0:
-            progress(n, len(ordered))
+    created = renamed = done = 0
+    # Parents before children, one level at a time: a level's new locations are inserted
+    # together and given their paths together (one row at a time took 2 ms a location).
+    for kind in KINDS:
+        fresh: list[Location] = []
+        for row in (r for r in by_code.values() if r["kind"] == kind):
+            parent = None
+            if kind != "region":
+                parent = existing.get(row["parent_code"])
+                if parent is None:
+                    errors.append(f"Line {row['line']}: parent code '{row['parent_code']}' is not a "
+                                  f"known location.")
+                    continue
+            current = existing.get(row["code"])
+            try:
+                if current is None:
+                    _check_parent(kind, parent)
+                    if parent is not None and not scope.allows(parent) or parent is None and not scope.everything:
+                        raise DomainError("You may only add locations inside your own area.")
+                    location = Location(code=row["code"], name=row["name"], kind=kind,
+                                        parent=parent, path="")
+                    existing[row["code"]] = location
+                    fresh.append(location)
+                else:
+                    if current.kind != kind:
+                        raise DomainError(f"{row['code']} exists as a {current.kind}, not a {kind}.")
+                    if current.name != row["name"] or current.parent is not parent:
+                        update_location(session, current, code=row["code"], name=row["name"],
+                                        parent=parent, scope=scope)
+                        renamed += 1
+            except DomainError as exc:
+                errors.append(f"Line {row['line']}: {exc.message}")
+        if errors:
+            continue  # nothing is kept anyway; only the report goes on
+        session.add_all(fresh)
+        session.flush()
+        for location in fresh:
+            location.path = _path(location.parent, location.id)
+        session.flush()
+        created += len(fresh)
+        done += len(fresh)
+        if progress:
+            progress(done, len(by_code))
     if errors:
         raise DomainError("\n".join(errors[:200]) + (f"\n… and {len(errors) - 200} more"
                                                     if len(errors) > 200 else ""))
