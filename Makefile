@@ -32,7 +32,7 @@ worker: install
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## Build data at scale and print timings (see bench/README.md).
+## Build data at scale and print timings (the figures and their commands: README.md, "Measured").
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
