@@ -892,8 +892,14 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
                 marks = _insert_people(session, _with_cleaned(session, new))
                 people = [m["individual_id"] for m in marks if m["status"] == "imported"]
         created += len(people)
-        for row in _with_cleaned(session, [r.id for r in batch if r.action == "update"]):
-            mark = _update_person(session, row)
+        changes = _with_cleaned(session, [r.id for r in batch if r.action == "update"])
+        # The people to update are read together (a query for each, which also flushed the
+        # one before, took 2 ms a row); their changes are flushed together below.
+        registered: dict[int, Individual] = {}
+        for _ids, wanted in _in_chunks(session, Individual.id, sorted({r.individual_id for r in changes})):
+            registered.update((p.id, p) for p in session.scalars(select(Individual).where(wanted)))
+        for row in changes:
+            mark = _update_person(row, registered.get(row.individual_id))
             marks.append(mark)
             if mark["status"] == "imported":
                 updated += 1
@@ -1081,8 +1087,7 @@ def _insert_people(session: Session, rows) -> list[dict]:
     return marks
 
 
-def _update_person(session: Session, row) -> dict:
-    person = session.get(Individual, row.individual_id)
+def _update_person(row, person: Individual | None) -> dict:
     if person is None or person.deleted_at is not None:
         return {"id": row.id, "status": "error", "individual_id": None,
                 "errors": {"national_id": "The person to update was deleted meanwhile."}}
