@@ -1,6 +1,6 @@
 """Uploads from file to registry: checks per cell, households, duplicates, fixes, import."""
 import itertools
-from datetime import date
+from datetime import date, datetime
 
 import pytest
 from sqlalchemy import func, select
@@ -234,6 +234,21 @@ def test_importing_an_update_changes_the_registered_person(db_session, tmp_path,
     db_session.refresh(person)
     assert (person.last_name, person.location_id, person.phone) == ("Mwale", country["NV2"].id, "+265991234567")
     assert counts["people_updated"] == 1 and counts["people_created"] == 0
+
+
+def test_an_update_of_a_person_deleted_after_validation_fails_only_its_row(
+        db_session, tmp_path, country, make_individual):
+    kept = make_individual("Amina", "Banda", national_id="A100", location=country["NV1"])
+    gone = make_individual("Juma", "Phiri", national_id="A200", location=country["NV1"])
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,A100,NV2,,,\n"
+                        + "Juma,Phiri,M,1970-01-01,A200,NV2,,,\n", policy="update")
+    gone.deleted_at = datetime(2026, 11, 1)
+    db_session.flush()
+    counts = _imported(db_session, upload)
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[3].status) == ("imported", "error")
+    assert rows[3].errors["national_id"] == "The person to update was deleted meanwhile."
+    assert counts["people_updated"] == 1 and kept.location_id == country["NV2"].id
 
 
 def test_importing_only_when_nothing_is_left_to_fix_is_refused_while_rows_have_errors(db_session, tmp_path, country):
