@@ -181,7 +181,17 @@ def register_hooks(app) -> None:
         return {"can": can, "menu_items": menu_items}
 
 
-def flash_domain_error(exc) -> None:
+def form_refusal(form, exc, default: str, field: str | None = None) -> None:
+    """A service refused a form: undo what the request had started and show why on the
+    field it names (or ``field``), else on ``default``."""
+    db.session.rollback()
+    name = field or exc.field
+    getattr(form, name if name in form else default).errors.append(exc.message)
+
+
+def flash_refusal(exc) -> None:
+    """A service refused (DomainError): undo what the request had started and say why."""
+    db.session.rollback()
     flash(exc.message, "error")
 
 

@@ -15,8 +15,8 @@ from portal.imports import bp, columns, services
 from portal.imports.forms import ImportForm, MappingForm, ReplaceForm, ReuploadForm, UploadForm
 from portal.imports.models import DUPLICATE_POLICIES
 from portal.privacy import mask
-from portal.web import (can, htmx_redirect, int_arg, is_fragment_request, queue_job, render, require,
-                        scope, sweep_if_running)
+from portal.web import (can, flash_refusal, htmx_redirect, int_arg, is_fragment_request, queue_job,
+                        render, require, scope, sweep_if_running)
 
 EXTENSIONS = (".csv", ".xlsx", ".txt", ".tsv")
 
@@ -178,8 +178,7 @@ def validate(upload_id: int):
     try:
         run = services.start_validation(db.session, upload, scope=scope(), actor_id=current_user.id)
     except DomainError as exc:
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refusal(exc)
     else:
         queue_job(run)
     return htmx_redirect(url_for("imports.show", upload_id=upload.id))
@@ -196,8 +195,7 @@ def start_import(upload_id: int):
         run = services.start_import(db.session, upload, only_if_clean=form.only_if_clean.data,
                                     scope=scope(), actor_id=current_user.id)
     except DomainError as exc:
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refusal(exc)
     else:
         queue_job(run)
     return htmx_redirect(url_for("imports.show", upload_id=upload.id))
@@ -263,8 +261,7 @@ def edit_row(upload_id: int, row_number: int):
         try:
             services.edit_row(db.session, upload, item, values, scope=scope())
         except DomainError as exc:
-            db.session.rollback()
-            flash(exc.message, "error")
+            flash_refusal(exc)
             return render("imports/_row.html", upload=upload, row=item, cols=grid, shown=_shown,
                           editable=False, status=409)
         db.session.commit()
@@ -287,8 +284,7 @@ def drop_row(upload_id: int, row_number: int):
     try:
         services.drop_row(db.session, upload, item, scope=scope())
     except DomainError as exc:
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refusal(exc)
         return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
     db.session.commit()
     if is_fragment_request():
@@ -305,8 +301,7 @@ def confirm_row(upload_id: int, row_number: int):
     try:
         services.confirm_row(db.session, upload, item)
     except DomainError as exc:
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refusal(exc)
         return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
     db.session.commit()
     if is_fragment_request():
@@ -328,8 +323,7 @@ def replace(upload_id: int):
                                                  replace=form.replace.data or "", scope=scope(),
                                                  whole_cell=form.match.data != "part")
         except DomainError as exc:
-            db.session.rollback()
-            flash(exc.message, "error")
+            flash_refusal(exc)
         else:
             db.session.commit()
             flash(f"{changed} cell(s) replaced and their rows checked again.", "success")

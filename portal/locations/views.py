@@ -11,7 +11,7 @@ from portal.extensions import db
 from portal.locations import bp, services
 from portal.locations.forms import LocationForm, LocationImportForm
 from portal.locations.models import Location
-from portal.web import int_arg, queue_job, render, require, scope
+from portal.web import form_refusal, int_arg, queue_job, render, require, scope
 
 
 @bp.route("/")
@@ -55,8 +55,7 @@ def new():
                 db.session, code=form.code.data, name=form.name.data, kind=form.kind.data,
                 parent=_parent_from_code(form.parent_code.data), scope=scope())
         except DomainError as exc:
-            db.session.rollback()
-            getattr(form, exc.field if exc.field in form else "code").errors.append(exc.message)
+            form_refusal(form, exc, "code")
         else:
             db.session.commit()
             flash(f"Added {location}.", "success")

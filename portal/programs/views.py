@@ -18,7 +18,7 @@ from portal.programs.models import (BENEFICIARY_STATUSES, PROGRAM_STATUSES, Bene
                                     Institution, Program, Scheme)
 from portal.programs.services import CUSTOM_OPERATORS, BeneficiaryFilters, Criteria
 from portal.registry.models import SEXES, CustomField, Individual
-from portal.web import can, htmx_redirect, int_arg, render, require, scope
+from portal.web import can, flash_refusal, htmx_redirect, int_arg, render, require, scope
 
 
 @bp.context_processor
@@ -161,8 +161,7 @@ def activate(program_id: int):
     try:
         services.activate_program(db.session, program)
     except DomainError as exc:
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refusal(exc)
     else:
         db.session.commit()
         flash(f"{program.name} is active.", "success")

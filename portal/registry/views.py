@@ -17,7 +17,8 @@ from portal.registry.forms import (CustomFieldForm, GroupForm, MemberForm, Membe
                                    MoveForm, RoleForm, individual_form)
 from portal.registry.models import GROUP_KINDS, SEXES, CustomField, Group
 from portal.registry.validation import active_custom_fields
-from portal.web import can, htmx_redirect, int_arg, is_fragment_request, render, require, scope
+from portal.web import (can, flash_refusal, form_refusal, htmx_redirect, int_arg, is_fragment_request,
+                        render, require, scope)
 
 
 @bp.app_template_filter("pii")
@@ -173,8 +174,7 @@ def delete_individual(individual_id: int):
     try:
         services.delete_individual(db.session, person, actor_id=current_user.id)
     except DomainError as exc:
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refusal(exc)
         return htmx_redirect(url_for("registry.individual", individual_id=individual_id))
     db.session.commit()
     flash(f"Deleted {person.full_name}. They no longer appear in searches and exports; "
@@ -189,8 +189,7 @@ def restore_individual(individual_id: int):
     try:
         services.restore_individual(db.session, person, actor_id=current_user.id)
     except DomainError as exc:
-        db.session.rollback()
-        flash(exc.message, "error")
+        flash_refusal(exc)
     else:
         db.session.commit()
         flash(f"Restored {person.full_name}.", "success")
@@ -215,8 +214,7 @@ def custom_fields():
         try:
             field = _save_custom_field(form, None)
         except DomainError as exc:
-            db.session.rollback()
-            getattr(form, exc.field if exc.field in form else "name").errors.append(exc.message)
+            form_refusal(form, exc, "name")
         else:
             db.session.commit()
             flash(f"Added the field {field.label}.", "success")
@@ -242,8 +240,7 @@ def edit_custom_field(field_id: int):
         try:
             _save_custom_field(form, field)
         except DomainError as exc:
-            db.session.rollback()
-            getattr(form, exc.field if exc.field in form else "label").errors.append(exc.message)
+            form_refusal(form, exc, "label")
         else:
             db.session.commit()
             flash(f"Saved the field {field.label}.", "success")
@@ -312,9 +309,7 @@ def new_group():
                                           kind=form.kind.data, location_id=location_id, head_id=head_id,
                                           scope=scope(), actor_id=current_user.id)
         except DomainError as exc:
-            db.session.rollback()
-            field = {"individual": "head"}.get(exc.field, exc.field)
-            getattr(form, field if field in form else "code").errors.append(exc.message)
+            form_refusal(form, exc, "code", field={"individual": "head"}.get(exc.field))
         else:
             db.session.commit()
             flash(f"Created {group}.", "success")
