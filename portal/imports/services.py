@@ -17,8 +17,8 @@ from pathlib import Path
 
 import orjson
 from flask import current_app
-from sqlalchemy import (ARRAY, Integer, String, any_, bindparam, case, column, delete, func, or_,
-                        select, table, text, update)
+from sqlalchemy import (ARRAY, Integer, String, any_, bindparam, case, delete, func, or_, select,
+                        text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,7 @@ from portal.clock import now
 from portal.errors import DomainError
 from portal.imports import columns as cols_mod
 from portal.imports.columns import parse_yes_no
+from portal.imports.duplicates import ProbableDuplicates
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
 from portal.imports.reading import FileProblem, open_table, read_head
 from portal.locations.models import Location
@@ -329,61 +330,6 @@ class RowChecker:
         return (f"Probably the same person as #{person.id} {person.full_name}, born "
                 f"{person.birth_date.isoformat()}{more}.")[:500]
 
-    def flag_probable_duplicates(self) -> int:
-        """Mark the staged new people who probably are registered already: one join in the
-        database finds the living people born the same day in the same area, and the
-        registry's own name rule (``validation.find_duplicates`` uses it) decides."""
-        upload_id = self.upload.id
-        # The staged rows are narrowed to what the join needs first (a hash join would
-        # otherwise carry each row's JSON along). Each village's area comes from a
-        # temporary table, so the database matches birth date and area together instead of
-        # comparing every same-day birth's path; the registry's names are read only for
-        # the pairs that match.
-        session = self.session
-        session.execute(text("DROP TABLE IF EXISTS temp_village_area"))
-        session.execute(text("CREATE TEMPORARY TABLE temp_village_area "
-                             "(village_id INTEGER PRIMARY KEY, area VARCHAR(120))"))
-        session.execute(text("INSERT INTO temp_village_area VALUES (:village, :area)"),
-                        [{"village": v, "area": a} for v, a in self.areas().items()])
-        village_area = table("temp_village_area", column("village_id"), column("area"))
-        staged = (select(UploadRow.id, UploadRow.birth_date, UploadRow.area,
-                         UploadRow.cleaned["first_name"].as_string().label("first_name"),
-                         UploadRow.cleaned["last_name"].as_string().label("last_name"))
-                  .where(UploadRow.upload_id == upload_id, UploadRow.status == "valid",
-                         UploadRow.action == "new", UploadRow.area.isnot(None))
-                  .cte("staged").prefix_with("MATERIALIZED"))
-        pairs = session.execute(
-            select(staged.c.id, staged.c.first_name, staged.c.last_name, staged.c.birth_date,
-                   Individual.id, Individual.first_name, Individual.last_name)
-            .join(Individual, (Individual.birth_date == staged.c.birth_date)
-                  & Individual.deleted_at.is_(None))
-            .join(village_area, (village_area.c.village_id == Individual.location_id)
-                  & (village_area.c.area == staged.c.area))).all()
-        session.execute(text("DROP TABLE temp_village_area"))
-        rule = self.validation.similar_names
-        verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
-
-        def similar(*names_) -> bool:
-            verdict = verdicts.get(names_)
-            if verdict is None:
-                verdict = verdicts[names_] = rule(*names_)
-            return verdict
-
-        found: dict[int, list] = {}
-        for row_id, first, last, born, pid, p_first, p_last in sorted(pairs, key=lambda p: (p[0], p[4])):
-            if similar(first or "", last or "", p_first, p_last):
-                found.setdefault(row_id, []).append((pid, p_first, p_last, born))
-        changes = []
-        for row_id, matches in found.items():
-            pid, p_first, p_last, born = matches[0]
-            more = f" and {len(matches) - 1} more" if len(matches) > 1 else ""
-            changes.append({"id": row_id, "status": "duplicate", "warning": (
-                f"Probably the same person as #{pid} {p_first} {p_last}, born "
-                f"{born.isoformat()}{more}.")[:500]})
-        for chunk in _batched(changes, BATCH):
-            self.session.execute(update(UploadRow), chunk)
-        return len(changes)
-
     def areas(self) -> dict[int, str]:
         """location id -> the area ("same district") its people are compared within."""
         if self._areas is None:
@@ -477,29 +423,53 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     done = 0
     progress(0, total, "Reading and checking rows")
     upload_id = upload.id
-    for chunk in _batched(table.rows, BATCH):
-        raws = [{name: cells[i] for i, name in fields} for _number, cells in chunk]  # padded rows
-        staged = [{"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors}
-                  for (number, _cells), raw, (cleaned, errors) in
-                  zip(chunk, raws, checker.clean_many(raws))]
-        registered = checker.registered(r["cleaned"]["national_id"] for r in staged)
-        for row in staged:
-            checker.settle(row, registered, seen, {})
-        if checker.unique_fields:
-            checker.check_unique_custom(staged, seen)
-        _stage(session, [_staged(upload_id, row, areas) for row in staged])
-        done += len(chunk)
-        progress(done, max(total, done), f"Checked {done:,} rows")
-    if done == 0:
-        raise FileProblem("The file has column names but no rows of people.")
-    progress(done, done, "Looking for people already registered under another name")
+    with ProbableDuplicates(session.get_bind(), areas) as duplicates:
+        for chunk in _batched(table.rows, BATCH):
+            raws = [{name: cells[i] for i, name in fields} for _number, cells in chunk]  # padded rows
+            staged = [{"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors}
+                      for (number, _cells), raw, (cleaned, errors) in
+                      zip(chunk, raws, checker.clean_many(raws))]
+            registered = checker.registered(r["cleaned"]["national_id"] for r in staged)
+            for row in staged:
+                checker.settle(row, registered, seen, {})
+            if checker.unique_fields:
+                checker.check_unique_custom(staged, seen)
+            _stage(session, [_staged(upload_id, row, areas) for row in staged])
+            duplicates.add(_new_people(staged, areas))
+            done += len(chunk)
+            progress(done, max(total, done), f"Checked {done:,} rows")
+        if done == 0:
+            raise FileProblem("The file has column names but no rows of people.")
+        progress(done, done, "Looking for people already registered under another name")
+        warnings = duplicates.warnings()
     _analyze_staged_rows(session)
-    checker.flag_probable_duplicates()
+    _flag_probable_duplicates(session, upload_id, warnings)
     check_households(session, upload)
     upload.counts = summary_counts(session, upload)
     upload.status = "validated"
     upload.validate_seconds = round(time.monotonic() - started, 2)
     return upload.counts
+
+
+def _new_people(staged: list[dict], areas: dict[int, str]) -> list[tuple]:
+    """What the probable-duplicate search needs of a batch's valid new people."""
+    found = []
+    for row in staged:
+        cleaned = row["cleaned"]
+        area = areas.get(cleaned["location_id"])
+        if area and not row["errors"] and row["action"] == "new":
+            found.append((row["row_number"], cleaned["birth_date"], area, cleaned["first_name"],
+                          cleaned["last_name"]))
+    return found
+
+
+def _flag_probable_duplicates(session: Session, upload_id: int, warnings: dict[int, str]) -> None:
+    if not warnings:
+        return
+    session.execute(text(
+        "UPDATE upload_row SET status = 'duplicate', warning = :warning "
+        "WHERE upload_id = :upload AND row_number = :number AND status = 'valid'"),
+        [{"upload": upload_id, "number": n, "warning": w} for n, w in warnings.items()])
 
 
 def _analyze_staged_rows(session: Session) -> None:

@@ -136,3 +136,46 @@ def test_an_import_whose_worker_was_killed_resumes_without_duplicates_or_losses(
         UploadRow.upload_id == upload.id)) == rows
     assert db.session.scalar(select(func.count()).select_from(Group)) == rows // 5
     assert db.session.scalar(select(func.count()).select_from(GroupMember)) == rows
+
+
+def test_the_worker_flags_probable_duplicates_in_every_batch_and_only_in_the_same_district(
+        app, client, login, villages, worker):
+    from datetime import date
+
+    from portal.locations.models import Location
+    from portal.locations.services import Scope, create_location
+
+    everywhere = Scope(everything=True)
+    region = db.session.scalar(select(Location).where(Location.code == "JR"))
+    district = create_location(db.session, code="JD2", name="Other district", kind="district", parent=region, scope=everywhere)
+    ward = create_location(db.session, code="JW2", name="Other ward", kind="ward", parent=district, scope=everywhere)
+    far = create_location(db.session, code="JV2", name="Far village", kind="village", parent=ward, scope=everywhere)
+    near = db.session.scalar(select(Location).where(Location.code == "JV1"))
+
+    def registered(first, last, born, village, nid):
+        person = Individual(first_name=first, last_name=last, name_key=f"{last} {first}".lower(), sex="F",
+                            birth_date=born, national_id=nid, location_id=village.id, custom={})
+        db.session.add(person)
+        return person
+
+    # The people of rows 2 and 5002 (in the worker's first and second batch of 5,000), and of
+    # row 7 (from another district), are registered already under similar names.
+    first = registered("Chikondi", "Banda", date(1952, 3, 12), near, "R1")
+    second = registered("Mphatso", "Phirie", date(1952, 8, 17), near, "R2")
+    registered("Tiyamike", "Mwale", date(1957, 8, 17), far, "R3")
+    registered("Zebedee", "Quartermaine", date(1959, 1, 10), near, "R4")  # same day, other name
+    db.session.commit()
+    text = (_people(5100).replace("Person2,Family0,", "Chikondi,Banda,")
+            .replace("Person5002,Family1000,", "Mphatso,Phiri,")
+            .replace("Person7,Family1,", "Tiyamike,Mwale,"))
+
+    upload = _upload(client, login, text)
+    run = _wait(upload, timeout=120)
+    assert run.status == "succeeded", run.message
+    flagged = dict(db.session.execute(select(UploadRow.national_id, UploadRow.warning).where(
+        UploadRow.upload_id == upload.id, UploadRow.status == "duplicate")).all())
+    assert flagged == {
+        "JN0000002": f"Probably the same person as #{first.id} Chikondi Banda, born 1952-03-12.",
+        "JN0005002": f"Probably the same person as #{second.id} Mphatso Phirie, born 1952-08-17.",
+    }
+    assert upload.counts["duplicates"] == 2 and upload.counts["valid"] == 5098

@@ -1,0 +1,178 @@
+"""Probable duplicates of an upload's new people: registered people born the same day in the
+same area, with a similar name (the registry's own rule, ``validation.similar_names``).
+
+The database's share (every registered person born that day, a few million pairs over
+100,000 rows) runs on a connection and a thread of its own while validation goes on checking
+the next batch in Python, so it takes the machine's other core instead of adding its time.
+The connection only reads the registry and writes temporary tables of its own, which are
+gone with it; SQLite's WAL lets it read beside the job's open write transaction.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import orjson
+from sqlalchemy.engine import Connection, Engine
+
+from portal.registry.validation import similar_names
+
+CACHE_KB = 65536  # SQLite's page cache for the search: the birth-date index and more
+_CREATE = (
+    "CREATE TEMPORARY TABLE temp_village_area (village_id INTEGER PRIMARY KEY, area VARCHAR(120))",
+    "CREATE TEMPORARY TABLE temp_new_person (row_number INTEGER, birth_date DATE, "
+    "area VARCHAR(120), first_name VARCHAR(80), last_name VARCHAR(80))",
+    "CREATE TEMPORARY TABLE temp_same_day (row_number INTEGER, first_name VARCHAR(80), "
+    "last_name VARCHAR(80), birth_date DATE, person_id INTEGER, person_first VARCHAR(80), "
+    "person_last VARCHAR(80))",
+)
+# Rows arrive as one JSON array of arrays: one statement, however many rows.
+_INSERT_JSON = {
+    False: "INSERT INTO {table} SELECT {columns} FROM json_each(?)",
+    True: "INSERT INTO {table} SELECT {columns} FROM json_array_elements(CAST(%s AS json))",
+}
+_VILLAGE_AREAS = {
+    False: "json_extract(value, '$[0]'), json_extract(value, '$[1]')",
+    True: "CAST(value->>0 AS integer), value->>1",
+}
+_NEW_PEOPLE = {
+    False: "json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
+           "json_extract(value, '$[3]'), json_extract(value, '$[4]')",
+    True: "CAST(value->>0 AS integer), CAST(value->>1 AS date), value->>2, value->>3, value->>4",
+}
+# New people searched together: each search walks the registry's birth-date index (SQLite)
+# or scans the registry once (PostgreSQL's hash join, 0.3 s over a million people), so
+# PostgreSQL's searches are fewer and larger; the last one is what validation waits for.
+SEARCH_ROWS = {False: 5000, True: 25000}
+# The join matches birth date and area together: each village's area comes from the
+# temporary table, and the registry's names are read only for the pairs that match. The join
+# order is written out (SQLite takes CROSS JOIN as it stands).
+_SAME_DAY = (
+    "INSERT INTO temp_same_day SELECT n.row_number, n.first_name, n.last_name, n.birth_date, "
+    "i.id, i.first_name, i.last_name FROM temp_new_person n CROSS JOIN individual i "
+    "CROSS JOIN temp_village_area v WHERE i.birth_date = n.birth_date AND i.deleted_at IS NULL "
+    "AND v.village_id = i.location_id AND v.area = n.area")
+
+
+class ProbableDuplicates:
+    """``add`` each batch's new valid rows as they are checked; ``warnings`` waits for the
+    search and returns {row number: warning} for the rows that look registered already.
+    Use as a context manager, so the thread and its connection end however validation does."""
+
+    def __init__(self, bind: Engine | Connection, areas: dict[int, str]):
+        self._postgres = bind.dialect.name == "postgresql"
+        if isinstance(bind, Engine):
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probable-duplicates")
+            self._connection, self._own = None, True
+        else:  # inside a transaction someone else holds (a test's): on its connection, in line
+            self._thread = _InLine()
+            self._connection, self._own = bind.connection.driver_connection, False
+        self._waiting: list[tuple] = []  # new people not yet searched for (the thread's)
+        self._pending = [self._thread.submit(self._open, bind, areas)]
+
+    def __enter__(self) -> "ProbableDuplicates":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._thread.submit(self._close).result()
+        self._thread.shutdown()
+
+    def add(self, rows: list[tuple]) -> None:
+        """(row number, birth date as ISO text, area, first name, last name) of new valid rows."""
+        if rows:
+            self._pending.append(self._thread.submit(self._collect, rows))
+
+    def warnings(self) -> dict[int, str]:
+        self._pending.append(self._thread.submit(self._search))
+        for job in self._pending:
+            job.result()  # in order; re-raises the thread's error here
+        pairs = self._thread.submit(self._pairs).result()
+        verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
+        found: dict[int, list] = {}
+        for number, first, last, born, pid, p_first, p_last in pairs:
+            names = (first or "", last or "", p_first, p_last)
+            verdict = verdicts.get(names)
+            if verdict is None:
+                verdict = verdicts[names] = similar_names(*names)
+            if verdict:
+                found.setdefault(number, []).append((pid, p_first, p_last, born))
+        warnings = {}
+        for number, matches in found.items():
+            pid, p_first, p_last, born = matches[0]
+            more = f" and {len(matches) - 1} more" if len(matches) > 1 else ""
+            warnings[number] = (f"Probably the same person as #{pid} {p_first} {p_last}, born "
+                                f"{str(born)[:10]}{more}.")[:500]
+        return warnings
+
+    # --- on the thread ------------------------------------------------------------------
+
+    def _open(self, bind, areas: dict[int, str]) -> None:
+        if self._own:
+            self._connection = bind.raw_connection()
+            self._connection.detach()  # closed for real at the end, temporary tables with it
+        connection = self._connection
+        cursor = connection.cursor()
+        if self._own and not self._postgres:
+            cursor.execute(f"PRAGMA cache_size=-{CACHE_KB}")
+        for statement in _CREATE:
+            cursor.execute(statement)
+        self._insert("temp_village_area", _VILLAGE_AREAS, list(areas.items()))
+        if self._postgres:
+            cursor.execute("ANALYZE temp_village_area")
+
+    def _collect(self, rows: list[tuple]) -> None:
+        self._waiting += rows
+        if len(self._waiting) >= SEARCH_ROWS[self._postgres]:
+            self._search()
+
+    def _search(self) -> None:
+        if not self._waiting:
+            return
+        cursor = self._connection.cursor()
+        cursor.execute("DELETE FROM temp_new_person")
+        # In birth-date order, the join walks the registry's birth-date index forwards.
+        self._insert("temp_new_person", _NEW_PEOPLE, sorted(self._waiting, key=lambda row: row[1]))
+        self._waiting = []
+        # Counted, so neither database takes the batch for a large table: PostgreSQL would
+        # scan the registry, SQLite build a Bloom filter over its birth-date index each time.
+        cursor.execute("ANALYZE temp_new_person")
+        cursor.execute(_SAME_DAY)
+
+    def _insert(self, table: str, columns: dict, rows: list) -> None:
+        """One statement, not one a row: while the database works this thread lets go of
+        Python's lock, and taking it back row by row would wait on validation every time."""
+        statement = _INSERT_JSON[self._postgres].format(table=table, columns=columns[self._postgres])
+        self._connection.cursor().execute(statement, (orjson.dumps(rows).decode(),))
+
+    def _pairs(self) -> list[tuple]:
+        cursor = self._connection.cursor()
+        cursor.execute("SELECT * FROM temp_same_day ORDER BY row_number, person_id")
+        return cursor.fetchall()
+
+    def _close(self) -> None:
+        if self._connection is None:
+            return
+        if not self._own:
+            cursor = self._connection.cursor()
+            for name in ("temp_village_area", "temp_new_person", "temp_same_day"):
+                cursor.execute(f"DROP TABLE IF EXISTS {name}")
+            return
+        try:
+            self._connection.rollback()
+        finally:
+            self._connection.close()
+            self._connection = None
+
+
+class _InLine:
+    """An executor that runs each call at once, where no second connection may be opened."""
+
+    def submit(self, call, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(call(*args))
+        except Exception as exc:  # handed on to whoever waits for the result, as a thread's is
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self) -> None:
+        pass
