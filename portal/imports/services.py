@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 from flask import current_app
-from sqlalchemy import (ARRAY, Integer, String, any_, bindparam, case, delete, func, or_, select,
+from sqlalchemy import (ARRAY, Integer, String, bindparam, case, delete, func, or_, select,
                         text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -374,10 +374,13 @@ class RowChecker:
 def _in_chunks(session: Session, column, values: list, item_type=Integer):
     """(values, condition "column is one of them") over a long list: PostgreSQL takes the
     whole list as one array (an IN list of a thousand values costs more to plan than to
-    run), SQLite IN lists of a thousand."""
+    run), SQLite IN lists of a thousand. The array is unnested, so PostgreSQL looks each
+    value up in the column's index: given ``= ANY(array)`` of 5,000 national IDs it scanned
+    the whole registry instead (160 ms, against 21 ms)."""
     if session.get_bind().dialect.name == "postgresql":
         if values:
-            yield values, column == any_(bindparam("values", values, type_=ARRAY(item_type)))
+            yield values, column.in_(select(func.unnest(
+                bindparam("values", values, type_=ARRAY(item_type)))).scalar_subquery())
         return
     for start in range(0, len(values), 1000):
         chunk = values[start:start + 1000]
@@ -929,8 +932,8 @@ def _stage(session: Session, records: list[tuple]) -> None:
                            f"({', '.join('?' * len(_STAGED_COLUMNS))})", records)
         return
     with cursor.copy(f"COPY upload_row ({columns}) FROM STDIN") as copy:
-        for record in records:
-            copy.write_row(record)
+        for values in records:
+            copy.write_row(values)
 
 
 def _json(value) -> str | None:
