@@ -612,14 +612,13 @@ def summary_counts(session: Session, upload: Upload, *, households: bool = True)
     }
     previous = upload.counts or {}
     if households:
-        codes = list(session.scalars(select(UploadRow.household_code).where(
+        named = select(func.count(UploadRow.household_code.distinct())).where(
             UploadRow.upload_id == upload.id, UploadRow.household_code.isnot(None),
-            UploadRow.status.in_(("valid", "imported"))).distinct()))
-        known = 0
-        for start in range(0, len(codes), 1000):
-            known += session.scalar(select(func.count()).select_from(Group).where(
-                Group.code.in_(codes[start:start + 1000]), Group.deleted_at.is_(None)))
-        counts["new_households"] = len(codes) - known
+            UploadRow.status.in_(("valid", "imported")))
+        codes = session.scalar(named)
+        known = session.scalar(named.join(Group, (Group.code == UploadRow.household_code)
+                                          & Group.deleted_at.is_(None)))
+        counts["new_households"] = codes - known
         counts["updated_households"] = known
     else:
         for key in ("new_households", "updated_households", "members_added", "enrolled",
