@@ -72,9 +72,11 @@ class ProbableDuplicates:
     def __enter__(self) -> "ProbableDuplicates":
         return self
 
-    def __exit__(self, *_exc) -> None:
-        self._thread.submit(self._close).result()
+    def __exit__(self, failure, *_details) -> None:
+        closing = self._thread.submit(self._close)
         self._thread.shutdown()
+        if failure is None:  # otherwise the error that ended validation is the one to report
+            closing.result()
 
     def add(self, rows: list[tuple]) -> None:
         """(row number, birth date as ISO text, area, first name, last name) of new valid rows."""
@@ -132,8 +134,8 @@ class ProbableDuplicates:
         # In birth-date order, the join walks the registry's birth-date index forwards.
         self._insert("temp_new_person", _NEW_PEOPLE, sorted(self._waiting, key=lambda row: row[1]))
         self._waiting = []
-        # Counted, so neither database takes the batch for a large table: PostgreSQL would
-        # scan the registry, SQLite build a Bloom filter over its birth-date index each time.
+        # Counted: SQLite would otherwise take the batch for a large table and build a Bloom
+        # filter over the whole birth-date index each time; PostgreSQL plans its join by it.
         cursor.execute("ANALYZE temp_new_person")
         cursor.execute(_SAME_DAY)
 
