@@ -27,6 +27,19 @@ def record(session: Session, *, action: str, entity_type: str, entity_id, summar
         entity_id=str(entity_id), summary=summary[:255], changes=changes or {}))
 
 
+def record_changes(session: Session, *, entity_type: str, changed: list[tuple]) -> None:
+    """Update entries for rows a bulk statement changed, as the flush hook would write them:
+    ``changed`` holds (entity id, summary, {field: (before, after)}) for each row."""
+    at, actor = now(), session.info.get("actor_id")
+    rows = [{"at": at, "actor_id": actor, "action": "update", "entity_type": entity_type,
+             "entity_id": str(entity_id), "summary": summary[:255],
+             "changes": {key: [_jsonable(before), _jsonable(after)]
+                         for key, (before, after) in changes.items()}}
+            for entity_id, summary, changes in changed if changes]
+    if rows:
+        session.execute(insert(AuditEntry), rows)
+
+
 def _jsonable(value):
     if isinstance(value, (datetime, date)):
         return value.isoformat()

@@ -22,7 +22,7 @@ from sqlalchemy import (ARRAY, Integer, String, bindparam, case, delete, func, o
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from portal.audit.services import record
+from portal.audit.services import record, record_changes
 from portal.background.models import JobRun
 from portal.background.services import create_job
 from portal.clock import now
@@ -864,19 +864,12 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
                 marks = _insert_people(session, _with_cleaned(session, new))
                 people = [m["individual_id"] for m in marks if m["status"] == "imported"]
         created += len(people)
-        changes = _with_cleaned(session, [r.id for r in batch if r.action == "update"])
-        # The people to update are read together (a query for each, which also flushed the
-        # one before, took 2 ms a row); their changes are flushed together below.
-        registered: dict[int, Individual] = {}
-        for _ids, wanted in _in_chunks(session, Individual.id, sorted({r.individual_id for r in changes})):
-            registered.update((p.id, p) for p in session.scalars(select(Individual).where(wanted)))
-        for row in changes:
-            mark = _update_person(row, registered.get(row.individual_id))
+        for mark in _update_people(session, _with_cleaned(
+                session, [r.id for r in batch if r.action == "update"])):
             marks.append(mark)
             if mark["status"] == "imported":
                 updated += 1
                 people.append(mark["individual_id"])
-        session.flush()
         mark_imported(session, [m for m in marks if "errors" not in m])
         failed = [m for m in marks if "errors" in m]
         if failed:
@@ -946,7 +939,10 @@ def mark_imported(session: Session, marks: list[dict]) -> None:
     if not marks:
         return
     if session.get_bind().dialect.name != "postgresql":
-        session.execute(update(UploadRow), marks)
+        # One executemany in C (the ORM's bulk update by key spent 75 us a row in Python).
+        session.connection().exec_driver_sql(
+            "UPDATE upload_row SET status = 'imported', individual_id = ? WHERE id = ?",
+            [(m["individual_id"], m["id"]) for m in marks])
         return
     session.execute(text(
         "UPDATE upload_row SET status = 'imported', individual_id = marks.person_id "
@@ -1059,19 +1055,63 @@ def _insert_people(session: Session, rows) -> list[dict]:
     return marks
 
 
-def _update_person(row, person: Individual | None) -> dict:
-    if person is None or person.deleted_at is not None:
-        return {"id": row.id, "status": "error", "individual_id": None,
-                "errors": {"national_id": "The person to update was deleted meanwhile."}}
-    values = _individual_values(row.cleaned)
-    custom = dict(person.custom or {})
-    custom.update(values.pop("custom", {}) or {})
-    for key, value in values.items():
-        if value is not None and value != "" and getattr(person, key) != value:
-            setattr(person, key, value)
-    if custom != (person.custom or {}):
-        person.custom = custom
-    return {"id": row.id, "status": "imported", "individual_id": person.id}
+_UPDATED_COLUMNS = tuple(c for c in INDIVIDUAL_FIELDS if c != "custom")
+
+
+def _update_people(session: Session, rows) -> list[dict]:
+    """Update registered people from staged rows: what a row gives (a blank cell keeps the
+    registered value; custom fields merge) replaces what differs.
+
+    Set-based: the people are read as plain rows, each set of changed fields is one
+    executemany, and the audit entries are written together, as the flush hook would
+    write them. The ORM took 0.45 ms a person (45 s for 100,000). The people are locked
+    as they are read (SQLite: the job holds the write lock), and each update still checks
+    the version it read."""
+    if not rows:
+        return []
+    table = Individual.__table__
+    registered: dict[int, dict] = {}
+    for _ids, wanted in _in_chunks(session, table.c.id, sorted({r.individual_id for r in rows})):
+        query = select(table.c.id, table.c.version, table.c.deleted_at, table.c.custom,
+                       *(table.c[c] for c in _UPDATED_COLUMNS)).where(wanted)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        registered.update((p.id, p._asdict()) for p in session.execute(query))
+    marks, changed, by_fields = [], [], {}
+    for row in rows:
+        person = registered.get(row.individual_id)
+        if person is None or person["deleted_at"] is not None:
+            marks.append({"id": row.id, "status": "error", "individual_id": None,
+                          "errors": {"national_id": "The person to update was deleted meanwhile."}})
+            continue
+        marks.append({"id": row.id, "status": "imported", "individual_id": person["id"]})
+        values = _individual_values(row.cleaned)
+        custom = {**(person["custom"] or {}), **(values.pop("custom", {}) or {})}
+        changes = {key: (person[key], value) for key, value in values.items()
+                   if value is not None and value != "" and person[key] != value}
+        if custom != (person["custom"] or {}):
+            changes["custom"] = (person["custom"], custom)
+        if not changes:
+            continue
+        after = {**person, **{key: value for key, (_before, value) in changes.items()}}
+        by_fields.setdefault(tuple(sorted(changes)), []).append(
+            {"person": person["id"], "read": person["version"],
+             **{key: value for key, (_before, value) in changes.items()}})
+        changed.append((person["id"], " ".join(filter(None, (
+            after["first_name"], after["middle_name"], after["last_name"]))),
+            {k: v for k, v in changes.items() if k not in Individual.__audit_exclude__}))
+    for fields, updates in by_fields.items():
+        result = session.execute(
+            update(table).where(table.c.id == bindparam("person"), table.c.version == bindparam("read"))
+            .values(version=table.c.version + 1, updated_at=func.now(),
+                    **{field: bindparam(field) for field in fields}), updates)
+        if result.rowcount != len(updates):
+            raise DomainError("Someone changed these people while they were imported; import again.")
+    record_changes(session, entity_type="individual", changed=changed)
+    for person in list(session.identity_map.values()):  # what this session holds is stale now
+        if isinstance(person, Individual) and person.id in registered:
+            session.expire(person)
+    return marks
 
 
 def import_households(session: Session, upload: Upload) -> int:

@@ -236,6 +236,38 @@ def test_importing_an_update_changes_the_registered_person(db_session, tmp_path,
     assert counts["people_updated"] == 1 and counts["people_created"] == 0
 
 
+def test_updates_change_only_what_differs_and_write_one_audit_entry_per_changed_person(
+        db_session, tmp_path, country, make_individual):
+    from portal.audit.models import AuditEntry
+
+    born = date(1990, 5, 17)
+    people = [make_individual(first, "Banda", national_id=nid, phone=phone, sex="F", birth_date=born,
+                              location=country["NV1"])
+              for first, nid, phone in (("Amina", "A100", "+265990000001"), ("Grace", "A200", "+265990000002"),
+                                        ("Mercy", "A300", None), ("Neema", "A400", "+265990000004"))]
+    upload = _validated(db_session, tmp_path, "First name,Last name,Sex,Birth date,National ID,Village code,Phone\n"
+                        "Amina,Banda,F,1990-05-17,A100,NV1,+265991111111\n"   # new phone
+                        "Grace,Banda,F,1990-05-17,A200,NV1,+265992222222\n"   # new phone too
+                        "Mercy,Mwale,F,1990-05-17,A300,NV2,\n"                # married, moved; no phone given
+                        "Neema,Banda,F,1990-05-17,A400,NV1,+265990000004\n",  # as registered
+                        policy="update")
+    counts = _imported(db_session, upload)
+    for person in people:
+        db_session.refresh(person)
+    assert [(p.last_name, p.location_id, p.phone, p.version) for p in people] == [
+        ("Banda", country["NV1"].id, "+265991111111", 2), ("Banda", country["NV1"].id, "+265992222222", 2),
+        ("Mwale", country["NV2"].id, None, 2), ("Banda", country["NV1"].id, "+265990000004", 1)]
+    assert people[2].name_key == "mwale mercy" and people[2].updated_at is not None
+    assert counts["people_updated"] == 4 and counts["imported"] == 4
+    entries = {e.entity_id: e for e in db_session.scalars(select(AuditEntry).where(
+        AuditEntry.entity_type == "individual", AuditEntry.action == "update"))}
+    assert sorted(entries) == sorted(str(p.id) for p in people[:3])
+    assert entries[str(people[0].id)].changes == {"phone": ["+265990000001", "+265991111111"]}
+    assert entries[str(people[2].id)].changes == {"last_name": ["Banda", "Mwale"],
+                                                  "location_id": [country["NV1"].id, country["NV2"].id]}
+    assert entries[str(people[2].id)].summary == "Mercy Mwale"
+
+
 def test_an_update_of_a_person_deleted_after_validation_fails_only_its_row(
         db_session, tmp_path, country, make_individual):
     kept = make_individual("Amina", "Banda", national_id="A100", location=country["NV1"])
