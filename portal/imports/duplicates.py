@@ -53,6 +53,12 @@ _SAME_DAY = (
     "AND v.village_id = i.location_id AND v.area = n.area")
 
 
+def duplicate_warning(person_id: int, name: str, born: str, others: int) -> str:
+    """What a row flagged as a probable duplicate says (``others``: further look-alikes)."""
+    more = f" and {others} more" if others else ""
+    return f"Probably the same person as #{person_id} {name}, born {born}{more}."[:500]
+
+
 class ProbableDuplicates:
     """``add`` each batch's new valid rows as they are checked; ``warnings`` waits for the
     search and returns {row number: warning} for the rows that look registered already.
@@ -100,9 +106,8 @@ class ProbableDuplicates:
         warnings = {}
         for number, matches in found.items():
             pid, p_first, p_last, born = matches[0]
-            more = f" and {len(matches) - 1} more" if len(matches) > 1 else ""
-            warnings[number] = (f"Probably the same person as #{pid} {p_first} {p_last}, born "
-                                f"{str(born)[:10]}{more}.")[:500]
+            warnings[number] = duplicate_warning(pid, f"{p_first} {p_last}", str(born)[:10],
+                                                 len(matches) - 1)
         return warnings
 
     # --- on the thread ------------------------------------------------------------------

@@ -29,12 +29,12 @@ from portal.clock import now
 from portal.errors import DomainError
 from portal.imports import columns as cols_mod
 from portal.imports.columns import parse_yes_no
-from portal.imports.duplicates import ProbableDuplicates
+from portal.imports.duplicates import ProbableDuplicates, duplicate_warning
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
 from portal.imports.reading import FileProblem, open_table, read_head
 from portal.locations.models import Location
 from portal.locations.services import Scope
-from portal.registry.models import Group, GroupMember, Individual
+from portal.registry.models import Group, GroupMember, Individual, full_name
 
 BATCH = 5000
 PROBLEM_STATUSES = ("error", "duplicate")
@@ -303,7 +303,7 @@ class RowChecker:
         """national ID -> (person id, full name, location path) of living registered people."""
         ids = sorted(n for n in set(national_ids) if n)
         found: dict[str, tuple[int, str, str]] = {}
-        for _chunk, wanted in _in_chunks(self.session, Individual.national_id, ids, String):
+        for wanted in _in_chunks(self.session, Individual.national_id, ids, String):
             for nid, pid, first, last, path in self.session.execute(
                     select(Individual.national_id, Individual.id, Individual.first_name,
                            Individual.last_name, Location.path)
@@ -326,9 +326,8 @@ class RowChecker:
         if not similar:
             return None
         person = similar[0]
-        more = f" and {len(similar) - 1} more" if len(similar) > 1 else ""
-        return (f"Probably the same person as #{person.id} {person.full_name}, born "
-                f"{person.birth_date.isoformat()}{more}.")[:500]
+        return duplicate_warning(person.id, person.full_name, person.birth_date.isoformat(),
+                                 len(similar) - 1)
 
     def areas(self) -> dict[int, str]:
         """location id -> the area ("same district") its people are compared within."""
@@ -372,19 +371,18 @@ class RowChecker:
 
 
 def _in_chunks(session: Session, column, values: list, item_type=Integer):
-    """(values, condition "column is one of them") over a long list: PostgreSQL takes the
+    """Conditions "column is one of these values" over a long list: PostgreSQL takes the
     whole list as one array (an IN list of a thousand values costs more to plan than to
     run), SQLite IN lists of a thousand. The array is unnested, so PostgreSQL looks each
     value up in the column's index: given ``= ANY(array)`` of 5,000 national IDs it scanned
     the whole registry instead (160 ms, against 21 ms)."""
     if session.get_bind().dialect.name == "postgresql":
         if values:
-            yield values, column.in_(select(func.unnest(
+            yield column.in_(select(func.unnest(
                 bindparam("values", values, type_=ARRAY(item_type)))).scalar_subquery())
         return
     for start in range(0, len(values), 1000):
-        chunk = values[start:start + 1000]
-        yield chunk, column.in_(chunk)
+        yield column.in_(values[start:start + 1000])
 
 
 def row_status(errors: dict, action: str | None, warning: str | None) -> str:
@@ -1031,10 +1029,9 @@ def _insert_new_people(session: Session, upload_id: int, first_id: int, last_id:
 def _with_cleaned(session: Session, row_ids: list[int]) -> list:
     """The staged rows with these ids and their cleaned values, in id order."""
     rows = []
-    for start in range(0, len(row_ids), 1000):
+    for wanted in _in_chunks(session, UploadRow.id, sorted(row_ids)):
         rows += session.execute(select(UploadRow.id, UploadRow.cleaned, UploadRow.individual_id)
-                                .where(UploadRow.id.in_(row_ids[start:start + 1000]))
-                                .order_by(UploadRow.id)).all()
+                                .where(wanted).order_by(UploadRow.id)).all()
     return rows
 
 
@@ -1071,7 +1068,7 @@ def _update_people(session: Session, rows) -> list[dict]:
         return []
     table = Individual.__table__
     registered: dict[int, dict] = {}
-    for _ids, wanted in _in_chunks(session, table.c.id, sorted({r.individual_id for r in rows})):
+    for wanted in _in_chunks(session, table.c.id, sorted({r.individual_id for r in rows})):
         query = select(table.c.id, table.c.version, table.c.deleted_at, table.c.custom,
                        *(table.c[c] for c in _UPDATED_COLUMNS)).where(wanted)
         if session.get_bind().dialect.name == "postgresql":
@@ -1097,9 +1094,9 @@ def _update_people(session: Session, rows) -> list[dict]:
         by_fields.setdefault(tuple(sorted(changes)), []).append(
             {"person": person["id"], "read": person["version"],
              **{key: value for key, (_before, value) in changes.items()}})
-        changed.append((person["id"], " ".join(filter(None, (
-            after["first_name"], after["middle_name"], after["last_name"]))),
-            {k: v for k, v in changes.items() if k not in Individual.__audit_exclude__}))
+        changed.append((person["id"], full_name(after["first_name"], after["middle_name"],
+                                                after["last_name"]),
+                        {k: v for k, v in changes.items() if k not in Individual.__audit_exclude__}))
     for fields, updates in by_fields.items():
         result = session.execute(
             update(table).where(table.c.id == bindparam("person"), table.c.version == bindparam("read"))

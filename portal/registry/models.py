@@ -24,6 +24,11 @@ SEARCH_INDEXES = frozenset({"ix_individual_search_name", "ix_individual_location
                             "ix_individual_location_birth", "ix_individual_birth_sex"})
 
 
+def full_name(first: str | None, middle: str | None, last: str | None) -> str:
+    """A person's name as shown (and as their audit entries' summary)."""
+    return " ".join(p for p in (first, middle, last) if p)
+
+
 class Individual(Audited, db.Model):
     __pii__ = {"national_id", "phone"}
     __audit_exclude__ = {"version", "name_key", "created_at", "updated_at"}
@@ -64,7 +69,7 @@ class Individual(Audited, db.Model):
 
     @property
     def full_name(self) -> str:
-        return " ".join(p for p in (self.first_name, self.middle_name, self.last_name) if p)
+        return full_name(self.first_name, self.middle_name, self.last_name)
 
     def __str__(self) -> str:
         return self.full_name
