@@ -56,7 +56,8 @@ def _own_population(session, *, adults: int, children: int) -> None:
     from portal.locations.models import Location
     from portal.registry.models import Individual
 
-    if (session.scalar(select(func.count()).select_from(Individual)) or 0) >= adults + children:
+    if (session.scalar(select(func.count()).select_from(Individual)
+                          .where(Individual.deleted_at.is_(None))) or 0) >= adults + children:
         return
     rng = random.Random(5)
     villages = list(session.scalars(select(Location.id).where(Location.kind == "village")))

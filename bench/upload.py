@@ -174,7 +174,8 @@ def main(argv=None) -> int:
         prepare_session(session)  # as the import jobs do
         villages = list(session.scalars(select(Location.code).where(Location.kind == "village")
                                         .order_by(Location.id).limit(500)))
-        registered = session.scalar(select(func.count()).select_from(Individual))
+        registered = session.scalar(select(func.count()).select_from(Individual)
+                                    .where(Individual.deleted_at.is_(None)))
         session.commit()
         xlsx = folder / f"upload-{args.rows}.xlsx"
         started = time.perf_counter()
