@@ -57,7 +57,7 @@ def load() -> dict:
         "MAX_CONTENT_LENGTH": _int("MAX_UPLOAD_MB", 50) * 1024 * 1024,
         "UPLOAD_MAX_ROWS": _int("UPLOAD_MAX_ROWS", 500_000),
         # Rows imported per transaction: fewer, larger batches write each index page less often.
-        "UPLOAD_IMPORT_BATCH": _int("UPLOAD_IMPORT_BATCH", 50_000),
+        "UPLOAD_IMPORT_BATCH": _int("UPLOAD_IMPORT_BATCH", 100_000),
         "PERMANENT_SESSION_LIFETIME": timedelta(minutes=_int("SESSION_IDLE_MINUTES", 120)),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -171,12 +171,15 @@ def main(argv=None) -> int:
         session = db.session
         from jobs.imports import prepare_session
 
-        prepare_session(session)  # as the import jobs do
         villages = list(session.scalars(select(Location.code).where(Location.kind == "village")
                                         .order_by(Location.id).limit(500)))
         registered = session.scalar(select(func.count()).select_from(Individual)
                                     .where(Individual.deleted_at.is_(None)))
         session.commit()
+        # A new connection, as the job's: the count's pages are not in its cache (or its memory).
+        session.close()
+        db.engine.dispose()
+        prepare_session(session)  # as the validation job does
         xlsx = folder / f"upload-{args.rows}.xlsx"
         started = time.perf_counter()
         if not xlsx.exists():  # the run removes its people again, so the file can be reused
@@ -206,7 +209,7 @@ def main(argv=None) -> int:
         # database's page cache empty, not warmed by the validation.
         session.close()
         db.engine.dispose()
-        prepare_session(session)
+        prepare_session(session, cache_mb=256)  # as the import job does
         upload = session.get(type(upload), upload.id)
         run = services.start_import(session, upload, only_if_clean=False, scope=everything, actor_id=None)
         run.status = "running"  # this process does the work the worker would

@@ -88,6 +88,7 @@ def main(argv=None) -> int:
         run = services.start_import(session, upload, only_if_clean=False, scope=everything, actor_id=None)
         run.status = "running"
         session.commit()
+        prepare_session(session, cache_mb=256)  # as the import job does
         t2 = time.perf_counter()
         result = services.import_upload(session, upload, scope=everything, actor_id=None,
                                         progress=progress)

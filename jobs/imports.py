@@ -15,17 +15,19 @@ def import_upload(run_id: int):
     return runtime.run(run_id, _import)
 
 
-def prepare_session(session) -> None:
+def prepare_session(session, *, cache_mb: int = 128) -> None:
     """Batches commit through progress; objects read once (locations, the upload) stay
     loaded instead of being read again after every commit. On SQLite the connection gets a
-    larger page cache (128 MB instead of 2 MB): inserting 100,000 people updates every index
-    of a table of millions, and most of those pages would otherwise be read again."""
+    larger page cache than its 2 MB: an import of 100,000 people dirties nearly every page
+    of the registry's indexes, and with 256 MB they stay in memory until the commit writes
+    each once, instead of being spilled and written again (an import 0.5-1 s faster);
+    validation gains nothing from more than 128 MB, so its memory stays lower."""
     from sqlalchemy import text
 
     real = session.registry() if hasattr(session, "registry") else session
     real.expire_on_commit = False
     if session.get_bind().dialect.name == "sqlite":
-        session.execute(text("PRAGMA cache_size=-131072"))
+        session.execute(text(f"PRAGMA cache_size=-{int(cache_mb) * 1024}"))
         session.execute(text("PRAGMA wal_autocheckpoint=0"))
 
 
@@ -62,7 +64,7 @@ def _import(session, job, progress):
     if upload.status == "imported":
         return upload.counts
     upload.status = "importing"
-    prepare_session(session)
+    prepare_session(session, cache_mb=256)
     scope = services.scope_from_params(job.params)
     try:
         return services.import_upload(session, upload, scope=scope, actor_id=job.created_by_id,

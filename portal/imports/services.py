@@ -859,15 +859,16 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
         if new:
             people = _insert_new_people(session, upload.id, new[0], new[-1])
             if people is None:  # someone registered one of these national IDs meanwhile
-                marks = _insert_people(session, _with_cleaned(session, new))
+                for chunk in _batched(new, BATCH):  # rows read in Python a few thousand at a time
+                    marks += _insert_people(session, _with_cleaned(session, chunk))
                 people = [m["individual_id"] for m in marks if m["status"] == "imported"]
         created += len(people)
-        for mark in _update_people(session, _with_cleaned(
-                session, [r.id for r in batch if r.action == "update"])):
-            marks.append(mark)
-            if mark["status"] == "imported":
-                updated += 1
-                people.append(mark["individual_id"])
+        for chunk in _batched([r.id for r in batch if r.action == "update"], BATCH):
+            for mark in _update_people(session, _with_cleaned(session, chunk)):
+                marks.append(mark)
+                if mark["status"] == "imported":
+                    updated += 1
+                    people.append(mark["individual_id"])
         mark_imported(session, [m for m in marks if "errors" not in m])
         failed = [m for m in marks if "errors" in m]
         if failed:
