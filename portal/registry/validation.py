@@ -462,13 +462,14 @@ _SLOT_BITS = 256  # more than any letter's count in a name of first and last (80
 def _letters(text: str) -> int:
     """The letters of ``text`` as a bit set, one bit per occurrence (the k-th of letter i is
     bit 256 i + k): the letters two names share are then one AND and a bit count, in C (an
-    upload compares some 70,000 pairs). Other characters share the last slot, which can only
-    raise the bound, so no similar pair is missed."""
-    bits, seen = 0, {}
+    upload compares some 70,000 pairs). Other characters share the last slot and are counted
+    there together, which can only raise the bound, so no similar pair is missed."""
+    bits, counted = 0, [0] * (len(_SLOTS) + 1)
     other = len(_SLOTS)
     for c in text:
-        k = seen[c] = seen.get(c, -1) + 1
-        bits |= 1 << (_SLOT_BITS * _SLOTS.get(c, other) + k)
+        slot = _SLOTS.get(c, other)
+        bits |= 1 << (_SLOT_BITS * slot + counted[slot])
+        counted[slot] += 1
     return bits
 
 

@@ -105,6 +105,9 @@ def test_the_fast_name_comparison_decides_as_the_plain_rule_does():
         first, last = rng.choice(stems), rng.choice(stems)
         pairs.append((first.title(), last.title(), variant(first), variant(last)))
         pairs.append((first, last, rng.choice(stems), rng.choice(stems)))
+    # Right at the threshold (ratio 0.8) on characters other than letters: each counts.
+    pairs.append(("'-.", "X", "'-.", "Y"))
     verdicts = [similar_names(*pair) for pair in pairs]
     assert verdicts == [_plain_rule(*pair) for pair in pairs]
+    assert verdicts[-1]
     assert 0 < sum(verdicts) < len(verdicts)
