@@ -45,12 +45,16 @@ _NEW_PEOPLE = {
 SEARCH_ROWS = {False: 5000, True: 25000}
 # The join matches birth date and area together: each village's area comes from the
 # temporary table, and the registry's names are read only for the pairs that match. The join
-# order is written out (SQLite takes CROSS JOIN as it stands).
+# order is written out (SQLite takes CROSS JOIN as it stands), and so is SQLite's index: the
+# living people's (birth date, sex, village) index gives the village without reading the
+# person, where the plain birth-date index, which SQLite prefers, read every person born
+# that day in the country (3.4 million reads for 100,000 rows; validation waited 3 s, not 1).
 _SAME_DAY = (
     "INSERT INTO temp_same_day SELECT n.row_number, n.first_name, n.last_name, n.birth_date, "
-    "i.id, i.first_name, i.last_name FROM temp_new_person n CROSS JOIN individual i "
+    "i.id, i.first_name, i.last_name FROM temp_new_person n CROSS JOIN individual i{index} "
     "CROSS JOIN temp_village_area v WHERE i.birth_date = n.birth_date AND i.deleted_at IS NULL "
     "AND v.village_id = i.location_id AND v.area = n.area")
+_SAME_DAY_INDEX = {False: " INDEXED BY ix_individual_birth_sex", True: ""}
 
 
 def duplicate_warning(person_id: int, name: str, born: str, others: int) -> str:
@@ -142,7 +146,7 @@ class ProbableDuplicates:
         # Counted: SQLite would otherwise take the batch for a large table and build a Bloom
         # filter over the whole birth-date index each time; PostgreSQL plans its join by it.
         cursor.execute("ANALYZE temp_new_person")
-        cursor.execute(_SAME_DAY)
+        cursor.execute(_SAME_DAY.format(index=_SAME_DAY_INDEX[self._postgres]))
 
     def _insert(self, table: str, columns: dict, rows: list) -> None:
         """One statement, not one a row: while the database works this thread lets go of
