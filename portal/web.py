@@ -186,7 +186,8 @@ def form_refusal(form, exc, default: str, field: str | None = None) -> None:
     field it names (or ``field``), else on ``default``."""
     db.session.rollback()
     name = field or exc.field
-    getattr(form, name if name in form else default).errors.append(exc.message)
+    target = form[name if name and name in form else default]
+    target.errors = list(target.errors) + [exc.message]  # a tuple until the form is validated
 
 
 def flash_refusal(exc) -> None:

@@ -8,7 +8,8 @@ from portal.accounts.models import Role, User
 from portal.accounts.permissions import PERMISSIONS
 from portal.errors import DomainError
 from portal.extensions import db, login_manager
-from portal.web import AUTHENTICATED, PUBLIC, htmx_redirect, next_url, render, require, scope
+from portal.web import (AUTHENTICATED, PUBLIC, form_refusal, htmx_redirect, next_url, render, require,
+                        scope)
 
 
 @login_manager.user_loader
@@ -122,8 +123,7 @@ def _edit_user(user: User | None):
                 password=form.password.data or "", roles=roles, locations=locations,
                 all_locations=form.all_locations.data, scope=scope())
         except DomainError as exc:
-            db.session.rollback()
-            getattr(form, exc.field or "email").errors.append(exc.message)
+            form_refusal(form, exc, "email")
         else:
             db.session.commit()
             flash(f"Saved {saved.name}.", "success")

@@ -15,8 +15,8 @@ from portal.imports import bp, columns, services
 from portal.imports.forms import ImportForm, MappingForm, ReplaceForm, ReuploadForm, UploadForm
 from portal.imports.models import DUPLICATE_POLICIES
 from portal.privacy import mask
-from portal.web import (can, flash_refusal, htmx_redirect, int_arg, is_fragment_request, queue_job,
-                        render, require, scope, sweep_if_running)
+from portal.web import (can, flash_refusal, form_refusal, htmx_redirect, int_arg, is_fragment_request,
+                        queue_job, render, require, scope, sweep_if_running)
 
 EXTENSIONS = (".csv", ".xlsx", ".txt", ".tsv")
 
@@ -112,8 +112,7 @@ def new():
                     area_id=services.uploader_area(current_user), actor_id=current_user.id,
                     max_rows=current_app.config["UPLOAD_MAX_ROWS"])
             except DomainError as exc:
-                db.session.rollback()
-                form.file.errors.append(exc.message)
+                form_refusal(form, exc, "file", field="file")
             else:
                 earlier = services.earlier_import_of_same_file(db.session, upload)
                 if upload.status == "uploaded" and earlier is None:

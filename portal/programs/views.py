@@ -18,7 +18,7 @@ from portal.programs.models import (BENEFICIARY_STATUSES, PROGRAM_STATUSES, Bene
                                     Institution, Program, Scheme)
 from portal.programs.services import CUSTOM_OPERATORS, BeneficiaryFilters, Criteria
 from portal.registry.models import SEXES, CustomField, Individual
-from portal.web import can, flash_refusal, htmx_redirect, int_arg, render, require, scope
+from portal.web import can, flash_refusal, form_refusal, htmx_redirect, int_arg, render, require, scope
 
 
 @bp.context_processor
@@ -40,11 +40,6 @@ def _enrol_choices():
 
 def _program_or_404(program_id: int) -> Program:
     return db.get_or_404(Program, program_id)
-
-
-def _form_error(form, exc: DomainError, default: str) -> None:
-    target = exc.field if exc.field and exc.field in form else default
-    form[target].errors = list(form[target].errors) + [exc.message]
 
 
 def _location_id(code: str, errors: dict) -> int | None:
@@ -118,9 +113,8 @@ def _save_program(program: Program | None):
                 scheme_id=form.scheme_id.data or None, amount=form.amount.data,
                 currency=form.currency.data, actor_id=current_user.id)
         except DomainError as exc:
-            db.session.rollback()
+            form_refusal(form, exc, "code")
             program = db.session.get(Program, program.id) if program else None
-            _form_error(form, exc, "code")
         else:
             db.session.commit()
             flash(f"Saved {saved}.", "success")
@@ -212,8 +206,7 @@ def _save_field(program: Program, custom_field: CustomField | None):
                 type=form.type.data, required=form.required.data, pattern=form.pattern.data,
                 choices=(form.choices.data or "").split(","), active=form.active.data)
         except DomainError as exc:
-            db.session.rollback()
-            _form_error(form, exc, "name")
+            form_refusal(form, exc, "name")
         else:
             db.session.commit()
             flash("Field saved.", "success")
@@ -343,9 +336,8 @@ def change_status(beneficiary_id: int):
                 db.session, record.id, to_status=form.to_status.data, reason=form.reason.data,
                 effective_date=form.effective_date.data, actor_id=current_user.id, scope=scope())
         except DomainError as exc:
-            db.session.rollback()
+            form_refusal(form, exc, "to_status")
             record = _beneficiary_or_404(beneficiary_id)
-            _form_error(form, exc, "to_status")
         else:
             db.session.commit()
             if changed is None:
@@ -364,9 +356,8 @@ def beneficiary_fields(beneficiary_id: int):
         services.update_beneficiary_custom(db.session, record.id, _program_custom_raw(record.program),
                                            scope=scope(), actor_id=current_user.id)
     except DomainError as exc:
-        db.session.rollback()
+        flash_refusal(exc)
         record = _beneficiary_or_404(beneficiary_id)
-        flash(exc.message, "error")
         return _beneficiary_page(record, _status_form(record), status=422, partial=False)
     db.session.commit()
     flash("Saved the program fields.", "success")
@@ -580,8 +571,7 @@ def _org_form(kind: str, org_id: int | None):
         try:
             saved = spec["save"](db.session, org, **values)
         except DomainError as exc:
-            db.session.rollback()
-            _form_error(form, exc, "code")
+            form_refusal(form, exc, "code")
         else:
             db.session.commit()
             flash(f"Saved {saved}.", "success")

@@ -258,8 +258,7 @@ def member_roles():
             role = services.save_member_role(db.session, code=form.code.data, label=form.label.data,
                                              active=form.active.data, actor_id=current_user.id)
         except DomainError as exc:
-            db.session.rollback()
-            form.code.errors.append(exc.message)
+            form_refusal(form, exc, "code", field="code")
         else:
             db.session.commit()
             flash(f"Saved the role {role.label}.", "success")
