@@ -21,9 +21,6 @@ _CREATE = (
     "CREATE TEMPORARY TABLE temp_village_area (village_id INTEGER PRIMARY KEY, area VARCHAR(120))",
     "CREATE TEMPORARY TABLE temp_new_person (row_number INTEGER, birth_date DATE, "
     "area VARCHAR(120), first_name VARCHAR(80), last_name VARCHAR(80))",
-    "CREATE TEMPORARY TABLE temp_same_day (row_number INTEGER, first_name VARCHAR(80), "
-    "last_name VARCHAR(80), birth_date DATE, person_id INTEGER, person_first VARCHAR(80), "
-    "person_last VARCHAR(80))",
 )
 # Rows arrive as one JSON array of arrays: one statement, however many rows.
 _INSERT_JSON = {
@@ -50,10 +47,10 @@ SEARCH_ROWS = {False: 5000, True: 25000}
 # person, where the plain birth-date index, which SQLite prefers, read every person born
 # that day in the country (3.4 million reads for 100,000 rows; validation waited 3 s, not 1).
 _SAME_DAY = (
-    "INSERT INTO temp_same_day SELECT n.row_number, n.first_name, n.last_name, n.birth_date, "
-    "i.id, i.first_name, i.last_name FROM temp_new_person n CROSS JOIN individual i{index} "
+    "SELECT n.row_number, n.first_name, n.last_name, n.birth_date, i.id, i.first_name, "
+    "i.last_name FROM temp_new_person n CROSS JOIN individual i{index} "
     "CROSS JOIN temp_village_area v WHERE i.birth_date = n.birth_date AND i.deleted_at IS NULL "
-    "AND v.village_id = i.location_id AND v.area = n.area")
+    "AND v.village_id = i.location_id AND v.area = n.area ORDER BY n.row_number, i.id")
 _SAME_DAY_INDEX = {False: " INDEXED BY ix_individual_birth_sex", True: ""}
 
 
@@ -77,6 +74,10 @@ class ProbableDuplicates:
             self._thread = _InLine()
             self._connection, self._own = bind.connection.driver_connection, False
         self._waiting: list[tuple] = []  # new people not yet searched for (the thread's)
+        # row number -> (first look-alike's id, first name, last name, birth date, how many
+        # more), filled by the thread as each search ends
+        self._found: dict[int, tuple] = {}
+        self._verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
         self._pending = [self._thread.submit(self._open, bind, areas)]
 
     def __enter__(self) -> "ProbableDuplicates":
@@ -97,21 +98,9 @@ class ProbableDuplicates:
         self._pending.append(self._thread.submit(self._search))
         for job in self._pending:
             job.result()  # in order; re-raises the thread's error here
-        pairs = self._thread.submit(self._pairs).result()
-        verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
-        found: dict[int, list] = {}
-        for number, first, last, born, pid, p_first, p_last in pairs:
-            names = (first or "", last or "", p_first, p_last)
-            verdict = verdicts.get(names)
-            if verdict is None:
-                verdict = verdicts[names] = similar_names(*names)
-            if verdict:
-                found.setdefault(number, []).append((pid, p_first, p_last, born))
         warnings = {}
-        for number, matches in found.items():
-            pid, p_first, p_last, born = matches[0]
-            warnings[number] = duplicate_warning(pid, f"{p_first} {p_last}", str(born)[:10],
-                                                 len(matches) - 1)
+        for number, (pid, p_first, p_last, born, others) in self._found.items():
+            warnings[number] = duplicate_warning(pid, f"{p_first} {p_last}", str(born)[:10], others)
         return warnings
 
     # --- on the thread ------------------------------------------------------------------
@@ -147,6 +136,21 @@ class ProbableDuplicates:
         # filter over the whole birth-date index each time; PostgreSQL plans its join by it.
         cursor.execute("ANALYZE temp_new_person")
         cursor.execute(_SAME_DAY.format(index=_SAME_DAY_INDEX[self._postgres]))
+        self._judge(cursor.fetchall())
+
+    def _judge(self, pairs: list[tuple]) -> None:
+        """Compare the names of a search's pairs (in row order, each row's registered people
+        by id) here on the thread, while validation goes on, not all of them at the end."""
+        verdicts, found = self._verdicts, self._found
+        for number, first, last, born, pid, p_first, p_last in pairs:
+            names = (first or "", last or "", p_first, p_last)
+            verdict = verdicts.get(names)
+            if verdict is None:
+                verdict = verdicts[names] = similar_names(*names)
+            if verdict:
+                match = found.get(number)
+                found[number] = ((pid, p_first, p_last, born, 0) if match is None else
+                                 (*match[:4], match[4] + 1))
 
     def _insert(self, table: str, columns: dict, rows: list) -> None:
         """One statement, not one a row: while the database works this thread lets go of
@@ -154,17 +158,12 @@ class ProbableDuplicates:
         statement = _INSERT_JSON[self._postgres].format(table=table, columns=columns[self._postgres])
         self._connection.cursor().execute(statement, (orjson.dumps(rows).decode(),))
 
-    def _pairs(self) -> list[tuple]:
-        cursor = self._connection.cursor()
-        cursor.execute("SELECT * FROM temp_same_day ORDER BY row_number, person_id")
-        return cursor.fetchall()
-
     def _close(self) -> None:
         if self._connection is None:
             return
         if not self._own:
             cursor = self._connection.cursor()
-            for name in ("temp_village_area", "temp_new_person", "temp_same_day"):
+            for name in ("temp_village_area", "temp_new_person"):
                 cursor.execute(f"DROP TABLE IF EXISTS {name}")
             return
         try:
