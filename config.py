@@ -58,6 +58,9 @@ def load() -> dict:
         "UPLOAD_MAX_ROWS": _int("UPLOAD_MAX_ROWS", 500_000),
         # Rows imported per transaction: fewer, larger batches write each index page less often.
         "UPLOAD_IMPORT_BATCH": _int("UPLOAD_IMPORT_BATCH", 100_000),
+        # Files from this size on are read and checked in a forked process beside the one
+        # staging their rows (about 20,000 rows of a workbook); smaller ones are not worth it.
+        "UPLOAD_READER_PROCESS_BYTES": _int("UPLOAD_READER_PROCESS_BYTES", 1024 * 1024),
         "PERMANENT_SESSION_LIFETIME": timedelta(minutes=_int("SESSION_IDLE_MINUTES", 120)),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -31,6 +31,7 @@ from portal.imports import columns as cols_mod
 from portal.imports.columns import parse_yes_no
 from portal.imports.duplicates import ProbableDuplicates, duplicate_warning
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
+from portal.imports.reader_process import in_child_process
 from portal.imports.reading import FileProblem, open_table, read_head
 from portal.locations.models import Location
 from portal.locations.services import Scope
@@ -405,31 +406,26 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     """Read the file, check and stage every row (replacing earlier ones), check households.
 
     Commits between batches via ``progress``; a bad file raises FileProblem with the staged
-    rows removed again."""
+    rows removed again. A large file is read and checked by the registry's rules in a
+    forked process while this one stages the batches it has already checked."""
     started = time.monotonic()
     session.execute(delete(UploadRow).where(UploadRow.upload_id == upload.id))
-    table = open_table(upload.stored_path, max_rows=_max_rows())
-    mapping = upload.mapping or {}
-    index = {h: i for i, h in enumerate(table.headers) if h}
-    lost = [h for h, name in mapping.items() if name and h not in index]
-    if lost:
-        table.rows.close()
-        raise FileProblem(f"The column '{lost[0]}' was not found when the whole file was read. "
-                          "Save the file again from Excel and upload it anew.")
-    fields = [(index[h], name) for h, name in mapping.items() if name]
     checker = RowChecker(session, upload, scope)
     areas = checker.areas()
+    checked = _read_and_check(upload, checker)
+    if os.path.getsize(upload.stored_path) >= current_app.config["UPLOAD_READER_PROCESS_BYTES"]:
+        checker.rules.load_locations()  # the child process cannot read them
+        checked = in_child_process(checked)
     seen: dict[str, int] = {}
-    total = table.total or 0
+    total = next(checked) or 0
     done = 0
     progress(0, total, "Reading and checking rows")
     upload_id = upload.id
     with ProbableDuplicates(session.get_bind(), areas) as duplicates:
-        for chunk in _batched(table.rows, BATCH):
-            raws = [{name: cells[i] for i, name in fields} for _number, cells in chunk]  # padded rows
-            staged = [{"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors}
-                      for (number, _cells), raw, (cleaned, errors) in
-                      zip(chunk, raws, checker.clean_many(raws))]
+        for batch in checked:
+            staged = [{"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors,
+                       "cleaned_json": cleaned_json}
+                      for number, raw, cleaned, cleaned_json, errors in batch]
             registered = checker.registered(r["cleaned"]["national_id"] for r in staged)
             for row in staged:
                 checker.settle(row, registered, seen, {})
@@ -437,7 +433,7 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
                 checker.check_unique_custom(staged, seen)
             _stage(session, [_staged(upload_id, row, areas) for row in staged])
             duplicates.add(_new_people(staged, areas))
-            done += len(chunk)
+            done += len(staged)
             progress(done, max(total, done), f"Checked {done:,} rows")
         if done == 0:
             raise FileProblem("The file has column names but no rows of people.")
@@ -450,6 +446,28 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     upload.status = "validated"
     upload.validate_seconds = round(time.monotonic() - started, 2)
     return upload.counts
+
+
+def _read_and_check(upload: Upload, checker: RowChecker):
+    """The upload's file read and checked by the rules that need nothing but the row: first
+    the number of rows (None when the format does not tell), then each batch's rows as
+    (row number, cells by field as JSON, cleaned values, the same as JSON, errors). Needs no
+    database once the checker's locations are loaded, so it can run in another process,
+    which then also does the JSON encoding (settling a row later changes only its errors)."""
+    table = open_table(upload.stored_path, max_rows=_max_rows())
+    mapping = upload.mapping or {}
+    index = {h: i for i, h in enumerate(table.headers) if h}
+    lost = [h for h, name in mapping.items() if name and h not in index]
+    if lost:
+        table.rows.close()
+        raise FileProblem(f"The column '{lost[0]}' was not found when the whole file was read. "
+                          "Save the file again from Excel and upload it anew.")
+    fields = [(index[h], name) for h, name in mapping.items() if name]
+    yield table.total
+    for chunk in _batched(table.rows, BATCH):
+        raws = [{name: cells[i] for i, name in fields} for _number, cells in chunk]  # padded rows
+        yield [(number, _json(raw), cleaned, _json(cleaned), errors) for (number, _cells), raw,
+               (cleaned, errors) in zip(chunk, raws, checker.clean_many(raws))]
 
 
 def _new_people(staged: list[dict], areas: dict[int, str]) -> list[tuple]:
@@ -902,9 +920,10 @@ _STAGED_COLUMNS = ("upload_id", "row_number", "raw", "cleaned", "errors", "warni
 
 
 def _staged(upload_id: int, row: dict, areas: dict[int, str]) -> tuple:
-    """A checked row as ``_stage`` takes it."""
+    """A checked row (its raw cells and cleaned values already JSON) as ``_stage`` takes it."""
     cleaned, errors, action, warning = row["cleaned"], row["errors"], row["action"], row["warning"]
-    return (upload_id, row["row_number"], _json(row["raw"]), _json(cleaned), _json(errors), warning,
+    return (upload_id, row["row_number"], row["raw"], row["cleaned_json"],
+            _json(errors) if errors else "{}", warning,
             row_status(errors, action, warning), action, cleaned["national_id"],
             cleaned["household_code"], cleaned["role"], cleaned["primary_recipient"],
             cleaned["birth_date"], areas.get(cleaned["location_id"]), row["individual_id"])

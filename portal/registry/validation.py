@@ -234,24 +234,26 @@ def active_custom_fields(session: Session, program_id: int | None = None) -> lis
 
 # --- individuals ------------------------------------------------------------------------------
 
-def _village(session: Session, code: str, location_id) -> tuple[Location | None, str]:
-    """The location named by a code or an id; cached per session."""
-    cache = session.info.setdefault("registry_locations", {})
+def _village(session: Session, code: str, location_id,
+             every: dict | None = None) -> tuple[Location | None, str]:
+    """The location named by a code or an id; cached per session, or taken from ``every``
+    location (keyed as the cache is) without reading anything."""
+    cache = session.info.setdefault("registry_locations", {}) if every is None else every
     if code:
         key = ("code", code.upper())
-        if key not in cache:
+        if every is None and key not in cache:
             cache[key] = session.scalar(select(Location).where(Location.code == code)) or \
                 session.scalar(select(Location).where(Location.code == code.upper()))
-        return cache[key], code
+        return cache.get(key), code
     if location_id not in (None, ""):
         try:
             location_id = int(location_id)
         except (TypeError, ValueError):
             return None, str(location_id)
         key = ("id", location_id)
-        if key not in cache:
+        if every is None and key not in cache:
             cache[key] = session.get(Location, location_id)
-        return cache[key], str(location_id)
+        return cache.get(key), str(location_id)
     return None, ""
 
 
@@ -277,6 +279,19 @@ class PersonRules:
         self.custom_fields = [f for f in custom_fields if f.active]
         self._memo: dict = {}
         self._today = today()
+        self._locations: dict | None = None  # every location, once load_locations ran
+
+    def load_locations(self) -> None:
+        """Read every location now, so checking rows needs no database: a process forked to
+        check a file must not use its parent's connection. Keyed as ``_village`` looks up,
+        a code in capitals; a code stored in capitals wins over one differing in case only."""
+        locations: dict = {}
+        for location in self.session.scalars(select(Location)):
+            key = ("code", location.code.upper())
+            if key not in locations or location.code == key[1]:
+                locations[key] = location
+            locations[("id", location.id)] = location
+        self._locations = locations
 
     def _column(self, values: list, rule, *args) -> list:
         """``rule(value, *args)`` for each value of a column, computed once per distinct
@@ -321,7 +336,7 @@ class PersonRules:
         return born, None
 
     def _location(self, code, location_id=None) -> tuple[int | None, str | None]:
-        location, given = _village(self.session, _text(code), location_id)
+        location, given = _village(self.session, _text(code), location_id, self._locations)
         if location is None:
             return None, f"No location has the code {given}." if given else "Village is required."
         if location.kind != "village":

@@ -1,0 +1,70 @@
+"""Reading and checking a large file in a process of its own.
+
+Validating 100,000 rows is Python work in two halves of about equal size: reading the sheet
+and applying the registry's rules, then looking up and staging the rows in the database.
+One process does one half while a forked child does the other, so the machine's second
+core halves the wait. The child never touches the database (its connections belong to the
+parent): whatever it needs from it is loaded before the fork.
+"""
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import pickle
+from typing import Iterator
+
+
+class ReaderStopped(RuntimeError):
+    """The child process died without saying why (killed, out of memory)."""
+
+
+def in_child_process(items: Iterator) -> Iterator:
+    """Iterate ``items`` (a generator not yet started) in a forked process and yield what it
+    yields, as it comes. An exception in the child is raised here; leaving the loop early
+    (or an exception here) kills the child. The pipe holds about one item, so the child
+    stays at most a batch or two ahead and its memory stays bounded."""
+    context = multiprocessing.get_context("fork")
+    receiving, sending = context.Pipe(duplex=False)
+    child = context.Process(target=_produce, args=(items, sending), daemon=True,
+                            name="upload-reader")
+    child.start()
+    sending.close()
+    try:
+        while True:
+            try:
+                kind, value = receiving.recv()
+            except EOFError:
+                child.join()
+                raise ReaderStopped(f"The process reading the file stopped (exit code "
+                                    f"{child.exitcode}).") from None
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        receiving.close()
+        if child.is_alive():
+            child.kill()
+        child.join()
+
+
+def _produce(items: Iterator, sending) -> None:
+    # The parent's objects (its database connections among them) must not be finalised
+    # here: a collected connection would close the parent's socket or file.
+    gc.disable()
+    try:
+        for item in items:
+            sending.send(("item", item))
+    except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
+        try:
+            pickle.dumps(exc)
+        except Exception:  # noqa: BLE001
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        try:
+            sending.send(("error", exc))
+        except (BrokenPipeError, OSError):
+            pass  # the parent is gone
+        return
+    sending.send(("end", None))
