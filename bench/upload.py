@@ -32,8 +32,8 @@ LAST = ["Banda", "Phiri", "Mwale", "Tembo", "Chirwa", "Nyirenda", "Zulu", "Mbewe
         "Otieno", "Kamau", "Njoroge", "Wanjiru", "Achieng", "Mutua", "Kiplagat"]
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _rss_mb(who=resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def write_xlsx(path: Path, rows: int, villages: list[str], seed: int = 7) -> None:
@@ -205,6 +205,7 @@ def main(argv=None) -> int:
         counts = services.validate_upload(session, upload, scope=everything, progress=progress)
         session.commit()
         t2 = time.perf_counter()
+        validation_peak = _rss_mb()
         # The import is a job of its own, in a process of its own: it starts with the
         # database's page cache empty, not warmed by the validation.
         session.close()
@@ -231,7 +232,11 @@ def main(argv=None) -> int:
               f"updated {result.get('people_updated', 0):,}, households new "
               f"{result.get('new_households', 0):,}, members added {result.get('members_added', 0):,})")
         print(f"total upload -> imported: {t4 - t0:6.2f} s")
-        print(f"peak memory of the process (max RSS): {peak:,.0f} MB (before the upload {rss_before:,.0f} MB)")
+        reader = _rss_mb(resource.RUSAGE_CHILDREN)
+        print(f"peak memory (max RSS): {peak:,.0f} MB for this process (before the upload "
+              f"{rss_before:,.0f} MB, after validating {validation_peak:,.0f} MB); the process "
+              f"reading the file {reader:,.0f} MB, pages shared with its parent included: "
+              f"validation at most {validation_peak + reader:,.0f} MB together")
         upload_id = upload.id
         session.close()
         with_indexes, key_only = insert_floor(db.engine, args.rows)
