@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 from flask import current_app
-from sqlalchemy import (ARRAY, Integer, String, bindparam, case, delete, func, or_, select,
+from sqlalchemy import (ARRAY, Integer, String, bindparam, case, delete, func, literal_column, or_, select,
                         text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -304,13 +304,15 @@ class RowChecker:
         """national ID -> (person id, full name, location path) of living registered people."""
         ids = sorted(n for n in set(national_ids) if n)
         found: dict[str, tuple[int, str, str]] = {}
-        for wanted in _in_chunks(self.session, Individual.national_id, ids, String):
-            for nid, pid, first, last, path in self.session.execute(
-                    select(Individual.national_id, Individual.id, Individual.first_name,
-                           Individual.last_name, Location.path)
-                    .join(Location, Location.id == Individual.location_id)
-                    .where(wanted, Individual.deleted_at.is_(None))):
-                found[nid] = (pid, f"{first} {last}", path)
+        if not ids:
+            return found
+        for nid, pid, first, last, path in self.session.execute(
+                select(Individual.national_id, Individual.id, Individual.first_name,
+                       Individual.last_name, Location.path)
+                .join(Location, Location.id == Individual.location_id)
+                .where(_one_of(self.session, Individual.national_id, ids, String),
+                       Individual.deleted_at.is_(None))):
+            found[nid] = (pid, f"{first} {last}", path)
         return found
 
     def in_scope(self, path: str) -> bool:
@@ -371,19 +373,19 @@ class RowChecker:
         row["status"] = row_status(errors, row["action"], row["warning"])
 
 
-def _in_chunks(session: Session, column, values: list, item_type=Integer):
-    """Conditions "column is one of these values" over a long list: PostgreSQL takes the
-    whole list as one array (an IN list of a thousand values costs more to plan than to
-    run), SQLite IN lists of a thousand. The array is unnested, so PostgreSQL looks each
-    value up in the column's index: given ``= ANY(array)`` of 5,000 national IDs it scanned
-    the whole registry instead (160 ms, against 21 ms)."""
+def _one_of(session: Session, column, values: list, item_type=Integer):
+    """The condition "column is one of these values" for a long list, as one statement
+    parameter: PostgreSQL takes an array, SQLite a JSON array (an IN list of a thousand
+    values costs more to plan and bind than to run: national IDs were looked up in 0.5 s
+    instead of 0.2 s). The list is unnested, so each value is looked up in the column's
+    index: given ``= ANY(array)`` of 5,000 national IDs PostgreSQL scanned the whole
+    registry instead (160 ms, against 21 ms)."""
     if session.get_bind().dialect.name == "postgresql":
-        if values:
-            yield column.in_(select(func.unnest(
-                bindparam("values", values, type_=ARRAY(item_type)))).scalar_subquery())
-        return
-    for start in range(0, len(values), 1000):
-        yield column.in_(values[start:start + 1000])
+        listed = select(func.unnest(bindparam("values", values, type_=ARRAY(item_type))))
+    else:
+        listed = select(literal_column("value")).select_from(
+            func.json_each(bindparam("values", orjson.dumps(values).decode())))
+    return column.in_(listed.scalar_subquery())
 
 
 def row_status(errors: dict, action: str | None, warning: str | None) -> str:
@@ -1048,11 +1050,9 @@ def _insert_new_people(session: Session, upload_id: int, first_id: int, last_id:
 
 def _with_cleaned(session: Session, row_ids: list[int]) -> list:
     """The staged rows with these ids and their cleaned values, in id order."""
-    rows = []
-    for wanted in _in_chunks(session, UploadRow.id, sorted(row_ids)):
-        rows += session.execute(select(UploadRow.id, UploadRow.cleaned, UploadRow.individual_id)
-                                .where(wanted).order_by(UploadRow.id)).all()
-    return rows
+    return session.execute(select(UploadRow.id, UploadRow.cleaned, UploadRow.individual_id)
+                           .where(_one_of(session, UploadRow.id, row_ids))
+                           .order_by(UploadRow.id)).all()
 
 
 def _insert_people(session: Session, rows) -> list[dict]:
@@ -1087,13 +1087,12 @@ def _update_people(session: Session, rows) -> list[dict]:
     if not rows:
         return []
     table = Individual.__table__
-    registered: dict[int, dict] = {}
-    for wanted in _in_chunks(session, table.c.id, sorted({r.individual_id for r in rows})):
-        query = select(table.c.id, table.c.version, table.c.deleted_at, table.c.custom,
-                       *(table.c[c] for c in _UPDATED_COLUMNS)).where(wanted)
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
-        registered.update((p.id, p._asdict()) for p in session.execute(query))
+    query = select(table.c.id, table.c.version, table.c.deleted_at, table.c.custom,
+                   *(table.c[c] for c in _UPDATED_COLUMNS)).where(
+        _one_of(session, table.c.id, sorted({r.individual_id for r in rows})))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    registered = {p.id: p._asdict() for p in session.execute(query)}
     marks, changed, by_fields = [], [], {}
     for row in rows:
         person = registered.get(row.individual_id)
