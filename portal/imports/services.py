@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from datetime import date
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 from flask import current_app
@@ -342,36 +343,32 @@ class RowChecker:
                            self.session.execute(select(Location.id, Location.path))}
         return self._areas
 
-    def settle(self, row: dict, registered: dict, seen: dict | None,
-               warnings: dict[int, str] | None = None) -> None:
-        """Decide a checked row's status and action from the registry (and the file so far).
+    def registry_action(self, national_id: str, registered: dict) -> tuple[str, int | None, str | None]:
+        """What a row with this (well-formed, first in the file) national ID does, given the
+        registered people found for its batch: (action, the registered person's id, error)."""
+        if national_id not in registered:
+            return "new", None, None
+        pid, name, path = registered[national_id]
+        policy = self.upload.duplicate_policy
+        if not self.in_scope(path):
+            return "new", None, f"Already registered to person #{pid}, who lives outside your area."
+        if policy in ("update", "skip"):
+            return policy, pid, None
+        return "new", None, (f"Already registered to #{pid} {name}. This upload refuses people "
+                             "already registered.")
 
-        ``row`` has row_number, cleaned, errors; ``seen`` maps national IDs to the first row
-        number that had them (None when the caller checks the file itself); ``warnings``
-        are the batch's probable duplicates (None: look them up for this row)."""
+    def settle(self, row: dict, registered: dict) -> None:
+        """Decide a checked row's action, status and probable-duplicate warning from the
+        registry. ``row`` has row_number, cleaned, errors (the file's other rows checked)."""
         cleaned, errors = row["cleaned"], row["errors"]
         nid = cleaned.get("national_id")
         row["action"], row["individual_id"], row["warning"] = "new", None, None
-        if nid and seen is not None and "national_id" not in errors:
-            first = seen.setdefault(nid, row["row_number"])
-            if first != row["row_number"]:
-                errors["national_id"] = f"This national ID is also on row {first}."
-        if nid and nid in registered and "national_id" not in errors:
-            pid, name, path = registered[nid]
-            policy = self.upload.duplicate_policy
-            if not self.in_scope(path):
-                errors["national_id"] = (f"Already registered to person #{pid}, who lives "
-                                         "outside your area.")
-            elif policy == "update":
-                row["action"], row["individual_id"] = "update", pid
-            elif policy == "skip":
-                row["action"], row["individual_id"] = "skip", pid
-            else:
-                errors["national_id"] = (f"Already registered to #{pid} {name}. This upload "
-                                         "refuses people already registered.")
+        if nid and "national_id" not in errors:
+            row["action"], row["individual_id"], error = self.registry_action(nid, registered)
+            if error:
+                errors["national_id"] = error
         if not errors and row["action"] == "new":
-            row["warning"] = (self.probable_duplicate(cleaned) if warnings is None
-                              else warnings.get(row["row_number"]))
+            row["warning"] = self.probable_duplicate(cleaned)
         row["status"] = row_status(errors, row["action"], row["warning"])
 
 
@@ -439,24 +436,17 @@ def _validate_upload(session: Session, upload: Upload, *, scope: Scope, progress
     if os.path.getsize(upload.stored_path) >= current_app.config["UPLOAD_READER_PROCESS_BYTES"]:
         checker.rules.load_locations()  # the child process cannot read them
         checked = in_child_process(checked)
-    seen: dict[str, int] = {}
+    seen: dict = {}  # (unique custom field, value) -> the first row number that has it
     total = next(checked) or 0
     done = 0
     progress(0, total, "Reading and checking rows")
     upload_id = upload.id
     with ProbableDuplicates(session.get_bind(), areas) as duplicates:
         for batch in checked:
-            staged = [{"row_number": number, "raw": raw, "cleaned": cleaned, "errors": errors,
-                       "cleaned_json": cleaned_json}
-                      for number, raw, cleaned, cleaned_json, errors in batch]
-            registered = checker.registered(r["cleaned"]["national_id"] for r in staged)
-            for row in staged:
-                checker.settle(row, registered, seen, {})
-            if checker.unique_fields:
-                checker.check_unique_custom(staged, seen)
-            _stage(session, [_staged(upload_id, row, areas) for row in staged])
-            duplicates.add(_new_people(staged, areas))
-            done += len(staged)
+            records, candidates = _settled(checker, upload_id, batch, seen)
+            _stage(session, records)
+            duplicates.add(candidates)
+            done += len(batch)
             progress(done, max(total, done), f"Checked {done:,} rows")
         if done == 0:
             raise FileProblem("The file has column names but no rows of people.")
@@ -471,12 +461,29 @@ def _validate_upload(session: Session, upload: Upload, *, scope: Scope, progress
     return upload.counts
 
 
+class CheckedRow(NamedTuple):
+    """A row as the reading side hands it over: checked by every rule that needs nothing but
+    the file, its JSON encoded, and only the values the job still needs, so that little
+    crosses from the reading process."""
+    row_number: int
+    raw: str  # the cells by field, JSON
+    cleaned: str  # the cleaned values, JSON
+    errors: dict
+    national_id: str | None
+    household_code: str | None
+    role: str | None
+    primary: bool
+    birth_date: str | None
+    area: str | None
+    candidate: tuple | None  # what the probable-duplicate search needs of a new person
+    custom: dict | None  # cleaned custom values, when a custom field must be unique
+
+
 def _read_and_check(upload: Upload, checker: RowChecker):
-    """The upload's file read and checked by the rules that need nothing but the row: first
-    the number of rows (None when the format does not tell), then each batch's rows as
-    (row number, cells by field as JSON, cleaned values, the same as JSON, errors). Needs no
-    database once the checker's locations are loaded, so it can run in another process,
-    which then also does the JSON encoding (settling a row later changes only its errors)."""
+    """The upload's file read and checked by the rules that need nothing but the file: first
+    the number of rows (None when the format does not tell), then each batch's CheckedRows,
+    a national ID found on an earlier row already marked. Needs no database once the
+    checker's locations are loaded, so it can run in another process."""
     table = open_table(upload.stored_path, max_rows=_max_rows())
     mapping = upload.mapping or {}
     index = {h: i for i, h in enumerate(table.headers) if h}
@@ -486,23 +493,55 @@ def _read_and_check(upload: Upload, checker: RowChecker):
         raise FileProblem(f"The column '{lost[0]}' was not found when the whole file was read. "
                           "Save the file again from Excel and upload it anew.")
     fields = [(index[h], name) for h, name in mapping.items() if name]
+    areas = checker.areas()
+    unique = bool(checker.unique_fields)
+    seen: dict[str, int] = {}  # national ID -> the first row number that has it
     yield table.total
     for chunk in _batched(table.rows, BATCH):
         raws = [{name: cells[i] for i, name in fields} for _number, cells in chunk]  # padded rows
-        yield [(number, _json(raw), cleaned, _json(cleaned), errors) for (number, _cells), raw,
-               (cleaned, errors) in zip(chunk, raws, checker.clean_many(raws))]
+        batch = []
+        for (number, _cells), raw, (cleaned, errors) in zip(chunk, raws, checker.clean_many(raws)):
+            nid, area = cleaned["national_id"], areas.get(cleaned["location_id"])
+            if nid and "national_id" not in errors:
+                first = seen.setdefault(nid, number)
+                if first != number:
+                    errors["national_id"] = f"This national ID is also on row {first}."
+            born = cleaned["birth_date"]
+            batch.append(CheckedRow(
+                number, _json(raw), _json(cleaned), errors, nid, cleaned["household_code"],
+                cleaned["role"], cleaned["primary_recipient"], born, area,
+                (number, born, area, cleaned["first_name"], cleaned["last_name"]) if area else None,
+                cleaned["custom"] if unique else None))
+        yield batch
 
 
-def _new_people(staged: list[dict], areas: dict[int, str]) -> list[tuple]:
-    """What the probable-duplicate search needs of a batch's valid new people."""
-    found = []
-    for row in staged:
-        cleaned = row["cleaned"]
-        area = areas.get(cleaned["location_id"])
-        if area and not row["errors"] and row["action"] == "new":
-            found.append((row["row_number"], cleaned["birth_date"], area, cleaned["first_name"],
-                          cleaned["last_name"]))
-    return found
+def _settled(checker: RowChecker, upload_id: int, batch: list[CheckedRow],
+             seen: dict) -> tuple[list[tuple], list[tuple]]:
+    """A batch's rows decided against the registry: the records ``_stage`` takes, and the
+    valid new people the probable-duplicate search looks for (their warnings come later)."""
+    registered = checker.registered(row.national_id for row in batch)
+    decided = []  # (row, action, the registered person's id)
+    for row in batch:
+        action, pid = "new", None
+        if row.national_id and "national_id" not in row.errors:
+            action, pid, error = checker.registry_action(row.national_id, registered)
+            if error:
+                row.errors["national_id"] = error
+        decided.append((row, action, pid))
+    if checker.unique_fields:
+        checker.check_unique_custom([
+            {"row_number": row.row_number, "cleaned": {"custom": row.custom},
+             "errors": row.errors, "individual_id": pid} for row, _action, pid in decided], seen)
+    records, candidates = [], []
+    for row, action, pid in decided:
+        errors = row.errors
+        records.append((upload_id, row.row_number, row.raw, row.cleaned,
+                        _json(errors) if errors else "{}", None, row_status(errors, action, None),
+                        action, row.national_id, row.household_code, row.role, row.primary,
+                        row.birth_date, row.area, pid))
+        if not errors and action == "new" and row.candidate:
+            candidates.append(row.candidate)
+    return records, candidates
 
 
 def _flag_probable_duplicates(session: Session, upload_id: int, warnings: dict[int, str]) -> None:
@@ -542,12 +581,13 @@ def _households_to_check(session: Session, upload: Upload) -> set[str]:
     """The households whose rows may break a rule: one database pass counts each
     household's heads, primary recipients and registered people; only households already
     registered, or with a count out of line, need looking at row by row."""
-    counts = session.execute(select(
-        UploadRow.household_code, func.sum(case((UploadRow.role == "head", 1), else_=0)),
-        func.sum(case((UploadRow.primary.is_(True), 1), else_=0)), func.count(UploadRow.individual_id))
+    heads = func.sum(case((UploadRow.role == "head", 1), else_=0))
+    primaries = func.sum(case((UploadRow.primary.is_(True), 1), else_=0))
+    codes = set(session.scalars(
+        select(UploadRow.household_code)
         .where(UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES),
-               UploadRow.household_code.isnot(None)).group_by(UploadRow.household_code))
-    codes = {code for code, heads, primaries, people in counts if heads != 1 or primaries > 1 or people}
+               UploadRow.household_code.isnot(None)).group_by(UploadRow.household_code)
+        .having(or_(heads != 1, primaries > 1, func.count(UploadRow.individual_id) > 0))))
     codes.update(session.scalars(select(Group.code).join(
         UploadRow, (UploadRow.household_code == Group.code) & (UploadRow.upload_id == upload.id)).distinct()))
     return codes
@@ -707,7 +747,7 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
                 UploadRow.id != row.id, UploadRow.status.notin_(("dropped",))))
             if other is not None:
                 item["errors"]["national_id"] = f"This national ID is also on row {other}."
-        checker.settle(item, registered, None)
+        checker.settle(item, registered)
     if checker.unique_fields:
         checker.check_unique_custom(checked, None)
     for item in checked:
@@ -940,16 +980,6 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
 _STAGED_COLUMNS = ("upload_id", "row_number", "raw", "cleaned", "errors", "warning", "status",
                    "action", "national_id", "household_code", "role", "primary", "birth_date",
                    "area", "individual_id")
-
-
-def _staged(upload_id: int, row: dict, areas: dict[int, str]) -> tuple:
-    """A checked row (its raw cells and cleaned values already JSON) as ``_stage`` takes it."""
-    cleaned, errors, action, warning = row["cleaned"], row["errors"], row["action"], row["warning"]
-    return (upload_id, row["row_number"], row["raw"], row["cleaned_json"],
-            _json(errors) if errors else "{}", warning,
-            row_status(errors, action, warning), action, cleaned["national_id"],
-            cleaned["household_code"], cleaned["role"], cleaned["primary_recipient"],
-            cleaned["birth_date"], areas.get(cleaned["location_id"]), row["individual_id"])
 
 
 def _stage(session: Session, records: list[tuple]) -> None:
