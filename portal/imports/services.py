@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import date
 from itertools import islice
 from pathlib import Path
@@ -417,17 +417,13 @@ def _no_cycle_collection():
             gc.enable()
 
 
+@_no_cycle_collection()
 def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress) -> dict:
     """Read the file, check and stage every row (replacing earlier ones), check households.
 
     Commits between batches via ``progress``; a bad file raises FileProblem with the staged
     rows removed again. A large file is read and checked by the registry's rules in a
     forked process while this one stages the batches it has already checked."""
-    with _no_cycle_collection():
-        return _validate_upload(session, upload, scope=scope, progress=progress)
-
-
-def _validate_upload(session: Session, upload: Upload, *, scope: Scope, progress) -> dict:
     started = time.monotonic()
     session.execute(delete(UploadRow).where(UploadRow.upload_id == upload.id))
     checker = RowChecker(session, upload, scope)
@@ -437,21 +433,22 @@ def _validate_upload(session: Session, upload: Upload, *, scope: Scope, progress
         checker.rules.load_locations()  # the child process cannot read them
         checked = in_child_process(checked)
     seen: dict = {}  # (unique custom field, value) -> the first row number that has it
-    total = next(checked) or 0
     done = 0
-    progress(0, total, "Reading and checking rows")
     upload_id = upload.id
-    with ProbableDuplicates(session.get_bind(), areas) as duplicates:
-        for batch in checked:
-            records, candidates = _settled(checker, upload_id, batch, seen)
-            _stage(session, records)
-            duplicates.add(candidates)
-            done += len(batch)
-            progress(done, max(total, done), f"Checked {done:,} rows")
-        if done == 0:
-            raise FileProblem("The file has column names but no rows of people.")
-        progress(done, done, "Looking for people already registered under another name")
-        warnings = duplicates.warnings()
+    with closing(checked):  # however validation ends, a reading process stops with it
+        total = next(checked) or 0  # a reading process is forked here, before any thread starts
+        progress(0, total, "Reading and checking rows")
+        with ProbableDuplicates(session.get_bind(), areas) as duplicates:
+            for batch in checked:
+                records, candidates = _settled(checker, upload_id, batch, seen)
+                _stage(session, records)
+                duplicates.add(candidates)
+                done += len(batch)
+                progress(done, max(total, done), f"Checked {done:,} rows")
+            if done == 0:
+                raise FileProblem("The file has column names but no rows of people.")
+            progress(done, done, "Looking for people already registered under another name")
+            warnings = duplicates.warnings()
     _analyze_staged_rows(session)
     _flag_probable_duplicates(session, upload_id, warnings)
     check_households(session, upload)
