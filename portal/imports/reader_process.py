@@ -25,7 +25,7 @@ def in_child_process(items: Iterator) -> Iterator:
     stays at most a batch or two ahead and its memory stays bounded."""
     context = multiprocessing.get_context("fork")
     receiving, sending = context.Pipe(duplex=False)
-    child = context.Process(target=_produce, args=(items, sending), daemon=True,
+    child = context.Process(target=_produce, args=(items, sending, receiving), daemon=True,
                             name="upload-reader")
     child.start()
     sending.close()
@@ -50,7 +50,10 @@ def in_child_process(items: Iterator) -> Iterator:
         child.join()
 
 
-def _produce(items: Iterator, sending) -> None:
+def _produce(items: Iterator, sending, receiving) -> None:
+    # Only the parent reads: with the reading end closed here, a send fails as soon as the
+    # parent is gone (killed), instead of waiting for ever on a pipe nobody empties.
+    receiving.close()
     # The parent's objects (its database connections among them) must not be finalised
     # here: a collected connection would close the parent's socket or file.
     gc.disable()

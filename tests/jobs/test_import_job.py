@@ -2,6 +2,7 @@
 in the middle of an import: nobody is created twice and no row is lost."""
 import io
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -136,6 +137,68 @@ def test_an_import_whose_worker_was_killed_resumes_without_duplicates_or_losses(
         UploadRow.upload_id == upload.id)) == rows
     assert db.session.scalar(select(func.count()).select_from(Group)) == rows // 5
     assert db.session.scalar(select(func.count()).select_from(GroupMember)) == rows
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_validation_whose_worker_was_killed_leaves_no_reader_behind_and_runs_again_staging_each_row_once(
+        app, client, login, villages, worker):
+    rows = 40_000
+    worker.stop()  # only the worker we kill may take the validation
+    victim = start_worker(app)
+    try:
+        upload = _upload(client, login, _people(rows))
+        run_id = upload.job_run_id
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            db.session.commit()
+            run = db.session.get(JobRun, run_id)
+            if run.status == "running" and 0 < run.done < rows // 2:
+                break
+            time.sleep(0.02)
+        horses = _children(victim.pid)
+        readers = [pid for horse in horses for pid in _children(horse)]
+        assert len(horses) == 1 and len(readers) == 1  # the job's process and the one reading the file
+        kill_worker(victim)  # the worker and its job's process; the reader is left an orphan
+        deadline = time.monotonic() + 15
+        while _running(readers[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(readers[0]), "the process reading the file outlived its job"
+        db.session.commit()
+        assert 0 < db.session.scalar(select(func.count()).where(UploadRow.upload_id == upload.id)) < rows
+    finally:
+        worker.start()
+    time.sleep(5.5)  # the test worker treats 5 s without a heartbeat as dead
+    db.session.commit()
+    swept = sweep_stale_jobs(db.session, job_queue(redis_connection(app.config)), stale_after=5)
+    db.session.commit()
+    assert [r.id for r in swept] == [run_id]
+    run = wait_for_job(run_id, timeout=180)
+    assert run.status == "succeeded", run.message
+    assert run.attempts == 2
+    db.session.refresh(upload)
+    assert upload.status == "validated" and upload.counts["valid"] == rows
+    staged = select(UploadRow.row_number).where(UploadRow.upload_id == upload.id)
+    assert db.session.scalar(select(func.count()).select_from(staged.subquery())) == rows
+    assert db.session.scalar(select(func.count(func.distinct(UploadRow.row_number)))
+                             .where(UploadRow.upload_id == upload.id)) == rows
 
 
 def test_the_worker_flags_probable_duplicates_in_every_batch_and_only_in_the_same_district(
