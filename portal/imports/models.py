@@ -88,9 +88,7 @@ class UploadRow(db.Model):
     household_code: Mapped[str | None] = mapped_column(String(40))
     role: Mapped[str | None] = mapped_column(String(30))  # in the household, as checked
     primary: Mapped[bool] = mapped_column(Boolean, default=False)  # the primary recipient
-    # For the probable-duplicate join: the birth date and the area (district path) as checked.
-    birth_date: Mapped[date | None] = mapped_column(Date)
-    area: Mapped[str | None] = mapped_column(String(120))
+    birth_date: Mapped[date | None] = mapped_column(Date)  # as checked, for the import
     individual_id: Mapped[int | None] = mapped_column(
         ForeignKey("individual.id", ondelete="SET NULL"))
 

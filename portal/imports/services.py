@@ -471,7 +471,6 @@ class CheckedRow(NamedTuple):
     role: str | None
     primary: bool
     birth_date: str | None
-    area: str | None
     candidate: tuple | None  # what the probable-duplicate search needs of a new person
     custom: dict | None  # cleaned custom values, when a custom field must be unique
 
@@ -506,7 +505,7 @@ def _read_and_check(upload: Upload, checker: RowChecker):
             born = cleaned["birth_date"]
             batch.append(CheckedRow(
                 number, _json(raw), _json(cleaned), errors, nid, cleaned["household_code"],
-                cleaned["role"], cleaned["primary_recipient"], born, area,
+                cleaned["role"], cleaned["primary_recipient"], born,
                 (number, born, area, cleaned["first_name"], cleaned["last_name"]) if area else None,
                 cleaned["custom"] if unique else None))
         yield batch
@@ -535,7 +534,7 @@ def _settled(checker: RowChecker, upload_id: int, batch: list[CheckedRow],
         records.append((upload_id, row.row_number, row.raw, row.cleaned,
                         _json(errors) if errors else "{}", None, row_status(errors, action, None),
                         action, row.national_id, row.household_code, row.role, row.primary,
-                        row.birth_date, row.area, pid))
+                        row.birth_date, pid))
         if not errors and action == "new" and row.candidate:
             candidates.append(row.candidate)
     return records, candidates
@@ -759,7 +758,6 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
         row.primary = bool(item["cleaned"].get("primary_recipient"))
         born = item["cleaned"].get("birth_date")
         row.birth_date = date.fromisoformat(born) if born else None
-        row.area = checker.areas().get(item["cleaned"].get("location_id"))
         codes.add(row.household_code or "")
     session.flush()
     check_households(session, upload, codes)
@@ -976,7 +974,7 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
 
 _STAGED_COLUMNS = ("upload_id", "row_number", "raw", "cleaned", "errors", "warning", "status",
                    "action", "national_id", "household_code", "role", "primary", "birth_date",
-                   "area", "individual_id")
+                   "individual_id")
 
 
 def _stage(session: Session, records: list[tuple]) -> None:

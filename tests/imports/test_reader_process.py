@@ -34,7 +34,7 @@ def _validate(db_session, upload, *, child: bool):
 
 def _staged(db_session, upload) -> dict:
     return {n: (r.status, r.raw, r.cleaned, r.errors, r.action, r.warning, r.national_id,
-                r.household_code, r.role, r.primary, r.birth_date, r.area)
+                r.household_code, r.role, r.primary, r.birth_date)
             for n, r in _rows(db_session, upload).items()}
 
 
