@@ -25,11 +25,13 @@ MIXED = (HEADER
 
 
 def _validate(db_session, upload, *, child: bool):
+    """Validate with the file read in a child process, or in this one, whatever its size."""
+    before = current_app.config["UPLOAD_READER_PROCESS_BYTES"]
     current_app.config["UPLOAD_READER_PROCESS_BYTES"] = 0 if child else 1 << 40
     try:
         services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
     finally:
-        current_app.config["UPLOAD_READER_PROCESS_BYTES"] = 1024 * 1024
+        current_app.config["UPLOAD_READER_PROCESS_BYTES"] = before
 
 
 def _staged(db_session, upload) -> dict:
