@@ -276,20 +276,25 @@ def start_worker(app) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def child_pids(parent: int) -> list[int]:
+    """The living (not yet ended) child processes of ``parent``, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        if int(ppid) == parent and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 def kill_worker(process: subprocess.Popen) -> None:
     """SIGKILL a worker and its work-horse, as a crash or OOM kill would. RQ starts each horse
     in its own session, so killing the worker's process group alone would leave it running."""
     import signal
 
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == process.pid:
-            children.append(int(stat.parent.name))
-    for pid in [process.pid, *children]:
+    for pid in [process.pid, *child_pids(process.pid)]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

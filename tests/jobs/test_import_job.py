@@ -12,7 +12,7 @@ from portal.background.services import job_queue, redis_connection, sweep_stale_
 from portal.extensions import db
 from portal.imports.models import Upload, UploadRow
 from portal.registry.models import Group, GroupMember, Individual
-from tests.conftest import kill_worker, start_worker, wait_for_job
+from tests.conftest import child_pids, kill_worker, start_worker, wait_for_job
 
 pytestmark = pytest.mark.live
 
@@ -91,6 +91,30 @@ def test_a_control_character_deep_in_the_file_fails_the_upload_and_stages_nothin
     assert "invisible control character" in page
 
 
+def _wait_until_midway(run_id: int, rows: int) -> None:
+    """Until the job has done some of its rows, and less than half."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        db.session.commit()
+        run = db.session.get(JobRun, run_id)
+        if run.status == "running" and 0 < run.done < rows // 2:
+            return
+        time.sleep(0.02)
+
+
+def _swept_and_run_again(app, run_id: int) -> JobRun:
+    """The killed worker's job, found stale by the sweep, queued again and finished."""
+    time.sleep(5.5)  # the test worker treats 5 s without a heartbeat as dead
+    db.session.commit()
+    swept = sweep_stale_jobs(db.session, job_queue(redis_connection(app.config)), stale_after=5)
+    db.session.commit()
+    assert [r.id for r in swept] == [run_id]
+    run = wait_for_job(run_id, timeout=180)
+    assert run.status == "succeeded", run.message
+    assert run.attempts == 2
+    return run
+
+
 def test_an_import_whose_worker_was_killed_resumes_without_duplicates_or_losses(
         app, client, login, villages, worker):
     rows = 40_000
@@ -105,13 +129,7 @@ def test_an_import_whose_worker_was_killed_resumes_without_duplicates_or_losses(
         db.session.commit()
         db.session.refresh(upload)
         run_id = upload.job_run_id
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            db.session.commit()
-            run = db.session.get(JobRun, run_id)
-            if run.status == "running" and 0 < run.done < rows // 2:
-                break
-            time.sleep(0.02)
+        _wait_until_midway(run_id, rows)
         kill_worker(victim)
         db.session.commit()
         half_done = db.session.scalar(select(func.count()).where(
@@ -121,14 +139,7 @@ def test_an_import_whose_worker_was_killed_resumes_without_duplicates_or_losses(
         assert db.session.scalar(select(func.count()).select_from(Individual)) == half_done
     finally:
         worker.start()
-    time.sleep(5.5)  # the test worker treats 5 s without a heartbeat as dead
-    db.session.commit()
-    swept = sweep_stale_jobs(db.session, job_queue(redis_connection(app.config)), stale_after=5)
-    db.session.commit()
-    assert [r.id for r in swept] == [run_id]
-    run = wait_for_job(run_id, timeout=180)
-    assert run.status == "succeeded", run.message
-    assert run.attempts == 2
+    _swept_and_run_again(app, run_id)
     db.session.refresh(upload)
     assert upload.status == "imported" and upload.counts["imported"] == rows
     assert db.session.scalar(select(func.count()).select_from(Individual)) == rows
@@ -137,18 +148,6 @@ def test_an_import_whose_worker_was_killed_resumes_without_duplicates_or_losses(
         UploadRow.upload_id == upload.id)) == rows
     assert db.session.scalar(select(func.count()).select_from(Group)) == rows // 5
     assert db.session.scalar(select(func.count()).select_from(GroupMember)) == rows
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def _running(pid: int) -> bool:
@@ -166,15 +165,9 @@ def test_a_validation_whose_worker_was_killed_leaves_no_reader_behind_and_runs_a
     try:
         upload = _upload(client, login, _people(rows))
         run_id = upload.job_run_id
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            db.session.commit()
-            run = db.session.get(JobRun, run_id)
-            if run.status == "running" and 0 < run.done < rows // 2:
-                break
-            time.sleep(0.02)
-        horses = _children(victim.pid)
-        readers = [pid for horse in horses for pid in _children(horse)]
+        _wait_until_midway(run_id, rows)
+        horses = child_pids(victim.pid)
+        readers = [pid for horse in horses for pid in child_pids(horse)]
         assert len(horses) == 1 and len(readers) == 1  # the job's process and the one reading the file
         kill_worker(victim)  # the worker and its job's process; the reader is left an orphan
         deadline = time.monotonic() + 15
@@ -185,14 +178,7 @@ def test_a_validation_whose_worker_was_killed_leaves_no_reader_behind_and_runs_a
         assert 0 < db.session.scalar(select(func.count()).where(UploadRow.upload_id == upload.id)) < rows
     finally:
         worker.start()
-    time.sleep(5.5)  # the test worker treats 5 s without a heartbeat as dead
-    db.session.commit()
-    swept = sweep_stale_jobs(db.session, job_queue(redis_connection(app.config)), stale_after=5)
-    db.session.commit()
-    assert [r.id for r in swept] == [run_id]
-    run = wait_for_job(run_id, timeout=180)
-    assert run.status == "succeeded", run.message
-    assert run.attempts == 2
+    _swept_and_run_again(app, run_id)
     db.session.refresh(upload)
     assert upload.status == "validated" and upload.counts["valid"] == rows
     staged = select(UploadRow.row_number).where(UploadRow.upload_id == upload.id)
