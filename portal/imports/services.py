@@ -1155,10 +1155,10 @@ def _update_people(session: Session, rows) -> list[dict]:
             changes["custom"] = (person["custom"], custom)
         if not changes:
             continue
-        after = {**person, **{key: value for key, (_before, value) in changes.items()}}
+        new_values = {key: value for key, (_before, value) in changes.items()}
+        after = {**person, **new_values}
         by_fields.setdefault(tuple(sorted(changes)), []).append(
-            {"person": person["id"], "read": person["version"],
-             **{key: value for key, (_before, value) in changes.items()}})
+            {"person": person["id"], "read": person["version"], **new_values})
         changed.append((person["id"], full_name(after["first_name"], after["middle_name"],
                                                 after["last_name"]),
                         {k: v for k, v in changes.items() if k not in Individual.__audit_exclude__}))
