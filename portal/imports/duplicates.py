@@ -1,11 +1,18 @@
 """Probable duplicates of an upload's new people: registered people born the same day in the
 same area, with a similar name (the registry's own rule, ``validation.similar_names``).
 
-The database's share (every registered person born that day, a few million pairs over
-100,000 rows) runs on a connection and a thread of its own while validation goes on checking
-the next batch in Python, so it takes the machine's other core instead of adding its time.
-The connection only reads the registry and writes temporary tables of its own, which are
-gone with it; SQLite's WAL lets it read beside the job's open write transaction.
+The database's share runs on a connection and a thread of its own while validation goes on
+checking the next batch in Python, so it takes the machine's other core instead of adding its
+time. The connection only reads the registry and writes temporary tables of its own, which
+are gone with it; SQLite's WAL lets it read beside the job's open write transaction.
+
+Two ways to find the people born the same day in the same area, chosen by the file's size:
+- a few rows: each new person's birth date is looked up in the registry's birth-date index,
+  which holds every person born that day in the country (about 34 in a million people);
+- many rows: the registry's (birth date, area, person) are read once into a temporary table
+  keyed that way, and each new person is one lookup in it. Past some 40,000 rows, walking
+  each row's day costs more than reading the registry (a million people born over 29,000
+  days), and the read starts while the file is still being loaded.
 """
 from __future__ import annotations
 
@@ -40,6 +47,8 @@ _NEW_PEOPLE = {
 # or scans the registry once (PostgreSQL's hash join, 0.3 s over a million people), so
 # PostgreSQL's searches are fewer and larger; the last one is what validation waits for.
 SEARCH_ROWS = {False: 5000, True: 25000}
+# From this many rows on, the registry's birth dates and areas are read once (see above).
+READ_REGISTRY_ROWS = 40_000
 # The join matches birth date and area together: each village's area comes from the
 # temporary table, and the registry's names are read only for the pairs that match. The join
 # order is written out (SQLite takes CROSS JOIN as it stands), and so is SQLite's index: the
@@ -52,6 +61,24 @@ _SAME_DAY = (
     "CROSS JOIN temp_village_area v WHERE i.birth_date = n.birth_date AND i.deleted_at IS NULL "
     "AND v.village_id = i.location_id AND v.area = n.area ORDER BY n.row_number, i.id")
 _SAME_DAY_INDEX = {False: " INDEXED BY ix_individual_birth_sex", True: ""}
+# The registry read once, in its key's order (SQLite appends to its table, WITHOUT ROWID).
+_REGISTRY = {
+    False: ("CREATE TEMPORARY TABLE temp_registry_day (birth_date DATE, area VARCHAR(120), "
+            "person_id INTEGER, PRIMARY KEY (birth_date, area, person_id)) WITHOUT ROWID",
+            "INSERT INTO temp_registry_day SELECT i.birth_date, v.area, i.id FROM individual i "
+            "INDEXED BY ix_individual_birth_sex CROSS JOIN temp_village_area v "
+            "WHERE i.deleted_at IS NULL AND v.village_id = i.location_id ORDER BY 1, 2, 3"),
+    True: ("CREATE TEMPORARY TABLE temp_registry_day AS SELECT i.birth_date, v.area, "
+           "i.id AS person_id FROM individual i JOIN temp_village_area v "
+           "ON v.village_id = i.location_id WHERE i.deleted_at IS NULL",
+           "CREATE INDEX ON temp_registry_day (birth_date, area)",
+           "ANALYZE temp_registry_day"),
+}
+_SAME_DAY_READ = (
+    "SELECT n.row_number, n.first_name, n.last_name, n.birth_date, i.id, i.first_name, "
+    "i.last_name FROM temp_new_person n CROSS JOIN temp_registry_day r CROSS JOIN individual i "
+    "WHERE r.birth_date = n.birth_date AND r.area = n.area AND i.id = r.person_id "
+    "ORDER BY n.row_number, i.id")
 
 
 def duplicate_warning(person_id: int, name: str, born: str, others: int) -> str:
@@ -65,8 +92,9 @@ class ProbableDuplicates:
     search and returns {row number: warning} for the rows that look registered already.
     Use as a context manager, so the thread and its connection end however validation does."""
 
-    def __init__(self, bind: Engine | Connection, areas: dict[int, str]):
+    def __init__(self, bind: Engine | Connection, areas: dict[int, str], *, expected_rows: int = 0):
         self._postgres = bind.dialect.name == "postgresql"
+        self._registry_read = expected_rows >= READ_REGISTRY_ROWS
         if isinstance(bind, Engine):
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probable-duplicates")
             self._connection, self._own = None, True
@@ -118,6 +146,9 @@ class ProbableDuplicates:
         self._insert("temp_village_area", _VILLAGE_AREAS, list(areas.items()))
         if self._postgres:
             cursor.execute("ANALYZE temp_village_area")
+        if self._registry_read:
+            for statement in _REGISTRY[self._postgres]:
+                cursor.execute(statement)
 
     def _collect(self, rows: list[tuple]) -> None:
         self._waiting += rows
@@ -135,7 +166,8 @@ class ProbableDuplicates:
         # Counted: SQLite would otherwise take the batch for a large table and build a Bloom
         # filter over the whole birth-date index each time; PostgreSQL plans its join by it.
         cursor.execute("ANALYZE temp_new_person")
-        cursor.execute(_SAME_DAY.format(index=_SAME_DAY_INDEX[self._postgres]))
+        cursor.execute(_SAME_DAY_READ if self._registry_read else
+                       _SAME_DAY.format(index=_SAME_DAY_INDEX[self._postgres]))
         self._judge(cursor.fetchall())
 
     def _judge(self, pairs: list[tuple]) -> None:
@@ -163,7 +195,7 @@ class ProbableDuplicates:
             return
         if not self._own:
             cursor = self._connection.cursor()
-            for name in ("temp_village_area", "temp_new_person"):
+            for name in ("temp_village_area", "temp_new_person", "temp_registry_day"):
                 cursor.execute(f"DROP TABLE IF EXISTS {name}")
             return
         try:

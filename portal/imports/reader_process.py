@@ -18,36 +18,42 @@ class ReaderStopped(RuntimeError):
     """The child process died without saying why (killed, out of memory)."""
 
 
-def in_child_process(items: Iterator) -> Iterator:
-    """Iterate ``items`` (a generator not yet started) in a forked process and yield what it
-    yields, as it comes. An exception in the child is raised here; leaving the loop early
-    (or an exception here) kills the child. The pipe holds about one item, so the child
-    stays at most a batch or two ahead and its memory stays bounded."""
-    context = multiprocessing.get_context("fork")
-    receiving, sending = context.Pipe(duplex=False)
-    child = context.Process(target=_produce, args=(items, sending, receiving), daemon=True,
-                            name="upload-reader")
-    child.start()
-    sending.close()
-    try:
+class ReaderProcess:
+    """``items`` (a generator not yet started) iterated in a process forked at once, so the
+    child is reading while the caller starts its threads (fork before any thread starts).
+    Iterate this for what the child yields, as it comes: an exception in the child is raised
+    here. ``close()`` kills the child if it still runs; use it as ``closing(ReaderProcess(...))``
+    so the child ends however the caller's loop does. The pipe holds about one item, so the
+    child stays at most a batch or two ahead and its memory stays bounded."""
+
+    def __init__(self, items: Iterator):
+        context = multiprocessing.get_context("fork")
+        self._receiving, sending = context.Pipe(duplex=False)
+        self._child = context.Process(target=_produce, args=(items, sending, self._receiving),
+                                      daemon=True, name="upload-reader")
+        self._child.start()
+        sending.close()
+
+    def __iter__(self) -> Iterator:
         while True:
             try:
-                kind, value = receiving.recv()
+                kind, value = self._receiving.recv()
             except EOFError:
-                child.join()
+                self._child.join()
                 raise ReaderStopped(f"The process reading the file stopped (exit code "
-                                    f"{child.exitcode}).") from None
+                                    f"{self._child.exitcode}).") from None
             if kind == "item":
                 yield value
             elif kind == "error":
                 raise value
             else:
                 return
-    finally:
-        receiving.close()
-        if child.is_alive():
-            child.kill()
-        child.join()
+
+    def close(self) -> None:
+        self._receiving.close()
+        if self._child.is_alive():
+            self._child.kill()
+        self._child.join()
 
 
 def _produce(items: Iterator, sending, receiving) -> None:

@@ -2,6 +2,8 @@
 child that dies or fails is reported, never waited for."""
 import os
 import signal
+import time
+from contextlib import closing
 from datetime import date
 
 import pytest
@@ -11,7 +13,7 @@ from sqlalchemy import func, select
 from portal.errors import DomainError
 from portal.imports import services
 from portal.imports.models import UploadRow
-from portal.imports.reader_process import ReaderStopped, in_child_process
+from portal.imports.reader_process import ReaderProcess, ReaderStopped
 from portal.imports.reading import FileProblem
 from tests.imports.test_services import EVERYTHING, HEADER, _receive, _rows
 
@@ -76,10 +78,11 @@ def _killed_after_one():
 
 
 def test_a_reader_process_killed_midway_is_reported_with_its_signal():
-    items = in_child_process(_killed_after_one())
-    assert next(items) == "first"
-    with pytest.raises(ReaderStopped, match=r"exit code -9"):
-        next(items)
+    with closing(ReaderProcess(_killed_after_one())) as reader:
+        items = iter(reader)
+        assert next(items) == "first"
+        with pytest.raises(ReaderStopped, match=r"exit code -9"):
+            next(items)
 
 
 def _refusing():
@@ -88,10 +91,11 @@ def _refusing():
 
 
 def test_a_refusal_in_the_reader_process_is_raised_here_with_its_message():
-    items = in_child_process(_refusing())
-    assert next(items) == 1
-    with pytest.raises(DomainError, match="not a list of people") as refused:
-        next(items)
+    with closing(ReaderProcess(_refusing())) as reader:
+        items = iter(reader)
+        assert next(items) == 1
+        with pytest.raises(DomainError, match="not a list of people") as refused:
+            next(items)
     assert refused.value.message == "The sheet is not a list of people."
 
 
@@ -103,9 +107,25 @@ def _endless():
 
 
 def test_leaving_the_loop_early_ends_the_reader_process():
-    items = in_child_process(_endless())
-    child_pid, first = next(items)
+    reader = ReaderProcess(_endless())
+    child_pid, first = next(iter(reader))
     assert first == 1 and child_pid != os.getpid()
-    items.close()
+    reader.close()
     with pytest.raises(ProcessLookupError):
         os.kill(child_pid, 0)  # reaped: no such process any more
+
+
+def _opening(marker):
+    marker.write_text(str(os.getpid()))
+    yield "opened"
+
+
+def test_the_reader_process_starts_reading_before_anything_is_asked_of_it(tmp_path):
+    marker = tmp_path / "opened"
+    with closing(ReaderProcess(_opening(marker))) as reader:
+        for _ in range(100):  # up to 5 s
+            if marker.exists() and marker.read_text():
+                break
+            time.sleep(0.05)
+        assert marker.read_text() not in ("", str(os.getpid()))
+        assert list(reader) == ["opened"]

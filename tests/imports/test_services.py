@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.errors import DomainError
-from portal.imports import services
+from portal.imports import duplicates, services
 from portal.imports.models import SavedMapping, UploadRow
 from portal.imports.reading import FileProblem
 from portal.locations.services import Scope
@@ -159,6 +159,38 @@ def test_a_probable_duplicate_is_flagged_until_the_user_confirms_it(db_session, 
     assert "Probably the same person as" in row.warning and "Amina Banda" in row.warning
     services.confirm_row(db_session, upload, row)
     assert row.status == "valid" and upload.counts["duplicates"] == 0
+
+
+LOOK_ALIKES = (HEADER
+               + "Amina,Banda,F,1990-05-17,,NV1,,,\n"  # two look-alikes in the N district
+               + "Amina,Banda,F,1990-05-17,,SV2,,,\n"  # one in the S district
+               + "Juma,Phiri,M,1985-01-03,,NV1,,,\n"  # a day apart
+               + "Grace,Tembo,F,1985-01-02,,NV2,,,\n"  # the same day, another name
+               + "Zawadi,Mwale,F,1970-07-07,,SV1,,,\n")  # only a deleted look-alike
+
+
+def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
+        db_session, tmp_path, country, make_individual, monkeypatch):
+    for first, village in (("Amina", "NV2"), ("Aminah", "NV1"), ("Amina", "SV1")):
+        make_individual(first, "Banda", national_id=None, birth_date=date(1990, 5, 17),
+                        location=country[village])
+    make_individual("Juma", "Phiri", national_id=None, birth_date=date(1985, 1, 2), location=country["NV1"])
+    gone = make_individual("Zawadi", "Mwale", national_id=None, birth_date=date(1970, 7, 7),
+                           location=country["SV2"])
+    gone.deleted_at = datetime(2026, 1, 1)
+    db_session.flush()
+
+    def warnings():
+        upload = _validated(db_session, tmp_path, LOOK_ALIKES)
+        return {n: (r.status, r.warning) for n, r in _rows(db_session, upload).items()}
+
+    row_by_row = warnings()
+    monkeypatch.setattr(duplicates, "READ_REGISTRY_ROWS", 0)  # as for a file of 40,000 rows
+    registry_read = warnings()
+    assert registry_read == row_by_row
+    assert [n for n, (status, _warning) in registry_read.items() if status == "duplicate"] == [2, 3]
+    assert registry_read[2][1].endswith("born 1990-05-17 and 1 more.")
+    assert "more" not in registry_read[3][1]
 
 
 def test_editing_a_row_checks_it_again_with_its_household(db_session, tmp_path, country):
