@@ -90,9 +90,11 @@ def duplicate_warning(person_id: int, name: str, born: str, others: int) -> str:
 class ProbableDuplicates:
     """``add`` each batch's new valid rows as they are checked; ``warnings`` waits for the
     search and returns {row number: warning} for the rows that look registered already.
+    ``expected_rows`` (about how many rows the file has) chooses how the registry is searched.
     Use as a context manager, so the thread and its connection end however validation does."""
 
-    def __init__(self, bind: Engine | Connection, areas: dict[int, str], *, expected_rows: int = 0):
+    def __init__(self, bind: Engine | Connection, areas: dict[int, str], *,
+                 expected_rows: int = 0):
         self._postgres = bind.dialect.name == "postgresql"
         self._registry_read = expected_rows >= READ_REGISTRY_ROWS
         if isinstance(bind, Engine):
