@@ -38,9 +38,10 @@ class Individual(Audited, db.Model):
         Index("uq_individual_national_id_live", "national_id", unique=True,
               sqlite_where=text("deleted_at IS NULL AND national_id IS NOT NULL"),
               postgresql_where=text("deleted_at IS NULL AND national_id IS NOT NULL")),
-        # Searches and lookups by name, village and birth date use the partial indexes on
-        # living people of migration 0005 (ix_individual_search_name and friends), which
-        # replace plain name_key (0005), location_id and birth_date (0009) indexes.
+        # Name search uses the partial, binary-ordered indexes of migration 0005
+        # (ix_individual_search_name and friends), which replace a plain name_key index.
+        Index("ix_individual_location_id", "location_id"),
+        Index("ix_individual_birth_date", "birth_date"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
