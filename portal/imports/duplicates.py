@@ -46,6 +46,7 @@ _NEW_PEOPLE = {
 # New people searched together: each search walks the registry's birth-date index (SQLite)
 # or scans the registry once (PostgreSQL's hash join, 0.3 s over a million people), so
 # PostgreSQL's searches are fewer and larger; the last one is what validation waits for.
+# With the registry read once, a search is one lookup a row on either database.
 SEARCH_ROWS = {False: 5000, True: 25000}
 # From this many rows on, the registry's birth dates and areas are read once (see above).
 READ_REGISTRY_ROWS = 40_000
