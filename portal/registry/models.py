@@ -19,7 +19,9 @@ GROUP_KINDS = {"household": "Household", "cooperative": "Cooperative", "other": 
 FIELD_TYPES = ("text", "integer", "decimal", "boolean", "date", "choice")
 
 
-# Partial indexes with a per-dialect collation, created by migration 0005 only.
+# Search indexes with a per-dialect collation, created by migrations 0005 and 0009 only:
+# search_name and location_birth are partial (living people); location_name and birth_sex
+# also hold deleted people, with deleted_at as their last column.
 SEARCH_INDEXES = frozenset({"ix_individual_search_name", "ix_individual_location_name",
                             "ix_individual_location_birth", "ix_individual_birth_sex"})
 
@@ -38,10 +40,9 @@ class Individual(Audited, db.Model):
         Index("uq_individual_national_id_live", "national_id", unique=True,
               sqlite_where=text("deleted_at IS NULL AND national_id IS NOT NULL"),
               postgresql_where=text("deleted_at IS NULL AND national_id IS NOT NULL")),
-        # Name search uses the partial, binary-ordered indexes of migration 0005
-        # (ix_individual_search_name and friends), which replace a plain name_key index.
-        Index("ix_individual_location_id", "location_id"),
-        Index("ix_individual_birth_date", "birth_date"),
+        # Searches and lists by name, village or birth date use the binary-ordered indexes of
+        # migrations 0005 and 0009 (ix_individual_search_name and friends), which replace
+        # plain name_key, location_id and birth_date indexes.
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
