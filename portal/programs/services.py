@@ -662,8 +662,14 @@ def beneficiary_query(session: Session, program: Program, *, scope: Scope,
     if filters.location_id:
         place = session.get(Location, filters.location_id)
         if place is not None:
-            query = query.where(model.location_id.in_(
-                select(Location.id).where(Location.path.startswith(place.path, autoescape=True))))
+            inside = select(Location.id).where(Location.path.startswith(place.path, autoescape=True))
+            if session.get_bind().dialect.name == "sqlite":
+                # Listed first: given the subquery, whose LIKE pattern is a parameter, SQLite
+                # walked every beneficiary of a 100,000-beneficiary program (300 ms) instead
+                # of the place's people (3-12 ms). PostgreSQL plans the subquery better than
+                # the list (9-19 ms against 20-35 ms).
+                inside = list(session.scalars(inside))
+            query = query.where(model.location_id.in_(inside))
     text_filter = (filters.text or "").strip()
     if program.is_group:
         if text_filter:

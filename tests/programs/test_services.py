@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -471,6 +471,26 @@ def test_lists_counts_and_regions_stay_within_scope(db_session, program, person,
                                         filters=BeneficiaryFilters(), show_pii=False)
     rows = list(rows)
     assert len(rows) == 2 and all(r[header.index("National ID")].startswith("•") for r in rows)
+
+
+def test_the_beneficiary_list_filtered_by_a_place_shows_the_people_living_in_it(
+        db_session, program, person, country, everything):
+    plan = program()
+    north_one, north_two, south = person("NV1"), person("NV2"), person("SV1")
+    gone = person("NV1")
+    services.enrol(db_session, plan.id, individual_ids=[north_one.id, north_two.id, south.id, gone.id],
+                   actor_id=None, scope=everything)
+    gone.deleted_at = datetime(2026, 1, 1)  # deleted since enrolment: still on the list
+    db_session.flush()
+
+    def listed(place):
+        rows, _more = services.search_beneficiaries(
+            db_session, plan, scope=everything, filters=BeneficiaryFilters(location_id=country[place].id))
+        return {s.id for _b, s in rows}
+
+    assert listed("NV1") == {north_one.id, gone.id}
+    assert listed("ND") == {north_one.id, north_two.id, gone.id}  # a district: its villages
+    assert listed("SV2") == set()
 
 
 def test_beneficiary_search_finds_by_name_and_national_id(db_session, program, person, everything):
