@@ -40,9 +40,9 @@ class Individual(Audited, db.Model):
         Index("uq_individual_national_id_live", "national_id", unique=True,
               sqlite_where=text("deleted_at IS NULL AND national_id IS NOT NULL"),
               postgresql_where=text("deleted_at IS NULL AND national_id IS NOT NULL")),
-        # Searches and lists by name, village or birth date use the binary-ordered indexes of
-        # migrations 0005 and 0009 (ix_individual_search_name and friends), which replace
-        # plain name_key, location_id and birth_date indexes.
+        # Searches and lists by name, village or birth date use the indexes of migrations
+        # 0005 and 0009 (ix_individual_search_name and friends, name_key in binary order),
+        # which replace plain name_key, location_id and birth_date indexes.
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
