@@ -653,8 +653,16 @@ def beneficiary_query(session: Session, program: Program, *, scope: Scope,
     needs_subject = subject or not scope.everything or bool(
         filters.location_id or (filters.text or "").strip() or filters.on_person())
     query = select(Beneficiary).where(Beneficiary.program_id == program.id)
+    sqlite = session.get_bind().dialect.name == "sqlite"
     if needs_subject:
-        query = query.join(model, model.id == column).where(scope.covers(model.location_id))
+        query = query.join(model, model.id == column)
+        if sqlite and not scope.everything:
+            # Asked as "one of the people in scope", SQLite starts from them: a district
+            # officer's page of a 100,000-beneficiary program took 43-84 ms instead of
+            # 216-476 ms, when it walked every beneficiary (PostgreSQL: the same either way).
+            query = query.where(column.in_(select(model.id).where(scope.covers(model.location_id))))
+        else:
+            query = query.where(scope.covers(model.location_id))
     if filters.status:
         if filters.status not in BENEFICIARY_STATUSES:
             raise DomainError("Unknown status.", field="status")
@@ -663,7 +671,7 @@ def beneficiary_query(session: Session, program: Program, *, scope: Scope,
         place = session.get(Location, filters.location_id)
         if place is not None:
             inside = select(Location.id).where(Location.path.startswith(place.path, autoescape=True))
-            if session.get_bind().dialect.name == "sqlite":
+            if sqlite:
                 # Listed first: given the subquery, whose LIKE pattern is a parameter, SQLite
                 # walked every beneficiary of a 100,000-beneficiary program (300 ms) instead
                 # of the place's people (3-12 ms). PostgreSQL plans the subquery better than

@@ -493,6 +493,23 @@ def test_the_beneficiary_list_filtered_by_a_place_shows_the_people_living_in_it(
     assert listed("SV2") == set()
 
 
+def test_a_field_officer_lists_only_the_households_and_people_of_their_area(
+        db_session, program, person, household, country, everything):
+    homes, people = program(beneficiary_kind="group"), program()
+    north_home, south_home = household(village="NV2"), household(village="SV1")
+    services.enrol(db_session, homes.id, group_ids=[north_home.id, south_home.id], actor_id=None,
+                   scope=everything)
+    north_one, south_one = person("NV1"), person("SV2")
+    services.enrol(db_session, people.id, individual_ids=[north_one.id, south_one.id],
+                   actor_id=None, scope=everything)
+    north = Scope(paths=(country["N"].path,))
+    for plan, expected in ((homes, north_home.id), (people, north_one.id)):
+        rows, _more = services.search_beneficiaries(db_session, plan, scope=north,
+                                                    filters=BeneficiaryFilters())
+        assert [s.id for _b, s in rows] == [expected]
+        assert services.status_counts(db_session, plan, scope=north)["potential"] == 1
+
+
 def test_beneficiary_search_finds_by_name_and_national_id(db_session, program, person, everything):
     plan = program()
     mercy = person(first_name="Mercy", last_name="Tembo", national_id="NID-42")
