@@ -58,7 +58,7 @@ READ_REGISTRY_ROWS = 40_000
 # made 3.4 million reads for 100,000 rows (validation waited 3 s, not 1).
 _SAME_DAY = (
     "SELECT n.row_number, n.first_name, n.last_name, n.birth_date, i.id, i.first_name, "
-    "i.last_name FROM temp_new_person n CROSS JOIN individual i{index} "
+    "i.last_name, i.location_id FROM temp_new_person n CROSS JOIN individual i{index} "
     "CROSS JOIN temp_village_area v WHERE i.birth_date = n.birth_date AND i.deleted_at IS NULL "
     "AND v.village_id = i.location_id AND v.area = n.area ORDER BY n.row_number, i.id")
 _SAME_DAY_INDEX = {False: " INDEXED BY ix_individual_birth_sex", True: ""}
@@ -77,25 +77,34 @@ _REGISTRY = {
 }
 _SAME_DAY_READ = (
     "SELECT n.row_number, n.first_name, n.last_name, n.birth_date, i.id, i.first_name, "
-    "i.last_name FROM temp_new_person n CROSS JOIN temp_registry_day r CROSS JOIN individual i "
+    "i.last_name, i.location_id FROM temp_new_person n CROSS JOIN temp_registry_day r "
+    "CROSS JOIN individual i "
     "WHERE r.birth_date = n.birth_date AND r.area = n.area AND i.id = r.person_id "
     "ORDER BY n.row_number, i.id")
 
 
-def duplicate_warning(person_id: int, name: str, born: str, others: int) -> str:
-    """What a row flagged as a probable duplicate says (``others``: further look-alikes)."""
+def duplicate_warning(person_id: int, name: str, born: str, others: int, *,
+                      outside: bool = False) -> str:
+    """What a row flagged as a probable duplicate says (``others``: further look-alikes). A
+    look-alike ``outside`` the uploader's area is not named: the area rule holds for what
+    a warning tells too, and an administrator can compare the two by the number."""
     more = f" and {others} more" if others else ""
+    if outside:
+        return (f"Probably the same person as #{person_id}, who lives outside your area, "
+                f"born {born}{more}.")[:500]
     return f"Probably the same person as #{person_id} {name}, born {born}{more}."[:500]
 
 
 class ProbableDuplicates:
     """``add`` each batch's new valid rows as they are checked; ``warnings`` waits for the
     search and returns {row number: warning} for the rows that look registered already.
-    ``expected_rows`` (about how many rows the file has) chooses how the registry is searched.
-    Use as a context manager, so the thread and its connection end however validation does."""
+    ``expected_rows`` (about how many rows the file has) chooses how the registry is searched;
+    ``visible`` holds the villages the uploader sees (None: all), and a look-alike among
+    them is the one a warning names. Use as a context manager, so the thread and its connection end however validation does."""
 
     def __init__(self, bind: Engine | Connection, areas: dict[int, str], *,
-                 expected_rows: int = 0):
+                 expected_rows: int = 0, visible: set[int] | None = None):
+        self._visible = visible
         self._postgres = bind.dialect.name == "postgresql"
         self._registry_read = expected_rows >= READ_REGISTRY_ROWS
         if isinstance(bind, Engine):
@@ -106,7 +115,7 @@ class ProbableDuplicates:
             self._connection, self._own = bind.connection.driver_connection, False
         self._waiting: list[tuple] = []  # new people not yet searched for (the thread's)
         # row number -> (first look-alike's id, first name, last name, birth date, how many
-        # more), filled by the thread as each search ends
+        # more, whether the uploader sees them), filled by the thread as each search ends
         self._found: dict[int, tuple] = {}
         self._verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
         self._pending = [self._thread.submit(self._open, bind, areas)]
@@ -130,8 +139,9 @@ class ProbableDuplicates:
         for job in self._pending:
             job.result()  # in order; re-raises the thread's error here
         warnings = {}
-        for number, (pid, p_first, p_last, born, others) in self._found.items():
-            warnings[number] = duplicate_warning(pid, f"{p_first} {p_last}", str(born)[:10], others)
+        for number, (pid, p_first, p_last, born, others, seen) in self._found.items():
+            warnings[number] = duplicate_warning(pid, f"{p_first} {p_last}", str(born)[:10],
+                                                 others, outside=not seen)
         return warnings
 
     # --- on the thread ------------------------------------------------------------------
@@ -175,17 +185,23 @@ class ProbableDuplicates:
 
     def _judge(self, pairs: list[tuple]) -> None:
         """Compare the names of a search's pairs (in row order, each row's registered people
-        by id) here on the thread, while validation goes on, not all of them at the end."""
-        verdicts, found = self._verdicts, self._found
-        for number, first, last, born, pid, p_first, p_last in pairs:
+        by id) here on the thread, while validation goes on, not all of them at the end. The
+        first look-alike the uploader sees is the one named, else the first."""
+        verdicts, found, visible = self._verdicts, self._found, self._visible
+        for number, first, last, born, pid, p_first, p_last, village in pairs:
             names = (first or "", last or "", p_first, p_last)
             verdict = verdicts.get(names)
             if verdict is None:
                 verdict = verdicts[names] = similar_names(*names)
             if verdict:
+                seen = visible is None or village in visible
                 match = found.get(number)
-                found[number] = ((pid, p_first, p_last, born, 0) if match is None else
-                                 (*match[:4], match[4] + 1))
+                if match is None:
+                    found[number] = (pid, p_first, p_last, born, 0, seen)
+                elif seen and not match[5]:
+                    found[number] = (pid, p_first, p_last, born, match[4] + 1, seen)
+                else:
+                    found[number] = (*match[:4], match[4] + 1, match[5])
 
     def _insert(self, table: str, columns: dict, rows: list) -> None:
         """One statement, not one a row: while the database works this thread lets go of

@@ -334,9 +334,15 @@ class RowChecker:
             location_id=cleaned["location_id"])
         if not similar:
             return None
-        person = similar[0]
+        person = next((p for p in similar if self.in_scope(p.location.path)), similar[0])
         return duplicate_warning(person.id, person.full_name, person.birth_date.isoformat(),
-                                 len(similar) - 1)
+                                 len(similar) - 1, outside=not self.in_scope(person.location.path))
+
+    def villages_in_scope(self) -> set[int] | None:
+        """The ids of the locations the uploader sees (None: all of them)."""
+        if self.scope.everything:
+            return None
+        return set(self.session.scalars(self.scope.location_ids()))
 
     def areas(self) -> dict[int, str]:
         """location id -> the area ("same district") its people are compared within."""
@@ -442,8 +448,8 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     expected = size // BYTES_PER_ROW.get(upload.format, BYTES_PER_ROW["csv"])
     # However validation ends, a reading process stops with it. The search for probable
     # duplicates starts now, while the file is being loaded.
-    with closing(checked), ProbableDuplicates(session.get_bind(), areas,
-                                              expected_rows=expected) as duplicates:
+    with closing(checked), ProbableDuplicates(session.get_bind(), areas, expected_rows=expected,
+                                              visible=checker.villages_in_scope()) as duplicates:
         rows = iter(checked)
         total = next(rows) or 0
         progress(0, total, "Reading and checking rows")

@@ -467,16 +467,19 @@ def enrol_individual(session: Session, raw: dict, *, scope, actor_id: int | None
                      confirm_similar: bool = False) -> tuple[Individual | None, dict, list, list]:
     """The manual enrolment: validate, look for duplicates, save.
 
-    Returns (person or None, errors, blocking duplicates, similar people). Nothing is saved
-    when there are errors or blocking duplicates, or similar people the user has not
-    confirmed."""
+    Returns (person or None, errors, blocking duplicates, similar people), each of those
+    people None when they live outside the user's area (the user learns only that someone
+    there matches). Nothing is saved when there are errors or blocking duplicates, or
+    similar people the user has not confirmed."""
     fields = active_custom_fields(session)
     values, errors = clean_individual(session, raw, custom_fields=fields, scope=scope)
     if errors:
         return None, errors, [], []
-    blocking, similar = find_duplicates(
-        session, national_id=values["national_id"], first_name=values["first_name"],
-        last_name=values["last_name"], birth_date=values["birth_date"], location_id=values["location_id"])
+    blocking, similar = (
+        [p if scope.allows(p.location) else None for p in people] for people in find_duplicates(
+            session, national_id=values["national_id"], first_name=values["first_name"],
+            last_name=values["last_name"], birth_date=values["birth_date"],
+            location_id=values["location_id"]))
     if blocking:
         errors["national_id"] = f"National ID {values['national_id']} is already registered."
         return None, errors, blocking, similar

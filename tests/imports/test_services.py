@@ -193,6 +193,28 @@ def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
     assert "more" not in registry_read[3][1]
 
 
+@pytest.mark.parametrize("read_registry", [False, True], ids=["row by row", "registry read once"])
+def test_a_look_alike_outside_the_uploaders_villages_is_not_named(
+        db_session, tmp_path, country, make_individual, monkeypatch, read_registry):
+    if read_registry:
+        monkeypatch.setattr(duplicates, "READ_REGISTRY_ROWS", 0)  # as for a file of 40,000 rows
+    outside = make_individual("Amina", "Banda", national_id=None, birth_date=date(1990, 5, 17),
+                              location=country["NV2"])
+    text = HEADER + "Aminah,Banda,F,1990-05-17,,NV1,,,\n"
+    officer = Scope(paths=(country["NV1"].path,))
+    masked = f"Probably the same person as #{outside.id}, who lives outside your area, born 1990-05-17."
+    upload = _validated(db_session, tmp_path, text, scope=officer)
+    row = _rows(db_session, upload)[2]
+    assert (row.status, row.warning) == ("duplicate", masked)
+    services.edit_row(db_session, upload, row, {"first_name": "Aminaa"}, scope=officer)
+    assert (row.status, row.warning) == ("duplicate", masked)
+    inside = make_individual("Amina", "Banda", national_id=None, birth_date=date(1990, 5, 17),
+                             location=country["NV1"])
+    row = _rows(db_session, _validated(db_session, tmp_path, text, scope=officer))[2]
+    assert row.warning == f"Probably the same person as #{inside.id} Amina Banda, born 1990-05-17 and 1 more."
+    everything = _rows(db_session, _validated(db_session, tmp_path, text))[2]
+    assert "Amina Banda" in everything.warning and "outside" not in everything.warning
+
 def test_editing_a_row_checks_it_again_with_its_household(db_session, tmp_path, country):
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H1,wife,yes\n"
                         + "Juma,Banda,M,2015-01-02,,NV1,H1,child,no\n")

@@ -117,6 +117,24 @@ def test_a_registered_national_id_blocks_enrolment(client, login, people, db_ses
     assert db_session.scalar(select(Individual).where(Individual.first_name == "Thandiwe")) is None
 
 
+def test_an_officer_warned_of_look_alikes_outside_their_area_learns_no_name_or_id(
+        client, login, people, country, db_session):
+    login("field_officer", [country["NV2"]])  # Chikondi Banda lives in NV1, the same district
+    similar = {**PERSON, "first_name": "Chikondi", "last_name": "Banda", "birth_date": "1990-01-01",
+               "national_id": "", "location": "NV2"}
+    warned = client.htmx("post", "/registry/individuals/new", data=similar).get_data(as_text=True)
+    blocked = client.htmx("post", "/registry/individuals/new",
+                          data={**PERSON, "national_id": "MW1000001", "location": "NV2"})
+    assert "Possibly the same person" in warned and "Someone who lives outside your area" in warned
+    assert blocked.status_code == 422 and "Someone who lives outside your area" in blocked.get_data(as_text=True)
+    for body in (warned, blocked.get_data(as_text=True)):
+        assert "Chikondi Banda</a>" not in body and f"/individuals/{people['banda'].id}" not in body
+    assert "1000001" not in warned  # the look-alike's national ID, even masked
+    client.post("/logout")
+    login("field_officer", [country["NV1"], country["NV2"]])
+    seen = client.htmx("post", "/registry/individuals/new", data=similar).get_data(as_text=True)
+    assert "Chikondi Banda</a>" in seen and "outside your area" not in seen
+
 def test_a_similar_person_warns_and_save_anyway_enrols(client, login, people, db_session):
     login("admin")
     similar = {**PERSON, "first_name": "Chikondi", "last_name": "Banda", "birth_date": "1990-01-01",
