@@ -71,6 +71,14 @@ def list_uploads(session: Session, *, scope: Scope, actor_id: int, page: int = 1
     return rows[:per_page], len(rows) > per_page
 
 
+def checking_scope(upload: Upload, acting: Scope) -> Scope:
+    """The area an upload's rows are checked and imported in: the uploader's, narrowed to the
+    acting user's. What a check stores (warnings, errors, the people rows update) is read by
+    the uploader, so a wider user's check must not bring in people outside the uploader's area."""
+    uploader = upload.created_by
+    return acting if uploader is None else Scope.for_user(uploader).within(acting)
+
+
 def uploader_area(user) -> int | None:
     """The area an upload belongs to: the uploader's single location, if they have one."""
     if user.all_locations or len(user.locations) != 1:
@@ -174,6 +182,7 @@ def start_validation(session: Session, upload: Upload, *, scope: Scope, actor_id
         raise DomainError(f"This upload is {upload.status}; it cannot be validated now.")
     if upload.status == "failed" and not upload.mapping:
         raise DomainError("This file could not be read; upload a corrected file instead.")
+    scope = checking_scope(upload, scope)
     run = create_job(session, kind="upload_validate", entry_point="jobs.imports.validate_upload",
                      params={"upload_id": upload.id, **_scope_params(scope)}, actor_id=actor_id,
                      lock_key=f"upload:{upload.id}")
@@ -193,6 +202,7 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
     if not counts.get("valid"):
         raise DomainError("There are no valid rows to import.")
     upload.counts = summary_counts(session, upload)  # households new or known, before import
+    scope = checking_scope(upload, scope)
     run = create_job(session, kind="upload_import", entry_point="jobs.imports.import_upload",
                      params={"upload_id": upload.id, **_scope_params(scope)}, actor_id=actor_id,
                      lock_key=f"upload:{upload.id}")
@@ -465,7 +475,7 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
         warnings = duplicates.warnings()
     _analyze_staged_rows(session)
     _flag_probable_duplicates(session, upload_id, warnings)
-    check_households(session, upload)
+    check_households(session, upload, scope)
     upload.counts = summary_counts(session, upload)
     upload.status = "validated"
     upload.validate_seconds = round(time.monotonic() - started, 2)
@@ -577,16 +587,18 @@ def _max_rows() -> int:
     return current_app.config["UPLOAD_MAX_ROWS"]
 
 
-def check_households(session: Session, upload: Upload, codes: set[str] | None = None) -> None:
+def check_households(session: Session, upload: Upload, scope: Scope,
+                     codes: set[str] | None = None) -> None:
     """One head and at most one primary recipient per household, across the file and the
-    registry; a person already in another household cannot join this one. Sets or clears
-    each affected row's "household" error, for the households with these codes, or (None)
-    for those of freshly staged rows that may break a rule."""
+    registry; a person already in another household cannot join this one, and nobody joins
+    a registered household outside ``scope``. Sets or clears each affected row's "household"
+    error, for the households with these codes, or (None) for those of freshly staged rows
+    that may break a rule."""
     if codes is None:
         codes = _households_to_check(session, upload)
     codes = sorted(c for c in codes if c)
     for start in range(0, len(codes), 1000):
-        _check_households(session, upload, set(codes[start:start + 1000]))
+        _check_households(session, upload, scope, set(codes[start:start + 1000]))
 
 
 def _households_to_check(session: Session, upload: Upload) -> set[str]:
@@ -605,7 +617,7 @@ def _households_to_check(session: Session, upload: Upload) -> set[str]:
     return codes
 
 
-def _check_households(session: Session, upload: Upload, codes: set[str]) -> None:
+def _check_households(session: Session, upload: Upload, scope: Scope, codes: set[str]) -> None:
     query = select(UploadRow.id, UploadRow.row_number, UploadRow.household_code, UploadRow.role,
                    UploadRow.primary, UploadRow.errors, UploadRow.status, UploadRow.action,
                    UploadRow.warning, UploadRow.individual_id).where(
@@ -616,15 +628,17 @@ def _check_households(session: Session, upload: Upload, codes: set[str]) -> None
         households.setdefault(row.household_code, []).append(row)
     if not households:
         return
-    existing: dict[str, tuple[int, str, bool]] = {}  # code -> (group id, kind, has head)
+    # code -> (group id, kind, has head, in the upload's area)
+    existing: dict[str, tuple[int, str, bool, bool]] = {}
     names = list(households)
     for start in range(0, len(names), 1000):
         chunk = names[start:start + 1000]
         heads = select(GroupMember.group_id).where(GroupMember.role == "head").scalar_subquery()
-        for gid, code, kind, has_head in session.execute(
-                select(Group.id, Group.code, Group.kind, Group.id.in_(heads))
+        for gid, code, kind, has_head, visible in session.execute(
+                select(Group.id, Group.code, Group.kind, Group.id.in_(heads),
+                       scope.covers(Group.location_id))
                 .where(Group.code.in_(chunk), Group.deleted_at.is_(None))):
-            existing[code] = (gid, kind, bool(has_head))
+            existing[code] = (gid, kind, bool(has_head), bool(visible))
     members: dict[int, tuple[int, str]] = {}  # person -> (group id, code) of their household
     people = [r.individual_id for rows in households.values() for r in rows if r.individual_id]
     for start in range(0, len(people), 1000):
@@ -642,29 +656,11 @@ def _check_households(session: Session, upload: Upload, codes: set[str]) -> None
             problems.setdefault(r.id, []).append(message)
 
         group = existing.get(code)
-        heads = [r for r in rows if r.role == "head"]
-        primaries = [r for r in rows if r.primary]
-        if group and group[1] != "household":
+        if group and not group[3]:  # its kind, head and members are not the uploader's to know
             for r in rows:
-                flag(r, f"{code} is the code of a {group[1]}, not of a household.")
-        if group and group[2]:
-            for r in heads:
-                flag(r, f"Household {code} already has a head in the registry.")
-        elif not heads and not group:
-            for r in rows:
-                flag(r, f"Household {code} has no head: give one member the role head.")
+                flag(r, f"The code {code} belongs to a group outside your area; use another code.")
         else:
-            for r in heads[1:]:
-                flag(r, f"Household {code} has more than one head (rows {heads[0].row_number} "
-                        f"and {r.row_number}).")
-        for r in primaries[1:]:
-            flag(r, f"Household {code} has more than one primary recipient (rows "
-                    f"{primaries[0].row_number} and {r.row_number}).")
-        for r in rows:
-            membership = members.get(r.individual_id) if r.individual_id else None
-            if membership and membership[1] != code:
-                flag(r, f"This person is already in household {membership[1]}; move them in "
-                        "the registry first.")
+            _check_household(code, group, rows, members, flag)
         for r in rows:
             errors = dict(r.errors or {})
             message = " ".join(problems.get(r.id, ())) or None
@@ -678,6 +674,33 @@ def _check_households(session: Session, upload: Upload, codes: set[str]) -> None
                             "status": row_status(errors, r.action, r.warning)})
     for chunk in _batched(changes, BATCH):
         session.execute(update(UploadRow), chunk)
+
+
+def _check_household(code: str, group: tuple | None, rows: list, members: dict, flag) -> None:
+    """The rules for one household's rows (``group``: the registered one, if any)."""
+    heads = [r for r in rows if r.role == "head"]
+    primaries = [r for r in rows if r.primary]
+    if group and group[1] != "household":
+        for r in rows:
+            flag(r, f"{code} is the code of a {group[1]}, not of a household.")
+    if group and group[2]:
+        for r in heads:
+            flag(r, f"Household {code} already has a head in the registry.")
+    elif not heads and not group:
+        for r in rows:
+            flag(r, f"Household {code} has no head: give one member the role head.")
+    else:
+        for r in heads[1:]:
+            flag(r, f"Household {code} has more than one head (rows {heads[0].row_number} "
+                    f"and {r.row_number}).")
+    for r in primaries[1:]:
+        flag(r, f"Household {code} has more than one primary recipient (rows "
+                f"{primaries[0].row_number} and {r.row_number}).")
+    for r in rows:
+        membership = members.get(r.individual_id) if r.individual_id else None
+        if membership and membership[1] != code:
+            flag(r, f"This person is already in household {membership[1]}; move them in "
+                    "the registry first.")
 
 
 def status_counts(session: Session, upload_id: int) -> dict[str, int]:
@@ -742,6 +765,7 @@ def _editable(upload: Upload) -> None:
 
 def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, scope: Scope) -> None:
     """Check edited rows again, against the rest of the file and the registry."""
+    scope = checking_scope(upload, scope)
     checker = RowChecker(session, upload, scope)
     codes: set[str] = set()
     checked = []
@@ -776,7 +800,7 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
         row.birth_date = date.fromisoformat(born) if born else None
         codes.add(row.household_code or "")
     session.flush()
-    check_households(session, upload, codes)
+    check_households(session, upload, scope, codes)
     session.flush()
     for row in rows:
         session.refresh(row)
@@ -803,7 +827,7 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) 
         raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be dropped.")
     row.status = "dropped"
     session.flush()
-    check_households(session, upload, {row.household_code or ""})
+    check_households(session, upload, checking_scope(upload, scope), {row.household_code or ""})
     upload.counts = summary_counts(session, upload, households=False)
 
 
@@ -956,7 +980,7 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
                 people = [m["individual_id"] for m in marks if m["status"] == "imported"]
         created += len(people)
         for chunk in _batched([r.id for r in batch if r.action == "update"], BATCH):
-            for mark in _update_people(session, _with_cleaned(session, chunk)):
+            for mark in _update_people(session, _with_cleaned(session, chunk), scope):
                 marks.append(mark)
                 if mark["status"] == "imported":
                     updated += 1
@@ -970,7 +994,7 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
                changes={"individual_ids": people})
         done += len(batch)
         progress(done, total, f"Imported {done:,} of {total:,} people")
-    members = import_households(session, upload)
+    members = import_households(session, upload, scope)
     progress(done, total, f"Households done: {members:,} members added")
     enrolled = enrol_imported(session, upload, scope=scope, actor_id=actor_id,
                               progress=lambda message: progress(done, total, message))
@@ -1141,7 +1165,7 @@ def _insert_people(session: Session, rows) -> list[dict]:
 _UPDATED_COLUMNS = tuple(c for c in INDIVIDUAL_FIELDS if c != "custom")
 
 
-def _update_people(session: Session, rows) -> list[dict]:
+def _update_people(session: Session, rows, scope: Scope) -> list[dict]:
     """Update registered people from staged rows: what a row gives (a blank cell keeps the
     registered value; custom fields merge) replaces what differs.
 
@@ -1149,11 +1173,12 @@ def _update_people(session: Session, rows) -> list[dict]:
     executemany, and the audit entries are written together, as the flush hook would
     write them. The ORM took 0.45 ms a person (45 s for 100,000). The people are locked
     as they are read (SQLite: the job holds the write lock), and each update still checks
-    the version it read."""
+    the version it read. Someone who moved out of ``scope`` since validation is left as is."""
     if not rows:
         return []
     table = Individual.__table__
     query = select(table.c.id, table.c.version, table.c.deleted_at, table.c.custom,
+                   scope.covers(table.c.location_id).label("in_area"),
                    *(table.c[c] for c in _UPDATED_COLUMNS)).where(
         _one_of(session, table.c.id, sorted({r.individual_id for r in rows})))
     if session.get_bind().dialect.name == "postgresql":
@@ -1165,6 +1190,10 @@ def _update_people(session: Session, rows) -> list[dict]:
         if person is None or person["deleted_at"] is not None:
             marks.append({"id": row.id, "status": "error", "individual_id": None,
                           "errors": {"national_id": "The person to update was deleted meanwhile."}})
+            continue
+        if not person["in_area"]:
+            marks.append({"id": row.id, "status": "error", "individual_id": None, "errors": {
+                "national_id": "The person to update moved outside your area meanwhile."}})
             continue
         marks.append({"id": row.id, "status": "imported", "individual_id": person["id"]})
         values = _individual_values(row.cleaned)
@@ -1196,25 +1225,38 @@ def _update_people(session: Session, rows) -> list[dict]:
     return marks
 
 
-def import_households(session: Session, upload: Upload) -> int:
+def import_households(session: Session, upload: Upload, scope: Scope) -> int:
     """Create the households named by imported rows and add their members, in the database
     itself; what exists already (from an earlier run) is left as it is, so a resumed import
-    adds nothing twice. Returns the members added."""
+    adds nothing twice. A household registered outside ``scope`` after validation gets no
+    members and no payee from here (the upload's message names it). Returns the members added."""
     if session.get_bind().dialect.name == "postgresql":
         last_name, location = "r.cleaned->>'last_name'", "CAST(r.cleaned->>'location_id' AS integer)"
     else:
         last_name, location = "json_extract(r.cleaned, '$.last_name')", "json_extract(r.cleaned, '$.location_id')"
-    params = {"upload": upload.id}
-    imported = "upload_id = :upload AND status = 'imported' AND household_code IS NOT NULL"
+    outside = [] if scope.everything else sorted(session.scalars(select(Group.code).where(
+        Group.code.in_(select(UploadRow.household_code).where(
+            UploadRow.upload_id == upload.id, UploadRow.status == "imported")),
+        ~scope.covers(Group.location_id))))
+    if outside:
+        upload.message = ("Not added to households registered outside your area meanwhile: "
+                          + ", ".join(outside))[:2000]
+    params = {"upload": upload.id, "outside": outside}
+
+    def sql(statement: str):
+        return text(statement).bindparams(bindparam("outside", expanding=True))
+
+    imported = ("upload_id = :upload AND status = 'imported' AND household_code IS NOT NULL "
+                "AND household_code NOT IN :outside")
     # A primary recipient named for a household that is registered already.
-    session.execute(text(
+    session.execute(sql(
         'UPDATE "group" SET version = version + 1, primary_recipient_id = (SELECT min(p.individual_id) '
         'FROM upload_row p WHERE p.upload_id = :upload AND p.status = \'imported\' AND p."primary" '
         'AND p.household_code = "group".code) '
         f'WHERE code IN (SELECT household_code FROM upload_row WHERE {imported} AND "primary")'), params)
     # New households: named after the head (or the first member), paid to the primary
     # recipient (or the head).
-    created = list(session.scalars(text(
+    created = list(session.scalars(sql(
         'INSERT INTO "group" (code, kind, name, location_id, primary_recipient_id, version) '
         f"SELECT h.household_code, 'household', substr(coalesce({last_name}, h.household_code) "
         f"|| ' household', 1, 120), {location}, coalesce(p.individual_id, r.individual_id), 1 "
@@ -1225,12 +1267,12 @@ def import_households(session: Session, upload: Upload) -> int:
         "LEFT JOIN upload_row p ON p.upload_id = :upload AND p.row_number = h.payee "
         'WHERE NOT EXISTS (SELECT 1 FROM "group" g WHERE g.code = h.household_code) '
         "ORDER BY h.household_code RETURNING id"), params))
-    joined = session.execute(text(
+    joined = session.execute(sql(
         "INSERT INTO group_member (group_id, individual_id, group_kind, role) "
         "SELECT g.id, r.individual_id, 'household', coalesce(r.role, 'member') "
         'FROM upload_row r JOIN "group" g ON g.code = r.household_code '
         "WHERE r.upload_id = :upload AND r.status = 'imported' AND r.household_code IS NOT NULL "
-        "AND r.individual_id IS NOT NULL "
+        "AND r.household_code NOT IN :outside AND r.individual_id IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM group_member m WHERE m.group_id = g.id "
         "AND m.individual_id = r.individual_id) ORDER BY r.row_number"), params).rowcount
     if created or joined:

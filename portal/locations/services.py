@@ -56,6 +56,16 @@ class Scope:
             return False
         return any(location.path.startswith(p) for p in self.paths)
 
+    def within(self, other: "Scope") -> "Scope":
+        """What both scopes see: of each one's roots, those that the other one covers."""
+        if self.everything:
+            return other
+        if other.everything:
+            return self
+        paths = {p for p in self.paths if any(p.startswith(q) for q in other.paths)}
+        paths |= {q for q in other.paths if any(q.startswith(p) for p in self.paths)}
+        return Scope(paths=tuple(sorted(paths)))
+
     def ancestors_visible(self, location: Location) -> bool:
         """True when the location is above a scope root (shown in the tree, not its data)."""
         return self.everything or any(p.startswith(location.path) for p in self.paths)

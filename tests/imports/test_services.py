@@ -215,6 +215,68 @@ def test_a_look_alike_outside_the_uploaders_villages_is_not_named(
     everything = _rows(db_session, _validated(db_session, tmp_path, text))[2]
     assert "Amina Banda" in everything.warning and "outside" not in everything.warning
 
+def test_a_household_code_registered_outside_the_uploaders_area_is_an_error_that_tells_nothing_more(
+        db_session, tmp_path, country, make_household):
+    household = make_household(2, location=country["SV1"], code="HH-S")
+    payee = household.primary_recipient_id
+    officer = Scope(paths=(country["N"].path,))
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,HH-S,head,yes\n",
+                        scope=officer)
+    row = _rows(db_session, upload)[2]
+    assert row.status == "error"
+    assert row.errors == {"household": "The code HH-S belongs to a group outside your area; use another code."}
+    assert _rows(db_session, _validated(db_session, tmp_path, HEADER
+                                        + "Amina,Banda,F,1990-05-17,,NV1,HH-S,head,yes\n"))[2].errors == {
+        "household": "Household HH-S already has a head in the registry."}
+    db_session.refresh(household)
+    assert household.primary_recipient_id == payee
+
+
+def test_a_household_registered_outside_the_area_between_validation_and_import_gets_no_members(
+        db_session, tmp_path, country, make_household):
+    officer = Scope(paths=(country["N"].path,))
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,HH-NEW,head,yes\n"
+                        + "Juma,Banda,M,2015-01-02,,NV1,HH-OWN,head,yes\n", scope=officer)
+    household = make_household(1, location=country["SV1"], code="HH-NEW")
+    payee = household.primary_recipient_id
+    counts = _imported(db_session, upload, scope=officer)
+    db_session.refresh(household)
+    assert counts["imported"] == 2 and counts["members_added"] == 1
+    assert household.primary_recipient_id == payee and len(household.members) == 1
+    assert upload.message == "Not added to households registered outside your area meanwhile: HH-NEW"
+
+
+def test_rows_are_checked_in_the_uploaders_area_even_when_a_national_user_edits_them(
+        db_session, tmp_path, country, make_individual, make_user):
+    elsewhere = make_individual("Grace", "Tembo", national_id="S100", location=country["SV1"])
+    officer = make_user("field_officer", [country["N"]])
+    upload = _receive(db_session, tmp_path, HEADER + "Grace,Tembo,F,1990-05-17,X,NV1,,,\n", policy="update")
+    upload.created_by = officer
+    run = services.start_validation(db_session, upload, scope=EVERYTHING, actor_id=None)
+    assert services.scope_from_params(run.params) == Scope(paths=(country["N"].path,))
+    services.validate_upload(db_session, upload, scope=services.scope_from_params(run.params),
+                             progress=lambda *a, **k: None)
+    row = _rows(db_session, upload)[2]
+    services.edit_row(db_session, upload, row, {"national_id": "S100"}, scope=EVERYTHING)
+    assert (row.status, row.action, row.individual_id) == ("error", "new", None)
+    assert row.errors["national_id"] == f"Already registered to person #{elsewhere.id}, who lives outside your area."
+
+
+def test_a_person_who_moved_out_of_the_area_after_validation_is_not_updated(
+        db_session, tmp_path, country, make_individual):
+    person = make_individual("Amina", "Banda", national_id="A100", location=country["NV1"])
+    officer = Scope(paths=(country["N"].path,))
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,A100,NV2,,,\n",
+                        policy="update", scope=officer)
+    person.location_id = country["SV1"].id
+    db_session.flush()
+    counts = _imported(db_session, upload, scope=officer)
+    row = _rows(db_session, upload)[2]
+    db_session.refresh(person)
+    assert counts["people_updated"] == 0 and person.location_id == country["SV1"].id
+    assert (row.status, row.errors) == ("error", {
+        "national_id": "The person to update moved outside your area meanwhile."})
+
 def test_editing_a_row_checks_it_again_with_its_household(db_session, tmp_path, country):
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H1,wife,yes\n"
                         + "Juma,Banda,M,2015-01-02,,NV1,H1,child,no\n")

@@ -28,6 +28,15 @@ def test_a_village_needs_a_ward_as_parent(db_session, country, make_location):
         make_location("X2", "district", None)
 
 
+def test_the_scope_within_another_sees_only_what_both_see(country):
+    north, district, village = (country[k].path for k in ("N", "ND", "NV1"))
+    everything = Scope(everything=True)
+    assert Scope(paths=(north,)).within(everything) == Scope(paths=(north,))
+    assert everything.within(Scope(paths=(village,))) == Scope(paths=(village,))
+    assert Scope(paths=(north,)).within(Scope(paths=(village, country["SV1"].path))) == Scope(paths=(village,))
+    assert Scope(paths=(district,)).within(Scope(paths=(north,))) == Scope(paths=(district,))
+    assert Scope(paths=(north,)).within(Scope(paths=(country["S"].path,))) == Scope(paths=())
+
 def test_moving_a_ward_moves_its_villages_in_the_scope_too(db_session, country):
     everything = Scope(everything=True)
     services.update_location(db_session, country["NW"], code="NW", name="Moved ward",
