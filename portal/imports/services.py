@@ -132,10 +132,14 @@ def receive_upload(session: Session, *, path: Path, file_name: str, duplicate_po
     return upload
 
 
-def earlier_import_of_same_file(session: Session, upload: Upload) -> Upload | None:
-    return session.scalar(select(Upload).where(
-        Upload.sha256 == upload.sha256, Upload.id != upload.id,
-        Upload.status == "imported").order_by(Upload.id.desc()).limit(1))
+def earlier_import_of_same_file(session: Session, upload: Upload, *, scope: Scope,
+                                actor_id: int) -> tuple[bool, Upload | None]:
+    """Whether a file with this content was imported before, and the latest such upload if
+    this user may open it (one of another area is only said to exist)."""
+    same = select(Upload).where(Upload.sha256 == upload.sha256, Upload.id != upload.id,
+                                Upload.status == "imported").order_by(Upload.id.desc()).limit(1)
+    seen = session.scalar(same.where(visible_uploads(scope, actor_id)))
+    return (seen is not None or session.scalar(same) is not None), seen
 
 
 def set_mapping(session: Session, upload: Upload, mapping: dict[str, str], *,
@@ -1329,11 +1333,14 @@ def clear_rows(session: Session, upload: Upload) -> None:
     upload.counts = {}
 
 
-def imported_rows(session: Session, upload: Upload, *, page: int = 1, per_page: int = 50):
-    """The rows that reached the registry, with their people."""
+def imported_rows(session: Session, upload: Upload, *, scope: Scope, page: int = 1,
+                  per_page: int = 50):
+    """The rows that reached the registry, with their people; ``in_area`` is false for
+    someone who has since moved out of the user's area (shown without their details)."""
     rows = session.execute(
         select(UploadRow.row_number, UploadRow.status, UploadRow.action, UploadRow.household_code,
-               Individual).join(Individual, Individual.id == UploadRow.individual_id)
+               Individual, scope.covers(Individual.location_id).label("in_area"))
+        .join(Individual, Individual.id == UploadRow.individual_id)
         .where(UploadRow.upload_id == upload.id, UploadRow.status.in_(("imported", "skipped")))
         .order_by(UploadRow.row_number).offset((page - 1) * per_page).limit(per_page + 1)).all()
     return rows[:per_page], len(rows) > per_page

@@ -114,8 +114,9 @@ def new():
             except DomainError as exc:
                 form_refusal(form, exc, "file", field="file")
             else:
-                earlier = services.earlier_import_of_same_file(db.session, upload)
-                if upload.status == "uploaded" and earlier is None:
+                imported_before, _earlier = services.earlier_import_of_same_file(
+                    db.session, upload, scope=scope(), actor_id=current_user.id)
+                if upload.status == "uploaded" and not imported_before:
                     run = services.start_validation(db.session, upload, scope=scope(),
                                                     actor_id=current_user.id)
                     queue_job(run)
@@ -164,10 +165,12 @@ def show(upload_id: int):
         sweep_if_running(upload.job_run)
     if services.reconcile(db.session, upload):
         db.session.commit()
-    earlier = services.earlier_import_of_same_file(db.session, upload) \
-        if upload.status == "uploaded" else None
+    imported_before, earlier = services.earlier_import_of_same_file(
+        db.session, upload, scope=scope(), actor_id=current_user.id) \
+        if upload.status == "uploaded" else (False, None)
     return render("imports/show.html", partial="imports/_status.html", upload=upload,
-                  earlier=earlier, policies=DUPLICATE_POLICIES, import_form=ImportForm())
+                  imported_before=imported_before, earlier=earlier, policies=DUPLICATE_POLICIES,
+                  import_form=ImportForm())
 
 
 @bp.route("/<int:upload_id>/validate", methods=["POST"])
@@ -204,6 +207,8 @@ def start_import(upload_id: int):
 @require("upload.view")
 def original(upload_id: int):
     upload = _upload(upload_id)
+    if upload.created_by_id != current_user.id and not can("individual.view_pii"):
+        abort(403)  # the file holds national IDs and phones as typed, unmasked
     if not Path(upload.stored_path).exists():
         abort(404)
     return send_file(upload.stored_path, as_attachment=True, download_name=upload.file_name)
@@ -381,7 +386,7 @@ def reupload(upload_id: int):
 def people(upload_id: int):
     upload = _upload(upload_id)
     page = int_arg("page", 1, minimum=1)
-    items, has_more = services.imported_rows(db.session, upload, page=page)
+    items, has_more = services.imported_rows(db.session, upload, scope=scope(), page=page)
     return render("imports/people.html", upload=upload, rows=items, page=page, has_more=has_more,
                   person_url=_person_url())
 

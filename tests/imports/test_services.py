@@ -450,7 +450,11 @@ def test_a_file_whose_content_was_already_imported_is_recognised(db_session, tmp
     first = _validated(db_session, tmp_path, text)
     _imported(db_session, first)
     second = _receive(db_session, tmp_path, text)
-    assert services.earlier_import_of_same_file(db_session, second).id == first.id
+    assert services.earlier_import_of_same_file(db_session, second, scope=EVERYTHING,
+                                                actor_id=None) == (True, first)
+    elsewhere = Scope(paths=(country["S"].path,))
+    assert services.earlier_import_of_same_file(db_session, second, scope=elsewhere,
+                                                actor_id=0) == (True, None)  # another user
 
 
 def test_imported_people_are_enrolled_into_the_chosen_program(db_session, tmp_path, country):

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from portal.imports import services
 from portal.imports.models import Upload, UploadRow
 from portal.locations.services import Scope
-from portal.registry.models import CustomField
+from portal.registry.models import CustomField, Individual
 
 HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
 _n = itertools.count()
@@ -187,6 +187,47 @@ def test_the_same_content_already_imported_warns_before_going_on(client, login, 
     assert "exactly the same content was already imported" in page
     assert "Go on and check the rows" in page
 
+
+def test_the_same_content_imported_in_another_area_warns_without_naming_that_upload(
+        client, login, db_session, tmp_path, country, make_user):
+    south = make_user("field_officer", [country["S"]])
+    text = HEADER + "Amina,Banda,F,1990-05-17,,SV1,,,\n"
+    earlier = _validated(db_session, tmp_path, south, text)
+    earlier.status, earlier.location_id, earlier.file_name = "imported", country["S"].id, "south-secret.csv"
+    db_session.commit()
+    login("field_officer", [country["N"]])
+    page = client.get(_post_file(client, text.encode(), "again.csv").headers["Location"]).get_data(as_text=True)
+    assert "already imported\n      by someone in another area." in page and "Go on and check the rows" in page
+    assert "south-secret" not in page and f"upload #{earlier.id}" not in page
+
+
+def test_the_original_file_goes_to_its_uploader_or_to_roles_that_see_national_ids(
+        client, login, db_session, tmp_path, country, make_user):
+    uploader = make_user("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, uploader, HEADER + "Amina,Banda,F,1990-05-17,N1,NV1,,,\n")
+    upload.location_id = country["N"].id
+    db_session.commit()
+    login("field_officer", [country["N"]])  # a colleague of the same area sees the upload
+    assert "original file" not in client.get(f"/imports/{upload.id}").get_data(as_text=True)
+    assert client.get(f"/imports/{upload.id}/file").status_code == 403
+    client.post("/logout")
+    login("program_manager")
+    assert client.get(f"/imports/{upload.id}/file").get_data().endswith(b"N1,NV1,,,\n")
+
+
+def test_someone_who_moved_out_of_the_area_is_listed_without_details_among_the_imported(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+                        + "Thandiwe,Phiri,F,1991-02-03,,NV2,,,\n", scope=Scope(paths=(country["N"].path,)))
+    services.import_upload(db_session, upload, scope=Scope(everything=True), actor_id=None,
+                           progress=lambda *a, **k: None)
+    moved = db_session.scalar(select(Individual).where(Individual.first_name == "Thandiwe"))
+    moved.location_id = country["SV1"].id
+    db_session.commit()
+    page = client.get(f"/imports/{upload.id}/people").get_data(as_text=True)
+    assert "Amina Banda" in page and "Thandiwe" not in page
+    assert "Someone who now lives outside your area" in page
 
 def test_another_officers_upload_elsewhere_is_not_found(client, login, db_session, tmp_path, country, make_user):
     south = make_user("field_officer", [country["S"]])
