@@ -1248,7 +1248,7 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
     params = {"upload": upload.id, "outside": outside}
 
     def sql(statement: str):
-        return text(statement).bindparams(bindparam("outside", expanding=True))
+        return text(statement).bindparams(bindparam("outside", expanding=True, type_=String))
 
     imported = ("upload_id = :upload AND status = 'imported' AND household_code IS NOT NULL "
                 "AND household_code NOT IN :outside")
