@@ -3,6 +3,10 @@
 ``run(run_id, work)`` marks the row running, gives ``work`` a ``Progress`` that records
 done/total and a heartbeat (committing the job's session, so call it between batches),
 and records success or failure on the row. A failure is re-raised so RQ keeps it too.
+
+Each run is one attempt of its row. When a slow worker's heartbeat went silent, the sweep
+queues the row again and another worker starts the next attempt; the slow one finds out at
+its next commit, which it then rolls back, so two workers never both write the same job.
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import logging
 import os
 import traceback
 from typing import Callable
+
+from sqlalchemy import select
 
 from portal.audit.services import set_actor
 from portal.background.models import JobRun
@@ -38,10 +44,30 @@ def app():
     return _app
 
 
+class Superseded(BaseException):
+    """Another attempt took this job over (or it was given up on) while this one ran. Not an
+    Exception: a job's own ``except Exception`` would record it as the job's failure and undo
+    what the attempt now running has done."""
+
+
+def _commit_if_still_mine(session, run: JobRun, attempt: int) -> None:
+    """Commit the job's work, unless the row now belongs to another attempt. The row is
+    written first, which locks it on PostgreSQL (SQLite's job holds the write lock), so no
+    other attempt can take it over between the check and the commit."""
+    session.flush()
+    mine = session.scalar(select(JobRun.id).where(
+        JobRun.id == run.id, JobRun.attempts == attempt, JobRun.status == "running"))
+    if mine is None:
+        session.rollback()
+        raise Superseded(f"job {run.id}: attempt {attempt} was superseded")
+    session.commit()
+
+
 class Progress:
-    def __init__(self, session, run: JobRun):
+    def __init__(self, session, run: JobRun, attempt: int):
         self.session = session
         self.run = run
+        self.attempt = attempt
 
     def __call__(self, done: int, total: int | None = None, message: str | None = None) -> None:
         self.run.done = done
@@ -50,7 +76,7 @@ class Progress:
         if message is not None:
             self.run.message = message
         self.run.heartbeat_at = now()
-        self.session.commit()
+        _commit_if_still_mine(self.session, self.run, self.attempt)
 
 
 def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) -> dict | None:
@@ -68,16 +94,21 @@ def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) ->
         job.heartbeat_at = now()
         job.message = "Started"
         session.commit()
+        attempt = job.attempts
         try:
-            result = work(session, job, Progress(session, job)) or {}
+            result = work(session, job, Progress(session, job, attempt)) or {}
+            _commit_if_still_mine(session, job, attempt)
+        except Superseded:
+            log.warning("job %s: attempt %s stopped, another attempt has taken over", run_id, attempt)
+            return None
         except DomainError as exc:
             session.rollback()
-            _finish(session, run_id, "failed", exc.message)
+            _finish(session, run_id, attempt, "failed", exc.message)
             raise
         except Exception as exc:
             session.rollback()
             log.error("job %s failed:\n%s", run_id, traceback.format_exc())
-            _finish(session, run_id, "failed", f"Unexpected error: {type(exc).__name__}: {exc}")
+            _finish(session, run_id, attempt, "failed", f"Unexpected error: {type(exc).__name__}: {exc}")
             raise
         job.result = result
         job.status = "succeeded"
@@ -89,9 +120,9 @@ def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) ->
         return result
 
 
-def _finish(session, run_id: int, status: str, message: str) -> None:
+def _finish(session, run_id: int, attempt: int, status: str, message: str) -> None:
     job = session.get(JobRun, run_id)
-    if job is None:  # the row went away (e.g. its tables were emptied); nothing to record
+    if job is None or job.attempts != attempt:  # gone, or another attempt's now
         return
     job.status, job.message = status, message[:5000]
     job.finished_at = job.heartbeat_at = now()
