@@ -46,6 +46,9 @@ class RolePermission(db.Model):
     role_id: Mapped[int] = mapped_column(ForeignKey("role.id", ondelete="CASCADE"), primary_key=True)
     permission: Mapped[str] = mapped_column(String(40), primary_key=True)
 
+    def __str__(self) -> str:  # how the audit log names a grant added to or removed from a role
+        return self.permission
+
 
 class User(Audited, UserMixin, db.Model):
     __audit_exclude__ = {"password_hash", "failed_logins", "last_login_at", "session_version"}

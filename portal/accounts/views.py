@@ -58,7 +58,7 @@ def change_password():
     form = PasswordForm()
     if form.validate_on_submit():
         try:
-            services.change_password(current_user, form.current.data, form.password.data)
+            services.change_password(db.session, current_user, form.current.data, form.password.data)
         except DomainError as exc:
             getattr(form, exc.field or "password").errors.append(exc.message)
         else:

@@ -58,17 +58,17 @@ def test_an_admin_cannot_disable_their_own_account(make_user):
 def test_changing_the_password_invalidates_older_sessions(db_session, make_user):
     user = make_user("viewer")
     old_token = user.get_id()
-    services.change_password(user, PASSWORD, "a-much-better-password")
+    services.change_password(db_session, user, PASSWORD, "a-much-better-password")
     assert services.load_user(db_session, old_token) is None
     assert services.load_user(db_session, user.get_id()) is user
 
 
-def test_short_passwords_and_a_wrong_current_password_are_refused(make_user):
+def test_short_passwords_and_a_wrong_current_password_are_refused(db_session, make_user):
     user = make_user("viewer")
     with pytest.raises(DomainError, match="current password"):
-        services.change_password(user, "wrong", "a-much-better-password")
+        services.change_password(db_session, user, "wrong", "a-much-better-password")
     with pytest.raises(DomainError, match="at least 10"):
-        services.change_password(user, PASSWORD, "short")
+        services.change_password(db_session, user, PASSWORD, "short")
 
 
 def test_the_admin_role_keeps_every_permission_and_cannot_lose_user_management(db_session):

@@ -66,3 +66,16 @@ def test_identifiers_in_the_audit_log_are_masked_for_roles_without_pii(app, clie
     login("program_manager")
     page = client.get("/admin/audit/?entity_type=individual").get_data(as_text=True)
     assert "CD7654321" not in page and "•••••4321" in page
+
+
+def test_changing_a_roles_permissions_records_the_permission_names_added_and_removed(db_session):
+    from portal.accounts.models import Role
+    from portal.accounts.services import set_role_permissions
+
+    viewer = db_session.scalar(select(Role).where(Role.name == "viewer"))
+    before = viewer.permissions
+    kept = sorted(before)[1:]
+    set_role_permissions(viewer, kept + ["audit.view"])
+    db_session.flush()
+    last = _entries(db_session, "role", viewer.id)[-1]
+    assert last.changes["grants"] == {"added": ["audit.view"], "removed": [sorted(before)[0]]}
