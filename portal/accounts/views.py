@@ -117,7 +117,7 @@ def _edit_user(user: User | None):
         try:
             if user is None and not form.password.data:
                 raise DomainError("A new user needs a password.", field="password")
-            locations = services.resolve_locations(db.session, form.locations.data.split(","), scope())
+            locations = services.resolve_locations(db.session, (form.locations.data or "").split(","), scope())
             saved = services.save_user(
                 db.session, user, email=form.email.data, name=form.name.data,
                 password=form.password.data or "", roles=roles, locations=locations,

@@ -122,3 +122,15 @@ def test_an_admin_resetting_a_users_password_is_audited_with_who_and_for_whom(
     [entry] = _password_entries(db_session, victim)
     assert entry.actor_id == admin.id and "reset by an administrator" in entry.summary
     assert victim.password_hash not in entry.summary + str(entry.changes)
+
+
+def test_a_user_form_posted_without_its_location_field_is_saved_not_a_server_error(
+        client, login, make_user, db_session):
+    user = make_user("viewer")
+    login("admin")
+    response = client.post(f"/admin/users/{user.id}", data={
+        "email": user.email, "name": "Renamed", "roles": [str(r.id) for r in user.roles],
+        "all_locations": "y"})
+    assert response.status_code == 302
+    db_session.expire_all()
+    assert db_session.get(type(user), user.id).name == "Renamed"
