@@ -195,7 +195,9 @@ def start_validation(session: Session, upload: Upload, *, scope: Scope, actor_id
 
 
 def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope: Scope,
-                 actor_id: int) -> JobRun:
+                 actor_id: int, may_enrol: bool) -> JobRun:
+    """Queue the import; ``may_enrol``: the acting user may enrol beneficiaries, which an
+    upload that enrols its people into a program needs (the job enrols as that user)."""
     if upload.status not in ("validated",):
         raise DomainError(f"This upload is {upload.status}; only a validated upload can be imported.")
     counts = status_counts(session, upload.id)
@@ -205,6 +207,9 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
                           "import the valid rows only.")
     if not counts.get("valid"):
         raise DomainError("There are no valid rows to import.")
+    if upload.program_id and not may_enrol:
+        raise DomainError("This upload enrols the people it imports into a program: only someone "
+                          "who may enrol beneficiaries can import it.")
     upload.counts = summary_counts(session, upload)  # households new or known, before import
     scope = checking_scope(upload, scope)
     run = create_job(session, kind="upload_import", entry_point="jobs.imports.import_upload",

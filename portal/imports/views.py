@@ -195,7 +195,8 @@ def start_import(upload_id: int):
         if not form.validate_on_submit():
             raise DomainError("The form had expired; try again.")
         run = services.start_import(db.session, upload, only_if_clean=form.only_if_clean.data,
-                                    scope=scope(), actor_id=current_user.id)
+                                    scope=scope(), actor_id=current_user.id,
+                                    may_enrol=can("beneficiary.enrol"))
     except DomainError as exc:
         flash_refusal(exc)
     else:

@@ -38,7 +38,8 @@ def _validated(db_session, tmp_path, text, *, scope=EVERYTHING, **kwargs):
 
 
 def _imported(db_session, upload, scope=EVERYTHING):
-    services.start_import(db_session, upload, only_if_clean=False, scope=scope, actor_id=None)
+    services.start_import(db_session, upload, only_if_clean=False, scope=scope, actor_id=None,
+                          may_enrol=True)
     return services.import_upload(db_session, upload, scope=scope, actor_id=None,
                                   progress=lambda *a, **k: None)
 
@@ -402,7 +403,8 @@ def test_an_update_of_a_person_deleted_after_validation_fails_only_its_row(
 def test_importing_only_when_nothing_is_left_to_fix_is_refused_while_rows_have_errors(db_session, tmp_path, country):
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\nBad,Row,?,,,NV1,,,\n")
     with pytest.raises(DomainError, match="1 row\\(s\\) still need fixing"):
-        services.start_import(db_session, upload, only_if_clean=True, scope=EVERYTHING, actor_id=None)
+        services.start_import(db_session, upload, only_if_clean=True, scope=EVERYTHING, actor_id=None,
+                              may_enrol=True)
 
 
 def test_fixed_rows_uploaded_back_are_matched_by_row_number(db_session, tmp_path, country):

@@ -176,6 +176,23 @@ def test_importing_is_queued_from_the_summary(client, login, db_session, tmp_pat
     assert db_session.get(Upload, upload.id).status == "importing"
 
 
+def test_an_upload_that_enrols_into_a_program_is_imported_only_by_someone_who_may_enrol(
+        client, login, db_session, tmp_path, country, make_user):
+    from portal.programs.models import Program
+
+    program = Program(code="CT1", name="Cash for all", beneficiary_kind="individual", status="active")
+    db_session.add(program)
+    manager = make_user("program_manager")
+    upload = _validated(db_session, tmp_path, manager, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    upload.program_id, upload.enrol_status, upload.location_id = program.id, "active", country["N"].id
+    db_session.commit()
+    login("field_officer", [country["N"]])  # sees the upload, may not enrol
+    client.post(f"/imports/{upload.id}/import")
+    db_session.expire_all()
+    assert db_session.get(Upload, upload.id).status == "validated"
+    page = client.get(f"/imports/{upload.id}").get_data(as_text=True)
+    assert "only someone who may enrol beneficiaries can import it" in page
+
 def test_the_same_content_already_imported_warns_before_going_on(client, login, db_session, tmp_path, country):
     user = login("field_officer", [country["N"]])
     text = HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
@@ -265,7 +282,8 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_stored(app, client, 
 def test_the_people_of_an_imported_upload_link_to_their_registry_pages(client, login, db_session, tmp_path, country):
     user = login("field_officer", [country["N"]])
     upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H9,head,yes\n")
-    services.start_import(db_session, upload, only_if_clean=False, scope=Scope(everything=True), actor_id=user.id)
+    services.start_import(db_session, upload, only_if_clean=False, scope=Scope(everything=True),
+                          actor_id=user.id, may_enrol=True)
     services.import_upload(db_session, upload, scope=Scope(everything=True), actor_id=user.id,
                            progress=lambda *a, **k: None)
     db_session.commit()
