@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import (JSON, Integer, String, and_, delete, exists, func, insert, literal,
@@ -154,8 +154,11 @@ def save_program(session: Session, program: Program | None, *, code: str, name: 
                  max_beneficiaries: int | None = None, institution_id: int | None = None,
                  scheme_id: int | None = None, amount=None, currency: str = "",
                  actor_id: int | None = None) -> Program:
-    """Create a program (as a draft) or edit one that is not closed."""
+    """Create a program (as a draft) or edit one that is not closed. An edit locks the program
+    first, so the places and beneficiaries it counts cannot change before the commit."""
     if program is not None:
+        if program.id:
+            program = lock_program(session, program.id)
         _writable(program)
     code = _check_code(session, Program, code, program.id if program else None)
     if not (name or "").strip():
@@ -206,19 +209,33 @@ def activate_program(session: Session, program: Program) -> Program:
     return program
 
 
-def close_preview(session: Session, program: Program) -> int:
+def may_close(scope: Scope) -> bool:
+    """Closing graduates the active beneficiaries of every location, so only a user who sees
+    every location may close a program, or see the national count it would graduate."""
+    return scope.everything
+
+
+def _check_may_close(scope: Scope) -> None:
+    if not may_close(scope):
+        raise DomainError("Closing a program graduates its beneficiaries in every location: "
+                          "only a user who sees all locations can close it.")
+
+
+def close_preview(session: Session, program: Program, *, scope: Scope) -> int:
     """How many active beneficiaries closing would graduate."""
+    _check_may_close(scope)
     return session.scalar(select(func.count()).select_from(Beneficiary).where(
         Beneficiary.program_id == program.id, Beneficiary.status == "active")) or 0
 
 
-def close_program(session: Session, program_id: int, *, actor_id: int | None,
+def close_program(session: Session, program_id: int, *, scope: Scope, actor_id: int | None,
                   reason: str = "", effective_date: date | None = None) -> int:
     """Close the program and graduate every active beneficiary; returns how many."""
+    _check_may_close(scope)
     program = lock_program(session, program_id)
     if program.status == "closed":
         raise DomainError(f"{program.name} is already closed.")
-    graduated = _set_status(session, select(Beneficiary.id).where(
+    graduated = _set_status(session, program, select(Beneficiary.id).where(
         Beneficiary.program_id == program.id, Beneficiary.status == "active"),
         to_status="graduated", reason=(reason or "").strip() or "Program closed",
         effective_date=effective_date or today(), actor_id=actor_id)
@@ -329,6 +346,9 @@ def _visible_subjects(program: Program, scope: Scope):
 
 def _check_enrolment(session: Session, program: Program, status: str) -> None:
     _writable(program)
+    if program.date_to is not None and program.date_to < today():
+        raise DomainError(f"The coverage of {program.name} ended on "
+                          f"{program.date_to.isoformat()}: nobody can be enrolled any more.")
     if status not in ENROL_STATUSES:
         raise DomainError("People are enrolled as potential or active beneficiaries.")
 
@@ -830,13 +850,35 @@ def _check_transition(from_status: str, to_status: str) -> None:
                           f"allowed: {allowed}.", field="to_status")
 
 
-def _check_change(reason: str, effective_date: date | None) -> tuple[str, date]:
+def _check_change(reason: str, effective_date: date | None,
+                  last_enrolled_at: datetime | None) -> tuple[str, date]:
+    """The reason and effective date of a change, one beneficiary's or many: it cannot take
+    effect before the (latest) enrolment it changes, or the timeline would run backwards."""
     reason = (reason or "").strip()
     if not reason:
         raise DomainError("Give the reason for the change.", field="reason")
     if len(reason) > 500:
         raise DomainError("Keep the reason under 500 characters.", field="reason")
-    return reason, effective_date or today()
+    effective = effective_date or today()
+    if last_enrolled_at is not None and effective < last_enrolled_at.date():
+        raise DomainError(f"The change cannot take effect before the enrolment "
+                          f"({last_enrolled_at.date().isoformat()}).", field="effective_date")
+    return reason, effective
+
+
+def _record_removals(session: Session, program: Program, removed, *, reason: str,
+                     effective_date: date, actor_id: int | None) -> None:
+    """One entry per removed beneficiary naming the person or group and the status it had:
+    the record is deleted, so the audit log is all that says who was removed."""
+    stamp = now()
+    session.execute(insert(AuditEntry), [
+        {"at": stamp, "actor_id": actor_id, "action": "remove", "entity_type": "beneficiary",
+         "entity_id": str(beneficiary_id),
+         "summary": f"Removed from {program.name}: {reason}"[:255],
+         "changes": {"program_id": program.id, "individual_id": individual_id,
+                     "group_id": group_id, "status": status, "reason": reason,
+                     "effective_date": effective_date.isoformat()}}
+        for beneficiary_id, individual_id, group_id, status in removed])
 
 
 def change_status(session: Session, beneficiary_id: int, *, to_status: str, reason: str,
@@ -851,14 +893,11 @@ def change_status(session: Session, beneficiary_id: int, *, to_status: str, reas
     _writable(program)
     session.refresh(beneficiary)
     _check_transition(beneficiary.status, to_status)
-    reason, effective = _check_change(reason, effective_date)
-    if effective < beneficiary.enrolled_at.date():
-        raise DomainError("The change cannot take effect before the enrolment.",
-                          field="effective_date")
+    reason, effective = _check_change(reason, effective_date, beneficiary.enrolled_at)
     if to_status == "removed":
-        record(session, action="remove", entity_type="beneficiary", entity_id=beneficiary.id,
-               summary=f"Removed from {program.name}: {reason}",
-               changes={"reason": reason, "effective_date": effective.isoformat()})
+        _record_removals(session, program, [(beneficiary.id, beneficiary.individual_id,
+                                             beneficiary.group_id, beneficiary.status)],
+                         reason=reason, effective_date=effective, actor_id=actor_id)
         session.delete(beneficiary)
         session.flush()
         return None
@@ -875,8 +914,8 @@ def change_status(session: Session, beneficiary_id: int, *, to_status: str, reas
     return beneficiary
 
 
-def _set_status(session: Session, ids_query, *, to_status: str, reason: str,
-                effective_date: date, actor_id: int | None) -> int:
+def _set_status(session: Session, program: Program, ids_query, *, to_status: str,
+                reason: str, effective_date: date, actor_id: int | None) -> int:
     """Record the change for every beneficiary selected by ``ids_query`` and apply it."""
     ids = ids_query.subquery()
     count = session.scalar(select(func.count()).select_from(ids)) or 0
@@ -884,6 +923,12 @@ def _set_status(session: Session, ids_query, *, to_status: str, reason: str,
         return 0
     stamp = now()
     if to_status == "removed":
+        # A bulk DELETE skips the flush hook: name the removed here, as a single removal does.
+        removed = session.execute(select(Beneficiary.id, Beneficiary.individual_id,
+                                         Beneficiary.group_id, Beneficiary.status)
+                                  .where(Beneficiary.id.in_(select(ids.c.id)))).all()
+        _record_removals(session, program, removed, reason=reason,
+                         effective_date=effective_date, actor_id=actor_id)
         session.execute(delete(Beneficiary).where(Beneficiary.id.in_(select(ids.c.id)))
                         .execution_options(synchronize_session=False))
         return count
@@ -919,18 +964,20 @@ def bulk_change_status(session: Session, program_id: int, *, scope: Scope,
     _writable(program)
     if to_status not in {t for targets in TRANSITIONS.values() for t in targets}:
         raise DomainError("Choose a status to change to.", field="to_status")
-    reason, effective = _check_change(reason, effective_date)
     preview = bulk_status_preview(session, program, scope=scope, filters=filters,
                                   to_status=to_status)
     sources = [s for s, targets in TRANSITIONS.items() if to_status in targets]
     query = (beneficiary_query(session, program, scope=scope, filters=filters, subject=False)
              .with_only_columns(Beneficiary.id).where(Beneficiary.status.in_(sources)))
+    last_enrolled_at = session.scalar(select(func.max(Beneficiary.enrolled_at))
+                                      .where(Beneficiary.id.in_(query)))
+    reason, effective = _check_change(reason, effective_date, last_enrolled_at)
     if to_status == "active" and program.max_beneficiaries is not None:
         taken = taken_places(session, program.id)
         if taken > program.max_beneficiaries:
             raise DomainError(f"{program.name} is over its maximum of "
                               f"{program.max_beneficiaries}: 0 places left.")
-    changed = _set_status(session, query, to_status=to_status, reason=reason,
+    changed = _set_status(session, program, query, to_status=to_status, reason=reason,
                           effective_date=effective, actor_id=actor_id)
     record(session, action="status", entity_type="program", entity_id=program.id,
            summary=f"{changed} beneficiaries of {program.name} -> {to_status}: {reason}"[:255],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import date
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from flask import abort, flash, redirect, request, url_for
 from flask_login import current_user
@@ -65,6 +65,16 @@ def _int(args, name: str, errors: dict) -> int | None:
         errors[name] = "Enter zero or more."
         return None
     return value
+
+
+def _local_target(target: str) -> str | None:
+    """``target`` when it is a path on this site, else None. Browsers read ``//host`` and
+    ``/\\host`` as another site, and drop tabs and newlines before doing so."""
+    parts = urlsplit(target)
+    if (parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] in ("/", "\\")
+            or not target.isprintable()):
+        return None
+    return target
 
 
 def _program_custom_raw(program: Program) -> dict:
@@ -144,7 +154,7 @@ def show(program_id: int):
     regions = services.region_counts(db.session, program, scope=sc)
     taken = services.taken_places(db.session, program.id)
     return render("programs/show.html", program=program, counts=counts, regions=regions,
-                  taken=taken, statuses=BENEFICIARY_STATUSES,
+                  taken=taken, statuses=BENEFICIARY_STATUSES, may_close=services.may_close(sc),
                   fields=services.program_fields(db.session, program.id))
 
 
@@ -166,12 +176,13 @@ def activate(program_id: int):
 @require("program.manage")
 def close(program_id: int):
     program = _program_or_404(program_id)
+    sc = scope()
     form = CloseForm()
     error = None
     if form.validate_on_submit():
         try:
-            graduated = services.close_program(db.session, program.id, actor_id=current_user.id,
-                                               reason=form.reason.data,
+            graduated = services.close_program(db.session, program.id, scope=sc,
+                                               actor_id=current_user.id, reason=form.reason.data,
                                                effective_date=form.effective_date.data)
         except DomainError as exc:
             db.session.rollback()
@@ -180,9 +191,13 @@ def close(program_id: int):
             db.session.commit()
             flash(f"{program.name} is closed; {graduated} active beneficiaries graduated.", "success")
             return htmx_redirect(url_for("programs.show", program_id=program_id))
+    try:
+        to_graduate = services.close_preview(db.session, program, scope=sc)
+    except DomainError as exc:
+        return render("programs/close.html", program=program, form=form, error=exc.message,
+                      to_graduate=None, status=403)
     return render("programs/close.html", program=program, form=form, error=error,
-                  to_graduate=services.close_preview(db.session, program),
-                  status=422 if error or form.errors else 200)
+                  to_graduate=to_graduate, status=422 if error or form.errors else 200)
 
 
 # --- extra beneficiary fields -----------------------------------------------------------------
@@ -428,11 +443,9 @@ def enrol(program_id: int):
             db.session.commit()
             flash(f"Enrolled {result['enrolled']}; {result['skipped']} already enrolled.",
                   "success")
-            target = request.form.get("next", "")
-            if not (target.startswith("/") and not target.startswith("//")):
-                target = url_for("programs.enrol", program_id=program.id,
-                                 q=request.form.get("q", ""))
-            return htmx_redirect(target)
+            return htmx_redirect(_local_target(request.form.get("next", ""))
+                                 or url_for("programs.enrol", program_id=program.id,
+                                            q=request.form.get("q", "")))
     elif request.method == "POST":
         error = "The form had a problem; choose how to enrol and try again."
     q = request.values.get("q", "")
@@ -447,9 +460,8 @@ def enrol(program_id: int):
 def enrol_subject():
     """Enrol one person or group chosen on their own page (the registry), then go back."""
     program = db.session.get(Program, request.form.get("program_id", type=int) or 0)
-    target = request.form.get("next", "")
-    if not (target.startswith("/") and not target.startswith("//")):
-        target = url_for("programs.show", program_id=program.id) if program else url_for("programs.index")
+    target = _local_target(request.form.get("next", "")) or (
+        url_for("programs.show", program_id=program.id) if program else url_for("programs.index"))
     if program is None:
         flash("Choose a program.", "error")
         return htmx_redirect(target)

@@ -58,6 +58,7 @@ def household(db_session, person, country):
 @pytest.fixture
 def program(db_session):
     """program(**fields) -> an active individual program without a cap."""
+    from portal.locations.services import Scope
     from portal.programs import services
 
     def make(*, status="active", **fields):
@@ -68,7 +69,8 @@ def program(db_session):
         if status in ("active", "closed"):
             services.activate_program(db_session, created)
         if status == "closed":
-            services.close_program(db_session, created.id, actor_id=None)
+            services.close_program(db_session, created.id, scope=Scope(everything=True),
+                                   actor_id=None)
         return created
 
     return make

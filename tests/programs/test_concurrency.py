@@ -1,10 +1,12 @@
-"""Two or more managers enrolling at once must not exceed a program's cap.
+"""Two or more managers enrolling at once, or one enrolling while another edits the program,
+must not leave more places taken than the program's cap.
 
 Real threads, each with its own connection and transaction, committing for real."""
 from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 from sqlalchemy.orm import Session
@@ -13,6 +15,7 @@ from portal.errors import DomainError
 from portal.extensions import db
 from portal.locations.services import Scope
 from portal.programs import services
+from portal.programs.models import Program
 
 pytestmark = pytest.mark.live
 
@@ -74,3 +77,56 @@ def test_managers_enrolling_at_once_never_exceed_the_cap_on_postgresql(app, db_s
 @pytest.mark.skipif(ON_POSTGRESQL, reason="the SQLite variant runs without TEST_DATABASE_URL")
 def test_managers_enrolling_at_once_never_exceed_the_cap_on_sqlite(app, db_session, program, person):
     _check_cap_holds(app, db_session, program, person)
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="needs TEST_DATABASE_URL=postgresql://... "
+                                              "(the row lock is SELECT ... FOR UPDATE)")
+@pytest.mark.parametrize("edit, refusal", [({"max_beneficiaries": 2}, "3 beneficiaries already"),
+                                           ({"beneficiary_kind": "group"}, "cannot change")])
+def test_an_edit_made_while_a_manager_enrols_counts_the_enrolment_on_postgresql(
+        app, db_session, program, person, edit, refusal):
+    plan = program(max_beneficiaries=5)
+    ids = [person().id for _ in range(3)]
+    plan_id, code, name = plan.id, plan.code, plan.name
+    db_session.commit()
+    enrolled = threading.Event()
+    outcomes: list[str] = []
+
+    def enrolling_manager():
+        """Enrols, then commits only once the editor has had time to count and wait."""
+        with app.app_context():
+            session = Session(db.engine)
+            try:
+                services.enrol(session, plan_id, individual_ids=ids, actor_id=None,
+                               scope=Scope(everything=True))
+                enrolled.set()
+                time.sleep(0.5)
+                session.commit()
+            finally:
+                session.close()
+
+    def editing_manager():
+        with app.app_context():
+            session = Session(db.engine)
+            try:
+                enrolled.wait(timeout=30)
+                services.save_program(session, session.get(Program, plan_id), code=code,
+                                      name=name, **{"max_beneficiaries": 5, **edit})
+                session.commit()
+                outcomes.append("saved")
+            except DomainError as exc:
+                session.rollback()
+                outcomes.append(exc.message)
+            finally:
+                session.close()
+
+    threads = [threading.Thread(target=enrolling_manager), threading.Thread(target=editing_manager)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(outcomes) == 1 and refusal in outcomes[0]
+    db_session.commit()
+    saved = db_session.get(Program, plan_id)
+    assert (saved.max_beneficiaries, saved.beneficiary_kind) == (5, "individual")
+    assert services.taken_places(db_session, plan_id) == 3

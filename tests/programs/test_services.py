@@ -5,6 +5,7 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from portal.audit.models import AuditEntry
 from portal.clock import today
 from portal.errors import DomainError
 from portal.locations.services import Scope
@@ -91,8 +92,8 @@ def test_closing_a_program_graduates_its_active_beneficiaries_only(db_session, p
     services.enrol(db_session, plan.id, individual_ids=[p.id for p in active], status="active",
                    actor_id=None, scope=everything)
     services.enrol(db_session, plan.id, individual_ids=[waiting.id], actor_id=None, scope=everything)
-    assert services.close_preview(db_session, plan) == 2
-    assert services.close_program(db_session, plan.id, actor_id=None) == 2
+    assert services.close_preview(db_session, plan, scope=everything) == 2
+    assert services.close_program(db_session, plan.id, scope=everything, actor_id=None) == 2
     assert plan.status == "closed" and plan.closed_at is not None
     assert {_status(db_session, _beneficiary(db_session, plan, p.id).id) for p in active} == {"graduated"}
     assert _beneficiary(db_session, plan, waiting.id).status == "potential"
@@ -101,12 +102,26 @@ def test_closing_a_program_graduates_its_active_beneficiaries_only(db_session, p
     assert len(steps) == 2 and steps[0].reason == "Program closed"
 
 
+def test_only_a_user_who_sees_every_location_can_close_a_program(db_session, program, person,
+                                                                 country, everything):
+    plan = program()
+    services.enrol(db_session, plan.id, individual_ids=[person("NV1").id, person("SV1").id],
+                   status="active", actor_id=None, scope=everything)
+    north = Scope(paths=(country["N"].path,))
+    with pytest.raises(DomainError, match="only a user who sees all locations"):
+        services.close_preview(db_session, plan, scope=north)
+    with pytest.raises(DomainError, match="only a user who sees all locations"):
+        services.close_program(db_session, plan.id, scope=north, actor_id=None)
+    assert plan.status == "active"
+    assert services.status_counts(db_session, plan, scope=everything)["active"] == 2
+
+
 def test_a_closed_program_is_read_only(db_session, program, person, everything):
     plan = program()
     someone = person()
     services.enrol(db_session, plan.id, individual_ids=[someone.id], status="active",
                    actor_id=None, scope=everything)
-    services.close_program(db_session, plan.id, actor_id=None)
+    services.close_program(db_session, plan.id, scope=everything, actor_id=None)
     beneficiary = _beneficiary(db_session, plan, someone.id)
     for attempt in (
         lambda: services.save_program(db_session, plan, code=plan.code, name="Renamed"),
@@ -120,7 +135,7 @@ def test_a_closed_program_is_read_only(db_session, program, person, everything):
                                             filters=BeneficiaryFilters(), to_status="suspended",
                                             reason="x", actor_id=None),
         lambda: services.save_program_field(db_session, plan, None, name="x", label="X", type="text"),
-        lambda: services.close_program(db_session, plan.id, actor_id=None),
+        lambda: services.close_program(db_session, plan.id, scope=everything, actor_id=None),
     ):
         with pytest.raises(DomainError, match="closed"):
             attempt()
@@ -209,6 +224,22 @@ def test_program_extra_fields_are_validated_on_enrolment(db_session, program, pe
     services.enrol(db_session, plan.id, individual_ids=[someone.id], actor_id=None,
                    scope=everything, custom={"school": "Chilumba"})
     assert _beneficiary(db_session, plan, someone.id).custom == {"school": "Chilumba"}
+
+
+def test_enrolment_after_the_coverage_has_ended_is_refused_on_every_path(db_session, program,
+                                                                         person, everything):
+    ended = program(date_to=today() - timedelta(days=1))
+    someone = person(sex="F")
+    with pytest.raises(DomainError, match="coverage of .* ended on"):
+        services.enrol(db_session, ended.id, individual_ids=[someone.id], actor_id=None,
+                       scope=everything)
+    with pytest.raises(DomainError, match="coverage of .* ended on"):
+        services.enrol_by_criteria(db_session, ended.id, scope=everything,
+                                   criteria=Criteria(sex="F"), actor_id=None)
+    assert services.taken_places(db_session, ended.id) == 0
+    last_day = program(date_to=today())
+    assert services.enrol(db_session, last_day.id, individual_ids=[someone.id], actor_id=None,
+                          scope=everything)["enrolled"] == 1
 
 
 # --- enrolment by criteria --------------------------------------------------------------------
@@ -396,6 +427,20 @@ def test_a_status_change_needs_a_reason(db_session, program, person):
                                actor_id=None, scope=Scope(everything=True))
 
 
+def test_a_status_change_one_by_one_or_in_bulk_cannot_take_effect_before_the_enrolment(
+        db_session, program, person, everything):
+    plan, beneficiary = _in_status(db_session, program, person, "potential")
+    before = beneficiary.enrolled_at.date() - timedelta(days=1)
+    with pytest.raises(DomainError, match="before the enrolment"):
+        services.change_status(db_session, beneficiary.id, to_status="active", reason="x",
+                               effective_date=before, actor_id=None, scope=everything)
+    with pytest.raises(DomainError, match="before the enrolment"):
+        services.bulk_change_status(db_session, plan.id, scope=everything,
+                                    filters=BeneficiaryFilters(), to_status="active", reason="x",
+                                    effective_date=before, actor_id=None)
+    assert _status(db_session, beneficiary.id) == "potential"
+
+
 def test_a_beneficiary_outside_the_callers_locations_cannot_be_changed(db_session, program, person,
                                                                         country):
     _plan, beneficiary = _in_status(db_session, program, person, "potential")  # lives in NV1
@@ -450,6 +495,35 @@ def test_bulk_removal_deletes_potential_beneficiaries_within_scope_only(db_sessi
                                          reason="Duplicate", actor_id=None)
     assert result == {"changed": 1, "not_allowed": 0}
     assert services.taken_places(db_session, plan.id) == 1
+
+
+def test_bulk_removal_records_who_was_removed_and_their_status(db_session, program, person,
+                                                               household, make_user, everything):
+    actor = make_user("program_manager")
+    people = [person(), person()]
+    plan = program()
+    services.enrol(db_session, plan.id, individual_ids=[p.id for p in people], actor_id=None,
+                   scope=everything)
+    removed = {_beneficiary(db_session, plan, p.id).id: p.id for p in people}
+    homes = program(beneficiary_kind="group")
+    home = household(2)
+    services.enrol(db_session, homes.id, group_ids=[home.id], actor_id=None, scope=everything)
+    for target in (plan, homes):
+        services.bulk_change_status(db_session, target.id, scope=everything,
+                                    filters=BeneficiaryFilters(), to_status="removed",
+                                    reason="Duplicate", actor_id=actor.id)
+    entries = db_session.scalars(select(AuditEntry).where(
+        AuditEntry.entity_type == "beneficiary", AuditEntry.action == "remove")).all()
+    by_beneficiary = {int(e.entity_id): e for e in entries}
+    assert len(entries) == 3
+    for beneficiary_id, individual_id in removed.items():
+        changes = by_beneficiary[beneficiary_id].changes
+        assert (changes["program_id"], changes["individual_id"], changes["status"],
+                changes["reason"]) == (plan.id, individual_id, "potential", "Duplicate")
+        assert by_beneficiary[beneficiary_id].actor_id == actor.id
+    [group_entry] = [e for e in entries if int(e.entity_id) not in removed]
+    assert (group_entry.changes["group_id"], group_entry.changes["status"]) == (home.id,
+                                                                                "potential")
 
 
 # --- lists ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import csv
 import io
 from datetime import date
 
+import pytest
 from sqlalchemy import select
 
 from portal.locations.services import Scope
@@ -65,6 +66,23 @@ def test_closing_shows_how_many_will_graduate_then_graduates_them(client, login,
     # read-only afterwards, in the pages too
     assert client.post(f"/programs/{plan.id}/edit", data={"code": plan.code, "name": "x"}
                        ).status_code == 302
+
+
+def test_a_manager_limited_to_some_locations_is_neither_offered_nor_allowed_to_close(
+        client, login, db_session, program, person, country):
+    plan = program()
+    _enrol(db_session, plan, [person("NV1"), person("SV1")], status="active")
+    login("program_manager", locations=[country["N"]])
+    assert "Close program" not in client.get(f"/programs/{plan.id}").get_data(as_text=True)
+    confirm = client.get(f"/programs/{plan.id}/close")
+    assert confirm.status_code == 403
+    assert "only a user who sees all locations" in confirm.get_data(as_text=True)
+    assert "will be graduated" not in confirm.get_data(as_text=True)
+    refused = client.post(f"/programs/{plan.id}/close", data={"reason": "Funding ended"})
+    assert refused.status_code == 403
+    db_session.expire_all()
+    assert db_session.get(Program, plan.id).status == "active"
+    assert services.status_counts(db_session, plan, scope=Scope(everything=True))["active"] == 2
 
 
 def test_the_program_page_draws_counts_by_status_and_region(client, login, db_session, program,
@@ -332,6 +350,22 @@ def test_a_person_is_enrolled_from_their_registry_page_form(client, login, db_se
     again = client.post("/programs/enrol", data={"program_id": plan.id, "individual_id": someone.id,
                                                  "next": "//evil.example/"})
     assert again.headers["Location"] == f"/programs/{plan.id}"
+
+
+@pytest.mark.parametrize("target", ["/\\evil.example", "/\\/evil.example", "/\t/evil.example",
+                                    "https://evil.example/"])
+@pytest.mark.parametrize("page", ["registry", "program"])
+def test_after_enrolling_the_portal_goes_back_only_to_a_path_on_this_site(
+        client, login, db_session, program, person, page, target):
+    plan = program()
+    someone = person()
+    login("program_manager")
+    url, fallback = (("/programs/enrol", f"/programs/{plan.id}") if page == "registry"
+                     else (f"/programs/{plan.id}/enrol", f"/programs/{plan.id}/enrol?q="))
+    response = client.post(url, data={"program_id": plan.id, "individual_id": someone.id,
+                                      "status": "potential", "next": target})
+    assert response.status_code == 303 and response.headers["Location"] == fallback
+    assert services.taken_places(db_session, plan.id) == 1
 
 
 def test_custom_field_criteria_come_from_the_form(client, login, db_session, program, person):
