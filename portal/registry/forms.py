@@ -7,6 +7,7 @@ from wtforms import (BooleanField, HiddenField, IntegerField, SelectField, Strin
                      TextAreaField)
 from wtforms.validators import DataRequired, Length, Optional
 
+from portal.privacy import PII_FIELDS, mask
 from portal.registry.models import FIELD_TYPES, GROUP_KINDS, SEXES
 from portal.registry.validation import ID_TYPES
 
@@ -30,12 +31,17 @@ class IndividualForm(FlaskForm):
     confirm = HiddenField()
 
     custom_names: list[str] = []
+    masked: dict[str, tuple[str, str | None]] = {}  # field -> (value shown masked, value stored)
 
     def raw(self) -> dict:
-        """The submitted values as ``clean_individual`` takes them."""
+        """The submitted values as ``clean_individual`` takes them; a masked identifier that
+        comes back as it was shown keeps the stored value, a newly typed one replaces it."""
         raw = {k: getattr(self, k).data for k in ("first_name", "middle_name", "last_name", "sex",
                                                    "birth_date", "national_id_type", "national_id",
                                                    "phone", "location")}
+        for name, (shown, stored) in self.masked.items():
+            if (raw[name] or "").strip() == shown:
+                raw[name] = stored
         for name in self.custom_names:
             raw[name] = getattr(self, CUSTOM_PREFIX + name).data
         return raw
@@ -52,8 +58,10 @@ class IndividualForm(FlaskForm):
         return [getattr(self, CUSTOM_PREFIX + n) for n in self.custom_names]
 
 
-def individual_form(custom_fields, person=None, **kwargs) -> IndividualForm:
-    """The form with one input per active custom field."""
+def individual_form(custom_fields, person=None, *, show_pii: bool = True,
+                    **kwargs) -> IndividualForm:
+    """The form with one input per active custom field; a person's national ID and phone
+    are shown masked unless ``show_pii``."""
 
     class Form(IndividualForm):
         pass
@@ -74,10 +82,17 @@ def individual_form(custom_fields, person=None, **kwargs) -> IndividualForm:
         setattr(Form, CUSTOM_PREFIX + f.name, field)
         Form.custom_names.append(f.name)
     form = Form(**kwargs)
+    if person is not None and not show_pii:
+        form.masked = {k: (mask(getattr(person, k)), getattr(person, k)) for k in sorted(PII_FIELDS)}
+        for key, (shown, _) in form.masked.items():
+            if shown:
+                getattr(form, key).description = "Shown masked: leave it to keep it, or type a new one."
     if person is not None and not form.is_submitted():
         for key in ("first_name", "middle_name", "last_name", "sex", "national_id_type",
                     "national_id", "phone"):
             getattr(form, key).data = getattr(person, key) or ""
+        for key, (shown, _) in form.masked.items():
+            getattr(form, key).data = shown
         form.birth_date.data = person.birth_date.isoformat() if person.birth_date else ""
         form.location.data = person.location.code if person.location else ""
         form.version.data = str(person.version)

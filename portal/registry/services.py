@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import (ARRAY, Integer, and_, any_, bindparam, cast, false, func, literal, or_, select,
-                        tuple_, union)
-from sqlalchemy.orm import Session, contains_eager, joinedload, lazyload
+from sqlalchemy import (ARRAY, Integer, and_, any_, bindparam, case, cast, false, func, literal, or_,
+                        select, tuple_, union)
+from sqlalchemy.orm import Session, contains_eager, lazyload
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.orm.exc import StaleDataError
@@ -21,6 +21,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from portal.clock import now, today
 from portal.errors import DomainError
 from portal.locations.models import Location
+from portal.locations.services import Scope
 from portal.privacy import mask
 from portal.registry.models import (DEFAULT_MEMBER_ROLES, GROUP_KINDS, SEXES, CustomField,
                                     Group, GroupMember, Individual, MemberRole)
@@ -32,6 +33,9 @@ except ImportError:  # pragma: no cover
     Beneficiary = Program = None
 
 COUNT_CAP = 1000
+# How a household or group outside the user's area is named: by nothing of its own.
+OUTSIDE_HOUSEHOLD = "a household outside your area"
+OUTSIDE_GROUP = "a group outside your area"
 PER_PAGE = 25
 BENEFICIARY_STATUSES = ("potential", "active", "suspended", "graduated")
 
@@ -325,17 +329,20 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
         return SearchResult(rows=[], count=0, capped=False, page=page, per_page=per_page, has_more=False)
     query = (select(*PAGE_COLUMNS).where(*conditions).order_by(*_order(sort, dialect, filters))
              .offset((page - 1) * per_page).limit(per_page + 1))
+    page_extras = _page_extras(scope)
     if dialect == "postgresql":
         # Village, household and count come with the page: PostgreSQL evaluates the
         # village and household subqueries only for the rows it returns.
         found = session.execute(query.add_columns(
-            *_PAGE_EXTRAS, _capped_count_query(conditions, cap).scalar_subquery().label("total"))).all()
+            *page_extras, _capped_count_query(conditions, cap).scalar_subquery().label("total"))).all()
     else:
         # SQLite computes a subquery in the SELECT list for every row it sorts, so the
         # page's village and household are looked up by id afterwards.
         found = session.execute(query).all()
         if found:
-            extras = {r.id: r for r in session.execute(_PAGE_EXTRAS_BY_ID, {"ids": [r.id for r in found]})}
+            by_id = select(Individual.id, *page_extras).where(
+                Individual.id.in_(bindparam("ids", expanding=True)))
+            extras = {r.id: r for r in session.execute(by_id, {"ids": [r.id for r in found]})}
             found = [PageRow(*r, *extras[r.id][1:]) for r in found]
     rows = found[:per_page]
     has_more = len(found) > per_page
@@ -364,13 +371,28 @@ PAGE_COLUMNS = (Individual.id, Individual.first_name, Individual.middle_name, In
 _household_id = (select(GroupMember.group_id)
                  .where(GroupMember.individual_id == Individual.id, GroupMember.group_kind == "household")
                  .correlate(Individual).limit(1).scalar_subquery())
-_PAGE_EXTRAS = (
-    select(Location.name).where(Location.id == Individual.location_id).scalar_subquery().label("village"),
-    _household_id.label("household_id"),
-    select(Group.code).where(Group.id == _household_id).scalar_subquery().label("household_code"),
-)
-_PAGE_EXTRAS_BY_ID = select(Individual.id, *_PAGE_EXTRAS).where(
-    Individual.id.in_(bindparam("ids", expanding=True)))
+_village = (select(Location.name).where(Location.id == Individual.location_id)
+            .scalar_subquery().label("village"))
+
+
+def _household_code(scope):
+    """The code of the person's household; None when it lies outside ``scope``, as a
+    person may live in the user's area and belong to a household registered elsewhere."""
+    code = select(Group.code).where(Group.id == _household_id)
+    if not scope.everything:
+        code = code.where(Group.location_id.in_(scope.location_ids().correlate(None)))
+    return code.scalar_subquery()
+
+
+_PAGE_EXTRAS = (_village, _household_id.label("household_id"),
+                _household_code(Scope(everything=True)).label("household_code"))
+
+
+def _page_extras(scope) -> tuple:
+    """The village and household columns of a page: built once for a national user."""
+    if scope.everything:
+        return _PAGE_EXTRAS
+    return _village, _household_id.label("household_id"), _household_code(scope).label("household_code")
 
 
 class PageRow(NamedTuple):
@@ -384,7 +406,7 @@ class PageRow(NamedTuple):
     phone: str | None
     village: str
     household_id: int | None
-    household_code: str | None
+    household_code: str | None  # None with a household_id: a household outside the user's area
 
 
 EXPORT_HEADER = ["ID", "First name", "Middle name", "Last name", "Sex", "Date of birth",
@@ -404,9 +426,7 @@ def export_rows(session: Session, *, scope, filters: dict, sort: str = "name", p
         conditions = individual_filters(session, scope=scope, filters=filters, location_ids=places,
                                         indexable={_sort_column(sort, filters)[0]})
     show = (lambda v: v or "") if pii else mask
-    household = (select(Group.code).join(GroupMember, GroupMember.group_id == Group.id)
-                 .where(GroupMember.individual_id == Individual.id,
-                        GroupMember.group_kind == "household").limit(1).scalar_subquery())
+    household = func.coalesce(_household_code(scope), case((_household_id.is_not(None), OUTSIDE_HOUSEHOLD)))
     custom_names = [f.name for f in custom_fields]
     order_columns, descending = _order_columns(sort, dialect, filters)
     keys = [c.label(f"k{i}") for i, c in enumerate(order_columns)]
@@ -525,49 +545,56 @@ def update_individual(session: Session, person: Individual, raw: dict, *, scope,
     return person, {}
 
 
-def delete_individual(session: Session, person: Individual, *, actor_id: int | None) -> None:
+def delete_individual(session: Session, person: Individual, *, scope, actor_id: int | None) -> None:
     """Hide a person (history kept). A household's head or payee goes only after someone else
     has taken that place, so no household is left without one."""
     if person.deleted_at is not None:
         raise DomainError(f"{person.full_name} is already deleted.")
-    for member in memberships_of(session, person):
+    for member, visible in memberships_of(session, person, scope=scope):
         group = member.group
         others = session.scalar(select(func.count()).where(GroupMember.group_id == group.id,
                                                           GroupMember.id != member.id))
         if not others:
             continue
         if group.kind == "household" and member.role == "head":
-            raise DomainError(f"{person.full_name} heads household {group.code}: choose another head first.")
+            named = f"household {group.code}" if visible else OUTSIDE_HOUSEHOLD
+            raise DomainError(f"{person.full_name} heads {named}: choose another head first.")
         if group.primary_recipient_id == person.id:
-            raise DomainError(f"{person.full_name} receives the payments of {group.code}: "
+            named = group.code if visible else OUTSIDE_GROUP
+            raise DomainError(f"{person.full_name} receives the payments of {named}: "
                               "choose another primary recipient first.")
     person.deleted_at = now()
     session.flush()
 
 
-def restore_individual(session: Session, person: Individual, *, actor_id: int | None) -> None:
+def restore_individual(session: Session, person: Individual, *, show_pii: bool,
+                       actor_id: int | None) -> None:
+    """Bring a deleted person back, unless their national ID has been given to someone else
+    (shown masked unless ``show_pii``)."""
     if person.deleted_at is None:
         raise DomainError(f"{person.full_name} is not deleted.")
     if person.national_id and session.scalar(select(Individual.id).where(
             Individual.national_id == person.national_id, Individual.deleted_at.is_(None),
             Individual.id != person.id)):
-        raise DomainError(f"Another living person now has national ID {person.national_id}; "
+        national_id = person.national_id if show_pii else mask(person.national_id)
+        raise DomainError(f"Another living person now has national ID {national_id}; "
                           "change one of them before restoring.")
     person.deleted_at = None
     session.flush()
 
 
-def programs_of(session: Session, person: Individual) -> list[tuple]:
-    """(program, beneficiary, via group or None) for the person and their groups."""
+def programs_of(session: Session, person: Individual, *, scope) -> list[tuple]:
+    """(program, beneficiary, name of the group it came through or None) for the person and
+    their groups; a group outside ``scope`` is not named."""
     if Beneficiary is None:
         return []
-    group_ids = [m.group_id for m in person.memberships]
+    groups = {m.group_id: m.group.name if visible else OUTSIDE_GROUP
+              for m, visible in memberships_of(session, person, scope=scope)}
     condition = Beneficiary.individual_id == person.id
-    if group_ids:
-        condition = or_(condition, Beneficiary.group_id.in_(group_ids))
+    if groups:
+        condition = or_(condition, Beneficiary.group_id.in_(list(groups)))
     rows = session.execute(select(Program, Beneficiary).join(Beneficiary, Beneficiary.program_id == Program.id)
                            .where(condition).order_by(Program.name))
-    groups = {m.group_id: m.group for m in person.memberships}
     return [(p, b, groups.get(b.group_id)) for p, b in rows]
 
 
@@ -782,8 +809,10 @@ def add_member(session: Session, group: Group, individual_id: int, *, role: str,
     if group.kind == "household":
         other = _household_of(session, person.id)
         if other is not None:
-            raise DomainError(f"{person.full_name} already belongs to household {other.group.code}; "
-                              "move them instead.", field="individual")
+            named = (f"household {other.group.code}" if scope.allows(other.group.location)
+                     else OUTSIDE_HOUSEHOLD)
+            raise DomainError(f"{person.full_name} already belongs to {named}; move them instead.",
+                              field="individual")
         if role == "head" and _head(session, group) is not None:
             raise DomainError("The household already has a head; change the head instead.", field="role")
     member = GroupMember(group_id=group.id, individual_id=person.id, group_kind=group.kind, role=role)
@@ -798,9 +827,18 @@ def _head(session: Session, group: Group) -> GroupMember | None:
                                                     GroupMember.role == "head"))
 
 
-def _member(session: Session, group: Group, member_id: int) -> GroupMember:
+def get_member(session: Session, group: Group, member_id: int) -> GroupMember | None:
+    """A membership of ``group``, else None: a member id from a URL is trusted no further
+    than the group it came with, whose scope the caller has checked."""
     member = session.get(GroupMember, member_id)
     if member is None or member.group_id != group.id:
+        return None
+    return member
+
+
+def _member(session: Session, group: Group, member_id: int) -> GroupMember:
+    member = get_member(session, group, member_id)
+    if member is None:
         raise DomainError("That person is not a member of this group.")
     return member
 
@@ -859,18 +897,16 @@ def set_primary_recipient(session: Session, group: Group, member_id: int, *,
     session.flush()
 
 
-def move_member(session: Session, member_id: int, target: Group, *, role: str, scope,
+def move_member(session: Session, source: Group, member_id: int, target: Group, *, role: str, scope,
                 actor_id: int | None) -> GroupMember:
-    """Move a person from their household to another household, keeping both valid."""
-    member = session.get(GroupMember, member_id)
-    if member is None:
-        raise DomainError("That membership no longer exists.")
-    source = member.group
+    """Move a member of ``source`` to another household, keeping both valid. Both households
+    must lie in scope: taking someone out of a household is a change to it."""
+    member = _member(session, source, member_id)
     if source.id == target.id:
         raise DomainError("The person is already in this household.", field="target")
     if source.kind != "household" or target.kind != "household":
         raise DomainError("Only household members move between households.", field="target")
-    if not scope.allows(target.location):
+    if not scope.allows(source.location) or not scope.allows(target.location):
         raise DomainError("That household is outside your locations.", field="target")
     individual_id = member.individual_id
     remove_member(session, source, member.id, actor_id=actor_id)
@@ -891,17 +927,21 @@ def check_household(session: Session, group: Group) -> list[str]:
     return problems
 
 
-def group_members(session: Session, group: Group) -> list[GroupMember]:
-    """Members with their people and villages, in one statement."""
-    return list(session.scalars(
-        select(GroupMember).join(GroupMember.individual)
+def group_members(session: Session, group: Group, *, scope) -> list[tuple[GroupMember, bool]]:
+    """(member with their person, lives in scope), in one statement. A group in the user's
+    area may hold people who live outside it: the user may know their role, not who they are."""
+    return [(member, bool(visible)) for member, visible in session.execute(
+        select(GroupMember, scope.covers(Individual.location_id)).join(GroupMember.individual)
         .options(contains_eager(GroupMember.individual))
-        .where(GroupMember.group_id == group.id).order_by(GroupMember.role != "head", GroupMember.id)))
+        .where(GroupMember.group_id == group.id).order_by(GroupMember.role != "head", GroupMember.id))]
 
 
-def memberships_of(session: Session, person: Individual) -> list[GroupMember]:
-    return list(session.scalars(
-        select(GroupMember).where(GroupMember.individual_id == person.id)
-        .options(lazyload(GroupMember.individual), joinedload(GroupMember.group).lazyload(Group.location))
-        .order_by(GroupMember.group_kind != "household", GroupMember.id)))
+def memberships_of(session: Session, person: Individual, *, scope) -> list[tuple[GroupMember, bool]]:
+    """(membership with its group, group in scope), in one statement: a person in the user's
+    area may belong to a group registered outside it, which must stay unnamed."""
+    return [(member, bool(visible)) for member, visible in session.execute(
+        select(GroupMember, scope.covers(Group.location_id)).join(GroupMember.group)
+        .where(GroupMember.individual_id == person.id)
+        .options(lazyload(GroupMember.individual), contains_eager(GroupMember.group).lazyload(Group.location))
+        .order_by(GroupMember.group_kind != "household", GroupMember.id))]
 

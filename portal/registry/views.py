@@ -117,7 +117,7 @@ def new_individual():
 
 
 def _detail_context(person):
-    memberships = services.memberships_of(db.session, person)
+    memberships = services.memberships_of(db.session, person, scope=scope())
     history, more = search_entries(db.session, entity_type="individual", entity_id=str(person.id),
                                    per_page=20) if can("audit.view") or can("individual.edit") else ([], False)
     from portal.accounts.models import User
@@ -125,7 +125,8 @@ def _detail_context(person):
     actor_ids = {e.actor_id for e in history if e.actor_id}
     actors = {u.id: u for u in db.session.scalars(select(User).where(User.id.in_(actor_ids)))} \
         if actor_ids else {}
-    return dict(person=person, memberships=memberships, programs=services.programs_of(db.session, person),
+    return dict(person=person, memberships=memberships,
+                programs=services.programs_of(db.session, person, scope=scope()),
                 history=history, more_history=more, actors=actors,
                 custom_fields=active_custom_fields(db.session), kinds=GROUP_KINDS, sexes=SEXES)
 
@@ -142,7 +143,7 @@ def individual(individual_id: int):
 def edit_individual(individual_id: int):
     person = _individual_or_404(individual_id)
     fields = active_custom_fields(db.session)
-    form = individual_form(fields, person=person)
+    form = individual_form(fields, person=person, show_pii=can("individual.view_pii"))
     if form.validate_on_submit():
         try:
             version = int(form.version.data) if (form.version.data or "").isdigit() else None
@@ -172,7 +173,7 @@ def edit_individual(individual_id: int):
 def delete_individual(individual_id: int):
     person = _individual_or_404(individual_id)
     try:
-        services.delete_individual(db.session, person, actor_id=current_user.id)
+        services.delete_individual(db.session, person, scope=scope(), actor_id=current_user.id)
     except DomainError as exc:
         flash_refusal(exc)
         return htmx_redirect(url_for("registry.individual", individual_id=individual_id))
@@ -187,7 +188,8 @@ def delete_individual(individual_id: int):
 def restore_individual(individual_id: int):
     person = _individual_or_404(individual_id, include_deleted=True)
     try:
-        services.restore_individual(db.session, person, actor_id=current_user.id)
+        services.restore_individual(db.session, person, show_pii=can("individual.view_pii"),
+                                    actor_id=current_user.id)
     except DomainError as exc:
         flash_refusal(exc)
     else:
@@ -328,8 +330,8 @@ def _members_context(group, error=None, editing=None, role_form=None, move_form=
     member_form = MemberForm(formdata=None)
     member_form.role.choices = roles
     member_form.role.data = "member" if group.kind != "household" else "child"
-    return dict(group=group, members=services.group_members(db.session, group), roles=roles,
-                role_labels=dict(roles), member_form=member_form, error=error, editing=editing,
+    return dict(group=group, members=services.group_members(db.session, group, scope=scope()),
+                roles=roles, role_labels=dict(roles), member_form=member_form, error=error, editing=editing,
                 role_form=role_form, move_form=move_form,
                 problems=services.check_household(db.session, group))
 
@@ -383,7 +385,8 @@ def add_member(group_id: int):
 @require("group.edit")
 def member_role(group_id: int, member_id: int):
     group = _group_or_404(group_id)
-    member = next((m for m in services.group_members(db.session, group) if m.id == member_id), None)
+    member = next((m for m, visible in services.group_members(db.session, group, scope=scope())
+                   if m.id == member_id and visible), None)
     if member is None:
         abort(404)
     form = RoleForm()
@@ -429,6 +432,8 @@ def remove_member(group_id: int, member_id: int):
 @require("group.edit")
 def move_member(group_id: int, member_id: int):
     group = _group_or_404(group_id)
+    if services.get_member(db.session, group, member_id) is None:
+        abort(404)
     form = MoveForm()
     form.role.choices = services.member_roles(db.session)
     if not form.validate_on_submit():
@@ -439,7 +444,7 @@ def move_member(group_id: int, member_id: int):
                                                        Group.deleted_at.is_(None)))
         if target is None or not scope().allows(target.location):
             raise DomainError(f"No household {form.target.data} in your locations.")
-        services.move_member(db.session, member_id, target, role=form.role.data, scope=scope(),
+        services.move_member(db.session, group, member_id, target, role=form.role.data, scope=scope(),
                              actor_id=current_user.id)
     return _member_change(group, action, f"Moved to {form.target.data.strip().upper()}.")
 

@@ -90,9 +90,9 @@ def test_program_and_beneficiary_status_filters_include_households_enrolled_as_a
 
 
 def test_deleted_people_disappear_from_search_and_come_back_when_restored(db_session, people):
-    services.delete_individual(db_session, people["banda"], actor_id=None)
+    services.delete_individual(db_session, people["banda"], scope=EVERYTHING, actor_id=None)
     assert names(search(db_session, q="banda")) == ["Bandawe Kondwani"]
-    services.restore_individual(db_session, people["banda"], actor_id=None)
+    services.restore_individual(db_session, people["banda"], show_pii=True, actor_id=None)
     assert names(search(db_session, q="banda")) == ["Banda Chikondi", "Bandawe Kondwani"]
 
 
@@ -267,7 +267,7 @@ def test_moving_a_person_between_households_keeps_both_valid(db_session, people,
     source = make_household(head=people["banda"], members=[people["bandawe"]])
     target = make_household(head=people["phiri"], members=[])
     child = next(m for m in source.members if m.role != "head")
-    services.move_member(db_session, child.id, target, role="child", scope=EVERYTHING, actor_id=None)
+    services.move_member(db_session, source, child.id, target, role="child", scope=EVERYTHING, actor_id=None)
     db_session.expire_all()
     assert [m.individual_id for m in source.members] == [people["banda"].id]
     assert sorted(m.individual_id for m in target.members) == sorted([people["phiri"].id, people["bandawe"].id])
@@ -279,7 +279,8 @@ def test_moving_the_head_is_refused_until_another_head_is_chosen(db_session, peo
     target = make_household(head=people["phiri"], members=[])
     head = next(m for m in source.members if m.role == "head")
     with pytest.raises(DomainError, match="Choose another head"):
-        services.move_member(db_session, head.id, target, role="spouse", scope=EVERYTHING, actor_id=None)
+        services.move_member(db_session, source, head.id, target, role="spouse", scope=EVERYTHING,
+                             actor_id=None)
 
 
 def test_group_search_finds_by_code_or_name_within_scope(db_session, country, people, make_household):
@@ -351,9 +352,51 @@ def test_an_export_continues_after_each_batch_without_losing_or_repeating_anyone
 def test_the_head_of_a_household_is_deleted_only_after_another_head_is_chosen(db_session, people, make_household):
     group = make_household(head=people["banda"], members=[people["bandawe"]])
     with pytest.raises(DomainError, match="choose another head first"):
-        services.delete_individual(db_session, people["banda"], actor_id=None)
+        services.delete_individual(db_session, people["banda"], scope=EVERYTHING, actor_id=None)
     other = next(m for m in group.members if m.role != "head")
     services.set_head(db_session, group, other.id, actor_id=None)
     services.set_primary_recipient(db_session, group, other.id, actor_id=None)
-    services.delete_individual(db_session, people["banda"], actor_id=None)
+    services.delete_individual(db_session, people["banda"], scope=EVERYTHING, actor_id=None)
     assert people["banda"].deleted_at is not None
+
+
+def test_a_refused_deletion_names_a_household_only_inside_the_scope(db_session, country, people,
+                                                                   make_household):
+    make_household(head=people["phiri"], members=[people["banda"]], code="HH-NORTH", location=country["NV1"])
+    south = Scope(paths=(country["S"].path,))
+    with pytest.raises(DomainError, match="heads a household outside your area") as refused:
+        services.delete_individual(db_session, people["phiri"], scope=south, actor_id=None)
+    assert "HH-NORTH" not in refused.value.message
+    with pytest.raises(DomainError, match="heads household HH-NORTH"):
+        services.delete_individual(db_session, people["phiri"], scope=EVERYTHING, actor_id=None)
+
+
+def test_a_moved_member_must_belong_to_the_household_it_is_moved_from(db_session, people, make_household):
+    first = make_household(head=people["banda"], members=[people["bandawe"]])
+    second = make_household(head=people["phiri"], members=[])
+    child = next(m for m in first.members if m.role != "head")
+    with pytest.raises(DomainError, match="not a member of this group"):
+        services.move_member(db_session, second, child.id, first, role="child", scope=EVERYTHING,
+                             actor_id=None)
+    assert child.group_id == first.id
+
+
+def test_a_reused_national_id_that_blocks_a_restore_is_masked_unless_the_user_may_see_it(
+        db_session, country, people, make_individual):
+    services.delete_individual(db_session, people["banda"], scope=EVERYTHING, actor_id=None)
+    make_individual("Other", "Person", location=country["NV2"], national_id="MW1000001")
+    with pytest.raises(DomainError) as masked:
+        services.restore_individual(db_session, people["banda"], show_pii=False, actor_id=None)
+    assert "•••••0001" in masked.value.message and "MW1000001" not in masked.value.message
+    with pytest.raises(DomainError, match="national ID MW1000001"):
+        services.restore_individual(db_session, people["banda"], show_pii=True, actor_id=None)
+
+
+def test_an_export_names_a_household_outside_the_scope_only_as_such(db_session, country, people,
+                                                                   make_household):
+    make_household(head=people["banda"], members=[people["phiri"]], code="HH-NORTH")
+    south = Scope(paths=(country["S"].path,))
+    rows = list(services.export_rows(db_session, scope=south, filters={}, pii=False))
+    assert [(r[3], r[11]) for r in rows] == [("Phiri", services.OUTSIDE_HOUSEHOLD)]
+    rows = list(services.export_rows(db_session, scope=EVERYTHING, filters={"q": "phiri"}, pii=False))
+    assert rows[0][11] == "HH-NORTH"

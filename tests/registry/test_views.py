@@ -1,6 +1,6 @@
 import io
 import re
-from datetime import date
+from datetime import date, datetime
 
 import pytest
 from openpyxl import load_workbook
@@ -385,3 +385,116 @@ def test_a_search_request_takes_two_statements_on_postgresql(client, login, coun
         assert statements() == (3 if "location=" in query else 2)
     else:
         assert statements() <= 5
+
+
+# --- people and households outside the user's area ------------------------------------------------
+
+@pytest.fixture
+def northern_household_with_a_southerner(people, make_household):
+    """HH-NORTH is registered in the north; Grace Phiri, who lives in the south, belongs to it."""
+    return make_household(head=people["banda"], members=[people["phiri"]], code="HH-NORTH",
+                          name="Banda household")
+
+
+def test_a_member_of_a_household_outside_the_area_cannot_be_moved_out_through_one_inside_it(
+        client, login, country, people, make_individual, make_household, northern_household_with_a_southerner,
+        db_session):
+    north = northern_household_with_a_southerner
+    south = make_household(head=make_individual(location=country["SV2"]), members=[], code="HH-SOUTH")
+    phiri = next(m for m in north.members if m.individual_id == people["phiri"].id)
+    db_session.commit()
+    login("field_officer", [country["S"]])
+    response = client.htmx("post", f"/registry/groups/{south.id}/members/{phiri.id}/move",
+                           data={"target": "HH-SOUTH", "role": "child"})
+    assert response.status_code == 404 and "HH-NORTH" not in response.get_data(as_text=True)
+    db_session.expire_all()
+    assert db_session.get(GroupMember, phiri.id).group_id == north.id
+
+
+def test_the_edit_form_masks_identifiers_for_roles_without_pii_and_keeps_them_unless_retyped(
+        client, login, country, people, db_session):
+    from portal.privacy import mask
+
+    banda = people["banda"]
+    login("field_officer", [country["N"]])
+    form = client.htmx("get", f"/registry/individuals/{banda.id}/edit").get_data(as_text=True)
+    assert "MW1000001" not in form and "+265991000001" not in form
+    assert f'value="{mask("MW1000001")}"' in form and f'value="{mask("+265991000001")}"' in form
+    data = {**PERSON, "first_name": "Chikondi", "last_name": "Banda-Phiri", "national_id": mask("MW1000001"),
+            "phone": mask("+265991000001")}
+    saved = client.htmx("post", f"/registry/individuals/{banda.id}/edit",
+                        data={**data, "version": banda.version})
+    assert saved.status_code == 200
+    db_session.expire_all()
+    banda = db_session.get(Individual, banda.id)
+    assert (banda.last_name, banda.national_id, banda.phone) == ("Banda-Phiri", "MW1000001", "+265991000001")
+    retyped = client.htmx("post", f"/registry/individuals/{banda.id}/edit",
+                          data={**data, "phone": "0991 222 333", "version": banda.version})
+    assert retyped.status_code == 200
+    db_session.expire_all()
+    banda = db_session.get(Individual, banda.id)
+    assert (banda.national_id, banda.phone) == ("MW1000001", "0991222333")
+
+
+def test_a_household_in_the_area_shows_a_member_from_elsewhere_by_role_only(
+        client, login, country, people, make_household, db_session):
+    south = make_household(head=people["phiri"], members=[people["banda"]], code="HH-SOUTH")
+    banda = next(m for m in south.members if m.individual_id == people["banda"].id)
+    head = next(m for m in south.members if m.role == "head")
+    db_session.commit()
+    login("field_officer", [country["S"]])
+    body = client.get(f"/registry/groups/{south.id}").get_data(as_text=True)
+    assert "Someone who lives outside your area" in body and "Spouse" in body
+    assert "Chikondi" not in body and "1990-01-01" not in body
+    assert f"/registry/individuals/{people['banda'].id}" not in body
+    assert f"/members/{banda.id}/" not in body  # no change, head, recipient, remove or move
+    assert "Grace Phiri" in body and f"/members/{head.id}/role" in body
+    assert client.htmx("get", f"/registry/groups/{south.id}/members/{banda.id}/role").status_code == 404
+
+
+def test_a_household_outside_the_area_is_not_named_in_search_results_or_on_the_persons_page(
+        client, login, country, people, northern_household_with_a_southerner, db_session):
+    from portal.programs.models import Beneficiary, Program
+
+    north = northern_household_with_a_southerner
+    program = Program(code="P9", name="Social cash transfer", beneficiary_kind="group", status="active")
+    db_session.add(program)
+    db_session.flush()
+    db_session.add(Beneficiary(program_id=program.id, group_id=north.id, status="active"))
+    db_session.commit()
+    login("field_officer", [country["S"]])
+    results = client.htmx("get", "/registry/individuals?q=phiri").get_data(as_text=True)
+    detail = client.get(f"/registry/individuals/{people['phiri'].id}").get_data(as_text=True)
+    for body in (results, detail):
+        assert "Phiri" in body and "A household outside your area" in body
+        assert "HH-NORTH" not in body and "Banda household" not in body
+        assert f"/registry/groups/{north.id}" not in body
+    assert "Social cash transfer" in detail and "a group outside your area" in detail
+
+
+def test_refusing_to_add_someone_already_in_a_household_outside_the_area_does_not_name_it(
+        client, login, country, people, make_individual, make_household,
+        northern_household_with_a_southerner):
+    south = make_household(head=make_individual(location=country["SV2"]), members=[], code="HH-SOUTH")
+    login("field_officer", [country["S"]])
+    response = client.htmx("post", f"/registry/groups/{south.id}/members",
+                           data={"person": "ZM2000001", "role": "spouse"})
+    body = response.get_data(as_text=True)
+    assert response.status_code == 422 and "already belongs to a household outside your area" in body
+    assert "HH-NORTH" not in body
+
+
+def test_restoring_a_person_whose_national_id_was_reused_masks_it_for_roles_without_pii(
+        client, login, country, people, make_individual, db_session):
+    from portal.accounts.models import Role
+    from portal.accounts.services import set_role_permissions
+
+    role = db_session.scalar(select(Role).where(Role.name == "program_manager"))
+    set_role_permissions(role, sorted(role.permissions - {"individual.view_pii"}))
+    people["banda"].deleted_at = datetime(2024, 1, 1)
+    make_individual("Other", "Person", location=country["NV2"], national_id="MW1000001")
+    db_session.commit()
+    login("program_manager", [country["N"]])
+    client.post(f"/registry/individuals/{people['banda'].id}/restore")
+    page = client.get(f"/registry/individuals/{people['banda'].id}").get_data(as_text=True)
+    assert "Another living person now has national ID •••••0001" in page and "MW1000001" not in page
