@@ -144,12 +144,22 @@ def children(session: Session, parent_id: int | None, scope: Scope) -> list[Loca
     return [loc for loc in rows if scope.allows(loc) or scope.ancestors_visible(loc)]
 
 
-def child_counts(session: Session, ids: list[int]) -> dict[int, int]:
+def child_counts(session: Session, ids: list[int], scope: Scope) -> dict[int, int]:
+    """How many children of each node the user may open: a region above an officer's district
+    counts that district, not the districts beside it."""
     if not ids:
         return {}
-    rows = session.execute(select(Location.parent_id, func.count()).where(
-        Location.parent_id.in_(ids)).group_by(Location.parent_id))
-    return dict(rows.all())
+    if scope.everything:
+        rows = session.execute(select(Location.parent_id, func.count()).where(
+            Location.parent_id.in_(ids)).group_by(Location.parent_id))
+        return dict(rows.all())
+    counts: dict[int, int] = {}
+    for parent_id, path in session.execute(select(Location.parent_id, Location.path).where(
+            Location.parent_id.in_(ids))):
+        child = Location(path=path)
+        if scope.allows(child) or scope.ancestors_visible(child):
+            counts[parent_id] = counts.get(parent_id, 0) + 1
+    return counts
 
 
 def search_locations(session: Session, *, scope: Scope, text: str = "", kind: str = "",

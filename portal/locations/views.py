@@ -28,7 +28,7 @@ def tree():
         nodes = services.search_locations(db.session, scope=scope(), text=q)
     else:
         nodes = services.children(db.session, parent_id, scope())
-    counts = services.child_counts(db.session, [n.id for n in nodes])
+    counts = services.child_counts(db.session, [n.id for n in nodes], scope())
     return render("locations/tree.html", partial="locations/_nodes.html", nodes=nodes,
                   counts=counts, parent=parent, q=q,
                   crumbs=services.breadcrumb(parent) if parent else [])

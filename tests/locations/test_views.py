@@ -13,6 +13,24 @@ def test_a_field_officer_sees_only_the_path_to_and_inside_the_own_district(clien
     assert "NV1" in inside
 
 
+def test_the_tree_counts_below_a_node_only_the_places_the_officer_may_open(
+        client, login, country, make_location):
+    make_location("ND2", "district", country["N"])  # a second district beside the officer's
+    login("field_officer", [country["NV1"]])
+    roots = client.get("/locations/").get_data(as_text=True)
+    ward = client.get(f"/locations/?parent={country['ND'].id}").get_data(as_text=True)
+    villages = client.get(f"/locations/?parent={country['NW'].id}").get_data(as_text=True)
+    assert _below(roots, "N region") == "1" and _below(ward, "Place NW") == "1"
+    assert "NV2" not in villages and "NV1" in villages
+
+
+def _below(page: str, name: str) -> str:
+    """The "Below" cell of the row whose first cell names ``name``."""
+    import re
+
+    row = re.search(rf"<tr>\s*<td>(?:<a [^>]*>)?{name}(?:</a>)?</td>(.*?)</tr>", page, re.S).group(1)
+    return re.findall(r"<td>([^<]*)</td>", row)[2]
+
 def test_a_field_officer_search_never_returns_another_district(client, login, country):
     login("field_officer", [country["ND"]])
     text = client.get("/locations/?q=V").get_data(as_text=True)
