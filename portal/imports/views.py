@@ -7,7 +7,6 @@ from pathlib import Path
 
 from flask import abort, current_app, flash, make_response, redirect, request, send_file, url_for
 from flask_login import current_user
-from sqlalchemy import select
 
 from portal.errors import DomainError
 from portal.extensions import db
@@ -58,11 +57,10 @@ def _save_file(storage, folder: str) -> Path:
 
 def _program_choices():
     try:
-        from portal.programs.models import Program
+        from portal.programs.services import open_programs
     except ImportError:  # the programs area is not installed
         return []
-    return [(str(p.id), f"{p.name} ({p.code})") for p in db.session.scalars(
-        select(Program).where(Program.status != "closed").order_by(Program.name).limit(200))]
+    return [(str(p.id), f"{p.name} ({p.code})") for p in open_programs(db.session)]
 
 
 @bp.route("/")

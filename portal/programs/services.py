@@ -109,11 +109,14 @@ def list_programs(session: Session, *, text: str = "", status: str = "",
     return list(session.scalars(query.order_by(PROGRAM_SORTS.get(sort, Program.name), Program.id)))
 
 
-def open_programs(session: Session, beneficiary_kind: str) -> list[Program]:
-    """Programs not closed that enrol this kind of beneficiary ('individual' or 'group')."""
-    return list(session.scalars(select(Program).where(
-        Program.status != "closed", Program.beneficiary_kind == beneficiary_kind)
-        .order_by(Program.name).limit(200)))
+def open_programs(session: Session, beneficiary_kind: str | None = None) -> list[Program]:
+    """Programs that can still enrol: not closed, coverage not ended; of this kind of
+    beneficiary ('individual' or 'group') when one is given."""
+    query = select(Program).where(Program.status != "closed",
+                                  or_(Program.date_to.is_(None), Program.date_to >= today()))
+    if beneficiary_kind is not None:
+        query = query.where(Program.beneficiary_kind == beneficiary_kind)
+    return list(session.scalars(query.order_by(Program.name).limit(200)))
 
 
 def taken_places(session: Session, program_id: int) -> int:

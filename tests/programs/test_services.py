@@ -240,6 +240,8 @@ def test_enrolment_after_the_coverage_has_ended_is_refused_on_every_path(db_sess
     last_day = program(date_to=today())
     assert services.enrol(db_session, last_day.id, individual_ids=[someone.id], actor_id=None,
                           scope=everything)["enrolled"] == 1
+    offered = services.open_programs(db_session, "individual")
+    assert last_day in offered and ended not in offered
 
 
 # --- enrolment by criteria --------------------------------------------------------------------
