@@ -238,10 +238,13 @@ def close_program(session: Session, program_id: int, *, scope: Scope, actor_id: 
     program = lock_program(session, program_id)
     if program.status == "closed":
         raise DomainError(f"{program.name} is already closed.")
-    graduated = _set_status(session, program, select(Beneficiary.id).where(
-        Beneficiary.program_id == program.id, Beneficiary.status == "active"),
-        to_status="graduated", reason=(reason or "").strip() or "Program closed",
-        effective_date=effective_date or today(), actor_id=actor_id)
+    active = select(Beneficiary.id).where(Beneficiary.program_id == program.id,
+                                          Beneficiary.status == "active")
+    reason, effective = _check_change(
+        reason or "Program closed", effective_date,
+        session.scalar(select(func.max(Beneficiary.enrolled_at)).where(Beneficiary.id.in_(active))))
+    graduated = _set_status(session, program, active, to_status="graduated", reason=reason,
+                            effective_date=effective, actor_id=actor_id)
     program.status = "closed"
     program.closed_at = now()
     session.flush()

@@ -102,6 +102,17 @@ def test_closing_a_program_graduates_its_active_beneficiaries_only(db_session, p
     assert len(steps) == 2 and steps[0].reason == "Program closed"
 
 
+def test_closing_cannot_graduate_anyone_before_their_enrolment(db_session, program, person, everything):
+    plan = program()
+    services.enrol(db_session, plan.id, individual_ids=[person().id], status="active",
+                   actor_id=None, scope=everything)
+    with pytest.raises(DomainError, match="before the enrolment"):
+        services.close_program(db_session, plan.id, scope=everything, actor_id=None,
+                               effective_date=today() - timedelta(days=1))
+    assert plan.status == "active"
+    assert services.close_program(db_session, plan.id, scope=everything, actor_id=None,
+                                  effective_date=today()) == 1
+
 def test_only_a_user_who_sees_every_location_can_close_a_program(db_session, program, person,
                                                                  country, everything):
     plan = program()
