@@ -538,11 +538,18 @@ def _read_and_check(upload: Upload, checker: RowChecker):
                     errors["national_id"] = f"This national ID is also on row {first}."
             born = cleaned["birth_date"]
             batch.append((
-                number, _json(raw), _json(cleaned), errors, nid, cleaned["household_code"],
+                number, _json(raw), _json(cleaned), errors, _fitting(nid), _fitting(cleaned["household_code"]),
                 cleaned["role"], cleaned["primary_recipient"], born,
                 (number, born, area, cleaned["first_name"], cleaned["last_name"]) if area else None,
                 cleaned["custom"] if unique else None))
         yield batch
+
+
+def _fitting(code: str | None) -> str | None:
+    """A national ID or household code as its staged column holds it: one too long for the
+    column (an error on its row already) stays only in the row's text, or PostgreSQL would
+    refuse the whole file."""
+    return code if code is None or len(code) <= 40 else None
 
 
 def _settled(checker: RowChecker, upload_id: int, batch: list[tuple],
@@ -801,8 +808,8 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
         row.cleaned, row.errors = item["cleaned"], item["errors"]
         row.status, row.action, row.warning = item["status"], item["action"], item["warning"]
         row.individual_id = item["individual_id"]
-        row.national_id = item["cleaned"].get("national_id")
-        row.household_code = item["cleaned"].get("household_code")
+        row.national_id = _fitting(item["cleaned"].get("national_id"))
+        row.household_code = _fitting(item["cleaned"].get("household_code"))
         row.role = item["cleaned"].get("role")
         row.primary = bool(item["cleaned"].get("primary_recipient"))
         born = item["cleaned"].get("birth_date")

@@ -278,6 +278,19 @@ def test_a_person_who_moved_out_of_the_area_after_validation_is_not_updated(
     assert (row.status, row.errors) == ("error", {
         "national_id": "The person to update moved outside your area meanwhile."})
 
+def test_overlong_codes_and_roles_are_errors_on_their_row_and_fixable_in_place(db_session, tmp_path, country):
+    long = "H" * 300
+    upload = _validated(db_session, tmp_path, HEADER + f"Amina,Banda,F,1990-05-17,{'N' * 300},NV1,{long},{long},yes\n")
+    row = _rows(db_session, upload)[2]
+    assert row.status == "error"
+    assert row.errors["household_code"] == "A household code has at most 40 characters."
+    assert "national_id" in row.errors and "role" in row.errors
+    services.edit_row(db_session, upload, row, {"household_code": "X" * 10_000}, scope=EVERYTHING)
+    assert row.errors["household_code"] == "A household code has at most 40 characters."
+    services.edit_row(db_session, upload, row, {"household_code": "HH-1", "role": "head",
+                                                "national_id": ""}, scope=EVERYTHING)
+    assert row.status == "valid"
+
 def test_editing_a_row_checks_it_again_with_its_household(db_session, tmp_path, country):
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H1,wife,yes\n"
                         + "Juma,Banda,M,2015-01-02,,NV1,H1,child,no\n")
