@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import wraps
 from typing import Callable
+from urllib.parse import urlsplit
 
 from flask import abort, current_app, flash, make_response, render_template, request, url_for
 from flask_login import current_user
@@ -157,6 +158,16 @@ def register_hooks(app) -> None:
     from portal.audit.services import set_actor
 
     @app.before_request
+    def refuse_nul_characters():
+        """No form or search needs a NUL character and PostgreSQL cannot store one: a request
+        carrying one is refused with a message before any view half-handles it."""
+        for values in (request.args, request.form):
+            if any("\x00" in key or "\x00" in value for key, value in values.items(multi=True)):
+                return _error_page(400, "What was sent holds a NUL character, which cannot be "
+                                        "stored. Remove it and send again; nothing was saved.")
+        return None
+
+    @app.before_request
     def name_the_actor():
         if current_user.is_authenticated:
             set_actor(db.session, current_user.id)
@@ -196,8 +207,16 @@ def flash_refusal(exc) -> None:
     flash(exc.message, "error")
 
 
+def local_path(target: str) -> str | None:
+    """``target`` when it is a path on this site, else None. Browsers read ``//host`` and
+    ``/\\host`` as another site, and drop tabs and newlines before doing so."""
+    parts = urlsplit(target)
+    if (parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] in ("/", "\\")
+            or not target.isprintable()):
+        return None
+    return target
+
+
 def next_url(default_endpoint: str) -> str:
-    target = request.args.get("next", "")
-    if target.startswith("/") and not target.startswith("//"):
-        return target
-    return url_for(default_endpoint)
+    """Where to go after signing in: the page asked for, if it is on this site."""
+    return local_path(request.args.get("next", "")) or url_for(default_endpoint)

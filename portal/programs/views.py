@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import date
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from flask import abort, flash, redirect, request, url_for
 from flask_login import current_user
@@ -18,7 +18,8 @@ from portal.programs.models import (BENEFICIARY_STATUSES, PROGRAM_STATUSES, Bene
                                     Institution, Program, Scheme)
 from portal.programs.services import CUSTOM_OPERATORS, BeneficiaryFilters, Criteria
 from portal.registry.models import SEXES, CustomField, Individual
-from portal.web import can, flash_refusal, form_refusal, htmx_redirect, int_arg, render, require, scope
+from portal.web import (can, flash_refusal, form_refusal, htmx_redirect, int_arg, local_path, render,
+                        require, scope)
 
 
 @bp.context_processor
@@ -65,16 +66,6 @@ def _int(args, name: str, errors: dict) -> int | None:
         errors[name] = "Enter zero or more."
         return None
     return value
-
-
-def _local_target(target: str) -> str | None:
-    """``target`` when it is a path on this site, else None. Browsers read ``//host`` and
-    ``/\\host`` as another site, and drop tabs and newlines before doing so."""
-    parts = urlsplit(target)
-    if (parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] in ("/", "\\")
-            or not target.isprintable()):
-        return None
-    return target
 
 
 def _program_custom_raw(program: Program) -> dict:
@@ -443,7 +434,7 @@ def enrol(program_id: int):
             db.session.commit()
             flash(f"Enrolled {result['enrolled']}; {result['skipped']} already enrolled.",
                   "success")
-            return htmx_redirect(_local_target(request.form.get("next", ""))
+            return htmx_redirect(local_path(request.form.get("next", ""))
                                  or url_for("programs.enrol", program_id=program.id,
                                             q=request.form.get("q", "")))
     elif request.method == "POST":
@@ -460,7 +451,7 @@ def enrol(program_id: int):
 def enrol_subject():
     """Enrol one person or group chosen on their own page (the registry), then go back."""
     program = db.session.get(Program, request.form.get("program_id", type=int) or 0)
-    target = _local_target(request.form.get("next", "")) or (
+    target = local_path(request.form.get("next", "")) or (
         url_for("programs.show", program_id=program.id) if program else url_for("programs.index"))
     if program is None:
         flash("Choose a program.", "error")

@@ -1,3 +1,4 @@
+import pytest
 from sqlalchemy import select
 
 from portal.accounts.models import Role, User
@@ -24,10 +25,13 @@ def test_a_wrong_password_shows_the_form_again_with_a_message(client, make_user,
     assert "Wrong email or password." in response.get_data(as_text=True)
 
 
-def test_the_sign_in_form_only_redirects_to_local_pages(client, make_user, db_session):
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/", "/\\evil.example/",
+                                    "/\t/evil.example/"])
+def test_the_sign_in_form_only_redirects_to_local_pages(client, make_user, db_session, target):
     user = make_user("viewer")
     db_session.commit()
-    response = client.post("/login?next=https://evil.example/", data={"email": user.email, "password": PASSWORD})
+    response = client.post("/login", query_string={"next": target},
+                           data={"email": user.email, "password": PASSWORD})
     assert response.headers["Location"] == "/"
 
 
