@@ -80,7 +80,7 @@ def users():
 
 
 def _user_form(user: User | None) -> UserForm:
-    form = UserForm(obj=user)
+    form = UserForm(obj=user if request.method == "GET" else None)  # a POST is what was sent
     roles = list(db.session.scalars(select(Role).order_by(Role.label)))
     form.roles.choices = [(r.id, r.label) for r in roles]
     if request.method == "GET" and user is not None:

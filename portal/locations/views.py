@@ -69,7 +69,7 @@ def edit(location_id: int):
     location = db.get_or_404(Location, location_id)
     if not scope().allows(location):
         abort(404)
-    form = LocationForm(obj=location)
+    form = LocationForm(obj=location if request.method == "GET" else None)  # a POST is what was sent
     form.kind.render_kw = {"disabled": True}
     if request.method == "GET":
         form.parent_code.data = location.parent.code if location.parent else ""

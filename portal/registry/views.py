@@ -233,7 +233,7 @@ def edit_custom_field(field_id: int):
     field = db.session.get(CustomField, field_id)
     if field is None or field.program_id is not None:
         abort(404)
-    form = CustomFieldForm(obj=field)
+    form = CustomFieldForm(obj=field if request.method == "GET" else None)  # a POST is what was sent
     if request.method == "GET":
         form.choices.data = "\n".join(str(c) for c in field.choices or [])
     form.name.data, form.type.data = field.name, field.type

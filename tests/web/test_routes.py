@@ -152,3 +152,22 @@ def test_html_and_static_files_are_served_gzipped(client, login):
     assert page.headers.get("Content-Encoding") == "gzip"
     script = client.get("/static/js/htmx-2.0.11.min.js", headers={"Accept-Encoding": "gzip"})
     assert script.headers.get("Content-Encoding") == "gzip"
+
+
+@pytest.mark.parametrize("where", ["query", "form"])
+def test_a_nul_character_sent_anywhere_is_refused_with_a_message_and_nothing_saved(
+        client, login, country, db_session, where):
+    from sqlalchemy import func, select
+
+    from portal.registry.models import Individual
+
+    login("admin")
+    person = {"first_name": "Amina\x00", "last_name": "Banda", "sex": "F", "birth_date": "1990-05-17",
+              "location": country["NV1"].code, "national_id_type": "national_id"}
+    if where == "query":
+        response = client.get("/registry/individuals", query_string={"q": "Ban\x00da"})
+    else:
+        response = client.post("/registry/individuals/new", data=person)
+    assert response.status_code == 400
+    assert "holds a NUL character" in response.get_data(as_text=True)
+    assert db_session.scalar(select(func.count()).select_from(Individual)) == 0
