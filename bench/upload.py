@@ -212,7 +212,8 @@ def main(argv=None) -> int:
         db.engine.dispose()
         prepare_session(session, cache_mb=256)  # as the import job does
         upload = session.get(type(upload), upload.id)
-        run = services.start_import(session, upload, only_if_clean=False, scope=everything, actor_id=None)
+        run = services.start_import(session, upload, only_if_clean=False, scope=everything, actor_id=None,
+                                    may_enrol=True)
         run.status = "running"  # this process does the work the worker would
         session.commit()
         t3 = time.perf_counter()

@@ -85,7 +85,8 @@ def main(argv=None) -> int:
         counts = services.validate_upload(session, upload, scope=everything, progress=progress)
         session.commit()
         t1 = time.perf_counter()
-        run = services.start_import(session, upload, only_if_clean=False, scope=everything, actor_id=None)
+        run = services.start_import(session, upload, only_if_clean=False, scope=everything, actor_id=None,
+                                    may_enrol=True)
         run.status = "running"
         session.commit()
         prepare_session(session, cache_mb=256)  # as the import job does

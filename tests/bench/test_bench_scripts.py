@@ -1,0 +1,30 @@
+"""The bench scripts still run: each is started as ``make bench`` starts it, at a tiny size on a
+database of its own, so a change to a service they call breaks here and not on the day
+someone measures."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(module: str, tmp_path, *args: str) -> str:
+    database = f"sqlite:///{tmp_path / 'bench.db'}"
+    done = subprocess.run([sys.executable, "-m", module, "--database-url", database, *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def test_the_upload_bench_uploads_validates_and_imports_a_small_file(tmp_path):
+    out = _bench("bench.upload", tmp_path, "--rows", "500", "--people", "5000")
+    assert "people created 500" in out and "households new 100" in out
+
+
+@pytest.mark.parametrize("module,args,expected", [
+    ("bench.registry_search", ("--people", "3000", "--queries", "5"), "registry search p95"),
+], ids=["registry search"])
+def test_the_other_bench_scripts_run_to_their_figures(tmp_path, module, args, expected):
+    assert expected in _bench(module, tmp_path, *args)
