@@ -22,25 +22,33 @@ pytestmark = pytest.mark.live
 ON_POSTGRESQL = os.environ.get("TEST_DATABASE_URL", "").startswith("postgresql")
 
 
+def _attempt(app, outcomes: list[str], done: str, work) -> None:
+    """``work(session)`` in a session and transaction of its own, committed: ``done`` is
+    recorded, or the refusal's message."""
+    with app.app_context():
+        session = Session(db.engine)
+        try:
+            work(session)
+            session.commit()
+            outcomes.append(done)
+        except DomainError as exc:
+            session.rollback()
+            outcomes.append(exc.message)
+        finally:
+            session.close()
+
+
 def _race(app, program_id: int, batches: list[list[int]]) -> list[str]:
     """Each batch enrolled by its own thread, all released at the same moment."""
     barrier = threading.Barrier(len(batches))
     outcomes: list[str] = []
 
     def manager(ids):
-        with app.app_context():
-            session = Session(db.engine)
-            try:
-                barrier.wait()
-                services.enrol(session, program_id, individual_ids=ids, actor_id=None,
-                               scope=Scope(everything=True))
-                session.commit()
-                outcomes.append("enrolled")
-            except DomainError as exc:
-                session.rollback()
-                outcomes.append(exc.message)
-            finally:
-                session.close()
+        def enrol(session):
+            barrier.wait()
+            services.enrol(session, program_id, individual_ids=ids, actor_id=None,
+                           scope=Scope(everything=True))
+        _attempt(app, outcomes, "enrolled", enrol)
 
     threads = [threading.Thread(target=manager, args=(ids,)) for ids in batches]
     for thread in threads:
@@ -106,19 +114,11 @@ def test_an_edit_made_while_a_manager_enrols_counts_the_enrolment_on_postgresql(
                 session.close()
 
     def editing_manager():
-        with app.app_context():
-            session = Session(db.engine)
-            try:
-                enrolled.wait(timeout=30)
-                services.save_program(session, session.get(Program, plan_id), code=code,
-                                      name=name, **{"max_beneficiaries": 5, **edit})
-                session.commit()
-                outcomes.append("saved")
-            except DomainError as exc:
-                session.rollback()
-                outcomes.append(exc.message)
-            finally:
-                session.close()
+        def edit_program(session):
+            enrolled.wait(timeout=30)
+            services.save_program(session, session.get(Program, plan_id), code=code, name=name,
+                                  **{"max_beneficiaries": 5, **edit})
+        _attempt(app, outcomes, "saved", edit_program)
 
     threads = [threading.Thread(target=enrolling_manager), threading.Thread(target=editing_manager)]
     for thread in threads:
