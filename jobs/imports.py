@@ -55,7 +55,7 @@ def _validate(session, job, progress):
         upload.status = "failed"
         upload.message = (exc.message if isinstance(exc, FileProblem) else
                           f"Validation stopped: {type(exc).__name__}: {exc}")[:2000]
-        session.commit()
+        progress.commit()  # not if another attempt has taken over: its rows stay
         raise
 
 
@@ -74,5 +74,5 @@ def _import(session, job, progress):
         upload = session.get(Upload, job.params["upload_id"])
         upload.status = "validated"  # what was imported stays; importing again resumes
         upload.message = f"The import stopped: {getattr(exc, 'message', None) or exc}"[:2000]
-        session.commit()
+        progress.commit()  # not if another attempt has taken over
         raise

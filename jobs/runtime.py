@@ -15,7 +15,7 @@ import os
 import traceback
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, update
 
 from portal.audit.services import set_actor
 from portal.background.models import JobRun
@@ -50,20 +50,23 @@ class Superseded(BaseException):
     what the attempt now running has done."""
 
 
-def _commit_if_still_mine(session, run: JobRun, attempt: int) -> None:
-    """Commit the job's work, unless the row now belongs to another attempt. The row is
-    written first, which locks it on PostgreSQL (SQLite's job holds the write lock), so no
-    other attempt can take it over between the check and the commit."""
-    session.flush()
-    mine = session.scalar(select(JobRun.id).where(
-        JobRun.id == run.id, JobRun.attempts == attempt, JobRun.status == "running"))
-    if mine is None:
+def _commit_if_still_mine(session, run_id: int, attempt: int) -> None:
+    """Commit the job's work, unless its row now belongs to another attempt (or was given up
+    on). The check is itself a write of the row, which PostgreSQL locks until the commit
+    (SQLite's job holds the write lock), so no attempt can take the row over in between."""
+    mine = session.execute(update(JobRun).where(
+        JobRun.id == run_id, JobRun.attempts == attempt, JobRun.status == "running")
+        .values(heartbeat_at=now()).execution_options(synchronize_session=False)).rowcount
+    if not mine:
         session.rollback()
-        raise Superseded(f"job {run.id}: attempt {attempt} was superseded")
+        raise Superseded(f"job {run_id}: attempt {attempt} was superseded")
     session.commit()
 
 
 class Progress:
+    """Records done/total and a heartbeat, committing the job's work with them; ``commit``
+    alone is for work that ends otherwise (a job's clean-up after its failure)."""
+
     def __init__(self, session, run: JobRun, attempt: int):
         self.session = session
         self.run = run
@@ -75,8 +78,10 @@ class Progress:
             self.run.total = total
         if message is not None:
             self.run.message = message
-        self.run.heartbeat_at = now()
-        _commit_if_still_mine(self.session, self.run, self.attempt)
+        self.commit()
+
+    def commit(self) -> None:
+        _commit_if_still_mine(self.session, self.run.id, self.attempt)
 
 
 def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) -> dict | None:
@@ -86,18 +91,21 @@ def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) ->
         if job is None:
             log.warning("job row %s does not exist; nothing to do", run_id)
             return None
-        if job.status == "succeeded":
-            return job.result  # a duplicate delivery: already done
         set_actor(session, job.created_by_id)
-        job.status, job.attempts = "running", job.attempts + 1
-        job.started_at = job.started_at or now()
-        job.heartbeat_at = now()
-        job.message = "Started"
+        # The attempt is claimed in one statement: two workers given the same job get two
+        # numbers, and the later one owns the row.
+        attempt = session.execute(update(JobRun).where(
+            JobRun.id == run_id, JobRun.status != "succeeded").values(
+            status="running", attempts=JobRun.attempts + 1, heartbeat_at=now(),
+            started_at=func.coalesce(JobRun.started_at, now()), message="Started")
+            .returning(JobRun.attempts).execution_options(synchronize_session=False)).scalar()
         session.commit()
-        attempt = job.attempts
+        job = session.get(JobRun, run_id, populate_existing=True)
+        if attempt is None:
+            return job.result  # a duplicate delivery: already done
         try:
             result = work(session, job, Progress(session, job, attempt)) or {}
-            _commit_if_still_mine(session, job, attempt)
+            _commit_if_still_mine(session, run_id, attempt)
         except Superseded:
             log.warning("job %s: attempt %s stopped, another attempt has taken over", run_id, attempt)
             return None

@@ -77,3 +77,24 @@ def test_an_attempt_left_alone_commits_every_batch_and_succeeds(job_app, db_sess
     assert db.session.scalar(select(func.count()).select_from(Location)) == 3
     job = db.session.get(JobRun, run_id)
     assert (job.status, job.attempts, job.done) == ("succeeded", 1, 3)
+
+
+def test_the_failure_clean_up_of_an_attempt_taken_over_is_not_committed_and_fails_nothing(
+        job_app, db_session):
+    run_id = _job(db_session)
+
+    def work(session, job, progress):
+        _taken_over(run_id, status="running", attempts=2)
+        try:
+            raise ValueError("a row the attempt now running has staged")
+        except ValueError:  # as the upload jobs clean up after a failure
+            session.rollback()
+            _add_region(session, "R-CLEANUP")
+            progress.commit()
+            raise
+
+    assert runtime.run(run_id, work) is None
+    db.session.remove()
+    assert db.session.scalar(select(func.count()).select_from(Location)) == 0
+    job = db.session.get(JobRun, run_id)
+    assert (job.status, job.attempts) == ("running", 2)
