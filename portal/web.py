@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from functools import wraps
 from typing import Callable
-from urllib.parse import urlsplit
 
 from flask import abort, current_app, flash, make_response, render_template, request, url_for
 from flask_login import current_user
@@ -210,9 +209,7 @@ def flash_refusal(exc) -> None:
 def local_path(target: str) -> str | None:
     """``target`` when it is a path on this site, else None. Browsers read ``//host`` and
     ``/\\host`` as another site, and drop tabs and newlines before doing so."""
-    parts = urlsplit(target)
-    if (parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] in ("/", "\\")
-            or not target.isprintable()):
+    if not target.startswith("/") or target[1:2] in ("/", "\\") or not target.isprintable():
         return None
     return target
 

@@ -357,7 +357,7 @@ class RowChecker:
         return duplicate_warning(person.id, person.full_name, person.birth_date.isoformat(),
                                  len(similar) - 1, outside=not self.in_scope(person.location.path))
 
-    def villages_in_scope(self) -> set[int] | None:
+    def locations_in_scope(self) -> set[int] | None:
         """The ids of the locations the uploader sees (None: all of them)."""
         if self.scope.everything:
             return None
@@ -468,7 +468,7 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     # However validation ends, a reading process stops with it. The search for probable
     # duplicates starts now, while the file is being loaded.
     with closing(checked), ProbableDuplicates(session.get_bind(), areas, expected_rows=expected,
-                                              visible=checker.villages_in_scope()) as duplicates:
+                                              visible=checker.locations_in_scope()) as duplicates:
         rows = iter(checked)
         total = next(rows) or 0
         progress(0, total, "Reading and checking rows")
@@ -545,11 +545,14 @@ def _read_and_check(upload: Upload, checker: RowChecker):
         yield batch
 
 
+_CODE_LENGTH = UploadRow.national_id.type.length  # household_code's too
+
+
 def _fitting(code: str | None) -> str | None:
     """A national ID or household code as its staged column holds it: one too long for the
     column (an error on its row already) stays only in the row's text, or PostgreSQL would
     refuse the whole file."""
-    return code if code is None or len(code) <= 40 else None
+    return code if code is None or len(code) <= _CODE_LENGTH else None
 
 
 def _settled(checker: RowChecker, upload_id: int, batch: list[tuple],
@@ -655,15 +658,17 @@ def _check_households(session: Session, upload: Upload, scope: Scope, codes: set
                        scope.covers(Group.location_id))
                 .where(Group.code.in_(chunk), Group.deleted_at.is_(None))):
             existing[code] = (gid, kind, bool(has_head), bool(visible))
-    members: dict[int, tuple[int, str]] = {}  # person -> (group id, code) of their household
+    # person -> (group id, code, in the upload's area) of their household
+    members: dict[int, tuple[int, str, bool]] = {}
     people = [r.individual_id for rows in households.values() for r in rows if r.individual_id]
     for start in range(0, len(people), 1000):
-        for pid, gid, code in session.execute(
-                select(GroupMember.individual_id, GroupMember.group_id, Group.code)
+        for pid, gid, code, visible in session.execute(
+                select(GroupMember.individual_id, GroupMember.group_id, Group.code,
+                       scope.covers(Group.location_id))
                 .join(Group, Group.id == GroupMember.group_id)
                 .where(GroupMember.individual_id.in_(people[start:start + 1000]),
                        GroupMember.group_kind == "household")):
-            members[pid] = (gid, code)
+            members[pid] = (gid, code, bool(visible))
     changes = []
     for code, rows in households.items():
         problems: dict[int, list[str]] = {}
@@ -715,8 +720,8 @@ def _check_household(code: str, group: tuple | None, rows: list, members: dict, 
     for r in rows:
         membership = members.get(r.individual_id) if r.individual_id else None
         if membership and membership[1] != code:
-            flag(r, f"This person is already in household {membership[1]}; move them in "
-                    "the registry first.")
+            household = f"household {membership[1]}" if membership[2] else "a household outside your area"
+            flag(r, f"This person is already in {household}; move them in the registry first.")
 
 
 def status_counts(session: Session, upload_id: int) -> dict[str, int]:

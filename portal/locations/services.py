@@ -156,8 +156,7 @@ def child_counts(session: Session, ids: list[int], scope: Scope) -> dict[int, in
     counts: dict[int, int] = {}
     for parent_id, path in session.execute(select(Location.parent_id, Location.path).where(
             Location.parent_id.in_(ids))):
-        child = Location(path=path)
-        if scope.allows(child) or scope.ancestors_visible(child):
+        if any(path.startswith(p) or p.startswith(path) for p in scope.paths):  # in or above
             counts[parent_id] = counts.get(parent_id, 0) + 1
     return counts
 

@@ -160,8 +160,7 @@ def save_program(session: Session, program: Program | None, *, code: str, name: 
     """Create a program (as a draft) or edit one that is not closed. An edit locks the program
     first, so the places and beneficiaries it counts cannot change before the commit."""
     if program is not None:
-        if program.id:
-            program = lock_program(session, program.id)
+        program = lock_program(session, program.id)
         _writable(program)
     code = _check_code(session, Program, code, program.id if program else None)
     if not (name or "").strip():
@@ -241,7 +240,7 @@ def close_program(session: Session, program_id: int, *, scope: Scope, actor_id: 
     active = select(Beneficiary.id).where(Beneficiary.program_id == program.id,
                                           Beneficiary.status == "active")
     reason, effective = _check_change(
-        reason or "Program closed", effective_date,
+        (reason or "").strip() or "Program closed", effective_date,
         session.scalar(select(func.max(Beneficiary.enrolled_at)).where(Beneficiary.id.in_(active))))
     graduated = _set_status(session, program, active, to_status="graduated", reason=reason,
                             effective_date=effective, actor_id=actor_id)
@@ -252,6 +251,18 @@ def close_program(session: Session, program_id: int, *, scope: Scope, actor_id: 
            summary=f"Closed {program.name}; {graduated} graduated",
            changes={"graduated": graduated})
     return graduated
+
+
+OUTSIDE_AREA = "Someone who lives outside your area"
+
+
+def primary_recipient(session: Session, beneficiary: Beneficiary, *, scope: Scope):
+    """Who a household beneficiary is paid to: the person, None when nobody is named, or
+    False when they live outside ``scope`` (the page then says only that)."""
+    if not (beneficiary.group_id and beneficiary.group.primary_recipient_id):
+        return None
+    person = session.get(Individual, beneficiary.group.primary_recipient_id)
+    return person if person is not None and scope.allows(person.location) else False
 
 
 def lock_program(session: Session, program_id: int) -> Program:
@@ -800,13 +811,15 @@ def export_rows(session: Session, program: Program, *, scope: Scope, filters: Be
         query = (base.with_only_columns(
             Beneficiary.id, Beneficiary.status, Beneficiary.enrolled_at, Group.code, Group.name,
             Location.code, recipient.first_name, recipient.last_name, recipient.national_id,
-            recipient.phone)
+            recipient.phone, scope.covers(recipient.location_id))
             .join(Location, Location.id == Group.location_id)
             .outerjoin(recipient, recipient.id == Group.primary_recipient_id))
         header = ["Beneficiary id", "Status", "Enrolled", "Group code", "Group name", "Location",
                   "Primary recipient", "Recipient national ID", "Recipient phone"]
 
         def row(r):
+            if r[6] and not r[10]:  # paid to someone who lives outside the user's area
+                return [r[0], r[1], r[2].date().isoformat(), r[3], r[4], r[5], OUTSIDE_AREA, "", ""]
             name = f"{r[6]} {r[7]}" if r[6] else ""
             return [r[0], r[1], r[2].date().isoformat(), r[3], r[4], r[5], name, shown(r[8]),
                     shown(r[9])]

@@ -17,7 +17,7 @@ from portal.programs.forms import (CloseForm, EnrolStatusForm, FieldForm, Instit
 from portal.programs.models import (BENEFICIARY_STATUSES, PROGRAM_STATUSES, Beneficiary,
                                     Institution, Program, Scheme)
 from portal.programs.services import CUSTOM_OPERATORS, BeneficiaryFilters, Criteria
-from portal.registry.models import SEXES, CustomField, Individual
+from portal.registry.models import SEXES, CustomField
 from portal.web import (can, flash_refusal, form_refusal, htmx_redirect, int_arg, local_path, render,
                         require, scope)
 
@@ -276,7 +276,8 @@ def beneficiaries(program_id: int):
                   program=program, rows=rows, has_more=has_more, page=page, counts=counts,
                   filters=filters, errors=errors, args=args, sort=sort,
                   statuses=BENEFICIARY_STATUSES, sexes=SEXES, urlencode=urlencode,
-                  show_pii=can("individual.view_pii"))
+                  show_pii=can("individual.view_pii"), in_area=sc.allows,
+                  outside_area=services.OUTSIDE_AREA)
 
 
 @bp.route("/<int:program_id>/beneficiaries/export")
@@ -312,13 +313,12 @@ def _status_form(beneficiary: Beneficiary) -> StatusForm:
 
 def _beneficiary_page(beneficiary: Beneficiary, form: StatusForm, status: int = 200,
                       partial: bool = True):
-    recipient = None
-    if beneficiary.group_id and beneficiary.group.primary_recipient_id:
-        recipient = db.session.get(Individual, beneficiary.group.primary_recipient_id)
+    recipient = services.primary_recipient(db.session, beneficiary, scope=scope())
     return render("programs/beneficiary.html",
                   partial="programs/_status_panel.html" if partial else None,
                   beneficiary=beneficiary, program=beneficiary.program, form=form,
-                  recipient=recipient, timeline=services.timeline(db.session, beneficiary),
+                  recipient=recipient, outside_area=services.OUTSIDE_AREA,
+                  timeline=services.timeline(db.session, beneficiary),
                   fields=services.program_fields(db.session, beneficiary.program_id),
                   show_pii=can("individual.view_pii"), status=status)
 

@@ -58,8 +58,7 @@ class IndividualForm(FlaskForm):
         return [getattr(self, CUSTOM_PREFIX + n) for n in self.custom_names]
 
 
-def individual_form(custom_fields, person=None, *, show_pii: bool = True,
-                    **kwargs) -> IndividualForm:
+def individual_form(custom_fields, person=None, *, show_pii: bool, **kwargs) -> IndividualForm:
     """The form with one input per active custom field; a person's national ID and phone
     are shown masked unless ``show_pii``."""
 

@@ -89,7 +89,7 @@ def _individual_or_404(individual_id: int, include_deleted: bool = False):
 @require("individual.edit")
 def new_individual():
     fields = active_custom_fields(db.session)
-    form = individual_form(fields)
+    form = individual_form(fields, show_pii=True)  # nothing stored to mask yet
     blocking, similar = [], []
     if form.validate_on_submit():
         raw = form.raw()

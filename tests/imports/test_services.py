@@ -233,6 +233,15 @@ def test_a_household_code_registered_outside_the_uploaders_area_is_an_error_that
     assert household.primary_recipient_id == payee
 
 
+def test_a_person_in_a_household_outside_the_area_is_refused_without_naming_it(
+        db_session, tmp_path, country, make_individual, make_household):
+    member = make_individual("Juma", "Phiri", national_id="A200", location=country["NV1"])
+    make_household(1, head=member, code="HH-SOUTH", location=country["SV1"])
+    upload = _validated(db_session, tmp_path, HEADER + "Juma,Phiri,M,1970-01-01,A200,NV1,HH-NEW,head,yes\n",
+                        policy="update", scope=Scope(paths=(country["N"].path,)))
+    assert _rows(db_session, upload)[2].errors["household"] == (
+        "This person is already in a household outside your area; move them in the registry first.")
+
 def test_a_household_registered_outside_the_area_between_validation_and_import_gets_no_members(
         db_session, tmp_path, country, make_household):
     officer = Scope(paths=(country["N"].path,))

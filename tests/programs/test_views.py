@@ -255,6 +255,27 @@ def test_a_group_program_shows_the_households_primary_recipient(client, login, d
     assert rows[1][rows[0].index("Recipient national ID")] == home.primary_recipient.national_id
 
 
+def test_a_payee_who_lives_outside_the_officers_area_is_not_named_on_page_list_or_export(
+        client, login, db_session, program, household, person, country):
+    plan = program(beneficiary_kind="group")
+    payee = person("SV1")  # a relative in the south is paid for a northern household
+    home = household(3, "NV1", head=payee)
+    services.enrol(db_session, plan.id, group_ids=[home.id], actor_id=None, scope=Scope(everything=True))
+    db_session.commit()
+    beneficiary = db_session.scalar(select(Beneficiary).where(Beneficiary.group_id == home.id))
+    login("field_officer", [country["N"]])
+    page = client.get(f"/programs/beneficiaries/{beneficiary.id}").get_data(as_text=True)
+    listed = client.get(f"/programs/{plan.id}/beneficiaries").get_data(as_text=True)
+    for body in (page, listed):
+        assert payee.full_name not in body and "Someone who lives outside your area" in body
+    client.post("/logout")
+    login("program_manager", [country["N"]])
+    exported = client.get(f"/programs/{plan.id}/beneficiaries/export?format=csv").get_data(as_text=True)
+    rows = list(csv.reader(io.StringIO(exported.lstrip("\ufeff"))))
+    assert rows[1][rows[0].index("Primary recipient")] == "Someone who lives outside your area"
+    assert rows[1][rows[0].index("Recipient national ID")] == ""
+    assert payee.national_id not in exported
+
 def test_institution_and_scheme_pages_list_their_programs(client, login, db_session, program):
     login("program_manager")
     assert client.post("/programs/institutions/new", data={
