@@ -827,24 +827,26 @@ def _head(session: Session, group: Group) -> GroupMember | None:
                                                     GroupMember.role == "head"))
 
 
-def get_member(session: Session, group: Group, member_id: int) -> GroupMember | None:
-    """A membership of ``group``, else None: a member id from a URL is trusted no further
-    than the group it came with, whose scope the caller has checked."""
+def get_member(session: Session, group: Group, member_id: int, *, scope) -> GroupMember | None:
+    """A membership of ``group`` whose person lives in ``scope``, else None: a member id from
+    a URL is trusted no further than the group it came with (whose scope the caller checked),
+    and a member who lives elsewhere is shown by role only, so nothing is done to them here."""
     member = session.get(GroupMember, member_id)
-    if member is None or member.group_id != group.id:
+    if member is None or member.group_id != group.id or not scope.allows(member.individual.location):
         return None
     return member
 
 
-def _member(session: Session, group: Group, member_id: int) -> GroupMember:
-    member = get_member(session, group, member_id)
+def _member(session: Session, group: Group, member_id: int, scope) -> GroupMember:
+    member = get_member(session, group, member_id, scope=scope)
     if member is None:
         raise DomainError("That person is not a member of this group.")
     return member
 
 
-def remove_member(session: Session, group: Group, member_id: int, *, actor_id: int | None) -> None:
-    member = _member(session, group, member_id)
+def remove_member(session: Session, group: Group, member_id: int, *, scope,
+                  actor_id: int | None) -> None:
+    member = _member(session, group, member_id, scope)
     if group.kind == "household":
         others = session.scalar(select(func.count()).where(GroupMember.group_id == group.id,
                                                           GroupMember.id != member.id))
@@ -859,25 +861,25 @@ def remove_member(session: Session, group: Group, member_id: int, *, actor_id: i
     session.expire(group, ["members"])
 
 
-def change_role(session: Session, group: Group, member_id: int, role: str, *,
+def change_role(session: Session, group: Group, member_id: int, role: str, *, scope,
                 actor_id: int | None) -> GroupMember:
-    member = _member(session, group, member_id)
+    member = _member(session, group, member_id, scope)
     role = _check_role(session, role)
     if group.kind == "household":
         if member.role == "head" and role != "head":
             raise DomainError("A household always has a head: make someone else the head instead.",
                               field="role")
         if role == "head" and member.role != "head":
-            return set_head(session, group, member_id, actor_id=actor_id)
+            return set_head(session, group, member_id, scope=scope, actor_id=actor_id)
     member.role = role
     session.flush()
     return member
 
 
-def set_head(session: Session, group: Group, member_id: int, *, former_head_role: str = "other_relative",
-             actor_id: int | None) -> GroupMember:
+def set_head(session: Session, group: Group, member_id: int, *, scope,
+             former_head_role: str = "other_relative", actor_id: int | None) -> GroupMember:
     """Make a member the head; the former head takes ``former_head_role``."""
-    member = _member(session, group, member_id)
+    member = _member(session, group, member_id, scope)
     former_head_role = _check_role(session, former_head_role)
     if former_head_role == "head":
         raise DomainError("The former head needs another role.", field="role")
@@ -890,9 +892,9 @@ def set_head(session: Session, group: Group, member_id: int, *, former_head_role
     return member
 
 
-def set_primary_recipient(session: Session, group: Group, member_id: int, *,
+def set_primary_recipient(session: Session, group: Group, member_id: int, *, scope,
                           actor_id: int | None) -> None:
-    member = _member(session, group, member_id)
+    member = _member(session, group, member_id, scope)
     group.primary_recipient_id = member.individual_id
     session.flush()
 
@@ -901,7 +903,7 @@ def move_member(session: Session, source: Group, member_id: int, target: Group, 
                 actor_id: int | None) -> GroupMember:
     """Move a member of ``source`` to another household, keeping both valid. Both households
     must lie in scope: taking someone out of a household is a change to it."""
-    member = _member(session, source, member_id)
+    member = _member(session, source, member_id, scope)
     if source.id == target.id:
         raise DomainError("The person is already in this household.", field="target")
     if source.kind != "household" or target.kind != "household":
@@ -909,7 +911,7 @@ def move_member(session: Session, source: Group, member_id: int, target: Group, 
     if not scope.allows(source.location) or not scope.allows(target.location):
         raise DomainError("That household is outside your locations.", field="target")
     individual_id = member.individual_id
-    remove_member(session, source, member.id, actor_id=actor_id)
+    remove_member(session, source, member.id, scope=scope, actor_id=actor_id)
     return add_member(session, target, individual_id, role=role, scope=scope, actor_id=actor_id)
 
 

@@ -385,8 +385,7 @@ def add_member(group_id: int):
 @require("group.edit")
 def member_role(group_id: int, member_id: int):
     group = _group_or_404(group_id)
-    member = next((m for m, visible in services.group_members(db.session, group, scope=scope())
-                   if m.id == member_id and visible), None)
+    member = services.get_member(db.session, group, member_id, scope=scope())
     if member is None:
         abort(404)
     form = RoleForm()
@@ -398,7 +397,7 @@ def member_role(group_id: int, member_id: int):
     if not form.validate_on_submit():
         return _members_response(group, error="Choose a role.", status=422)
     return _member_change(group, lambda: services.change_role(db.session, group, member_id, form.role.data,
-                                                              actor_id=current_user.id), "Role changed.")
+                                                              scope=scope(), actor_id=current_user.id), "Role changed.")
 
 
 @bp.route("/groups/<int:group_id>/members/<int:member_id>/head", methods=["POST"])
@@ -406,7 +405,7 @@ def member_role(group_id: int, member_id: int):
 def make_head(group_id: int, member_id: int):
     group = _group_or_404(group_id)
     former = request.form.get("former_role", "other_relative")
-    return _member_change(group, lambda: services.set_head(db.session, group, member_id,
+    return _member_change(group, lambda: services.set_head(db.session, group, member_id, scope=scope(),
                                                            former_head_role=former,
                                                            actor_id=current_user.id), "Head changed.")
 
@@ -416,7 +415,7 @@ def make_head(group_id: int, member_id: int):
 def make_recipient(group_id: int, member_id: int):
     group = _group_or_404(group_id)
     return _member_change(group, lambda: services.set_primary_recipient(db.session, group, member_id,
-                                                                        actor_id=current_user.id),
+                                                                        scope=scope(), actor_id=current_user.id),
                           "Primary recipient changed.")
 
 
@@ -425,14 +424,14 @@ def make_recipient(group_id: int, member_id: int):
 def remove_member(group_id: int, member_id: int):
     group = _group_or_404(group_id)
     return _member_change(group, lambda: services.remove_member(db.session, group, member_id,
-                                                                actor_id=current_user.id), "Member removed.")
+                                                                scope=scope(), actor_id=current_user.id), "Member removed.")
 
 
 @bp.route("/groups/<int:group_id>/members/<int:member_id>/move", methods=["POST"])
 @require("group.edit")
 def move_member(group_id: int, member_id: int):
     group = _group_or_404(group_id)
-    if services.get_member(db.session, group, member_id) is None:
+    if services.get_member(db.session, group, member_id, scope=scope()) is None:
         abort(404)
     form = MoveForm()
     form.role.choices = services.member_roles(db.session)

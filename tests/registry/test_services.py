@@ -239,7 +239,8 @@ def test_a_second_head_in_a_household_is_refused(db_session, people, make_househ
 def test_changing_the_head_demotes_the_former_head(db_session, people, make_household):
     group = make_household(head=people["banda"], members=[people["bandawe"]])
     child = next(m for m in group.members if m.individual_id == people["bandawe"].id)
-    services.set_head(db_session, group, child.id, former_head_role="spouse", actor_id=None)
+    services.set_head(db_session, group, child.id, scope=EVERYTHING, former_head_role="spouse",
+                      actor_id=None)
     roles = dict(db_session.execute(select(GroupMember.individual_id, GroupMember.role)
                                     .where(GroupMember.group_id == group.id)).all())
     assert roles == {people["bandawe"].id: "head", people["banda"].id: "spouse"}
@@ -250,17 +251,17 @@ def test_the_head_cannot_be_demoted_or_removed_while_others_remain(db_session, p
     group = make_household(head=people["banda"], members=[people["bandawe"]])
     head = next(m for m in group.members if m.role == "head")
     with pytest.raises(DomainError, match="always has a head"):
-        services.change_role(db_session, group, head.id, "child", actor_id=None)
+        services.change_role(db_session, group, head.id, "child", scope=EVERYTHING, actor_id=None)
     with pytest.raises(DomainError, match="Choose another head"):
-        services.remove_member(db_session, group, head.id, actor_id=None)
+        services.remove_member(db_session, group, head.id, scope=EVERYTHING, actor_id=None)
 
 
 def test_the_primary_recipient_cannot_leave_without_a_successor(db_session, people, make_household):
     group = make_household(head=people["banda"], members=[people["bandawe"]])
     child = next(m for m in group.members if m.role != "head")
-    services.set_primary_recipient(db_session, group, child.id, actor_id=None)
+    services.set_primary_recipient(db_session, group, child.id, scope=EVERYTHING, actor_id=None)
     with pytest.raises(DomainError, match="another primary recipient"):
-        services.remove_member(db_session, group, child.id, actor_id=None)
+        services.remove_member(db_session, group, child.id, scope=EVERYTHING, actor_id=None)
 
 
 def test_moving_a_person_between_households_keeps_both_valid(db_session, people, make_household):
@@ -354,8 +355,8 @@ def test_the_head_of_a_household_is_deleted_only_after_another_head_is_chosen(db
     with pytest.raises(DomainError, match="choose another head first"):
         services.delete_individual(db_session, people["banda"], scope=EVERYTHING, actor_id=None)
     other = next(m for m in group.members if m.role != "head")
-    services.set_head(db_session, group, other.id, actor_id=None)
-    services.set_primary_recipient(db_session, group, other.id, actor_id=None)
+    services.set_head(db_session, group, other.id, scope=EVERYTHING, actor_id=None)
+    services.set_primary_recipient(db_session, group, other.id, scope=EVERYTHING, actor_id=None)
     services.delete_individual(db_session, people["banda"], scope=EVERYTHING, actor_id=None)
     assert people["banda"].deleted_at is not None
 

@@ -450,6 +450,10 @@ def test_a_household_in_the_area_shows_a_member_from_elsewhere_by_role_only(
     assert f"/members/{banda.id}/" not in body  # no change, head, recipient, remove or move
     assert "Grace Phiri" in body and f"/members/{head.id}/role" in body
     assert client.htmx("get", f"/registry/groups/{south.id}/members/{banda.id}/role").status_code == 404
+    for action in ("head", "recipient", "remove"):  # nor by a POST made by hand
+        client.htmx("post", f"/registry/groups/{south.id}/members/{banda.id}/{action}")
+    db_session.expire_all()
+    assert (south.primary_recipient_id, head.role, len(south.members)) == (people["phiri"].id, "head", 2)
 
 
 def test_a_household_outside_the_area_is_not_named_in_search_results_or_on_the_persons_page(
