@@ -27,17 +27,26 @@ def record(session: Session, *, action: str, entity_type: str, entity_id, summar
         entity_id=str(entity_id), summary=summary[:255], changes=changes or {}))
 
 
+def record_many(session: Session, *, action: str, entity_type: str, entries: list[tuple],
+                actor_id: int | None) -> None:
+    """Entries for rows a bulk statement wrote, in one insert (the flush hook never sees
+    them): ``entries`` holds (entity id, summary, changes) for each row."""
+    at = now()
+    rows = [{"at": at, "actor_id": actor_id, "action": action, "entity_type": entity_type,
+             "entity_id": str(entity_id), "summary": summary[:255], "changes": changes}
+            for entity_id, summary, changes in entries]
+    if rows:
+        session.execute(insert(AuditEntry), rows)
+
+
 def record_changes(session: Session, *, entity_type: str, changed: list[tuple]) -> None:
     """Update entries for rows a bulk statement changed, as the flush hook would write them:
     ``changed`` holds (entity id, summary, {field: (before, after)}) for each row."""
-    at, actor = now(), session.info.get("actor_id")
-    rows = [{"at": at, "actor_id": actor, "action": "update", "entity_type": entity_type,
-             "entity_id": str(entity_id), "summary": summary[:255],
-             "changes": {key: [_jsonable(before), _jsonable(after)]
-                         for key, (before, after) in changes.items()}}
-            for entity_id, summary, changes in changed if changes]
-    if rows:
-        session.execute(insert(AuditEntry), rows)
+    record_many(session, action="update", entity_type=entity_type,
+                actor_id=session.info.get("actor_id"),
+                entries=[(entity_id, summary, {key: [_jsonable(before), _jsonable(after)]
+                                               for key, (before, after) in changes.items()})
+                         for entity_id, summary, changes in changed if changes])
 
 
 def _jsonable(value):

@@ -11,7 +11,8 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (JSON, CheckConstraint, Date, DateTime, ForeignKey, Index, Integer,
-                        Numeric, String, Text, func, text)
+                        Numeric, String, Text, func, or_, text)
+from sqlalchemy.ext.hybrid import hybrid_method
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.audit.models import Audited
@@ -109,6 +110,16 @@ class Program(Audited, db.Model):
     @property
     def is_closed(self) -> bool:
         return self.status == "closed"
+
+    @hybrid_method
+    def covers(self, day: date) -> bool:
+        """Its coverage has not ended by ``day`` (a program without an end never ends); in a
+        query, the same rule as a condition."""
+        return self.date_to is None or self.date_to >= day
+
+    @covers.expression
+    def covers(cls, day: date):
+        return or_(cls.date_to.is_(None), cls.date_to >= day)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.code})"

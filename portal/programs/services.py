@@ -23,7 +23,7 @@ from sqlalchemy import (JSON, Integer, String, and_, delete, exists, func, inser
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from portal.audit.models import AuditEntry
-from portal.audit.services import record
+from portal.audit.services import record, record_many
 from portal.clock import now, today
 from portal.errors import DomainError
 from portal.locations.models import Location
@@ -112,8 +112,7 @@ def list_programs(session: Session, *, text: str = "", status: str = "",
 def open_programs(session: Session, beneficiary_kind: str | None = None) -> list[Program]:
     """Programs that can still enrol: not closed, coverage not ended; of this kind of
     beneficiary ('individual' or 'group') when one is given."""
-    query = select(Program).where(Program.status != "closed",
-                                  or_(Program.date_to.is_(None), Program.date_to >= today()))
+    query = select(Program).where(Program.status != "closed", Program.covers(today()))
     if beneficiary_kind is not None:
         query = query.where(Program.beneficiary_kind == beneficiary_kind)
     return list(session.scalars(query.order_by(Program.name).limit(200)))
@@ -363,7 +362,7 @@ def _visible_subjects(program: Program, scope: Scope):
 
 def _check_enrolment(session: Session, program: Program, status: str) -> None:
     _writable(program)
-    if program.date_to is not None and program.date_to < today():
+    if not program.covers(today()):
         raise DomainError(f"The coverage of {program.name} ended on "
                           f"{program.date_to.isoformat()}: nobody can be enrolled any more.")
     if status not in ENROL_STATUSES:
@@ -889,14 +888,10 @@ def _record_removals(session: Session, program: Program, removed, *, reason: str
                      effective_date: date, actor_id: int | None) -> None:
     """One entry per removed beneficiary naming the person or group and the status it had:
     the record is deleted, so the audit log is all that says who was removed."""
-    stamp = now()
-    session.execute(insert(AuditEntry), [
-        {"at": stamp, "actor_id": actor_id, "action": "remove", "entity_type": "beneficiary",
-         "entity_id": str(beneficiary_id),
-         "summary": f"Removed from {program.name}: {reason}"[:255],
-         "changes": {"program_id": program.id, "individual_id": individual_id,
-                     "group_id": group_id, "status": status, "reason": reason,
-                     "effective_date": effective_date.isoformat()}}
+    record_many(session, action="remove", entity_type="beneficiary", actor_id=actor_id, entries=[
+        (beneficiary_id, f"Removed from {program.name}: {reason}",
+         {"program_id": program.id, "individual_id": individual_id, "group_id": group_id,
+          "status": status, "reason": reason, "effective_date": effective_date.isoformat()})
         for beneficiary_id, individual_id, group_id, status in removed])
 
 

@@ -583,13 +583,13 @@ def restore_individual(session: Session, person: Individual, *, show_pii: bool,
     session.flush()
 
 
-def programs_of(session: Session, person: Individual, *, scope) -> list[tuple]:
+def programs_of(session: Session, person: Individual, memberships: list[tuple]) -> list[tuple]:
     """(program, beneficiary, name of the group it came through or None) for the person and
-    their groups; a group outside ``scope`` is not named."""
+    their groups (``memberships`` as ``memberships_of`` gives them: a group outside the
+    user's area is not named)."""
     if Beneficiary is None:
         return []
-    groups = {m.group_id: m.group.name if visible else OUTSIDE_GROUP
-              for m, visible in memberships_of(session, person, scope=scope)}
+    groups = {m.group_id: m.group.name if visible else OUTSIDE_GROUP for m, visible in memberships}
     condition = Beneficiary.individual_id == person.id
     if groups:
         condition = or_(condition, Beneficiary.group_id.in_(list(groups)))

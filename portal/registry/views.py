@@ -126,7 +126,7 @@ def _detail_context(person):
     actors = {u.id: u for u in db.session.scalars(select(User).where(User.id.in_(actor_ids)))} \
         if actor_ids else {}
     return dict(person=person, memberships=memberships,
-                programs=services.programs_of(db.session, person, scope=scope()),
+                programs=services.programs_of(db.session, person, memberships),
                 history=history, more_history=more, actors=actors,
                 custom_fields=active_custom_fields(db.session), kinds=GROUP_KINDS, sexes=SEXES)
 
