@@ -9,7 +9,7 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 
 from portal.extensions import db, htmx
-from portal.locations.services import Scope
+from portal.locations.services import OUTSIDE_PERSON, Scope
 
 PUBLIC = "public"  # the marker for the few routes anyone may reach (sign-in, health, static)
 AUTHENTICATED = "authenticated"  # any signed-in user (own account, sign-out)
@@ -188,7 +188,7 @@ def register_hooks(app) -> None:
 
     @app.context_processor
     def template_helpers():
-        return {"can": can, "menu_items": menu_items}
+        return {"can": can, "menu_items": menu_items, "outside_area": OUTSIDE_PERSON}
 
 
 def form_refusal(form, exc, default: str, field: str | None = None) -> None:

@@ -37,7 +37,7 @@ from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, Uplo
 from portal.imports.reader_process import ReaderProcess
 from portal.imports.reading import FileProblem, open_table, read_head
 from portal.locations.models import Location
-from portal.locations.services import Scope
+from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
 from portal.registry.models import Group, GroupMember, Individual, full_name
 
 BATCH = 5000
@@ -720,7 +720,7 @@ def _check_household(code: str, group: tuple | None, rows: list, members: dict, 
     for r in rows:
         membership = members.get(r.individual_id) if r.individual_id else None
         if membership and membership[1] != code:
-            household = f"household {membership[1]}" if membership[2] else "a household outside your area"
+            household = f"household {membership[1]}" if membership[2] else OUTSIDE_HOUSEHOLD
             flag(r, f"This person is already in {household}; move them in the registry first.")
 
 

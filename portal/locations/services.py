@@ -12,6 +12,10 @@ from portal.errors import DomainError
 from portal.locations.models import KINDS, Location
 
 PARENT_KIND = {"district": "region", "ward": "district", "village": "ward"}
+# How a person, household or group outside the user's scope is named: by nothing of its own.
+OUTSIDE_PERSON = "Someone who lives outside your area"
+OUTSIDE_HOUSEHOLD = "a household outside your area"
+OUTSIDE_GROUP = "a group outside your area"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from portal.audit.services import record, record_many
 from portal.clock import now, today
 from portal.errors import DomainError
 from portal.locations.models import Location
-from portal.locations.services import Scope
+from portal.locations.services import OUTSIDE_PERSON, Scope
 from portal.programs.models import (BENEFICIARY_STATUSES, CAPPED_STATUSES, INSTITUTION_KINDS,
                                     TRANSITIONS, Beneficiary, BeneficiaryStatusChange,
                                     Institution, Program, Scheme)
@@ -250,9 +250,6 @@ def close_program(session: Session, program_id: int, *, scope: Scope, actor_id: 
            summary=f"Closed {program.name}; {graduated} graduated",
            changes={"graduated": graduated})
     return graduated
-
-
-OUTSIDE_AREA = "Someone who lives outside your area"
 
 
 def primary_recipient(session: Session, beneficiary: Beneficiary, *, scope: Scope):
@@ -818,7 +815,7 @@ def export_rows(session: Session, program: Program, *, scope: Scope, filters: Be
 
         def row(r):
             if r[6] and not r[10]:  # paid to someone who lives outside the user's area
-                return [r[0], r[1], r[2].date().isoformat(), r[3], r[4], r[5], OUTSIDE_AREA, "", ""]
+                return [r[0], r[1], r[2].date().isoformat(), r[3], r[4], r[5], OUTSIDE_PERSON, "", ""]
             name = f"{r[6]} {r[7]}" if r[6] else ""
             return [r[0], r[1], r[2].date().isoformat(), r[3], r[4], r[5], name, shown(r[8]),
                     shown(r[9])]

@@ -276,8 +276,7 @@ def beneficiaries(program_id: int):
                   program=program, rows=rows, has_more=has_more, page=page, counts=counts,
                   filters=filters, errors=errors, args=args, sort=sort,
                   statuses=BENEFICIARY_STATUSES, sexes=SEXES, urlencode=urlencode,
-                  show_pii=can("individual.view_pii"), in_area=sc.allows,
-                  outside_area=services.OUTSIDE_AREA)
+                  show_pii=can("individual.view_pii"), in_area=sc.allows)
 
 
 @bp.route("/<int:program_id>/beneficiaries/export")
@@ -317,7 +316,7 @@ def _beneficiary_page(beneficiary: Beneficiary, form: StatusForm, status: int = 
     return render("programs/beneficiary.html",
                   partial="programs/_status_panel.html" if partial else None,
                   beneficiary=beneficiary, program=beneficiary.program, form=form,
-                  recipient=recipient, outside_area=services.OUTSIDE_AREA,
+                  recipient=recipient,
                   timeline=services.timeline(db.session, beneficiary),
                   fields=services.program_fields(db.session, beneficiary.program_id),
                   show_pii=can("individual.view_pii"), status=status)

@@ -21,7 +21,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from portal.clock import now, today
 from portal.errors import DomainError
 from portal.locations.models import Location
-from portal.locations.services import Scope
+from portal.locations.services import OUTSIDE_GROUP, OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import mask
 from portal.registry.models import (DEFAULT_MEMBER_ROLES, GROUP_KINDS, SEXES, CustomField,
                                     Group, GroupMember, Individual, MemberRole)
@@ -33,9 +33,6 @@ except ImportError:  # pragma: no cover
     Beneficiary = Program = None
 
 COUNT_CAP = 1000
-# How a household or group outside the user's area is named: by nothing of its own.
-OUTSIDE_HOUSEHOLD = "a household outside your area"
-OUTSIDE_GROUP = "a group outside your area"
 PER_PAGE = 25
 BENEFICIARY_STATUSES = ("potential", "active", "suspended", "graduated")
 
