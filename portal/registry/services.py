@@ -781,7 +781,7 @@ def create_group(session: Session, *, code: str, name: str, kind: str, location_
     if location is None:
         raise DomainError("Choose the group's location.", field="location")
     if not scope.allows(location):
-        raise DomainError(f"{location.name} is outside your locations.", field="location")
+        raise DomainError("That place is outside your locations.", field="location")
     if kind == "household" and head is None:
         raise DomainError("A household needs a head.", field="head")
     group = Group(code=code, name=name, kind=kind, location_id=location.id)

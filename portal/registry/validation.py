@@ -341,13 +341,15 @@ class PersonRules:
         return born, None
 
     def _location(self, code, location_id=None) -> tuple[int | None, str | None]:
-        location, given = _village(self.session, _text(code), location_id, self._locations)
+        code = _text(code)
+        location, given = _village(self.session, code, location_id, self._locations)
         if location is None:
             return None, f"No location has the code {given}." if given else "Village is required."
+        if not self.scope.allows(location):  # its name is not told to someone outside it
+            return location.id, (f"The code {given} is a place outside your locations."
+                                 if code else "That place is outside your locations.")
         if location.kind != "village":
             return location.id, f"{location.name} is a {location.kind}; choose a village."
-        if not self.scope.allows(location):
-            return location.id, f"{location.name} is outside your locations."
         return location.id, None
 
     @staticmethod

@@ -204,6 +204,14 @@ def test_a_household_without_a_head_is_refused(db_session, country):
                               location_id=country["NV1"].id, head_id=None, scope=EVERYTHING, actor_id=None)
 
 
+def test_a_group_in_a_place_outside_the_users_area_is_refused_without_naming_the_place(db_session, country):
+    north = Scope(paths=(country["N"].path,))
+    with pytest.raises(DomainError) as refused:
+        services.create_group(db_session, code="C9", name="Far away", kind="cooperative",
+                              location_id=country["SV1"].id, head_id=None, scope=north, actor_id=None)
+    assert str(refused.value) == "That place is outside your locations."
+
+
 def test_a_person_belongs_to_at_most_one_household_but_to_many_cooperatives(
         db_session, people, make_household, make_group):
     first = make_household(head=people["banda"], members=[])

@@ -102,7 +102,18 @@ def test_a_village_outside_the_users_scope_is_refused(db_session, country):
     north = Scope(paths=(country["N"].path,))
     _, errors = clean_individual(db_session, person(country, location="SV1"), custom_fields=[],
                                  scope=north)
-    assert errors == {"location": "Place SV1 is outside your locations."}
+    assert errors == {"location": "The code SV1 is a place outside your locations."}
+
+
+def test_a_place_outside_the_users_scope_is_not_named_even_when_it_is_no_village(db_session, country):
+    north = Scope(paths=(country["N"].path,))
+    for code in ("SV1", "SD", "sw"):
+        _, errors = clean_individual(db_session, person(country, location=code), custom_fields=[],
+                                     scope=north)
+        assert errors["location"] == f"The code {code} is a place outside your locations."
+        assert "Place" not in errors["location"]
+    _, errors = clean_individual(db_session, person(country, location="ND"), custom_fields=[], scope=north)
+    assert errors["location"] == "Place ND is a district; choose a village."
 
 
 def test_custom_fields_are_checked_with_the_person(db_session, country):
