@@ -13,7 +13,7 @@ from portal.extensions import db
 from portal.imports import bp, columns, services
 from portal.imports.forms import ImportForm, MappingForm, ReplaceForm, ReuploadForm, UploadForm
 from portal.imports.models import DUPLICATE_POLICIES
-from portal.privacy import mask
+from portal.privacy import PII_FIELDS, mask
 from portal.web import (can, flash_refusal, form_refusal, htmx_redirect, int_arg, is_fragment_request,
                         queue_job, render, require, scope, sweep_if_running)
 
@@ -221,9 +221,16 @@ def _grid_columns(upload):
 
 
 def _shown(value: str, name: str) -> str:
-    if name in ("national_id", "phone") and not can("individual.view_pii"):
+    if name in PII_FIELDS and not can("individual.view_pii"):
         return mask(value)
     return value
+
+
+def _replaceable(upload) -> list[tuple[str, str]]:
+    """The columns find-and-replace may work on: not the identifiers for a user who sees
+    them masked, or the number of cells replaced would tell whether a national ID is there."""
+    pii = can("individual.view_pii")
+    return [(c.name, c.label) for c in _grid_columns(upload) if pii or c.name not in PII_FIELDS]
 
 
 @bp.route("/<int:upload_id>/rows")
@@ -234,7 +241,7 @@ def rows(upload_id: int):
     items, has_more = services.problem_rows(db.session, upload, page=page)
     form = ReplaceForm()
     grid = _grid_columns(upload)
-    form.field.choices = [(c.name, c.label) for c in grid]
+    form.field.choices = _replaceable(upload)
     return render("imports/rows.html", partial="imports/_grid.html", upload=upload, rows=items,
                   page=page, has_more=has_more, cols=grid, shown=_shown, replace_form=form,
                   reupload_form=ReuploadForm(), editable=upload.status == "validated"
@@ -259,8 +266,10 @@ def edit_row(upload_id: int, row_number: int):
     if request.method == "POST":
         values = {c.name: request.form.get(c.name, "") for c in grid if c.name in request.form}
         if not can("individual.view_pii"):
-            # Masked identifiers come back unchanged unless the user typed a new value.
-            values = {k: v for k, v in values.items() if not (k in ("national_id", "phone") and "•" in v)}
+            # An identifier that comes back as it was shown, masked, keeps the file's value;
+            # a newly typed one replaces it (as on the person's edit form).
+            values = {k: v for k, v in values.items()
+                      if not (k in PII_FIELDS and v.strip() == mask(item.raw.get(k)))}
         try:
             services.edit_row(db.session, upload, item, values, scope=scope())
         except DomainError as exc:
@@ -318,7 +327,7 @@ def confirm_row(upload_id: int, row_number: int):
 def replace(upload_id: int):
     upload = _upload(upload_id)
     form = ReplaceForm()
-    form.field.choices = [(c.name, c.label) for c in _grid_columns(upload)]
+    form.field.choices = _replaceable(upload)
     if form.validate_on_submit():
         try:
             changed = services.replace_in_column(db.session, upload, field=form.field.data,
@@ -350,7 +359,7 @@ def problems(upload_id: int, fmt: str):
         for number, raw, errors in services.problem_rows_for_download(db.session, upload):
             values = [raw.get(c.name, "") for c in grid]
             if not pii:
-                values = [mask(v) if c.name in ("national_id", "phone") else v
+                values = [mask(v) if c.name in PII_FIELDS else v
                           for c, v in zip(grid, values)]
             yield [number, *values, errors]
 

@@ -266,6 +266,32 @@ def test_identifiers_in_the_grid_are_masked_without_the_pii_permission(client, l
     assert "AB123456" not in page and "••••3456" in page
 
 
+def test_a_masked_identifier_sent_back_unchanged_keeps_the_files_value_and_a_typed_one_replaces_it(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,Q,1990-05-17,AB123456,NV1,,,\n"
+                        + "Juma,Phiri,Q,1990-05-17,CD654321,NV1,,,\n")
+    client.htmx("post", f"/imports/{upload.id}/rows/2/edit", data={"sex": "F", "national_id": "••••3456"})
+    client.htmx("post", f"/imports/{upload.id}/rows/3/edit", data={"sex": "M", "national_id": "•••EF999"})
+    rows = {r.row_number: r for r in db_session.scalars(select(UploadRow).where(UploadRow.upload_id == upload.id))}
+    db_session.refresh(rows[2]), db_session.refresh(rows[3])
+    assert (rows[2].raw["national_id"], rows[2].status) == ("AB123456", "valid")
+    assert rows[3].raw["national_id"] == "•••EF999" and "national_id" in rows[3].errors
+
+
+def test_find_and_replace_is_not_offered_on_identifiers_the_user_sees_masked(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,Q,1990-05-17,AB123456,NV1,,,\n")
+    page = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert 'value="national_id"' not in page and 'value="sex"' in page
+    response = client.post(f"/imports/{upload.id}/replace", data={"field": "national_id", "find": "AB123456",
+                                                                  "replace": "AB123457"})
+    assert "1 cell(s) replaced" not in client.get(response.headers["Location"]).get_data(as_text=True)
+    row = db_session.scalar(select(UploadRow).where(UploadRow.upload_id == upload.id))
+    db_session.refresh(row)
+    assert row.raw["national_id"] == "AB123456"
+
+
 def test_a_file_over_the_size_limit_is_refused_before_it_is_stored(app, client, login, db_session):
     login("field_officer")
     limit = app.config["MAX_CONTENT_LENGTH"]
