@@ -38,6 +38,7 @@ from portal.imports.reader_process import ReaderProcess
 from portal.imports.reading import FileProblem, open_table, read_head
 from portal.locations.models import Location
 from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
+from portal.privacy import PII_FIELDS, mask
 from portal.registry.models import Group, GroupMember, Individual, full_name
 
 BATCH = 5000
@@ -920,7 +921,8 @@ def problem_rows_for_download(session: Session, upload: Upload):
 
 def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Scope) -> dict:
     """Read a file of corrected rows (as downloaded, with its 'Row' column) into this upload,
-    matched by row number; the rows are checked again."""
+    matched by row number; the rows are checked again. Identifiers left as the download
+    masked them keep their values."""
     _editable(upload)
     table = open_table(path, max_rows=_max_rows())
     available = cols_mod.columns(session)
@@ -948,7 +950,12 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
         for row in rows:
             cells = numbers[row.row_number]
             raw = dict(row.raw)
-            raw.update({name: cells[i] if i < len(cells) else "" for i, name in fields})
+            for i, name in fields:
+                value = cells[i] if i < len(cells) else ""
+                # An identifier the download showed masked comes back masked: it keeps the
+                # value the row had (a real national ID or phone holds no '•').
+                if not (name in PII_FIELDS and value and value == mask(raw.get(name))):
+                    raw[name] = value
             row.raw = raw
         if rows:
             recheck_rows(session, upload, rows, scope=scope)

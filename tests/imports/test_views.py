@@ -166,6 +166,25 @@ def test_fixed_rows_can_be_uploaded_back_into_the_same_upload(client, login, db_
     assert db_session.scalar(select(UploadRow.status)) == "valid"
 
 
+def test_rows_fixed_offline_by_someone_who_sees_identifiers_masked_keep_their_national_ids(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,AB123456,NV1,,,\n")
+    downloaded = client.get(f"/imports/{upload.id}/problems.csv").get_data().decode("utf-8-sig")
+    header, row = list(csv.reader(io.StringIO(downloaded)))
+    assert row[header.index("National ID")] == "••••3456"
+    row[header.index("Sex")] = "M"
+    fixed = io.StringIO()
+    csv.writer(fixed).writerows([header, row])
+    response = client.post(f"/imports/{upload.id}/reupload",
+                           data={"file": (io.BytesIO(fixed.getvalue().encode()), "fixed.csv")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 302
+    staged = db_session.scalar(select(UploadRow).where(UploadRow.upload_id == upload.id))
+    db_session.refresh(staged)
+    assert (staged.raw["national_id"], staged.raw["sex"], staged.status) == ("AB123456", "M", "valid")
+
+
 def test_importing_is_queued_from_the_summary(client, login, db_session, tmp_path, country):
     user = login("field_officer", [country["N"]])
     upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
