@@ -106,9 +106,13 @@ def can(permission: str) -> bool:
 
 
 def int_arg(name: str, default: int = 0, minimum: int | None = None) -> int:
+    """A whole-number query argument; one that is no number, or too large for a database
+    integer (a page or an id), is the default."""
     try:
         value = int(request.args.get(name, default))
     except (TypeError, ValueError):
+        value = default
+    if abs(value) > 2**31 - 1:
         value = default
     return max(value, minimum) if minimum is not None else value
 
