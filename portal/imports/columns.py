@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.imports.reading import normalise_header
+from portal.registry.exports import inert
 from portal.registry.models import DEFAULT_MEMBER_ROLES, SEXES, CustomField, MemberRole
 
 YES = {"yes", "y", "true", "1", "x", "oui", "si", "sí"}
@@ -146,7 +147,7 @@ def parse_yes_no(text: str) -> bool | None:
 def template_csv(cols: list[Column]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow([c.label for c in cols])
+    writer.writerow([inert(c.label) for c in cols])
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
@@ -159,7 +160,7 @@ def template_xlsx(cols: list[Column]) -> bytes:
     wb = Workbook()
     sheet = wb.active
     sheet.title = "People"
-    sheet.append([c.label for c in cols])
+    sheet.append([inert(c.label) for c in cols])
     bold = Font(bold=True)
     required_fill = PatternFill("solid", fgColor="FFF2CC")
     lists = wb.create_sheet("Lists")
@@ -177,7 +178,7 @@ def template_xlsx(cols: list[Column]) -> bytes:
             sheet.cell(row=row, column=i).number_format = number_format
         if col.choices:
             for j, choice in enumerate(col.choices, start=1):
-                lists.cell(row=j, column=i, value=choice)
+                lists.cell(row=j, column=i, value=inert(choice))
             ref = f"Lists!${letter}$1:${letter}${len(col.choices)}"
             rule = DataValidation(type="list", formula1=ref, allow_blank=not col.required,
                                   showErrorMessage=True, errorTitle=col.label,
@@ -208,7 +209,7 @@ def template_xlsx(cols: list[Column]) -> bytes:
     for cell in notes[notes.max_row]:
         cell.font = bold
     for col in cols:
-        notes.append([col.label, "yes" if col.required else "", col.hint, col.example])
+        notes.append([inert(v) for v in (col.label, "yes" if col.required else "", col.hint, col.example)])
     notes.column_dimensions["A"].width = 24
     notes.column_dimensions["C"].width = 70
     wb.active = 1

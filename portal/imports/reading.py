@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from portal.errors import DomainError
+from portal.registry.exports import without_guard
 
 CELL_MAX = 2000  # characters in one cell
 UNZIPPED_MAX = 400 * 1024 * 1024  # bytes of XML an .xlsx may expand to
@@ -69,8 +70,8 @@ def detect_format(path: Path) -> str:
 
 
 def normalise_header(text) -> str:
-    """'  First_Name ' -> 'first name'."""
-    return re.sub(r"[\s_\-.]+", " ", str(text or "").strip().lower()).strip(" *")
+    """'  First_Name ' -> 'first name' (and a header our template guarded as text, unguarded)."""
+    return re.sub(r"[\s_\-.]+", " ", without_guard(str(text or "").strip()).lower()).strip(" *")
 
 
 def open_table(path: str | Path, *, max_rows: int) -> Table:

@@ -39,9 +39,11 @@ from portal.imports.reading import FileProblem, open_table, read_head
 from portal.locations.models import Location
 from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import PII_FIELDS, mask
+from portal.registry.exports import without_guard
 from portal.registry.models import Group, GroupMember, Individual, full_name
 
 BATCH = 5000
+MAX_ROW_NUMBER = 2**31 - 1  # what the row_number column holds
 # What a row of people takes in a file, to guess its rows before it is read (the bench's
 # file of 11 columns: 53 bytes a row as .xlsx, about 110 as .csv).
 BYTES_PER_ROW = {"xlsx": 50, "csv": 100}
@@ -922,7 +924,7 @@ def problem_rows_for_download(session: Session, upload: Upload):
 def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Scope) -> dict:
     """Read a file of corrected rows (as downloaded, with its 'Row' column) into this upload,
     matched by row number; the rows are checked again. Identifiers left as the download
-    masked them keep their values."""
+    masked them keep their values, and the download's formula guards are taken off."""
     _editable(upload)
     table = open_table(path, max_rows=_max_rows())
     available = cols_mod.columns(session)
@@ -940,8 +942,12 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
         numbers = {}
         for _line, cells in chunk:
             try:
-                numbers[int(float(cells[row_col]))] = cells
-            except (ValueError, IndexError):
+                number = int(float(cells[row_col]))
+            except (ValueError, IndexError, OverflowError):
+                number = 0
+            if 1 < number <= MAX_ROW_NUMBER:
+                numbers[number] = [without_guard(cell) for cell in cells]
+            else:
                 unknown += 1
         rows = list(session.scalars(select(UploadRow).where(
             UploadRow.upload_id == upload.id, UploadRow.row_number.in_(list(numbers)),

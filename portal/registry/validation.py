@@ -265,7 +265,7 @@ def _village(session: Session, code: str, location_id,
 NAME_FIELDS = (("first_name", "First name", True), ("middle_name", "Middle name", False),
                ("last_name", "Last name", True))
 NATIONAL_ID_RE = re.compile(r"[A-Z0-9/-]+")
-PHONE_NOISE_RE = re.compile(r"[\s().-]")
+PHONE_NOISE_RE = re.compile(r"[\s().'-]")  # ' also: exports guard "+265..." as "'+265..."
 
 
 class PersonRules:
