@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import orjson
 from flask import current_app
-from sqlalchemy import (ARRAY, Integer, String, bindparam, case, delete, func, literal_column, or_, select,
+from sqlalchemy import (ARRAY, Integer, String, bindparam, and_, case, delete, func, literal_column, or_, select,
                         text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -629,11 +629,14 @@ def _households_to_check(session: Session, upload: Upload) -> set[str]:
     registered, or with a count out of line, need looking at row by row."""
     heads = func.sum(case((UploadRow.role == "head", 1), else_=0))
     primaries = func.sum(case((UploadRow.primary.is_(True), 1), else_=0))
+    leads_held = func.sum(case((and_(or_(UploadRow.role == "head", UploadRow.primary.is_(True)),
+                                     UploadRow.status != "valid"), 1), else_=0))
     codes = set(session.scalars(
         select(UploadRow.household_code)
         .where(UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES),
                UploadRow.household_code.isnot(None)).group_by(UploadRow.household_code)
-        .having(or_(heads != 1, primaries > 1, func.count(UploadRow.individual_id) > 0))))
+        .having(or_(heads != 1, primaries > 1, leads_held > 0,
+                    func.count(UploadRow.individual_id) > 0))))
     codes.update(session.scalars(select(Group.code).join(
         UploadRow, (UploadRow.household_code == Group.code) & (UploadRow.upload_id == upload.id)).distinct()))
     return codes
@@ -720,11 +723,25 @@ def _check_household(code: str, group: tuple | None, rows: list, members: dict, 
     for r in primaries[1:]:
         flag(r, f"Household {code} has more than one primary recipient (rows "
                 f"{primaries[0].row_number} and {r.row_number}).")
+    # A new household is made from the rows imported: without its head's or payee's row it
+    # would be led by, and paid to, whoever came first (a child, say).
+    held = [r for r in heads[:1] + primaries[:1] if _held_back(r)]
+    if held and heads and not group:
+        for r in rows:
+            if r not in held:
+                flag(r, f"Household {code} is imported with its head and primary recipient: "
+                        f"row {held[0].row_number} is not ready to import.")
     for r in rows:
         membership = members.get(r.individual_id) if r.individual_id else None
         if membership and membership[1] != code:
             household = f"household {membership[1]}" if membership[2] else OUTSIDE_HOUSEHOLD
             flag(r, f"This person is already in {household}; move them in the registry first.")
+
+
+def _held_back(r) -> bool:
+    """A staged row that will not be imported as it stands, for a reason of its own (not a
+    household rule): an error, a probable duplicate to confirm, a registered person skipped."""
+    return bool(set(r.errors or {}) - {"household"}) or bool(r.warning) or r.action == "skip"
 
 
 def status_counts(session: Session, upload_id: int) -> dict[str, int]:
@@ -855,7 +872,7 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) 
     upload.counts = summary_counts(session, upload, households=False)
 
 
-def confirm_row(session: Session, upload: Upload, row: UploadRow) -> None:
+def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) -> None:
     """The user says a probable duplicate is a different person."""
     _editable(upload)
     if row.status != "duplicate":
@@ -863,6 +880,9 @@ def confirm_row(session: Session, upload: Upload, row: UploadRow) -> None:
     row.warning = None
     row.status = row_status(row.errors or {}, row.action, None)
     session.flush()
+    if row.household_code:  # its household may have waited on this row
+        check_households(session, upload, checking_scope(upload, scope), {row.household_code})
+        session.refresh(row)
     upload.counts = summary_counts(session, upload, households=False)
 
 

@@ -311,7 +311,7 @@ def confirm_row(upload_id: int, row_number: int):
     upload = _upload(upload_id)
     item = _row(upload, row_number)
     try:
-        services.confirm_row(db.session, upload, item)
+        services.confirm_row(db.session, upload, item, scope=scope())
     except DomainError as exc:
         flash_refusal(exc)
         return htmx_redirect(url_for("imports.rows", upload_id=upload.id))

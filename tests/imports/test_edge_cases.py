@@ -5,7 +5,7 @@ import io
 import itertools
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from portal.imports import services
 from portal.imports.models import UploadRow
@@ -90,3 +90,44 @@ def test_a_page_number_too_large_for_the_database_is_not_a_server_error(client, 
     upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
     for url in ("/imports/", f"/imports/{upload.id}/rows", f"/imports/{upload.id}/people"):
         assert client.get(url + "?page=99999999999999999999").status_code < 500, url
+
+
+def test_importing_the_valid_rows_only_does_not_make_a_household_without_its_head(db_session, tmp_path, country):
+    from portal.registry.models import Group, GroupMember
+
+    upload = _validated(db_session, tmp_path, None, HEADER
+                        + "Amina,Banda,Q,1980-05-17,,NV1,H1,head,yes\n"  # the head's row has an error
+                        + "Juma,Banda,M,2015-01-02,,NV1,H1,child,no\n"
+                        + "Chisomo,Phiri,F,1990-05-17,,NV1,H2,head,yes\n")
+    services.start_import(db_session, upload, only_if_clean=False, scope=EVERYTHING, actor_id=None,
+                          may_enrol=True)  # "Import the valid rows"
+    services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None, progress=lambda *a, **k: None)
+    assert [r.status for r in _rows(db_session, upload).values()] == ["error", "error", "imported"]
+    assert db_session.scalars(select(Group.code)).all() == ["H2"]
+    assert db_session.scalar(select(func.count()).select_from(GroupMember)) == 1
+
+
+def test_a_household_waits_for_its_heads_row_and_goes_ahead_once_that_row_is_fixed(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER
+                        + "Amina,Banda,Q,1980-05-17,,NV1,H1,head,yes\n"
+                        + "Juma,Banda,M,2015-01-02,,NV1,H1,child,no\n")
+    child = _rows(db_session, upload)[3]
+    assert child.status == "error"
+    assert child.errors["household"] == ("Household H1 is imported with its head and primary recipient: "
+                                         "row 2 is not ready to import.")
+    services.edit_row(db_session, upload, _rows(db_session, upload)[2], {"sex": "F"}, scope=EVERYTHING)
+    assert [r.status for r in _rows(db_session, upload).values()] == ["valid", "valid"]
+
+
+def test_a_household_whose_payee_is_a_probable_duplicate_waits_until_the_user_confirms_that_row(
+        db_session, tmp_path, country, make_individual):
+    from datetime import date
+
+    make_individual("Chisomo", "Banda", location=country["NV1"], birth_date=date(1985, 1, 1))
+    upload = _validated(db_session, tmp_path, None, HEADER
+                        + "Amina,Banda,F,1980-05-17,,NV1,H1,head,no\n"
+                        + "Chisomo,Banda,F,1985-01-01,,NV1,H1,spouse,yes\n")
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[3].status) == ("error", "duplicate")
+    services.confirm_row(db_session, upload, rows[3], scope=EVERYTHING)
+    assert [r.status for r in _rows(db_session, upload).values()] == ["valid", "valid"]

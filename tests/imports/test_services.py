@@ -158,7 +158,7 @@ def test_a_probable_duplicate_is_flagged_until_the_user_confirms_it(db_session, 
     row = _rows(db_session, upload)[2]
     assert row.status == "duplicate"
     assert "Probably the same person as" in row.warning and "Amina Banda" in row.warning
-    services.confirm_row(db_session, upload, row)
+    services.confirm_row(db_session, upload, row, scope=EVERYTHING)
     assert row.status == "valid" and upload.counts["duplicates"] == 0
 
 
