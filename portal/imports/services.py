@@ -208,7 +208,9 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
     if only_if_clean and problems:
         raise DomainError(f"{problems} row(s) still need fixing; fix or drop them first, or "
                           "import the valid rows only.")
-    if not counts.get("valid"):
+    if not counts.get("valid") and not counts.get("imported"):
+        # (With rows imported, an import that stopped before their households or their
+        # enrolment goes on from there.)
         raise DomainError("There are no valid rows to import.")
     if upload.program_id and not may_enrol:
         raise DomainError("This upload enrols the people it imports into a program: only someone "

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.imports import services
-from portal.imports.models import UploadRow
+from portal.imports.models import Upload, UploadRow
 from portal.locations.services import Scope
 
 EVERYTHING = Scope(everything=True)
@@ -131,3 +131,51 @@ def test_a_household_whose_payee_is_a_probable_duplicate_waits_until_the_user_co
     assert (rows[2].status, rows[3].status) == ("error", "duplicate")
     services.confirm_row(db_session, upload, rows[3], scope=EVERYTHING)
     assert [r.status for r in _rows(db_session, upload).values()] == ["valid", "valid"]
+
+
+def test_an_upload_whose_validation_failed_for_a_dead_worker_offers_to_check_it_again(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    path = tmp_path / "dead.csv"
+    path.write_text(HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    upload = services.receive_upload(db_session, path=path, file_name="people.csv", duplicate_policy="error",
+                                     day_first=None, program_id=None, enrol_status=None, area_id=None,
+                                     actor_id=user.id, max_rows=100)
+    # What reconcile() leaves after the sweep gave up on the worker.
+    upload.status = "failed"
+    upload.message = ("The worker stopped while running this job and it was not retried after 3 "
+                      "attempt(s). Start it again: nothing is duplicated.")
+    db_session.commit()
+    page = client.get(f"/imports/{upload.id}").get_data(as_text=True)
+    assert f'action="/imports/{upload.id}/validate"' in page
+
+
+def test_an_import_that_stopped_after_its_people_but_before_their_households_can_be_started_again(
+        db_session, tmp_path, country, monkeypatch):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H1,head,yes\n")
+    run = services.start_import(db_session, upload, only_if_clean=False, scope=EVERYTHING, actor_id=None,
+                                may_enrol=True)
+    db_session.commit()
+
+    def killed(*_args, **_kwargs):
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(services, "import_households", killed)
+    with pytest.raises(RuntimeError):
+        services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None,
+                               progress=lambda *a, **k: db_session.commit())  # as the job commits per batch
+    db_session.rollback()
+    upload = db_session.get(Upload, upload.id)
+    run.status, run.message = "failed", "The worker stopped while running this job."  # the sweep's verdict
+    assert services.reconcile(db_session, upload) and upload.status == "validated"
+    db_session.commit()
+    monkeypatch.undo()
+    from portal.registry.models import Group, Individual
+
+    assert db_session.scalar(select(Group.id).where(Group.code == "H1")) is None  # no household yet
+    services.start_import(db_session, upload, only_if_clean=False, scope=EVERYTHING, actor_id=None,
+                          may_enrol=True)  # resumes: the household is still to be made
+    services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None, progress=lambda *a, **k: None)
+    household = db_session.scalar(select(Group).where(Group.code == "H1"))
+    assert [m.individual_id for m in household.members] == [_rows(db_session, upload)[2].individual_id]
+    assert db_session.scalar(select(func.count()).select_from(Individual)) == 1
