@@ -850,11 +850,23 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
     upload.counts = summary_counts(session, upload, households=False)
 
 
+def row_version(row: UploadRow) -> str:
+    """What an edit form carries of the row it showed, to tell a stale save."""
+    return hashlib.sha256(orjson.dumps(row.raw, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
 def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str, str], *,
-             scope: Scope) -> UploadRow:
+             scope: Scope, seen: str | None = None) -> UploadRow:
+    """Set cells of a row and check it again. ``seen``: the ``row_version`` the form was
+    made from; a row changed since (another tab, another user) is refused with
+    ``field="seen"``, so that one save does not silently undo the other."""
     _editable(upload)
     if row.status not in OPEN_STATUSES:
         raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be edited.")
+    if seen is not None and seen != row_version(row):
+        raise DomainError(f"Row {row.row_number} was changed after you opened it (in another tab or by "
+                          "someone else). Your values are still here: check them and save again.",
+                          field="seen")
     raw = dict(row.raw)
     for key, value in values.items():
         if key in raw or key in upload.mapping.values():

@@ -271,11 +271,17 @@ def edit_row(upload_id: int, row_number: int):
             values = {k: v for k, v in values.items()
                       if not (k in PII_FIELDS and v.strip() == mask(item.raw.get(k)))}
         try:
-            services.edit_row(db.session, upload, item, values, scope=scope())
+            services.edit_row(db.session, upload, item, values, scope=scope(),
+                              seen=request.form.get("seen"))
         except DomainError as exc:
+            db.session.rollback()
+            if exc.field == "seen":  # the form again, with what was typed, made from the row as it is now
+                item = _row(upload, row_number)
+                return render("imports/row_edit.html", partial="imports/_row_form.html", upload=upload,
+                              row=item, cols=grid, shown=_shown, typed=request.form,
+                              conflict=exc.message, seen=services.row_version(item))
             flash_refusal(exc)
-            return render("imports/_row.html", upload=upload, row=item, cols=grid, shown=_shown,
-                          editable=False, status=409)
+            return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
         db.session.commit()
         if not is_fragment_request():
             flash(f"Row {row_number} saved and checked again.", "success")
@@ -285,7 +291,7 @@ def edit_row(upload_id: int, row_number: int):
     if upload.status != "validated" or item.status not in services.OPEN_STATUSES:
         abort(409)
     return render("imports/row_edit.html", partial="imports/_row_form.html", upload=upload,
-                  row=item, cols=grid, shown=_shown)
+                  row=item, cols=grid, shown=_shown, seen=services.row_version(item))
 
 
 @bp.route("/<int:upload_id>/rows/<int:row_number>/drop", methods=["POST"])

@@ -3,6 +3,7 @@ households with a row left out, and what the audit log and the downloads must ho
 import csv
 import io
 import itertools
+import re
 
 import pytest
 from sqlalchemy import func, select
@@ -179,3 +180,43 @@ def test_an_import_that_stopped_after_its_people_but_before_their_households_can
     household = db_session.scalar(select(Group).where(Group.code == "H1"))
     assert [m.individual_id for m in household.members] == [_rows(db_session, upload)[2].individual_id]
     assert db_session.scalar(select(func.count()).select_from(Individual)) == 1
+
+
+# --- stale forms ------------------------------------------------------------------------------
+
+def _seen(form_html: str) -> str:
+    return re.search(r'name="seen" value="([0-9a-f]+)"', form_html).group(1)
+
+
+def test_a_row_saved_from_a_second_tab_opened_before_the_first_saved_does_not_silently_undo_the_first_fix(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-13-45,,NV1,,,\n")
+    url = f"/imports/{upload.id}/rows/2/edit"
+    # Both tabs open the row's form while it reads sex Q, born 1990-13-45.
+    tab_a = _seen(client.htmx("get", url).get_data(as_text=True))
+    tab_b = _seen(client.htmx("get", url).get_data(as_text=True))
+    cells = {"first_name": "Juma", "last_name": "Banda", "location": "NV1"}
+    client.htmx("post", url, data={**cells, "sex": "M", "birth_date": "1990-13-45", "seen": tab_a})
+    second = client.htmx("post", url, data={**cells, "sex": "Q", "birth_date": "1990-12-25", "seen": tab_b})
+    page = second.get_data(as_text=True)
+    assert second.status_code == 200 and "was changed after you opened it" in page
+    assert 'value="1990-12-25"' in page  # what tab B typed is still there
+    assert _rows(db_session, upload)[2].raw["sex"] == "M"  # and tab A's fix too
+    client.htmx("post", url, data={**cells, "sex": "M", "birth_date": "1990-12-25", "seen": _seen(page)})
+    row = _rows(db_session, upload)[2]
+    assert (row.raw["sex"], row.raw["birth_date"], row.status) == ("M", "1990-12-25", "valid")
+
+
+def test_a_row_edit_posted_after_the_upload_was_imported_says_why_it_was_refused(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+                        + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
+    client.htmx("get", f"/imports/{upload.id}/rows/3/edit")  # the form is open in the grid
+    upload.status = "imported"  # imported meanwhile, from another tab
+    db_session.commit()
+    response = client.htmx("post", f"/imports/{upload.id}/rows/3/edit", data={"sex": "M"})
+    assert response.headers["HX-Redirect"] == f"/imports/{upload.id}/rows"
+    page = client.get(response.headers["HX-Redirect"]).get_data(as_text=True)
+    assert "rows can be fixed only after validation and before the import" in page
