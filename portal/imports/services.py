@@ -298,10 +298,10 @@ class RowChecker:
             results.append((_jsonable(cleaned), errors))
         return results
 
-    def check_unique_custom(self, rows: list[dict], seen: dict | None) -> None:
+    def check_unique_custom(self, rows: list[dict], seen: dict) -> None:
         """Unique custom fields: a value another living person has is an error (unless it is
         the person this row updates), and so is a value an earlier row of the file has
-        (``seen``: (field, value) -> first row number; None when the caller checks the file)."""
+        (``seen``: (field, value) -> first row number, filled as ``rows`` go by in order)."""
         for field in self.unique_fields:
             name = field.name
             having = [r for r in rows if name not in r["errors"]
@@ -314,20 +314,13 @@ class RowChecker:
                         select(column, Individual.id).where(
                             column.in_(values[start:start + 1000]), Individual.deleted_at.is_(None))):
                     owners.setdefault(value, set()).add(pid)
-            staged = self.validation.typed_json(UploadRow.cleaned[("custom", name)], field)
             for row in having:
                 value = row["cleaned"]["custom"][name]
                 if owners.get(value, set()) - {row.get("individual_id")}:
                     row["errors"][name] = f"{field.label} {value} is already used by someone else."
                     continue
-                if seen is not None:
-                    first = seen.setdefault((name, value), row["row_number"])
-                else:
-                    first = self.session.scalar(select(func.min(UploadRow.row_number)).where(
-                        UploadRow.upload_id == self.upload.id, staged == value,
-                        UploadRow.row_number != row["row_number"],
-                        UploadRow.status.in_(OPEN_STATUSES)))
-                if first is not None and first != row["row_number"]:
+                first = seen.setdefault((name, value), row["row_number"])
+                if first != row["row_number"]:
                     row["errors"][name] = f"{field.label} {value} is also on row {first}."
 
     def registered(self, national_ids) -> dict[str, tuple[int, str, str]]:
@@ -807,28 +800,34 @@ def _editable(upload: Upload) -> None:
 
 
 def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, scope: Scope) -> None:
-    """Check edited rows again, against the rest of the file and the registry."""
+    """Check edited rows again, against the rest of the file and the registry. The other
+    rows that have (or had) one of their national IDs or unique custom values are checked
+    with them: of the rows sharing a value the first keeps it, each later one is an error,
+    and a row left alone by a fix or a drop loses its "also on row" error."""
     scope = checking_scope(upload, scope)
     checker = RowChecker(session, upload, scope)
+    results = checker.clean_many([dict(row.raw) for row in rows])
+    partners = _rows_sharing_values(session, upload, checker, rows, [c for c, _ in results])
+    if partners:
+        rows = rows + partners
+        results += checker.clean_many([dict(row.raw) for row in partners])
     codes: set[str] = set()
     checked = []
-    for row, (cleaned, errors) in zip(rows, checker.clean_many([dict(row.raw) for row in rows])):
+    for row, (cleaned, errors) in sorted(zip(rows, results), key=lambda pair: pair[0].row_number):
         codes.add(row.household_code or "")
         checked.append({"row": row, "row_number": row.row_number, "cleaned": cleaned,
                         "errors": errors})
     registered = checker.registered(c["cleaned"].get("national_id") for c in checked)
+    first_with: dict[str, int] = {}  # national ID -> the first row that has it
     for item in checked:
-        row = item["row"]
         nid = item["cleaned"].get("national_id")
         if nid and "national_id" not in item["errors"]:
-            other = session.scalar(select(func.min(UploadRow.row_number)).where(
-                UploadRow.upload_id == upload.id, UploadRow.national_id == nid,
-                UploadRow.id != row.id, UploadRow.status.notin_(("dropped",))))
-            if other is not None:
-                item["errors"]["national_id"] = f"This national ID is also on row {other}."
+            first = first_with.setdefault(nid, item["row_number"])
+            if first != item["row_number"]:
+                item["errors"]["national_id"] = f"This national ID is also on row {first}."
         checker.settle(item, registered)
     if checker.unique_fields:
-        checker.check_unique_custom(checked, None)
+        checker.check_unique_custom(checked, {})
     for item in checked:
         row = item["row"]
         item["status"] = row_status(item["errors"], item["action"], item["warning"])
@@ -848,6 +847,27 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
     for row in rows:
         session.refresh(row)
     upload.counts = summary_counts(session, upload, households=False)
+
+
+def _rows_sharing_values(session: Session, upload: Upload, checker: RowChecker,
+                         rows: list[UploadRow], cleaned: list[dict]) -> list[UploadRow]:
+    """The upload's other open rows with a national ID or unique custom value that these
+    rows have now (``cleaned``) or had before."""
+    ids = {row.national_id for row in rows} | {c.get("national_id") for c in cleaned}
+    ids.discard(None)
+    shared = [UploadRow.national_id.in_(sorted(ids))] if ids else []
+    for field in checker.unique_fields:
+        values = {(c.get("custom") or {}).get(field.name) for c in cleaned}
+        values |= {((row.cleaned or {}).get("custom") or {}).get(field.name) for row in rows}
+        values.discard(None)
+        if values:
+            staged = checker.validation.typed_json(UploadRow.cleaned[("custom", field.name)], field)
+            shared.append(staged.in_(sorted(values, key=str)))
+    if not shared:
+        return []
+    return list(session.scalars(select(UploadRow).where(
+        UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES),
+        UploadRow.id.notin_([row.id for row in rows]), or_(*shared))))
 
 
 def row_version(row: UploadRow) -> str:
@@ -882,7 +902,12 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) 
         raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be dropped.")
     row.status = "dropped"
     session.flush()
-    check_households(session, upload, checking_scope(upload, scope), {row.household_code or ""})
+    scope = checking_scope(upload, scope)
+    partners = _rows_sharing_values(session, upload, RowChecker(session, upload, scope), [row],
+                                    [row.cleaned or {}])
+    if partners:  # a later row's "also on row" error may go with this row
+        recheck_rows(session, upload, partners, scope=scope)
+    check_households(session, upload, scope, {row.household_code or ""})
     upload.counts = summary_counts(session, upload, households=False)
 
 

@@ -220,3 +220,55 @@ def test_a_row_edit_posted_after_the_upload_was_imported_says_why_it_was_refused
     assert response.headers["HX-Redirect"] == f"/imports/{upload.id}/rows"
     page = client.get(response.headers["HX-Redirect"]).get_data(as_text=True)
     assert "rows can be fixed only after validation and before the import" in page
+
+
+def test_editing_the_first_of_two_rows_sharing_a_national_id_leaves_it_valid(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,A100,NV1,,,\n"
+                        + "Amina,Banda,F,1990-05-17,A100,NV1,,,\n")
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[3].status) == ("valid", "error")  # the later row is the duplicate
+    services.edit_row(db_session, upload, rows[2], {"first_name": "Aminah"}, scope=EVERYTHING)
+    assert rows[2].status == "valid", rows[2].errors
+
+
+def test_two_rows_fixed_in_one_reupload_to_the_same_unique_value_are_not_both_valid(
+        client, login, db_session, tmp_path, country):
+    from portal.registry.models import CustomField
+
+    db_session.add(CustomField(name="voter", label="Voter card", type="text", unique=True,
+                               active=True, required=False, position=0))
+    db_session.commit()
+    user = login("program_manager")
+    header = "First name,Last name,Sex,Birth date,National ID,Village code,Voter card\n"
+    upload = _validated(db_session, tmp_path, user, header
+                        + "Amina,Banda,Q,1990-05-17,,NV1,V1\n" + "Juma,Phiri,Q,1991-05-17,,NV1,V2\n")
+    fixed = ("Row,First name,Last name,Sex,Birth date,National ID,Village code,Voter card,Errors\n"
+             "2,Amina,Banda,F,1990-05-17,,NV1,V9,\n" "3,Juma,Phiri,M,1991-05-17,,NV1,V9,\n")
+    assert _reupload(client, upload, fixed).status_code == 302
+    rows = _rows(db_session, upload)
+    assert (rows[2].raw["voter"], rows[3].raw["voter"]) == ("V9", "V9")
+    assert (rows[2].status, rows[3].status) == ("valid", "error")
+    assert rows[3].errors == {"voter": "Voter card V9 is also on row 2."}
+
+
+def test_two_rows_fixed_in_one_reupload_to_the_same_national_id_are_not_both_valid(
+        client, login, db_session, tmp_path, country):
+    user = login("program_manager")
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,Q,1990-05-17,A1,NV1,,,\n"
+                        + "Juma,Phiri,Q,1991-05-17,A2,NV1,,,\n")
+    fixed = FIX_HEADER + "2,Amina,Banda,F,1990-05-17,A9,NV1,,,,\n" + "3,Juma,Phiri,M,1991-05-17,A9,NV1,,,,\n"
+    assert _reupload(client, upload, fixed).status_code == 302
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[3].status) == ("valid", "error")
+    assert rows[3].errors == {"national_id": "This national ID is also on row 2."}
+
+
+def test_dropping_the_first_of_two_rows_sharing_a_national_id_clears_the_error_of_the_other(
+        db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,A100,NV1,,,\n"
+                        + "Juma,Phiri,M,1991-05-17,A100,NV1,,,\n")
+    rows = _rows(db_session, upload)
+    assert rows[3].errors == {"national_id": "This national ID is also on row 2."}
+    services.drop_row(db_session, upload, rows[2], scope=EVERYTHING)
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[3].status, rows[3].errors) == ("dropped", "valid", {})
