@@ -91,6 +91,8 @@ class UploadRow(db.Model):
     birth_date: Mapped[date | None] = mapped_column(Date)  # as checked, for the import
     individual_id: Mapped[int | None] = mapped_column(
         ForeignKey("individual.id", ondelete="SET NULL"))
+    # Confirmed "not a duplicate": the identity_key of the row the user saw when they said so.
+    not_duplicate: Mapped[str | None] = mapped_column(String(16))
 
 
 class SavedMapping(db.Model):

@@ -393,9 +393,16 @@ class RowChecker:
             row["action"], row["individual_id"], error = self.registry_action(nid, registered)
             if error:
                 errors["national_id"] = error
-        if not errors and row["action"] == "new":
+        if not errors and row["action"] == "new" and row.get("not_duplicate") != identity_key(cleaned):
             row["warning"] = self.probable_duplicate(cleaned)
         row["status"] = row_status(errors, row["action"], row["warning"])
+
+
+def identity_key(cleaned: dict) -> str:
+    """What the probable-duplicate search looks at (names, birth date, village), short: a
+    confirmation that a row is no duplicate holds while these stay as they were."""
+    seen = [cleaned.get(k) for k in ("first_name", "middle_name", "last_name", "birth_date", "location_id")]
+    return hashlib.sha256(orjson.dumps(seen)).hexdigest()[:16]
 
 
 def _one_of(session: Session, column, values: list, item_type=Integer):
@@ -816,7 +823,7 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
     for row, (cleaned, errors) in sorted(zip(rows, results), key=lambda pair: pair[0].row_number):
         codes.add(row.household_code or "")
         checked.append({"row": row, "row_number": row.row_number, "cleaned": cleaned,
-                        "errors": errors})
+                        "errors": errors, "not_duplicate": row.not_duplicate})
     registered = checker.registered(c["cleaned"].get("national_id") for c in checked)
     first_with: dict[str, int] = {}  # national ID -> the first row that has it
     for item in checked:
@@ -917,6 +924,7 @@ def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scop
     if row.status != "duplicate":
         raise DomainError(f"Row {row.row_number} is not a probable duplicate.")
     row.warning = None
+    row.not_duplicate = identity_key(row.cleaned or {})
     row.status = row_status(row.errors or {}, row.action, None)
     session.flush()
     if row.household_code:  # its household may have waited on this row

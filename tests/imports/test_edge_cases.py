@@ -272,3 +272,32 @@ def test_dropping_the_first_of_two_rows_sharing_a_national_id_clears_the_error_o
     services.drop_row(db_session, upload, rows[2], scope=EVERYTHING)
     rows = _rows(db_session, upload)
     assert (rows[2].status, rows[3].status, rows[3].errors) == ("dropped", "valid", {})
+
+
+def test_a_probable_duplicate_confirmed_as_another_person_stays_confirmed_when_an_unrelated_cell_is_fixed(
+        db_session, tmp_path, country, make_individual):
+    from datetime import date
+
+    make_individual("Amina", "Banda", location=country["NV1"], birth_date=date(1990, 5, 17))
+    header = "First name,Last name,Sex,Birth date,Phone,Village code\n"
+    upload = _validated(db_session, tmp_path, None, header + "Amina,Banda,F,1990-05-17,,NV1\n")
+    row = _rows(db_session, upload)[2]
+    assert row.status == "duplicate"
+    services.confirm_row(db_session, upload, row, scope=EVERYTHING)  # "Not a duplicate"
+    assert row.status == "valid"
+    services.edit_row(db_session, upload, row, {"phone": "+265991234567"}, scope=EVERYTHING)
+    assert row.status == "valid", row.warning
+
+
+def test_a_confirmed_row_is_flagged_again_when_its_name_changes_to_another_look_alike(
+        db_session, tmp_path, country, make_individual):
+    from datetime import date
+
+    make_individual("Amina", "Banda", location=country["NV1"], birth_date=date(1990, 5, 17))
+    make_individual("Juma", "Banda", location=country["NV1"], birth_date=date(1990, 5, 17))
+    header = "First name,Last name,Sex,Birth date,Phone,Village code\n"
+    upload = _validated(db_session, tmp_path, None, header + "Amina,Banda,F,1990-05-17,,NV1\n")
+    row = _rows(db_session, upload)[2]
+    services.confirm_row(db_session, upload, row, scope=EVERYTHING)
+    services.edit_row(db_session, upload, row, {"first_name": "Juma"}, scope=EVERYTHING)
+    assert row.status == "duplicate" and "Juma Banda" in row.warning
