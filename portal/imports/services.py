@@ -132,6 +132,8 @@ def receive_upload(session: Session, *, path: Path, file_name: str, duplicate_po
                     created_by_id=actor_id, counts={}, message="")
     session.add(upload)
     session.flush()
+    record(session, action="create", entity_type="upload", entity_id=upload.id,
+           summary=f"Uploaded {upload.file_name} ({size:,} bytes, {upload.format})")
     return upload
 
 
@@ -166,6 +168,9 @@ def set_mapping(session: Session, upload: Upload, mapping: dict[str, str], *,
                           + ", ".join(c.label for c in missing) + ".")
     upload.mapping = clean
     upload.status = "uploaded"
+    record(session, action="map_columns", entity_type="upload", entity_id=upload.id,
+           summary="Columns mapped" + (f", saved as '{save_as.strip()[:80]}'" if save_as.strip() else ""),
+           changes={"mapping": clean})
     if save_as.strip():
         signature = cols_mod.headers_signature(upload.headers)
         saved = session.scalar(select(SavedMapping).where(SavedMapping.signature == signature))
@@ -898,8 +903,12 @@ def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str,
     for key, value in values.items():
         if key in raw or key in upload.mapping.values():
             raw[key] = (value or "").strip()
+    changes = {k: [row.raw.get(k), v] for k, v in raw.items() if row.raw.get(k) != v}
     row.raw = raw
     recheck_rows(session, upload, [row], scope=scope)
+    if changes:
+        record(session, action="edit_row", entity_type="upload", entity_id=upload.id,
+               summary=f"Row {row.row_number} edited", changes=changes)
     return row
 
 
@@ -909,6 +918,8 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) 
         raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be dropped.")
     row.status = "dropped"
     session.flush()
+    record(session, action="drop_row", entity_type="upload", entity_id=upload.id,
+           summary=f"Row {row.row_number} dropped")
     scope = checking_scope(upload, scope)
     partners = _rows_sharing_values(session, upload, RowChecker(session, upload, scope), [row],
                                     [row.cleaned or {}])
@@ -923,6 +934,8 @@ def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scop
     _editable(upload)
     if row.status != "duplicate":
         raise DomainError(f"Row {row.row_number} is not a probable duplicate.")
+    record(session, action="confirm_row", entity_type="upload", entity_id=upload.id,
+           summary=f"Row {row.row_number} is not a duplicate", changes={"warning": row.warning})
     row.warning = None
     row.not_duplicate = identity_key(row.cleaned or {})
     row.status = row_status(row.errors or {}, row.action, None)
@@ -969,6 +982,10 @@ def replace_in_column(session: Session, upload: Upload, *, field: str, find: str
                 changed.append(row)
     for chunk in _batched(changed, 500):
         recheck_rows(session, upload, chunk, scope=scope)
+    if changed:
+        record(session, action="replace", entity_type="upload", entity_id=upload.id,
+               summary=f"Find and replace in {len(changed)} row(s)",
+               changes={field: [find, replace], "whole_cell": whole_cell})
     return len(changed)
 
 
@@ -1034,6 +1051,8 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
             recheck_rows(session, upload, rows, scope=scope)
         updated += len(rows)
     path.unlink(missing_ok=True)
+    record(session, action="corrections", entity_type="upload", entity_id=upload.id,
+           summary=f"Fixed rows uploaded back: {updated} updated, {unknown} not matched")
     return {"updated": updated, "unknown": unknown}
 
 

@@ -301,3 +301,38 @@ def test_a_confirmed_row_is_flagged_again_when_its_name_changes_to_another_look_
     services.confirm_row(db_session, upload, row, scope=EVERYTHING)
     services.edit_row(db_session, upload, row, {"first_name": "Juma"}, scope=EVERYTHING)
     assert row.status == "duplicate" and "Juma Banda" in row.warning
+
+
+def test_confirming_that_a_probable_duplicate_is_another_person_is_in_the_audit_log(
+        client, login, db_session, tmp_path, country, make_individual):
+    from datetime import date
+
+    from portal.audit.models import AuditEntry
+
+    make_individual("Amina", "Banda", location=country["NV1"], birth_date=date(1990, 5, 17))
+    db_session.commit()
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    assert _rows(db_session, upload)[2].status == "duplicate"
+    before = db_session.scalar(select(AuditEntry.id).order_by(AuditEntry.id.desc()).limit(1)) or 0
+    assert client.htmx("post", f"/imports/{upload.id}/rows/2/confirm").status_code == 200
+    assert _rows(db_session, upload)[2].status == "valid"
+    entries = db_session.scalars(select(AuditEntry).where(AuditEntry.id > before)).all()
+    assert entries, "the decision left no trace"
+
+
+def test_every_decision_taken_on_an_upload_is_in_the_audit_log(db_session, tmp_path, country):
+    from portal.audit.models import AuditEntry
+
+    upload = _validated(db_session, tmp_path, None, HEADER + "Juma,Banda,Q,1990-05-17,A1,NV1,,,\n"
+                        + "Amina,Banda,Q,1990-05-17,,NV1,,,\n" + "Zawadi,Phiri,X,1990-05-17,,NV1,,,\n")
+    rows = _rows(db_session, upload)
+    services.edit_row(db_session, upload, rows[2], {"sex": "M", "national_id": "A2"}, scope=EVERYTHING)
+    services.replace_in_column(db_session, upload, field="sex", find="q", replace="F", scope=EVERYTHING)
+    services.drop_row(db_session, upload, rows[4], scope=EVERYTHING)
+    entries = {e.action: e for e in db_session.scalars(
+        select(AuditEntry).where(AuditEntry.entity_type == "upload", AuditEntry.entity_id == str(upload.id)))}
+    assert {"create", "edit_row", "replace", "drop_row"} <= set(entries)
+    assert entries["edit_row"].changes == {"sex": ["Q", "M"], "national_id": ["A1", "A2"]}
+    assert entries["replace"].summary == "Find and replace in 1 row(s)"
+    assert entries["drop_row"].summary == "Row 4 dropped"
