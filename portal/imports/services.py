@@ -1368,12 +1368,21 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
 
     imported = ("upload_id = :upload AND status = 'imported' AND household_code IS NOT NULL "
                 "AND household_code NOT IN :outside")
-    # A primary recipient named for a household that is registered already.
+    # A primary recipient named for a household that is registered already (audited: who
+    # is paid changes).
+    payees = select(Group.id, Group.name, Group.primary_recipient_id).where(Group.code.in_(
+        select(UploadRow.household_code).where(
+            UploadRow.upload_id == upload.id, UploadRow.status == "imported", UploadRow.primary.is_(True),
+            UploadRow.household_code.notin_(outside))))
+    before = {gid: (name, payee) for gid, name, payee in session.execute(payees)}
     session.execute(sql(
         'UPDATE "group" SET version = version + 1, primary_recipient_id = (SELECT min(p.individual_id) '
         'FROM upload_row p WHERE p.upload_id = :upload AND p.status = \'imported\' AND p."primary" '
         'AND p.household_code = "group".code) '
         f'WHERE code IN (SELECT household_code FROM upload_row WHERE {imported} AND "primary")'), params)
+    record_changes(session, entity_type="group", changed=[
+        (gid, name, {"primary_recipient_id": (before[gid][1], payee)})
+        for gid, name, payee in session.execute(payees) if before[gid][1] != payee])
     # New households: named after the head (or the first member), paid to the primary
     # recipient (or the head).
     created = list(session.scalars(sql(

@@ -336,3 +336,27 @@ def test_every_decision_taken_on_an_upload_is_in_the_audit_log(db_session, tmp_p
     assert entries["edit_row"].changes == {"sex": ["Q", "M"], "national_id": ["A1", "A2"]}
     assert entries["replace"].summary == "Find and replace in 1 row(s)"
     assert entries["drop_row"].summary == "Row 4 dropped"
+
+
+def test_an_import_that_changes_a_registered_households_payee_writes_it_in_the_audit_log(
+        db_session, tmp_path, country, make_individual, make_household):
+    from portal.audit.models import AuditEntry
+    from portal.registry.models import Group
+
+    head = make_individual("Amina", "Banda", national_id="A100", location=country["NV1"])
+    wife = make_individual("Chisomo", "Banda", national_id="A101", location=country["NV1"])
+    household = make_household(head=head, members=[wife], code="H1", location=country["NV1"])
+    db_session.commit()
+    upload = _validated(db_session, tmp_path, None, HEADER + "Chisomo,Banda,F,1985-01-01,A101,NV1,H1,spouse,yes\n",
+                        policy="update")
+    assert _rows(db_session, upload)[2].status == "valid", _rows(db_session, upload)[2].errors
+    services.start_import(db_session, upload, only_if_clean=False, scope=EVERYTHING, actor_id=None,
+                          may_enrol=True)
+    services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None, progress=lambda *a, **k: None)
+    db_session.expire_all()
+    assert db_session.get(Group, household.id).primary_recipient_id == wife.id  # the payee changed
+    entries = db_session.scalars(select(AuditEntry).where(AuditEntry.entity_type == "group")).all()
+    logged = [e for e in entries if e.entity_id == str(household.id)
+              and (e.changes or {}).get("primary_recipient_id", [None, None])[1] == wife.id]
+    assert logged, [(e.action, e.entity_type, e.entity_id, e.changes) for e in
+                    db_session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(5))]
