@@ -97,7 +97,8 @@ def duplicate_warning(person_id: int, name: str, born: str, others: int, *,
 
 class ProbableDuplicates:
     """``add`` each batch's new valid rows as they are checked; ``warnings`` waits for the
-    search and returns {row number: warning} for the rows that look registered already.
+    search and returns {row number: warning} for the rows that look registered already, or
+    that look like an earlier row of the file.
     ``expected_rows`` (about how many rows the file has) chooses how the registry is searched;
     ``visible`` holds the villages the uploader sees (None: all), and a look-alike among
     them is the one a warning names. Use as a context manager, so the thread and its connection end however validation does."""
@@ -118,6 +119,8 @@ class ProbableDuplicates:
         # more, whether the uploader sees them), filled by the thread as each search ends
         self._found: dict[int, tuple] = {}
         self._verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
+        self._in_file: dict[tuple, list] = {}  # (birth date, area) -> the file's rows so far
+        self._twins: dict[int, tuple] = {}  # row number -> (earlier row, its name, birth date)
         self._pending = [self._thread.submit(self._open, bind, areas)]
 
     def __enter__(self) -> "ProbableDuplicates":
@@ -138,7 +141,8 @@ class ProbableDuplicates:
         self._pending.append(self._thread.submit(self._search))
         for job in self._pending:
             job.result()  # in order; re-raises the thread's error here
-        warnings = {}
+        warnings = {number: f"Probably the same person as row {other} {name}, born {born}."[:500]
+                    for number, (other, name, born) in self._twins.items()}
         for number, (pid, p_first, p_last, born, others, seen) in self._found.items():
             warnings[number] = duplicate_warning(pid, f"{p_first} {p_last}", str(born)[:10],
                                                  others, outside=not seen)
@@ -164,6 +168,7 @@ class ProbableDuplicates:
                 cursor.execute(statement)
 
     def _collect(self, rows: list[tuple]) -> None:
+        self._compare_in_file(rows)
         self._waiting += rows
         if len(self._waiting) >= SEARCH_ROWS[self._postgres]:
             self._search()
@@ -182,6 +187,22 @@ class ProbableDuplicates:
         cursor.execute(_SAME_DAY_READ if self._registry_read else
                        _SAME_DAY.format(index=_SAME_DAY_INDEX[self._postgres]))
         self._judge(cursor.fetchall())
+
+    def _compare_in_file(self, rows: list[tuple]) -> None:
+        """The same person twice in the file (no national ID tells): a row with the birth
+        date, area and a similar name of an earlier row of the file looks like that row."""
+        earlier, verdicts, twins = self._in_file, self._verdicts, self._twins
+        for number, born, area, first, last in rows:
+            same_day = earlier.setdefault((born, area), [])
+            for other, o_first, o_last in same_day:
+                names = (first or "", last or "", o_first or "", o_last or "")
+                verdict = verdicts.get(names)
+                if verdict is None:
+                    verdict = verdicts[names] = similar_names(*names)
+                if verdict:
+                    twins[number] = (other, f"{o_first} {o_last}", born)
+                    break
+            same_day.append((number, first, last))
 
     def _judge(self, pairs: list[tuple]) -> None:
         """Compare the names of a search's pairs (in row order, each row's registered people

@@ -390,7 +390,8 @@ class RowChecker:
 
     def settle(self, row: dict, registered: dict) -> None:
         """Decide a checked row's action, status and probable-duplicate warning from the
-        registry. ``row`` has row_number, cleaned, errors (the file's other rows checked)."""
+        registry. ``row`` has row_number, cleaned, errors (the file's other rows checked),
+        and may have not_duplicate, and checked_as with warning_before (see recheck_rows)."""
         cleaned, errors = row["cleaned"], row["errors"]
         nid = cleaned.get("national_id")
         row["action"], row["individual_id"], row["warning"] = "new", None, None
@@ -398,8 +399,12 @@ class RowChecker:
             row["action"], row["individual_id"], error = self.registry_action(nid, registered)
             if error:
                 errors["national_id"] = error
-        if not errors and row["action"] == "new" and row.get("not_duplicate") != identity_key(cleaned):
-            row["warning"] = self.probable_duplicate(cleaned)
+        if not errors and row["action"] == "new":
+            key = identity_key(cleaned)
+            if row.get("checked_as") == key:  # names, birth date and village as last checked
+                row["warning"] = row["warning_before"]
+            elif row.get("not_duplicate") != key:
+                row["warning"] = self.probable_duplicate(cleaned)
         row["status"] = row_status(errors, row["action"], row["warning"])
 
 
@@ -827,8 +832,14 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
     checked = []
     for row, (cleaned, errors) in sorted(zip(rows, results), key=lambda pair: pair[0].row_number):
         codes.add(row.household_code or "")
+        # A row checked for look-alikes before (new, no error of its own) keeps what that
+        # check found while its names, birth date and village stay: it also looked at the
+        # file's other rows, which a check of one row does not.
+        searched = row.cleaned and row.action == "new" and not set(row.errors or {}) - {"household"}
         checked.append({"row": row, "row_number": row.row_number, "cleaned": cleaned,
-                        "errors": errors, "not_duplicate": row.not_duplicate})
+                        "errors": errors, "not_duplicate": row.not_duplicate,
+                        "checked_as": identity_key(row.cleaned) if searched else None,
+                        "warning_before": row.warning})
     registered = checker.registered(c["cleaned"].get("national_id") for c in checked)
     first_with: dict[str, int] = {}  # national ID -> the first row that has it
     for item in checked:

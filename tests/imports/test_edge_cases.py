@@ -360,3 +360,17 @@ def test_an_import_that_changes_a_registered_households_payee_writes_it_in_the_a
               and (e.changes or {}).get("primary_recipient_id", [None, None])[1] == wife.id]
     assert logged, [(e.action, e.entity_type, e.entity_id, e.changes) for e in
                     db_session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(5))]
+
+
+def test_the_same_person_twice_in_one_file_without_a_national_id_is_flagged_before_import(
+        db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+                        + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[3].status) == ("valid", "duplicate")
+    assert rows[3].warning == "Probably the same person as row 2 Amina Banda, born 1990-05-17."
+    services.edit_row(db_session, upload, rows[3], {"sex": "M"}, scope=EVERYTHING)  # not who it is
+    assert (rows[3].status, rows[3].warning) == ("duplicate", "Probably the same person as row 2 Amina Banda, "
+                                                              "born 1990-05-17.")
+    services.confirm_row(db_session, upload, rows[3], scope=EVERYTHING)
+    assert rows[3].status == "valid"
