@@ -133,7 +133,8 @@ class ProbableDuplicates:
             closing.result()
 
     def add(self, rows: list[tuple]) -> None:
-        """(row number, birth date as ISO text, area, first name, last name) of new valid rows."""
+        """(row number, birth date as ISO text, area, first name, last name, whether it has a
+        national ID) of new valid rows."""
         if rows:
             self._pending.append(self._thread.submit(self._collect, rows))
 
@@ -169,7 +170,7 @@ class ProbableDuplicates:
 
     def _collect(self, rows: list[tuple]) -> None:
         self._compare_in_file(rows)
-        self._waiting += rows
+        self._waiting += [row[:5] for row in rows]
         if len(self._waiting) >= SEARCH_ROWS[self._postgres]:
             self._search()
 
@@ -189,12 +190,15 @@ class ProbableDuplicates:
         self._judge(cursor.fetchall())
 
     def _compare_in_file(self, rows: list[tuple]) -> None:
-        """The same person twice in the file (no national ID tells): a row with the birth
-        date, area and a similar name of an earlier row of the file looks like that row."""
+        """The same person twice in the file: a row with the birth date, area and a similar
+        name of an earlier row of the file looks like that row, unless a national ID on each
+        tells them apart."""
         earlier, verdicts, twins = self._in_file, self._verdicts, self._twins
-        for number, born, area, first, last in rows:
+        for number, born, area, first, last, identified in rows:
             same_day = earlier.setdefault((born, area), [])
-            for other, o_first, o_last in same_day:
+            for other, o_first, o_last, o_identified in same_day:
+                if identified and o_identified:
+                    continue
                 names = (first or "", last or "", o_first or "", o_last or "")
                 verdict = verdicts.get(names)
                 if verdict is None:
@@ -202,7 +206,7 @@ class ProbableDuplicates:
                 if verdict:
                     twins[number] = (other, f"{o_first} {o_last}", born)
                     break
-            same_day.append((number, first, last))
+            same_day.append((number, first, last, identified))
 
     def _judge(self, pairs: list[tuple]) -> None:
         """Compare the names of a search's pairs (in row order, each row's registered people

@@ -555,7 +555,7 @@ def _read_and_check(upload: Upload, checker: RowChecker):
             batch.append((
                 number, _json(raw), _json(cleaned), errors, _fitting(nid), _fitting(cleaned["household_code"]),
                 cleaned["role"], cleaned["primary_recipient"], born,
-                (number, born, area, cleaned["first_name"], cleaned["last_name"]) if area else None,
+                (number, born, area, cleaned["first_name"], cleaned["last_name"], bool(nid)) if area else None,
                 cleaned["custom"] if unique else None))
         yield batch
 

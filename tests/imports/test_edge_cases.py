@@ -374,3 +374,11 @@ def test_the_same_person_twice_in_one_file_without_a_national_id_is_flagged_befo
                                                               "born 1990-05-17.")
     services.confirm_row(db_session, upload, rows[3], scope=EVERYTHING)
     assert rows[3].status == "valid"
+
+
+def test_two_look_alike_rows_of_a_file_with_different_national_ids_are_two_people(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,A1,NV1,,,\n"
+                        + "Aminah,Banda,F,1990-05-17,A2,NV1,,,\n" + "Amina,Banda,F,1990-05-17,,NV2,,,\n")
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[3].status, rows[4].status) == ("valid", "valid", "duplicate")
+    assert rows[4].warning == "Probably the same person as row 2 Amina Banda, born 1990-05-17."
