@@ -3,6 +3,7 @@ from wtforms import (BooleanField, DateField, DecimalField, IntegerField, Select
                      TextAreaField)
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
+from portal.ids import ID_MAX
 from portal.programs.models import BENEFICIARY_KINDS, INSTITUTION_KINDS
 from portal.registry.models import FIELD_TYPES
 
@@ -14,7 +15,7 @@ class ProgramForm(FlaskForm):
     beneficiary_kind = SelectField("Beneficiaries", choices=list(BENEFICIARY_KINDS.items()))
     date_from = DateField("Coverage from", validators=[Optional()])
     date_to = DateField("Coverage to", validators=[Optional()])
-    max_beneficiaries = IntegerField("Maximum beneficiaries", validators=[Optional(), NumberRange(min=0)],
+    max_beneficiaries = IntegerField("Maximum beneficiaries", validators=[Optional(), NumberRange(min=0, max=ID_MAX)],
                                      description="Empty: no maximum. Potential, active and "
                                                  "suspended beneficiaries take a place.")
     institution_id = SelectField("Institution", coerce=int, validate_choice=False)

@@ -26,6 +26,7 @@ from portal.audit.models import AuditEntry
 from portal.audit.services import record, record_many
 from portal.clock import now, today
 from portal.errors import DomainError
+from portal.ids import parse_id
 from portal.locations.models import Location
 from portal.locations.services import OUTSIDE_PERSON, Scope
 from portal.programs.models import (BENEFICIARY_STATUSES, CAPPED_STATUSES, INSTITUTION_KINDS,
@@ -445,8 +446,8 @@ def find_candidates(session: Session, program: Program, *, scope: Scope, text: s
         return []
     model, column = _subject(program)
     query = select(model).where(model.deleted_at.is_(None), scope.covers(model.location_id))
-    if text.isdigit():
-        query = query.where(model.id == int(text))
+    if parse_id(text) is not None:
+        query = query.where(model.id == parse_id(text))
     elif program.is_group:
         query = query.where(or_(Group.code == text, Group.name.ilike(f"%{text}%")))
     else:
@@ -491,6 +492,7 @@ class Criteria:
 
 
 def _years_ago(years: int, on: date) -> date:
+    years = min(years, on.year - 1)  # an age older than the calendar: born in year 1
     try:
         return on.replace(year=on.year - years)
     except ValueError:  # 29 February

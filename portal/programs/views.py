@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from portal.errors import DomainError
 from portal.extensions import db
+from portal.ids import parse_id
 from portal.locations.models import Location
 from portal.programs import bp, services
 from portal.programs.forms import (CloseForm, EnrolStatusForm, FieldForm, InstitutionForm,
@@ -62,8 +63,8 @@ def _int(args, name: str, errors: dict) -> int | None:
     except ValueError:
         errors[name] = "Enter a whole number."
         return None
-    if value < 0:
-        errors[name] = "Enter zero or more."
+    if not 0 <= value <= 10_000:
+        errors[name] = "Enter a whole number from 0 to 10,000."
         return None
     return value
 
@@ -419,8 +420,8 @@ def enrol(program_id: int):
     form = EnrolStatusForm()
     error = None
     if request.method == "POST" and form.validate_on_submit():
-        ids = [int(v) for v in request.form.getlist("individual_id" if not program.is_group
-                                                    else "group_id") if v.isdigit()]
+        ids = [n for v in request.form.getlist("individual_id" if not program.is_group else "group_id")
+               if (n := parse_id(v)) is not None]
         try:
             result = services.enrol(
                 db.session, program.id, status=form.status.data, actor_id=current_user.id,
@@ -449,14 +450,14 @@ def enrol(program_id: int):
 @require("beneficiary.enrol")
 def enrol_subject():
     """Enrol one person or group chosen on their own page (the registry), then go back."""
-    program = db.session.get(Program, request.form.get("program_id", type=int) or 0)
+    program = db.session.get(Program, parse_id(request.form.get("program_id")) or 0)
     target = local_path(request.form.get("next", "")) or (
         url_for("programs.show", program_id=program.id) if program else url_for("programs.index"))
     if program is None:
         flash("Choose a program.", "error")
         return htmx_redirect(target)
     kind = "group_ids" if program.is_group else "individual_ids"
-    subject = request.form.get("group_id" if program.is_group else "individual_id", type=int)
+    subject = parse_id(request.form.get("group_id" if program.is_group else "individual_id"))
     try:
         result = services.enrol(db.session, program.id, status=request.form.get("status", "potential"),
                                 actor_id=current_user.id, scope=scope(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from wtforms import (BooleanField, HiddenField, IntegerField, SelectField, StringField,
                      TextAreaField)
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from portal.privacy import PII_FIELDS, mask
 from portal.registry.models import FIELD_TYPES, GROUP_KINDS, SEXES
@@ -113,7 +113,7 @@ class CustomFieldForm(FlaskForm):
     pattern = StringField("Pattern", validators=[Optional(), Length(max=200)],
                           description=r"Optional regular expression the whole value must match, e.g. [A-Z]{2}\d{4}.")
     choices = TextAreaField("Choices", description="For a choice list: one choice per line.")
-    position = IntegerField("Position", default=0, validators=[Optional()])
+    position = IntegerField("Position", default=0, validators=[Optional(), NumberRange(min=-10_000, max=10_000)])
     active = BooleanField("Active", default=True)
 
 

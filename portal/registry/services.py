@@ -20,6 +20,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from portal.clock import now, today
 from portal.errors import DomainError
+from portal.ids import ID_MAX, parse_id
 from portal.locations.models import Location
 from portal.locations.services import OUTSIDE_GROUP, OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import mask
@@ -90,13 +91,14 @@ def find_location(session: Session, value) -> Location | None:
         return None
     text = str(value).strip()
     location = session.scalar(select(Location).where(Location.code == text))
-    if location is None and text.isdigit():
-        location = session.get(Location, int(text))
+    if location is None and parse_id(text) is not None:
+        location = session.get(Location, parse_id(text))
     return location
 
 
 def _years_ago(years: int) -> date:
     t = today()
+    years = min(years, t.year - 1)  # an age older than the calendar: born in year 1
     try:
         return t.replace(year=t.year - years)
     except ValueError:  # 29 February
@@ -105,9 +107,10 @@ def _years_ago(years: int) -> date:
 
 def _int(value) -> int | None:
     try:
-        return int(str(value).strip())
+        number = int(str(value).strip())
     except (TypeError, ValueError):
         return None
+    return number if abs(number) <= ID_MAX else None
 
 
 def _date(value) -> date | None:
@@ -172,8 +175,8 @@ def visible_location_ids(session: Session, *, scope, filters: dict):
 def _visible_locations_query(scope, code: str):
     query = select(Location.id).where(scope.location_clause())
     if code:
-        named = Location.code == code if not code.isdigit() else or_(Location.code == code,
-                                                                    Location.id == int(code))
+        named = Location.code == code if parse_id(code) is None else or_(Location.code == code,
+                                                                         Location.id == parse_id(code))
         root = select(Location.path).where(named).order_by(Location.code != code).limit(1)
         # Paths hold only digits and slashes: nothing to escape in the LIKE pattern.
         query = query.where(Location.path.like(root.scalar_subquery() + "%"))
@@ -227,8 +230,8 @@ def individual_filters(session: Session, *, scope, filters: dict,
     person_id = col(Individual.id)
     group = filters.get("group")
     if group:
-        group_ids = select(Group.id).where(Group.code == group.upper() if not group.isdigit()
-                                           else or_(Group.code == group, Group.id == int(group)))
+        group_ids = select(Group.id).where(Group.code == group.upper() if parse_id(group) is None
+                                           else or_(Group.code == group, Group.id == parse_id(group)))
         conditions.append(person_id.in_(
             select(GroupMember.individual_id).where(GroupMember.group_id.in_(group_ids))))
     household = filters.get("household")
@@ -756,8 +759,8 @@ def find_person(session: Session, text: str, *, scope) -> Individual:
     text = (text or "").strip()
     person = session.scalar(select(Individual).where(
         Individual.national_id == text.replace(" ", "").upper(), Individual.deleted_at.is_(None)))
-    if person is None and text.lstrip("#").isdigit():
-        person = session.get(Individual, int(text.lstrip("#")))
+    if person is None and parse_id(text) is not None:
+        person = session.get(Individual, parse_id(text))
     if person is None or person.deleted_at is not None or not scope.allows(person.location):
         raise DomainError(f"No person with the ID or national ID {text or '(empty)'} in your locations.",
                           field="individual")

@@ -40,8 +40,11 @@ GARBAGE = {
     "letters": "abc",
     "an impossible date": "2026-02-31",
     "a NUL character": "\x00",
+    "a number too large for the database": "99999999999999999999",
 }
-QUERY_GARBAGE = [("page", "-1"), ("page", "abc"), ("sort", "nonsense"), ("q", LONG), ("ids", "abc")]
+HUGE = GARBAGE["a number too large for the database"]
+QUERY_GARBAGE = [("page", "-1"), ("page", "abc"), ("page", HUGE), ("parent", HUGE), ("actor_id", HUGE),
+                 ("institution", HUGE), ("sort", "nonsense"), ("q", LONG), ("ids", "abc"), ("ids", HUGE)]
 
 
 # --- the routes -------------------------------------------------------------------------------
