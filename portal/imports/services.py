@@ -168,7 +168,7 @@ def set_mapping(session: Session, upload: Upload, mapping: dict[str, str], *,
                           + ", ".join(c.label for c in missing) + ".")
     upload.mapping = clean
     upload.status = "uploaded"
-    record(session, action="map_columns", entity_type="upload", entity_id=upload.id,
+    record(session, action="map", entity_type="upload", entity_id=upload.id,
            summary="Columns mapped" + (f", saved as '{save_as.strip()[:80]}'" if save_as.strip() else ""),
            changes={"mapping": clean})
     if save_as.strip():
@@ -945,7 +945,7 @@ def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scop
     _editable(upload)
     if row.status != "duplicate":
         raise DomainError(f"Row {row.row_number} is not a probable duplicate.")
-    record(session, action="confirm_row", entity_type="upload", entity_id=upload.id,
+    record(session, action="confirm", entity_type="upload", entity_id=upload.id,
            summary=f"Row {row.row_number} is not a duplicate", changes={"warning": row.warning})
     row.warning = None
     row.not_duplicate = identity_key(row.cleaned or {})
@@ -1062,7 +1062,7 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
             recheck_rows(session, upload, rows, scope=scope)
         updated += len(rows)
     path.unlink(missing_ok=True)
-    record(session, action="corrections", entity_type="upload", entity_id=upload.id,
+    record(session, action="fixes", entity_type="upload", entity_id=upload.id,
            summary=f"Fixed rows uploaded back: {updated} updated, {unknown} not matched")
     return {"updated": updated, "unknown": unknown}
 
