@@ -1385,15 +1385,16 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         select(UploadRow.household_code).where(
             UploadRow.upload_id == upload.id, UploadRow.status == "imported", UploadRow.primary.is_(True),
             UploadRow.household_code.notin_(outside))))
-    before = {gid: (name, payee) for gid, name, payee in session.execute(payees)}
-    session.execute(sql(
-        'UPDATE "group" SET version = version + 1, primary_recipient_id = (SELECT min(p.individual_id) '
-        'FROM upload_row p WHERE p.upload_id = :upload AND p.status = \'imported\' AND p."primary" '
-        'AND p.household_code = "group".code) '
-        f'WHERE code IN (SELECT household_code FROM upload_row WHERE {imported} AND "primary")'), params)
-    record_changes(session, entity_type="group", changed=[
-        (gid, name, {"primary_recipient_id": (before[gid][1], payee)})
-        for gid, name, payee in session.execute(payees) if before[gid][1] != payee])
+    before = {gid: payee for gid, _name, payee in session.execute(payees)}
+    if before:  # (an upload of new households only has none, and skips two passes over its rows)
+        session.execute(sql(
+            'UPDATE "group" SET version = version + 1, primary_recipient_id = (SELECT min(p.individual_id) '
+            'FROM upload_row p WHERE p.upload_id = :upload AND p.status = \'imported\' AND p."primary" '
+            'AND p.household_code = "group".code) '
+            f'WHERE code IN (SELECT household_code FROM upload_row WHERE {imported} AND "primary")'), params)
+        record_changes(session, entity_type="group", changed=[
+            (gid, name, {"primary_recipient_id": (before[gid], payee)})
+            for gid, name, payee in session.execute(payees) if before[gid] != payee])
     # New households: named after the head (or the first member), paid to the primary
     # recipient (or the head).
     created = list(session.scalars(sql(
