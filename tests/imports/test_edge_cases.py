@@ -23,7 +23,7 @@ def _validated(db_session, tmp_path, user, text, *, policy="error", program_id=N
     upload = services.receive_upload(db_session, path=path, file_name="people.csv",
                                      duplicate_policy=policy, day_first=None, program_id=program_id,
                                      enrol_status="potential" if program_id else None, area_id=None,
-                                     actor_id=user.id if user else None, max_rows=1000)
+                                     actor_id=user.id if user else None, max_rows=10_000)
     services.validate_upload(db_session, upload, scope=scope, progress=lambda *a, **k: None)
     db_session.commit()
     return upload
@@ -382,3 +382,12 @@ def test_two_look_alike_rows_of_a_file_with_different_national_ids_are_two_peopl
     rows = _rows(db_session, upload)
     assert (rows[2].status, rows[3].status, rows[4].status) == ("valid", "valid", "duplicate")
     assert rows[4].warning == "Probably the same person as row 2 Amina Banda, born 1990-05-17."
+
+
+def test_a_row_without_a_national_id_is_compared_with_identified_rows_of_earlier_batches(db_session, tmp_path, country):
+    others = "".join(f"Person{i},Family{i},M,19{10 + i % 80}-02-0{1 + i % 9},N{i},NV1,,,\n" for i in range(services.BATCH))
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,A1,NV1,,,\n" + others
+                        + "Amina,Banda,F,1990-05-17,,NV1,,,\n", scope=EVERYTHING)
+    last = services.BATCH + 3
+    row = db_session.scalar(select(UploadRow).where(UploadRow.upload_id == upload.id, UploadRow.row_number == last))
+    assert (row.status, row.warning) == ("duplicate", "Probably the same person as row 2 Amina Banda, born 1990-05-17.")
