@@ -9,6 +9,7 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 
 from portal.extensions import db, htmx
+from portal.ids import ID_MAX
 from portal.locations.services import OUTSIDE_PERSON, Scope
 
 PUBLIC = "public"  # the marker for the few routes anyone may reach (sign-in, health, static)
@@ -112,7 +113,7 @@ def int_arg(name: str, default: int = 0, minimum: int | None = None) -> int:
         value = int(request.args.get(name, default))
     except (TypeError, ValueError):
         value = default
-    if abs(value) > 2**31 - 1:
+    if abs(value) > ID_MAX:
         value = default
     return max(value, minimum) if minimum is not None else value
 

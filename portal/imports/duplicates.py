@@ -21,8 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import orjson
 from sqlalchemy.engine import Connection, Engine
 
-from portal.registry.validation import similar_names
+from portal.registry.validation import fold, similar_names
 
+IN_FILE_ALL_PAIRS = 50  # rows born the same day in one area compared with each new one, at most
 CACHE_KB = 65536  # SQLite's page cache for the search: the birth-date index and more
 _CREATE = (
     "CREATE TEMPORARY TABLE temp_village_area (village_id INTEGER PRIMARY KEY, area VARCHAR(120))",
@@ -121,6 +122,7 @@ class ProbableDuplicates:
         self._verdicts: dict[tuple, bool] = {}  # the rule is a pure function of the four names
         self._identified: list[tuple] = []  # the file's rows so far, while all have a national ID
         self._in_file: dict[tuple, list] | None = None  # then: (birth date, area) -> its rows so far
+        self._in_file_names: dict[tuple, list] = {}  # ... and by (birth date, area, surname, first 3)
         self._twins: dict[int, tuple] = {}  # row number -> (earlier row, its name, birth date)
         self._pending = [self._thread.submit(self._open, bind, areas)]
 
@@ -194,8 +196,8 @@ class ProbableDuplicates:
         """The same person twice in the file: a row with the birth date, area and a similar
         name of an earlier row of the file looks like that row, unless a national ID on each
         tells them apart. Until a row without a national ID comes there is nothing to
-        compare, and the rows are only kept (a file of 100,000 identified rows costs 0.3 s
-        of this thread's time indexed as they come, nothing kept)."""
+        compare, and the rows are only kept (a file of 100,000 identified rows would cost 0.3 s
+        of this thread's time indexed as they come)."""
         if self._in_file is None:
             if all(row[5] for row in rows):
                 self._identified += rows
@@ -206,24 +208,27 @@ class ProbableDuplicates:
         self._index_in_file(rows)
 
     def _index_in_file(self, rows: list[tuple]) -> None:
-        earlier, verdicts, twins = self._in_file, self._verdicts, self._twins
+        """Each row against the earlier rows born the same day in its area: all of them while
+        they are few, else (a file that gives everyone 1 January, say) only those with the
+        same surname and first three letters of the first name, or the two swapped, which the
+        name rule always counts as similar; comparing every pair there would take minutes."""
+        earlier, named, twins = self._in_file, self._in_file_names, self._twins
         for row in rows:
             number, born, area, first, last, identified = row
-            same_day = earlier.get((born, area))
-            if same_day is None:
-                earlier[(born, area)] = [row]
-                continue
-            for other, _born, _area, o_first, o_last, o_identified in same_day:
-                if identified and o_identified:
+            first, last = fold(first or ""), fold(last or "")
+            same_day = earlier.setdefault((born, area), [])
+            if len(same_day) < IN_FILE_ALL_PAIRS:
+                others = same_day
+            else:
+                others = named.get((born, area, last, first[:3]), []) + named.get((born, area, first, last[:3]), [])
+            for other in others:
+                if identified and other[5]:
                     continue
-                names = (first or "", last or "", o_first or "", o_last or "")
-                verdict = verdicts.get(names)
-                if verdict is None:
-                    verdict = verdicts[names] = similar_names(*names)
-                if verdict:
-                    twins[number] = (other, f"{o_first} {o_last}", born)
+                if similar_names(first, last, fold(other[3] or ""), fold(other[4] or "")):
+                    twins[number] = (other[0], f"{other[3]} {other[4]}", born)
                     break
             same_day.append(row)
+            named.setdefault((born, area, last, first[:3]), []).append(row)
 
     def _judge(self, pairs: list[tuple]) -> None:
         """Compare the names of a search's pairs (in row order, each row's registered people

@@ -25,11 +25,12 @@ from sqlalchemy import (ARRAY, Integer, String, bindparam, and_, case, delete, f
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from portal.audit.services import record, record_changes
+from portal.audit.services import record, record_changes, record_many
 from portal.background.models import JobRun
 from portal.background.services import create_job
 from portal.clock import now
 from portal.errors import DomainError
+from portal.ids import ID_MAX
 from portal.imports import columns as cols_mod
 from portal.imports.columns import parse_yes_no
 from portal.imports.duplicates import ProbableDuplicates, duplicate_warning
@@ -43,7 +44,6 @@ from portal.registry.exports import without_guard
 from portal.registry.models import Group, GroupMember, Individual, full_name
 
 BATCH = 5000
-MAX_ROW_NUMBER = 2**31 - 1  # what the row_number column holds
 # What a row of people takes in a file, to guess its rows before it is read (the bench's
 # file of 11 columns: 53 bytes a row as .xlsx, about 110 as .csv).
 BYTES_PER_ROW = {"xlsx": 50, "csv": 100}
@@ -690,16 +690,12 @@ def _check_households(session: Session, upload: Upload, scope: Scope, codes: set
     changes = []
     for code, rows in households.items():
         problems: dict[int, list[str]] = {}
-
-        def flag(r, message: str) -> None:
-            problems.setdefault(r.id, []).append(message)
-
         group = existing.get(code)
         if group and not group[3]:  # its kind, head and members are not the uploader's to know
             for r in rows:
-                flag(r, f"The code {code} belongs to a group outside your area; use another code.")
+                problems[r.id] = [f"The code {code} belongs to a group outside your area; use another code."]
         else:
-            _check_household(code, group, rows, members, flag)
+            _check_household(code, group, rows, members, problems)
         for r in rows:
             errors = dict(r.errors or {})
             message = " ".join(problems.get(r.id, ())) or None
@@ -715,8 +711,14 @@ def _check_households(session: Session, upload: Upload, scope: Scope, codes: set
         session.execute(update(UploadRow), chunk)
 
 
-def _check_household(code: str, group: tuple | None, rows: list, members: dict, flag) -> None:
-    """The rules for one household's rows (``group``: the registered one, if any)."""
+def _check_household(code: str, group: tuple | None, rows: list, members: dict,
+                     problems: dict[int, list[str]]) -> None:
+    """The rules for one household's rows (``group``: the registered one, if any); each
+    broken rule adds its message to ``problems`` under the row's id."""
+
+    def flag(r, message: str) -> None:
+        problems.setdefault(r.id, []).append(message)
+
     heads = [r for r in rows if r.role == "head"]
     primaries = [r for r in rows if r.primary]
     if group and group[1] != "household":
@@ -735,19 +737,19 @@ def _check_household(code: str, group: tuple | None, rows: list, members: dict, 
     for r in primaries[1:]:
         flag(r, f"Household {code} has more than one primary recipient (rows "
                 f"{primaries[0].row_number} and {r.row_number}).")
-    # A new household is made from the rows imported: without its head's or payee's row it
-    # would be led by, and paid to, whoever came first (a child, say).
-    held = [r for r in heads[:1] + primaries[:1] if _held_back(r)]
-    if held and heads and not group:
-        for r in rows:
-            if r not in held:
-                flag(r, f"Household {code} is imported with its head and primary recipient: "
-                        f"row {held[0].row_number} is not ready to import.")
     for r in rows:
         membership = members.get(r.individual_id) if r.individual_id else None
         if membership and membership[1] != code:
             household = f"household {membership[1]}" if membership[2] else OUTSIDE_HOUSEHOLD
             flag(r, f"This person is already in {household}; move them in the registry first.")
+    # A new household is made from the rows imported: without its head's or payee's row it
+    # would be led by, and paid to, whoever came first (a child, say).
+    held = [r for r in heads[:1] + primaries[:1] if _held_back(r) or r.id in problems]
+    if held and heads and not group:
+        for r in rows:
+            if r not in held:
+                flag(r, f"Household {code} is imported with its head and primary recipient: "
+                        f"row {held[0].row_number} is not ready to import.")
 
 
 def _held_back(r) -> bool:
@@ -824,8 +826,10 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
     scope = checking_scope(upload, scope)
     checker = RowChecker(session, upload, scope)
     results = checker.clean_many([dict(row.raw) for row in rows])
-    partners = _rows_sharing_values(session, upload, checker, rows, [c for c, _ in results])
-    if partners:
+    partners = rows
+    while partners:  # and the rows those share other values with, until none is new
+        partners = _rows_sharing_values(session, upload, checker, rows, [c for c, _ in results],
+                                        newest=partners)
         rows = rows + partners
         results += checker.clean_many([dict(row.raw) for row in partners])
     codes: set[str] = set()
@@ -873,24 +877,41 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
 
 
 def _rows_sharing_values(session: Session, upload: Upload, checker: RowChecker,
-                         rows: list[UploadRow], cleaned: list[dict]) -> list[UploadRow]:
-    """The upload's other open rows with a national ID or unique custom value that these
-    rows have now (``cleaned``) or had before."""
-    ids = {row.national_id for row in rows} | {c.get("national_id") for c in cleaned}
+                         rows: list[UploadRow], cleaned: list[dict], *,
+                         newest: list[UploadRow] | None = None) -> list[UploadRow]:
+    """The upload's other open rows with a national ID or unique custom value that ``newest``
+    of these rows (all of them by default) have now (``cleaned``, in ``rows``' order) or had
+    before. One statement per kind of value, so that each uses its own index."""
+    newest_ids = {row.id for row in (rows if newest is None else newest)}
+    pairs = [(row, now) for row, now in zip(rows, cleaned) if row.id in newest_ids]
+    known = [row.id for row in rows]
+    found: dict[int, UploadRow] = {}
+
+    def look(condition) -> None:
+        for row in session.scalars(select(UploadRow).where(
+                UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES),
+                UploadRow.id.notin_(known), condition)):
+            found[row.id] = row
+
+    ids = {row.national_id for row, _ in pairs} | {now.get("national_id") for _, now in pairs}
     ids.discard(None)
-    shared = [UploadRow.national_id.in_(sorted(ids))] if ids else []
+    if ids:
+        look(UploadRow.national_id.in_(sorted(ids)))
     for field in checker.unique_fields:
-        values = {(c.get("custom") or {}).get(field.name) for c in cleaned}
-        values |= {((row.cleaned or {}).get("custom") or {}).get(field.name) for row in rows}
+        values = {(now.get("custom") or {}).get(field.name) for _, now in pairs}
+        values |= {((row.cleaned or {}).get("custom") or {}).get(field.name) for row, _ in pairs}
         values.discard(None)
         if values:
             staged = checker.validation.typed_json(UploadRow.cleaned[("custom", field.name)], field)
-            shared.append(staged.in_(sorted(values, key=str)))
-    if not shared:
-        return []
-    return list(session.scalars(select(UploadRow).where(
-        UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES),
-        UploadRow.id.notin_([row.id for row in rows]), or_(*shared))))
+            look(staged.in_(sorted(values, key=str)))
+    return list(found.values())
+
+
+def _unmasked(raw: dict, values: dict) -> dict:
+    """``values`` without the identifiers sent back as a page or a download showed them
+    masked: those keep the row's value (a real national ID or phone holds no '•')."""
+    return {k: v for k, v in values.items()
+            if not (k in PII_FIELDS and v and v.strip() == mask(raw.get(k)))}
 
 
 def row_version(row: UploadRow) -> str:
@@ -911,7 +932,7 @@ def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str,
                           "someone else). Your values are still here: check them and save again.",
                           field="seen")
     raw = dict(row.raw)
-    for key, value in values.items():
+    for key, value in _unmasked(row.raw, values).items():
         if key in raw or key in upload.mapping.values():
             raw[key] = (value or "").strip()
     changes = {k: [row.raw.get(k), v] for k, v in raw.items() if row.raw.get(k) != v}
@@ -978,6 +999,7 @@ def replace_in_column(session: Session, upload: Upload, *, field: str, find: str
         return new if new != value else None
 
     changed: list[UploadRow] = []
+    entries: list[tuple] = []  # the audit log's, a row each: the cell before and after
     last = 0
     while True:
         rows = list(session.scalars(select(UploadRow).where(
@@ -989,14 +1011,14 @@ def replace_in_column(session: Session, upload: Upload, *, field: str, find: str
         for row in rows:
             value = replaced(row.raw.get(field) or "")
             if value is not None:
+                entries.append((upload.id, f"Row {row.row_number}: find and replace",
+                                {field: [row.raw.get(field), value]}))
                 row.raw = {**row.raw, field: value}
                 changed.append(row)
     for chunk in _batched(changed, 500):
         recheck_rows(session, upload, chunk, scope=scope)
-    if changed:
-        record(session, action="replace", entity_type="upload", entity_id=upload.id,
-               summary=f"Find and replace in {len(changed)} row(s)",
-               changes={field: [find, replace], "whole_cell": whole_cell})
+    record_many(session, action="replace", entity_type="upload", entries=entries,
+                actor_id=session.info.get("actor_id"))
     return len(changed)
 
 
@@ -1033,6 +1055,7 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
     wanted = set(upload.mapping.values()) - {""}
     fields = [(index[h], name) for h, name in mapping.items() if name in wanted]
     updated = unknown = 0
+    entries: list[tuple] = []  # the audit log's, a row each: the cells before and after
     for chunk in _batched(table.rows, 500):
         numbers = {}
         for _line, cells in chunk:
@@ -1040,7 +1063,7 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
                 number = int(float(cells[row_col]))
             except (ValueError, IndexError, OverflowError):
                 number = 0
-            if 1 < number <= MAX_ROW_NUMBER:
+            if 1 < number <= ID_MAX:  # what the row_number column holds
                 numbers[number] = [without_guard(cell) for cell in cells]
             else:
                 unknown += 1
@@ -1050,20 +1073,17 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
         unknown += len(numbers) - len(rows)
         for row in rows:
             cells = numbers[row.row_number]
-            raw = dict(row.raw)
-            for i, name in fields:
-                value = cells[i] if i < len(cells) else ""
-                # An identifier the download showed masked comes back masked: it keeps the
-                # value the row had (a real national ID or phone holds no '•').
-                if not (name in PII_FIELDS and value and value == mask(raw.get(name))):
-                    raw[name] = value
+            raw = {**row.raw, **_unmasked(row.raw, {name: cells[i] if i < len(cells) else ""
+                                                    for i, name in fields})}
+            entries.append((upload.id, f"Row {row.row_number}: fixed in a file uploaded back",
+                            {k: [row.raw.get(k), v] for k, v in raw.items() if row.raw.get(k) != v}))
             row.raw = raw
         if rows:
             recheck_rows(session, upload, rows, scope=scope)
         updated += len(rows)
     path.unlink(missing_ok=True)
-    record(session, action="fixes", entity_type="upload", entity_id=upload.id,
-           summary=f"Fixed rows uploaded back: {updated} updated, {unknown} not matched")
+    record_many(session, action="fixes", entity_type="upload", actor_id=session.info.get("actor_id"),
+                entries=[entry for entry in entries if entry[2]])
     return {"updated": updated, "unknown": unknown}
 
 

@@ -265,11 +265,6 @@ def edit_row(upload_id: int, row_number: int):
     grid = _grid_columns(upload)
     if request.method == "POST":
         values = {c.name: request.form.get(c.name, "") for c in grid if c.name in request.form}
-        if not can("individual.view_pii"):
-            # An identifier that comes back as it was shown, masked, keeps the file's value;
-            # a newly typed one replaces it (as on the person's edit form).
-            values = {k: v for k, v in values.items()
-                      if not (k in PII_FIELDS and v.strip() == mask(item.raw.get(k)))}
         try:
             services.edit_row(db.session, upload, item, values, scope=scope(),
                               seen=request.form.get("seen"))
@@ -277,8 +272,11 @@ def edit_row(upload_id: int, row_number: int):
             db.session.rollback()
             if exc.field == "seen":  # the form again, with what was typed, made from the row as it is now
                 item = _row(upload, row_number)
+                # Identifiers sent masked are shown as the row masks them now: sent again as
+                # they were, they would no longer match, and replace the value with dots.
+                typed = {k: v for k, v in request.form.items() if not (k in PII_FIELDS and "•" in v)}
                 return render("imports/row_edit.html", partial="imports/_row_form.html", upload=upload,
-                              row=item, cols=grid, shown=_shown, typed=request.form,
+                              row=item, cols=grid, shown=_shown, typed=typed,
                               conflict=exc.message, seen=services.row_version(item))
             flash_refusal(exc)
             return htmx_redirect(url_for("imports.rows", upload_id=upload.id))

@@ -492,7 +492,7 @@ class Criteria:
 
 
 def _years_ago(years: int, on: date) -> date:
-    years = min(years, on.year - 1)  # an age older than the calendar: born in year 1
+    years = max(0, min(years, on.year - 1))  # an age the calendar cannot hold: 0, or born in year 1
     try:
         return on.replace(year=on.year - years)
     except ValueError:  # 29 February

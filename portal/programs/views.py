@@ -516,7 +516,7 @@ def enrol_criteria(program_id: int):
     asked = any(source.get(k) for k in CRITERIA_KEYS)
     if request.method == "POST" and form.validate_on_submit() and not errors:
         try:
-            expected = int(source.get("expected", "")) if source.get("expected", "").isdigit() else None
+            expected = parse_id(source.get("expected", ""))
             result = services.enrol_by_criteria(
                 db.session, program.id, scope=sc, criteria=criteria, status=form.status.data,
                 actor_id=current_user.id, custom=_program_custom_raw(program), expected=expected)

@@ -98,7 +98,7 @@ def find_location(session: Session, value) -> Location | None:
 
 def _years_ago(years: int) -> date:
     t = today()
-    years = min(years, t.year - 1)  # an age older than the calendar: born in year 1
+    years = max(0, min(years, t.year - 1))  # an age the calendar cannot hold: 0, or born in year 1
     try:
         return t.replace(year=t.year - years)
     except ValueError:  # 29 February

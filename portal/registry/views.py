@@ -10,6 +10,7 @@ from sqlalchemy import select
 from portal.audit.services import search_entries
 from portal.errors import DomainError
 from portal.extensions import db
+from portal.ids import parse_id
 from portal.privacy import mask
 from portal.registry import bp, services
 from portal.registry.exports import export_response
@@ -146,7 +147,7 @@ def edit_individual(individual_id: int):
     form = individual_form(fields, person=person, show_pii=can("individual.view_pii"))
     if form.validate_on_submit():
         try:
-            version = int(form.version.data) if (form.version.data or "").isdigit() else None
+            version = parse_id(form.version.data)
             _, errors = services.update_individual(db.session, person, form.raw(), scope=scope(),
                                                    expected_version=version, actor_id=current_user.id)
         except services.ConflictError as exc:

@@ -52,6 +52,8 @@ def test_a_fixed_file_with_a_nonsense_row_number_is_answered_with_a_message(
     upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
     response = _reupload(client, upload, FIX_HEADER + f"{row_cell},Juma,Banda,M,1990-05-17,,NV1,,,,\n")
     assert response.status_code == 302
+    assert "0 row(s) updated" in client.get(response.headers["Location"]).get_data(as_text=True)
+    assert _rows(db_session, upload)[2].raw["sex"] == "Q"
 
 
 def test_a_phone_downloaded_with_its_formula_guard_comes_back_unchanged_when_the_fixed_rows_are_uploaded(
@@ -318,7 +320,7 @@ def test_confirming_that_a_probable_duplicate_is_another_person_is_in_the_audit_
     assert client.htmx("post", f"/imports/{upload.id}/rows/2/confirm").status_code == 200
     assert _rows(db_session, upload)[2].status == "valid"
     entries = db_session.scalars(select(AuditEntry).where(AuditEntry.id > before)).all()
-    assert entries, "the decision left no trace"
+    assert [(e.action, e.summary) for e in entries] == [("confirm", "Row 2 is not a duplicate")]
 
 
 def test_every_decision_taken_on_an_upload_is_in_the_audit_log(db_session, tmp_path, country):
@@ -334,7 +336,8 @@ def test_every_decision_taken_on_an_upload_is_in_the_audit_log(db_session, tmp_p
         select(AuditEntry).where(AuditEntry.entity_type == "upload", AuditEntry.entity_id == str(upload.id)))}
     assert {"create", "edit_row", "replace", "drop_row"} <= set(entries)
     assert entries["edit_row"].changes == {"sex": ["Q", "M"], "national_id": ["A1", "A2"]}
-    assert entries["replace"].summary == "Find and replace in 1 row(s)"
+    assert (entries["replace"].summary, entries["replace"].changes) == ("Row 3: find and replace",
+                                                                        {"sex": ["Q", "F"]})
     assert entries["drop_row"].summary == "Row 4 dropped"
 
 
@@ -391,3 +394,62 @@ def test_a_row_without_a_national_id_is_compared_with_identified_rows_of_earlier
     last = services.BATCH + 3
     row = db_session.scalar(select(UploadRow).where(UploadRow.upload_id == upload.id, UploadRow.row_number == last))
     assert (row.status, row.warning) == ("duplicate", "Probably the same person as row 2 Amina Banda, born 1990-05-17.")
+
+
+def test_a_household_waits_when_its_heads_row_breaks_a_household_rule(
+        db_session, tmp_path, country, make_individual, make_household):
+    from portal.registry.models import Group
+
+    head = make_individual("Amina", "Banda", national_id="A100", location=country["NV1"])
+    make_household(head=head, members=[], code="H9", location=country["NV1"])
+    db_session.commit()
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1980-05-17,A100,NV1,H1,head,yes\n"
+                        + "Juma,Banda,M,2015-01-02,,NV1,H1,child,no\n"
+                        + "Chisomo,Phiri,F,1990-05-17,,NV1,H2,head,yes\n", policy="update")
+    rows = _rows(db_session, upload)
+    assert "already in household H9" in rows[2].errors["household"]
+    assert "row 2 is not ready to import" in rows[3].errors["household"]
+    services.start_import(db_session, upload, only_if_clean=False, scope=EVERYTHING, actor_id=None,
+                          may_enrol=True)
+    services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None, progress=lambda *a, **k: None)
+    assert db_session.scalars(select(Group.code).order_by(Group.code)).all() == ["H2", "H9"]
+
+
+def test_a_fix_leaves_the_error_of_a_row_linked_to_it_through_another_rows_other_value(
+        db_session, tmp_path, country):
+    from portal.registry.models import CustomField
+
+    db_session.add(CustomField(name="voter", label="Voter card", type="text", unique=True,
+                               active=True, required=False, position=0))
+    db_session.commit()
+    header = "First name,Last name,Sex,Birth date,National ID,Village code,Voter card\n"
+    upload = _validated(db_session, tmp_path, None, header + "Amina,Banda,F,1990-05-17,A1,NV1,V1\n"
+                        + "Juma,Phiri,M,1991-05-17,A2,NV1,V1\n" + "Zawadi,Mwale,Q,1992-05-17,A2,NV1,V3\n")
+    services.edit_row(db_session, upload, _rows(db_session, upload)[4], {"sex": "F"}, scope=EVERYTHING)
+    rows = _rows(db_session, upload)
+    assert rows[3].errors == {"voter": "Voter card V1 is also on row 2."}
+    assert rows[4].errors == {"national_id": "This national ID is also on row 3."}
+
+
+def test_a_stale_save_by_someone_who_sees_ids_masked_does_not_put_dots_in_place_of_the_id(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,AB123456,NV1,,,\n")
+    url = f"/imports/{upload.id}/rows/2/edit"
+    seen = _seen(client.htmx("get", url).get_data(as_text=True))
+    services.edit_row(db_session, upload, _rows(db_session, upload)[2], {"national_id": "CD654321"},
+                      scope=EVERYTHING)  # someone else, meanwhile
+    db_session.commit()
+    page = client.htmx("post", url, data={"sex": "M", "national_id": "••••3456", "seen": seen}).get_data(as_text=True)
+    assert 'value="••••4321"' in page and 'value="M"' in page
+    client.htmx("post", url, data={"sex": "M", "national_id": "••••4321", "seen": _seen(page)})
+    assert _rows(db_session, upload)[2].raw["national_id"] == "CD654321"
+
+
+
+def test_in_a_crowd_born_the_same_day_a_row_is_still_matched_with_its_twin(db_session, tmp_path, country):
+    crowd = "".join(f"P{i}x{'abcdefghij'[i % 10]}{i},Family{i},M,1980-01-01,,NV1,,,\n" for i in range(80))
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1980-01-01,,NV1,,,\n" + crowd
+                        + "Aminata,Banda,F,1980-01-01,,NV1,,,\n")
+    twin = _rows(db_session, upload)[83]
+    assert twin.warning == "Probably the same person as row 2 Amina Banda, born 1980-01-01."

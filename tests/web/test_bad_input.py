@@ -44,7 +44,8 @@ GARBAGE = {
 }
 HUGE = GARBAGE["a number too large for the database"]
 QUERY_GARBAGE = [("page", "-1"), ("page", "abc"), ("page", HUGE), ("parent", HUGE), ("actor_id", HUGE),
-                 ("institution", HUGE), ("sort", "nonsense"), ("q", LONG), ("ids", "abc"), ("ids", HUGE)]
+                 ("institution", HUGE), ("group", "²"), ("location", "²"), ("age_min", "-10000"),
+                 ("age_max", "99999"), ("sort", "nonsense"), ("q", LONG), ("ids", "abc"), ("ids", HUGE)]
 
 
 # --- the routes -------------------------------------------------------------------------------
