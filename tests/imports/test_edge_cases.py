@@ -190,11 +190,16 @@ def _seen(form_html: str) -> str:
     return re.search(r'name="seen" value="([0-9a-f]+)"', form_html).group(1)
 
 
+def _officers_row(client, login, db_session, tmp_path, country, line: str):
+    """A field officer's upload of one row, and the address of that row's edit form."""
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + line)
+    return upload, f"/imports/{upload.id}/rows/2/edit"
+
+
 def test_a_row_saved_from_a_second_tab_opened_before_the_first_saved_does_not_silently_undo_the_first_fix(
         client, login, db_session, tmp_path, country):
-    user = login("field_officer", [country["N"]])
-    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-13-45,,NV1,,,\n")
-    url = f"/imports/{upload.id}/rows/2/edit"
+    upload, url = _officers_row(client, login, db_session, tmp_path, country, "Juma,Banda,Q,1990-13-45,,NV1,,,\n")
     # Both tabs open the row's form while it reads sex Q, born 1990-13-45.
     tab_a = _seen(client.htmx("get", url).get_data(as_text=True))
     tab_b = _seen(client.htmx("get", url).get_data(as_text=True))
@@ -433,9 +438,8 @@ def test_a_fix_leaves_the_error_of_a_row_linked_to_it_through_another_rows_other
 
 def test_a_stale_save_by_someone_who_sees_ids_masked_does_not_put_dots_in_place_of_the_id(
         client, login, db_session, tmp_path, country):
-    user = login("field_officer", [country["N"]])
-    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,AB123456,NV1,,,\n")
-    url = f"/imports/{upload.id}/rows/2/edit"
+    upload, url = _officers_row(client, login, db_session, tmp_path, country,
+                                "Juma,Banda,Q,1990-05-17,AB123456,NV1,,,\n")
     seen = _seen(client.htmx("get", url).get_data(as_text=True))
     services.edit_row(db_session, upload, _rows(db_session, upload)[2], {"national_id": "CD654321"},
                       scope=EVERYTHING)  # someone else, meanwhile
