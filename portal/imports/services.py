@@ -746,10 +746,12 @@ def _check_household(code: str, group: tuple | None, rows: list, members: dict,
     # would be led by, and paid to, whoever came first (a child, say).
     held = [r for r in heads[:1] + primaries[:1] if _held_back(r) or r.id in problems]
     if held and heads and not group:
+        why = ("is someone already registered, whom this upload skips (upload these rows with "
+               "'update' to add them)" if held[0].action == "skip" else "is not ready to import")
         for r in rows:
             if r not in held:
                 flag(r, f"Household {code} is imported with its head and primary recipient: "
-                        f"row {held[0].row_number} is not ready to import.")
+                        f"row {held[0].row_number} {why}.")
 
 
 def _held_back(r) -> bool:

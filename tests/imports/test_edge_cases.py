@@ -457,3 +457,15 @@ def test_in_a_crowd_born_the_same_day_a_row_is_still_matched_with_its_twin(db_se
                         + "Aminata,Banda,F,1980-01-01,,NV1,,,\n")
     twin = _rows(db_session, upload)[83]
     assert twin.warning == "Probably the same person as row 2 Amina Banda, born 1980-01-01."
+
+
+def test_a_household_whose_head_is_skipped_as_registered_says_so(db_session, tmp_path, country, make_individual):
+    make_individual("Amina", "Banda", national_id="A100", location=country["NV1"])
+    db_session.commit()
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1980-05-17,A100,NV1,H1,head,yes\n"
+                        + "Juma,Banda,M,2015-01-02,,NV1,H1,child,no\n", policy="skip")
+    rows = _rows(db_session, upload)
+    assert rows[2].status == "skipped"
+    assert rows[3].errors["household"] == (
+        "Household H1 is imported with its head and primary recipient: row 2 is someone already "
+        "registered, whom this upload skips (upload these rows with 'update' to add them).")
