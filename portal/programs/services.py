@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, aliased, selectinload
 
 from portal.audit.models import AuditEntry
 from portal.audit.services import record, record_many
-from portal.clock import now, today
+from portal.clock import now, today, years_ago
 from portal.errors import DomainError
 from portal.ids import parse_id
 from portal.locations.models import Location
@@ -446,8 +446,8 @@ def find_candidates(session: Session, program: Program, *, scope: Scope, text: s
         return []
     model, column = _subject(program)
     query = select(model).where(model.deleted_at.is_(None), scope.covers(model.location_id))
-    if parse_id(text) is not None:
-        query = query.where(model.id == parse_id(text))
+    if (subject_id := parse_id(text)) is not None:
+        query = query.where(model.id == subject_id)
     elif program.is_group:
         query = query.where(or_(Group.code == text, Group.name.ilike(f"%{text}%")))
     else:
@@ -491,14 +491,6 @@ class Criteria:
         return {k: v for k, v in vars(self).items() if v not in (None, "", [])}
 
 
-def _years_ago(years: int, on: date) -> date:
-    years = max(0, min(years, on.year - 1))  # an age the calendar cannot hold: 0, or born in year 1
-    try:
-        return on.replace(year=on.year - years)
-    except ValueError:  # 29 February
-        return on.replace(year=on.year - years, day=28)
-
-
 def _custom_condition(custom_field: CustomField, op: str, raw: str):
     from portal.registry.validation import _json_column, clean_custom
 
@@ -536,9 +528,9 @@ def _person_conditions(session: Session, criteria: Criteria, person=Individual) 
         conditions.append(person.sex == criteria.sex)
     on = today()
     if criteria.age_min is not None:  # at least age_min years old: born on or before
-        conditions.append(person.birth_date <= _years_ago(criteria.age_min, on))
+        conditions.append(person.birth_date <= years_ago(criteria.age_min, on))
     if criteria.age_max is not None:  # at most age_max: born after (age_max + 1) years ago
-        conditions.append(person.birth_date > _years_ago(criteria.age_max + 1, on))
+        conditions.append(person.birth_date > years_ago(criteria.age_max + 1, on))
     if criteria.custom:
         from portal.registry.validation import active_custom_fields
 
@@ -730,9 +722,9 @@ def beneficiary_query(session: Session, program: Program, *, scope: Scope,
         query = query.where(Individual.sex == filters.sex)
     on = today()
     if filters.age_min is not None:
-        query = query.where(Individual.birth_date <= _years_ago(filters.age_min, on))
+        query = query.where(Individual.birth_date <= years_ago(filters.age_min, on))
     if filters.age_max is not None:
-        query = query.where(Individual.birth_date > _years_ago(filters.age_max + 1, on))
+        query = query.where(Individual.birth_date > years_ago(filters.age_max + 1, on))
     return query
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.orm.exc import StaleDataError
 
-from portal.clock import now, today
+from portal.clock import now, today, years_ago
 from portal.errors import DomainError
 from portal.ids import ID_MAX, parse_id
 from portal.locations.models import Location
@@ -91,18 +91,9 @@ def find_location(session: Session, value) -> Location | None:
         return None
     text = str(value).strip()
     location = session.scalar(select(Location).where(Location.code == text))
-    if location is None and parse_id(text) is not None:
-        location = session.get(Location, parse_id(text))
+    if location is None and (location_id := parse_id(text)) is not None:
+        location = session.get(Location, location_id)
     return location
-
-
-def _years_ago(years: int) -> date:
-    t = today()
-    years = max(0, min(years, t.year - 1))  # an age the calendar cannot hold: 0, or born in year 1
-    try:
-        return t.replace(year=t.year - years)
-    except ValueError:  # 29 February
-        return t.replace(year=t.year - years, day=28)
 
 
 def _int(value) -> int | None:
@@ -140,9 +131,9 @@ def _birth_range(filters: dict) -> tuple[date | None, date | None, bool]:
     lows, highs = [], []
     age_min, age_max = _int(filters.get("age_min")), _int(filters.get("age_max"))
     if age_min is not None:
-        highs.append(_years_ago(age_min))
+        highs.append(years_ago(age_min, today()))
     if age_max is not None:  # aged at most N: born after the day N+1 years ago
-        lows.append(_years_ago(age_max + 1) + timedelta(days=1))
+        lows.append(years_ago(age_max + 1, today()) + timedelta(days=1))
     born_from, born_to = _date(filters.get("born_from")), _date(filters.get("born_to"))
     if born_from:
         lows.append(born_from)
@@ -175,8 +166,9 @@ def visible_location_ids(session: Session, *, scope, filters: dict):
 def _visible_locations_query(scope, code: str):
     query = select(Location.id).where(scope.location_clause())
     if code:
-        named = Location.code == code if parse_id(code) is None else or_(Location.code == code,
-                                                                         Location.id == parse_id(code))
+        location_id = parse_id(code)
+        named = Location.code == code if location_id is None else or_(Location.code == code,
+                                                                      Location.id == location_id)
         root = select(Location.path).where(named).order_by(Location.code != code).limit(1)
         # Paths hold only digits and slashes: nothing to escape in the LIKE pattern.
         query = query.where(Location.path.like(root.scalar_subquery() + "%"))
@@ -230,8 +222,9 @@ def individual_filters(session: Session, *, scope, filters: dict,
     person_id = col(Individual.id)
     group = filters.get("group")
     if group:
-        group_ids = select(Group.id).where(Group.code == group.upper() if parse_id(group) is None
-                                           else or_(Group.code == group, Group.id == parse_id(group)))
+        group_id = parse_id(group)
+        group_ids = select(Group.id).where(Group.code == group.upper() if group_id is None
+                                           else or_(Group.code == group, Group.id == group_id))
         conditions.append(person_id.in_(
             select(GroupMember.individual_id).where(GroupMember.group_id.in_(group_ids))))
     household = filters.get("household")
@@ -759,8 +752,8 @@ def find_person(session: Session, text: str, *, scope) -> Individual:
     text = (text or "").strip()
     person = session.scalar(select(Individual).where(
         Individual.national_id == text.replace(" ", "").upper(), Individual.deleted_at.is_(None)))
-    if person is None and parse_id(text) is not None:
-        person = session.get(Individual, parse_id(text))
+    if person is None and (person_id := parse_id(text)) is not None:
+        person = session.get(Individual, person_id)
     if person is None or person.deleted_at is not None or not scope.allows(person.location):
         raise DomainError(f"No person with the ID or national ID {text or '(empty)'} in your locations.",
                           field="individual")
