@@ -224,7 +224,7 @@ class ProbableDuplicates:
             for other in others:
                 if identified and other[5]:
                     continue
-                if similar_names(first, last, fold(other[3] or ""), fold(other[4] or "")):
+                if similar_names(first, last, other[3] or "", other[4] or ""):  # (it folds them)
                     twins[number] = (other[0], f"{other[3]} {other[4]}", born)
                     break
             same_day.append(row)

@@ -411,8 +411,13 @@ class RowChecker:
 def identity_key(cleaned: dict) -> str:
     """What the probable-duplicate search looks at (names, birth date, village), short: a
     confirmation that a row is no duplicate holds while these stay as they were."""
-    seen = [cleaned.get(k) for k in ("first_name", "middle_name", "last_name", "birth_date", "location_id")]
-    return hashlib.sha256(orjson.dumps(seen)).hexdigest()[:16]
+    return _digest([cleaned.get(k) for k in ("first_name", "middle_name", "last_name", "birth_date",
+                                              "location_id")])
+
+
+def _digest(value) -> str:
+    """A short fingerprint of a JSON-able value, to tell later whether it changed."""
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 def _one_of(session: Session, column, values: list, item_type=Integer):
@@ -918,7 +923,12 @@ def _unmasked(raw: dict, values: dict) -> dict:
 
 def row_version(row: UploadRow) -> str:
     """What an edit form carries of the row it showed, to tell a stale save."""
-    return hashlib.sha256(orjson.dumps(row.raw, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return _digest(row.raw)
+
+
+def _cell_changes(before: dict, after: dict) -> dict:
+    """{field: [before, after]} for the cells that differ, as the audit log keeps them."""
+    return {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
 
 
 def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str, str], *,
@@ -937,7 +947,7 @@ def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str,
     for key, value in _unmasked(row.raw, values).items():
         if key in raw or key in upload.mapping.values():
             raw[key] = (value or "").strip()
-    changes = {k: [row.raw.get(k), v] for k, v in raw.items() if row.raw.get(k) != v}
+    changes = _cell_changes(row.raw, raw)
     row.raw = raw
     recheck_rows(session, upload, [row], scope=scope)
     if changes:
@@ -1078,7 +1088,7 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
             raw = {**row.raw, **_unmasked(row.raw, {name: cells[i] if i < len(cells) else ""
                                                     for i, name in fields})}
             entries.append((upload.id, f"Row {row.row_number}: fixed in a file uploaded back",
-                            {k: [row.raw.get(k), v] for k, v in raw.items() if row.raw.get(k) != v}))
+                            _cell_changes(row.raw, raw)))
             row.raw = raw
         if rows:
             recheck_rows(session, upload, rows, scope=scope)

@@ -269,17 +269,18 @@ def edit_row(upload_id: int, row_number: int):
             services.edit_row(db.session, upload, item, values, scope=scope(),
                               seen=request.form.get("seen"))
         except DomainError as exc:
+            if exc.field != "seen":
+                flash_refusal(exc)
+                return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
+            # The form again, with what was typed, made from the row as it is now.
             db.session.rollback()
-            if exc.field == "seen":  # the form again, with what was typed, made from the row as it is now
-                item = _row(upload, row_number)
-                # Identifiers sent masked are shown as the row masks them now: sent again as
-                # they were, they would no longer match, and replace the value with dots.
-                typed = {k: v for k, v in request.form.items() if not (k in PII_FIELDS and "•" in v)}
-                return render("imports/row_edit.html", partial="imports/_row_form.html", upload=upload,
-                              row=item, cols=grid, shown=_shown, typed=typed,
-                              conflict=exc.message, seen=services.row_version(item))
-            flash_refusal(exc)
-            return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
+            item = _row(upload, row_number)
+            # Identifiers sent masked are shown as the row masks them now: sent again as they
+            # were, they would no longer match, and replace the value with dots.
+            typed = {k: v for k, v in request.form.items() if not (k in PII_FIELDS and "•" in v)}
+            return render("imports/row_edit.html", partial="imports/_row_form.html", upload=upload,
+                          row=item, cols=grid, shown=_shown, typed=typed,
+                          conflict=exc.message, seen=services.row_version(item))
         db.session.commit()
         if not is_fragment_request():
             flash(f"Row {row_number} saved and checked again.", "success")
