@@ -16,6 +16,7 @@ Two ways to find the people born the same day in the same area, chosen by the fi
 """
 from __future__ import annotations
 
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import orjson
@@ -96,6 +97,21 @@ def duplicate_warning(person_id: int, name: str, born: str, others: int, *,
     return f"Probably the same person as #{person_id} {name}, born {born}{more}."[:500]
 
 
+def twin_warning(row_number: int, name: str, born: str) -> str:
+    """What a row that looks like another row of the same file says."""
+    return f"Probably the same person as row {row_number} {name}, born {born}."[:500]
+
+
+_TWIN_ROW = re.compile(r"Probably the same person as row (\d+) ")
+
+
+def twin_row(warning: str | None) -> int | None:
+    """The row a ``twin_warning`` names, so that the warning can be checked again when that
+    row changes or is dropped (None for any other warning)."""
+    found = _TWIN_ROW.match(warning or "")
+    return int(found.group(1)) if found else None
+
+
 class ProbableDuplicates:
     """``add`` each batch's new valid rows as they are checked; ``warnings`` waits for the
     search and returns {row number: warning} for the rows that look registered already, or
@@ -145,8 +161,7 @@ class ProbableDuplicates:
         self._pending.append(self._thread.submit(self._search))
         for job in self._pending:
             job.result()  # in order; re-raises the thread's error here
-        warnings = {number: f"Probably the same person as row {other} {name}, born {born}."[:500]
-                    for number, (other, name, born) in self._twins.items()}
+        warnings = {number: twin_warning(other, name, born) for number, (other, name, born) in self._twins.items()}
         for number, (pid, p_first, p_last, born, others, seen) in self._found.items():
             warnings[number] = duplicate_warning(pid, f"{p_first} {p_last}", str(born)[:10],
                                                  others, outside=not seen)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import orjson
 from flask import current_app
-from sqlalchemy import (ARRAY, Integer, String, bindparam, and_, case, delete, func, literal_column, or_, select,
+from sqlalchemy import (ARRAY, Date, Integer, String, bindparam, and_, case, delete, func, literal_column, or_, select,
                         text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ from portal.errors import DomainError
 from portal.ids import ID_MAX
 from portal.imports import columns as cols_mod
 from portal.imports.columns import parse_yes_no
-from portal.imports.duplicates import ProbableDuplicates, duplicate_warning
+from portal.imports.duplicates import ProbableDuplicates, duplicate_warning, twin_row, twin_warning
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
 from portal.imports.reader_process import ReaderProcess
 from portal.imports.reading import FileProblem, open_table, read_head
@@ -42,6 +42,7 @@ from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import PII_FIELDS, mask
 from portal.registry.exports import without_guard
 from portal.registry.models import Group, GroupMember, Individual, full_name
+from portal.registry.validation import similar_names
 
 BATCH = 5000
 # What a row of people takes in a file, to guess its rows before it is read (the bench's
@@ -405,6 +406,7 @@ class RowChecker:
                 row["warning"] = row["warning_before"]
             elif row.get("not_duplicate") != key:
                 row["warning"] = self.probable_duplicate(cleaned)
+                row["searched"] = True  # (the file's rows are searched after the registry)
         row["status"] = row_status(errors, row["action"], row["warning"])
 
 
@@ -825,11 +827,13 @@ def _editable(upload: Upload) -> None:
                           "validation and before the import.")
 
 
-def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, scope: Scope) -> None:
+def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, scope: Scope,
+                 gone: list[UploadRow] = ()) -> None:
     """Check edited rows again, against the rest of the file and the registry. The other
     rows that have (or had) one of their national IDs or unique custom values are checked
     with them: of the rows sharing a value the first keeps it, each later one is an error,
-    and a row left alone by a fix or a drop loses its "also on row" error."""
+    and a row left alone by a fix or a drop loses its "also on row" error. A row flagged as
+    looking like one of these rows, or like a row ``gone`` (dropped), is searched again."""
     scope = checking_scope(upload, scope)
     checker = RowChecker(session, upload, scope)
     results = checker.clean_many([dict(row.raw) for row in rows])
@@ -839,14 +843,19 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
                                         newest=partners)
         rows = rows + partners
         results += checker.clean_many([dict(row.raw) for row in partners])
+    followers = _flagged_as_like(session, upload, [*rows, *gone], known=[row.id for row in rows])
+    rows = rows + followers
+    results += checker.clean_many([dict(row.raw) for row in followers])
+    search_again = {row.id for row in followers}
     codes: set[str] = set()
     checked = []
     for row, (cleaned, errors) in sorted(zip(rows, results), key=lambda pair: pair[0].row_number):
         codes.add(row.household_code or "")
         # A row checked for look-alikes before (new, no error of its own) keeps what that
-        # check found while its names, birth date and village stay: it also looked at the
-        # file's other rows, which a check of one row does not.
-        searched = row.cleaned and row.action == "new" and not set(row.errors or {}) - {"household"}
+        # check found while its names, birth date and village stay (the search would find
+        # the same), unless the row it was found to look like changed or went.
+        searched = (row.cleaned and row.action == "new" and not set(row.errors or {}) - {"household"}
+                    and row.id not in search_again)
         checked.append({"row": row, "row_number": row.row_number, "cleaned": cleaned,
                         "errors": errors, "not_duplicate": row.not_duplicate,
                         "checked_as": identity_key(row.cleaned) if searched else None,
@@ -862,6 +871,7 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
         checker.settle(item, registered)
     if checker.unique_fields:
         checker.check_unique_custom(checked, {})
+    _look_alikes_in_file(session, upload, checker, checked)
     for item in checked:
         row = item["row"]
         item["status"] = row_status(item["errors"], item["action"], item["warning"])
@@ -881,6 +891,59 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
     for row in rows:
         session.refresh(row)
     upload.counts = summary_counts(session, upload, households=False)
+
+
+def _flagged_as_like(session: Session, upload: Upload, rows: list[UploadRow], *,
+                     known: list[int]) -> list[UploadRow]:
+    """The upload's other rows whose warning says they look like one of ``rows``."""
+    numbers, known = {row.row_number for row in rows}, set(known)
+    return [row for row in session.scalars(select(UploadRow).where(
+        UploadRow.upload_id == upload.id, UploadRow.status == "duplicate"))
+        if twin_row(row.warning) in numbers and row.id not in known]
+
+
+def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, checked: list[dict]) -> None:
+    """Rows just searched in the registry without a find are compared with the file's other
+    new people too, as validation compares every row: born the same day in the same area,
+    with a similar name, and not told apart by a national ID on each. A pair is flagged
+    once, as validation flags it on the later row: a row searched now leaves a later row
+    searched now to find it, and is not flagged for looking like a row already flagged for
+    looking like it."""
+    looking = [item for item in checked if item.get("searched") and not item["warning"]]
+    if not looking:
+        return
+    searching = {item["row_number"] for item in looking}
+    areas = checker.areas()
+    days = sorted({date.fromisoformat(item["cleaned"]["birth_date"]) for item in looking})
+    rechecked = {item["row"].id for item in checked}
+    # (row number, cleaned values, the row's check in this pass or None, its stored warning)
+    others = [(number, cleaned, None, warning) for row_id, number, cleaned, warning in session.execute(
+        select(UploadRow.id, UploadRow.row_number, UploadRow.cleaned, UploadRow.warning).where(
+            UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "duplicate")),
+            UploadRow.action == "new", _one_of(session, UploadRow.birth_date, days, Date)))
+        if row_id not in rechecked]
+    others += [(item["row_number"], item["cleaned"], item, None) for item in checked
+               if item["action"] == "new" and not item["errors"]]
+    born_alike: dict[tuple, list] = {}
+    for other in sorted(others, key=lambda other: other[0]):
+        values = other[1] or {}
+        born_alike.setdefault((values.get("birth_date"), areas.get(values.get("location_id"))), []).append(other)
+    for item in looking:
+        values = item["cleaned"]
+        area = areas.get(values.get("location_id"))
+        same_day = born_alike.get((values["birth_date"], area), []) if area else []
+        for number, other, other_item, warning in same_day:
+            if number == item["row_number"] or (values.get("national_id") and other.get("national_id")):
+                continue
+            if number > item["row_number"] and number in searching:
+                continue
+            if twin_row(other_item["warning"] if other_item else warning) == item["row_number"]:
+                continue
+            if similar_names(values.get("first_name") or "", values.get("last_name") or "",
+                             other.get("first_name") or "", other.get("last_name") or ""):
+                item["warning"] = twin_warning(number, f"{other.get('first_name')} {other.get('last_name')}",
+                                               values["birth_date"])
+                break
 
 
 def _rows_sharing_values(session: Session, upload: Upload, checker: RowChecker,
@@ -967,8 +1030,8 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) 
     scope = checking_scope(upload, scope)
     partners = _rows_sharing_values(session, upload, RowChecker(session, upload, scope), [row],
                                     [row.cleaned or {}])
-    if partners:  # a later row's "also on row" error may go with this row
-        recheck_rows(session, upload, partners, scope=scope)
+    # A later row's "also on row" error, or its "same person as row" warning, may go with this row.
+    recheck_rows(session, upload, partners, scope=scope, gone=[row])
     check_households(session, upload, scope, {row.household_code or ""})
     upload.counts = summary_counts(session, upload, households=False)
 

@@ -401,6 +401,57 @@ def test_a_row_without_a_national_id_is_compared_with_identified_rows_of_earlier
     assert (row.status, row.warning) == ("duplicate", "Probably the same person as row 2 Amina Banda, born 1990-05-17.")
 
 
+TWINS = HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n" + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+ROW_2_LOOK_ALIKE = "Probably the same person as row 2 Amina Banda, born 1990-05-17."
+
+
+def test_a_row_fixed_to_look_like_another_row_of_the_file_is_flagged_as_that_person(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+                        + "Juma,Phiri,M,1990-05-17,,NV2,,,\n")
+    rows = _rows(db_session, upload)
+    assert rows[3].status == "valid"
+    services.edit_row(db_session, upload, rows[3], {"first_name": "Amina", "last_name": "Banda"}, scope=EVERYTHING)
+    assert (rows[3].status, rows[3].warning) == ("duplicate", ROW_2_LOOK_ALIKE)
+    assert (rows[2].status, rows[2].warning) == ("valid", None)
+
+
+def test_a_row_fixed_to_look_like_a_row_with_another_national_id_is_not_flagged(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,A1,NV1,,,\n"
+                        + "Juma,Phiri,M,1990-05-17,A2,NV1,,,\n")
+    row = _rows(db_session, upload)[3]
+    services.edit_row(db_session, upload, row, {"first_name": "Amina", "last_name": "Banda"}, scope=EVERYTHING)
+    assert (row.status, row.warning) == ("valid", None)
+
+
+def test_dropping_the_row_another_row_was_flagged_as_looking_like_clears_that_warning(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, TWINS)
+    rows = _rows(db_session, upload)
+    assert (rows[3].status, rows[3].warning) == ("duplicate", ROW_2_LOOK_ALIKE)
+    services.drop_row(db_session, upload, rows[2], scope=EVERYTHING)
+    rows = _rows(db_session, upload)
+    assert (rows[3].status, rows[3].warning) == ("valid", None)
+    assert upload.counts["duplicates"] == 0
+
+
+def test_renaming_the_row_another_row_was_flagged_as_looking_like_clears_that_warning(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, TWINS)
+    rows = _rows(db_session, upload)
+    services.edit_row(db_session, upload, rows[2], {"first_name": "Zawadi"}, scope=EVERYTHING)
+    rows = _rows(db_session, upload)
+    assert [(rows[n].status, rows[n].warning) for n in (2, 3)] == [("valid", None), ("valid", None)]
+
+
+def test_renaming_the_first_of_two_look_alikes_to_a_similar_name_flags_the_pair_once_with_the_new_name(
+        db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, TWINS)
+    rows = _rows(db_session, upload)
+    services.edit_row(db_session, upload, rows[2], {"first_name": "Aminah"}, scope=EVERYTHING)
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[2].warning) == ("valid", None)
+    assert (rows[3].status, rows[3].warning) == (
+        "duplicate", "Probably the same person as row 2 Aminah Banda, born 1990-05-17.")
+
+
 def test_a_household_waits_when_its_heads_row_breaks_a_household_rule(
         db_session, tmp_path, country, make_individual, make_household):
     from portal.registry.models import Group
