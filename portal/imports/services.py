@@ -629,17 +629,19 @@ def _max_rows() -> int:
 
 
 def check_households(session: Session, upload: Upload, scope: Scope,
-                     codes: set[str] | None = None) -> None:
+                     codes: set[str] | None = None) -> set[int]:
     """One head and at most one primary recipient per household, across the file and the
     registry; a person already in another household cannot join this one, and nobody joins
     a registered household outside ``scope``. Sets or clears each affected row's "household"
     error, for the households with these codes, or (None) for those of freshly staged rows
-    that may break a rule."""
+    that may break a rule. Returns the ids of the rows whose error changed."""
     if codes is None:
         codes = _households_to_check(session, upload)
     codes = sorted(c for c in codes if c)
+    changed: set[int] = set()
     for start in range(0, len(codes), 1000):
-        _check_households(session, upload, scope, set(codes[start:start + 1000]))
+        changed |= _check_households(session, upload, scope, set(codes[start:start + 1000]))
+    return changed
 
 
 def _households_to_check(session: Session, upload: Upload) -> set[str]:
@@ -661,7 +663,7 @@ def _households_to_check(session: Session, upload: Upload) -> set[str]:
     return codes
 
 
-def _check_households(session: Session, upload: Upload, scope: Scope, codes: set[str]) -> None:
+def _check_households(session: Session, upload: Upload, scope: Scope, codes: set[str]) -> set[int]:
     query = select(UploadRow.id, UploadRow.row_number, UploadRow.household_code, UploadRow.role,
                    UploadRow.primary, UploadRow.errors, UploadRow.status, UploadRow.action,
                    UploadRow.warning, UploadRow.individual_id).where(
@@ -671,7 +673,7 @@ def _check_households(session: Session, upload: Upload, scope: Scope, codes: set
     for row in session.execute(query.order_by(UploadRow.row_number)):
         households.setdefault(row.household_code, []).append(row)
     if not households:
-        return
+        return set()
     # code -> (group id, kind, has head, in the upload's area)
     existing: dict[str, tuple[int, str, bool, bool]] = {}
     names = list(households)
@@ -716,6 +718,7 @@ def _check_households(session: Session, upload: Upload, scope: Scope, codes: set
                             "status": row_status(errors, r.action, r.warning)})
     for chunk in _batched(changes, BATCH):
         session.execute(update(UploadRow), chunk)
+    return {change["id"] for change in changes}
 
 
 def _check_household(code: str, group: tuple | None, rows: list, members: dict,
@@ -821,6 +824,15 @@ def get_row(session: Session, upload: Upload, row_number: int) -> UploadRow | No
                                                   UploadRow.row_number == row_number))
 
 
+def rows_by_id(session: Session, upload: Upload, ids: set[int], *, limit: int) -> list[UploadRow]:
+    """At most ``limit`` of these rows of the upload, in row order: the other rows a fix
+    checked again, for the grid to show as they are now."""
+    if not ids:
+        return []
+    return list(session.scalars(select(UploadRow).where(
+        UploadRow.upload_id == upload.id, UploadRow.id.in_(sorted(ids)[:limit])).order_by(UploadRow.row_number)))
+
+
 def _editable(upload: Upload) -> None:
     if upload.status != "validated":
         raise DomainError(f"This upload is {upload.status}; rows can be fixed only after "
@@ -828,12 +840,13 @@ def _editable(upload: Upload) -> None:
 
 
 def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, scope: Scope,
-                 gone: list[UploadRow] = ()) -> None:
+                 gone: list[UploadRow] = ()) -> set[int]:
     """Check edited rows again, against the rest of the file and the registry. The other
     rows that have (or had) one of their national IDs or unique custom values are checked
     with them: of the rows sharing a value the first keeps it, each later one is an error,
     and a row left alone by a fix or a drop loses its "also on row" error. A row flagged as
-    looking like one of these rows, or like a row ``gone`` (dropped), is searched again."""
+    looking like one of these rows, or like a row ``gone`` (dropped), is searched again.
+    Returns the ids of the rows checked, these and the others whose check may have changed."""
     scope = checking_scope(upload, scope)
     checker = RowChecker(session, upload, scope)
     results = checker.clean_many([dict(row.raw) for row in rows])
@@ -886,11 +899,12 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
         row.birth_date = date.fromisoformat(born) if born else None
         codes.add(row.household_code or "")
     session.flush()
-    check_households(session, upload, scope, codes)
+    changed = check_households(session, upload, scope, codes)
     session.flush()
     for row in rows:
         session.refresh(row)
     upload.counts = summary_counts(session, upload, households=False)
+    return changed | {row.id for row in rows}
 
 
 def _flagged_as_like(session: Session, upload: Upload, rows: list[UploadRow], *,
@@ -917,7 +931,7 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
     days = sorted({date.fromisoformat(item["cleaned"]["birth_date"]) for item in looking})
     rechecked = {item["row"].id for item in checked}
     # (row number, cleaned values, the row's check in this pass or None, its stored warning)
-    others = [(number, cleaned, None, warning) for row_id, number, cleaned, warning in session.execute(
+    others = [(number, cleaned or {}, None, warning) for row_id, number, cleaned, warning in session.execute(
         select(UploadRow.id, UploadRow.row_number, UploadRow.cleaned, UploadRow.warning).where(
             UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "duplicate")),
             UploadRow.action == "new", _one_of(session, UploadRow.birth_date, days, Date)))
@@ -926,7 +940,7 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
                if item["action"] == "new" and not item["errors"]]
     born_alike: dict[tuple, list] = {}
     for other in sorted(others, key=lambda other: other[0]):
-        values = other[1] or {}
+        values = other[1]
         born_alike.setdefault((values.get("birth_date"), areas.get(values.get("location_id"))), []).append(other)
     for item in looking:
         values = item["cleaned"]
@@ -995,10 +1009,11 @@ def _cell_changes(before: dict, after: dict) -> dict:
 
 
 def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str, str], *,
-             scope: Scope, seen: str | None = None) -> UploadRow:
+             scope: Scope, seen: str | None = None) -> set[int]:
     """Set cells of a row and check it again. ``seen``: the ``row_version`` the form was
     made from; a row changed since (another tab, another user) is refused with
-    ``field="seen"``, so that one save does not silently undo the other."""
+    ``field="seen"``, so that one save does not silently undo the other. Returns the ids
+    of the other rows checked again with it, whose grid rows may need showing anew."""
     _editable(upload)
     if row.status not in OPEN_STATUSES:
         raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be edited.")
@@ -1012,14 +1027,15 @@ def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str,
             raw[key] = (value or "").strip()
     changes = _cell_changes(row.raw, raw)
     row.raw = raw
-    recheck_rows(session, upload, [row], scope=scope)
+    others = recheck_rows(session, upload, [row], scope=scope) - {row.id}
     if changes:
         record(session, action="edit_row", entity_type="upload", entity_id=upload.id,
                summary=f"Row {row.row_number} edited", changes=changes)
-    return row
+    return others
 
 
-def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) -> None:
+def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) -> set[int]:
+    """Leave a row out of the import; returns the ids of the other rows checked again."""
     _editable(upload)
     if row.status not in OPEN_STATUSES:
         raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be dropped.")
@@ -1031,13 +1047,15 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) 
     partners = _rows_sharing_values(session, upload, RowChecker(session, upload, scope), [row],
                                     [row.cleaned or {}])
     # A later row's "also on row" error, or its "same person as row" warning, may go with this row.
-    recheck_rows(session, upload, partners, scope=scope, gone=[row])
-    check_households(session, upload, scope, {row.household_code or ""})
+    others = recheck_rows(session, upload, partners, scope=scope, gone=[row])
+    others |= check_households(session, upload, scope, {row.household_code or ""})
     upload.counts = summary_counts(session, upload, households=False)
+    return others - {row.id}
 
 
-def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) -> None:
-    """The user says a probable duplicate is a different person."""
+def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) -> set[int]:
+    """The user says a probable duplicate is a different person; returns the ids of the
+    other rows of its household checked again."""
     _editable(upload)
     if row.status != "duplicate":
         raise DomainError(f"Row {row.row_number} is not a probable duplicate.")
@@ -1047,10 +1065,12 @@ def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scop
     row.not_duplicate = identity_key(row.cleaned or {})
     row.status = row_status(row.errors or {}, row.action, None)
     session.flush()
+    others: set[int] = set()
     if row.household_code:  # its household may have waited on this row
-        check_households(session, upload, checking_scope(upload, scope), {row.household_code})
+        others = check_households(session, upload, checking_scope(upload, scope), {row.household_code})
         session.refresh(row)
     upload.counts = summary_counts(session, upload, households=False)
+    return others - {row.id}
 
 
 def replace_in_column(session: Session, upload: Upload, *, field: str, find: str, replace: str,

@@ -18,6 +18,9 @@ from portal.web import (can, flash_refusal, form_refusal, htmx_redirect, int_arg
                         queue_job, render, require, scope, sweep_if_running)
 
 EXTENSIONS = (".csv", ".xlsx", ".txt", ".tsv")
+# Other rows a fix changed (a household waiting on its head, a row sharing a national ID or
+# looking like this one), swapped into the grid with it; a few, so the fragment stays small.
+ROWS_SHOWN_AGAIN = 20
 
 
 def page_args(page: int) -> str:
@@ -266,8 +269,8 @@ def edit_row(upload_id: int, row_number: int):
     if request.method == "POST":
         values = {c.name: request.form.get(c.name, "") for c in grid if c.name in request.form}
         try:
-            services.edit_row(db.session, upload, item, values, scope=scope(),
-                              seen=request.form.get("seen"))
+            others = services.edit_row(db.session, upload, item, values, scope=scope(),
+                                       seen=request.form.get("seen"))
         except DomainError as exc:
             if exc.field != "seen":
                 flash_refusal(exc)
@@ -285,12 +288,19 @@ def edit_row(upload_id: int, row_number: int):
         if not is_fragment_request():
             flash(f"Row {row_number} saved and checked again.", "success")
             return redirect(url_for("imports.rows", upload_id=upload.id))
-        return render("imports/_row.html", upload=upload, row=item, cols=grid, shown=_shown,
-                      editable=True)
+        return _checked_rows(upload, item, others)
     if upload.status != "validated" or item.status not in services.OPEN_STATUSES:
         abort(409)
     return render("imports/row_edit.html", partial="imports/_row_form.html", upload=upload,
                   row=item, cols=grid, shown=_shown, seen=services.row_version(item))
+
+
+def _checked_rows(upload, row, others: set[int]):
+    """The grid row a fix was made on (None: dropped, it leaves the grid), and out of band
+    the other rows the fix checked again, as they are now."""
+    return render("imports/_rows_checked.html", upload=upload, row=row, cols=_grid_columns(upload),
+                  shown=_shown, editable=True,
+                  others=services.rows_by_id(db.session, upload, others, limit=ROWS_SHOWN_AGAIN))
 
 
 @bp.route("/<int:upload_id>/rows/<int:row_number>/drop", methods=["POST"])
@@ -299,13 +309,13 @@ def drop_row(upload_id: int, row_number: int):
     upload = _upload(upload_id)
     item = _row(upload, row_number)
     try:
-        services.drop_row(db.session, upload, item, scope=scope())
+        others = services.drop_row(db.session, upload, item, scope=scope())
     except DomainError as exc:
         flash_refusal(exc)
         return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
     db.session.commit()
     if is_fragment_request():
-        return ""
+        return _checked_rows(upload, None, others)
     flash(f"Row {row_number} dropped.", "success")
     return redirect(url_for("imports.rows", upload_id=upload.id))
 
@@ -316,14 +326,13 @@ def confirm_row(upload_id: int, row_number: int):
     upload = _upload(upload_id)
     item = _row(upload, row_number)
     try:
-        services.confirm_row(db.session, upload, item, scope=scope())
+        others = services.confirm_row(db.session, upload, item, scope=scope())
     except DomainError as exc:
         flash_refusal(exc)
         return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
     db.session.commit()
     if is_fragment_request():
-        return render("imports/_row.html", upload=upload, row=item, cols=_grid_columns(upload),
-                      shown=_shown, editable=True)
+        return _checked_rows(upload, item, others)
     return redirect(url_for("imports.rows", upload_id=upload.id))
 
 

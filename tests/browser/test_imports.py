@@ -64,3 +64,27 @@ def test_an_officer_fixes_a_file_in_the_grid_imports_it_and_finds_the_people(
     results = page.locator("main")
     for name in ("Tiyamike", "Kondwani", "Limbani", "Chisomo"):
         expect(results).to_contain_text(name)
+
+
+def test_fixing_a_heads_row_in_the_grid_shows_the_member_waiting_for_it_fixed_too(
+        page, browser_login, live_server, country, tmp_path):
+    from playwright.sync_api import expect
+
+    path = tmp_path / "banda family.csv"
+    path.write_text(HEADER + "Mercy,Banda,Q,1980-03-04,,NV1,BHH9,head,yes\n"
+                    + "Juma,Banda,M,2010-05-06,,NV1,BHH9,child,no\n")
+    browser_login(page, "field_officer", [country["N"]])
+    page.goto(f"{live_server}/imports/new")
+    page.set_input_files("input[name=file]", str(path))
+    page.get_by_role("button", name="Upload and check").click()
+    expect(page.locator("#upload-status")).to_have_attribute("data-status", "validated", timeout=30_000)
+    page.get_by_role("link", name="Fix 2 row(s)").click()
+    expect(page.locator("#row-3")).to_have_attribute("data-status", "error")  # waits for its head
+
+    page.locator("#row-2").get_by_role("button", name="Edit").click()
+    page.locator("#row-2 input[name=sex]").fill("F")
+    page.locator("#row-2").get_by_role("button", name="Save").click()
+    expect(page.locator("#row-2")).to_have_attribute("data-status", "valid")
+    # Swapped out of band in the same answer, without reloading the page.
+    expect(page.locator("#row-3")).to_have_attribute("data-status", "valid")
+    expect(page.locator("#upload-grid tbody tr")).to_have_count(2)

@@ -123,6 +123,27 @@ def test_editing_a_row_inline_checks_it_again(client, login, db_session, tmp_pat
     assert db_session.get(Upload, upload.id).counts["valid"] == 1
 
 
+def test_fixing_a_households_head_shows_its_waiting_members_row_fixed_too(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Tiyamike,Zimba,Q,1985-04-02,,NV1,H1,head,yes\n"
+                        + "Kondwani,Zimba,M,2012-07-09,,NV1,H1,child,no\n")
+    page = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert '<tr id="row-3" data-status="error">' in page  # waits for its head's row
+    html = client.htmx("post", f"/imports/{upload.id}/rows/2/edit", data={"sex": "F"}).get_data(as_text=True)
+    assert '<tr id="row-2" data-status="valid">' in html
+    assert '<tr id="row-3" data-status="valid" hx-swap-oob="true">' in html
+
+
+def test_dropping_a_row_shows_the_row_that_looked_like_it_again_without_its_warning(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+                        + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    html = client.htmx("post", f"/imports/{upload.id}/rows/2/drop").get_data(as_text=True)
+    assert '<tr id="row-3" data-status="valid" hx-swap-oob="true">' in html
+    assert 'id="row-2"' not in html  # the dropped row leaves the grid
+
+
 def test_a_row_can_be_dropped_from_the_grid(client, login, db_session, tmp_path, country):
     user = login("field_officer", [country["N"]])
     upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
