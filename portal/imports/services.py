@@ -33,7 +33,8 @@ from portal.errors import DomainError
 from portal.ids import ID_MAX
 from portal.imports import columns as cols_mod
 from portal.imports.columns import parse_yes_no
-from portal.imports.duplicates import ProbableDuplicates, duplicate_warning, twin_row, twin_warning
+from portal.imports.duplicates import (IN_FILE_ALL_PAIRS, ProbableDuplicates, duplicate_warning, twin_row,
+                                      twin_warning)
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
 from portal.imports.reader_process import ReaderProcess
 from portal.imports.reading import FileProblem, open_table, read_head
@@ -42,7 +43,7 @@ from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import PII_FIELDS, mask
 from portal.registry.exports import without_guard
 from portal.registry.models import Group, GroupMember, Individual, full_name
-from portal.registry.validation import similar_names
+from portal.registry.validation import fold, similar_names
 
 BATCH = 5000
 # What a row of people takes in a file, to guess its rows before it is read (the bench's
@@ -938,14 +939,22 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
         if row_id not in rechecked]
     others += [(item["row_number"], item["cleaned"], item, None) for item in checked
                if item["action"] == "new" and not item["errors"]]
-    born_alike: dict[tuple, list] = {}
+    born_alike: dict[tuple, list] = {}  # (birth date, area) -> its rows, in row order
+    named: dict[tuple, list] = {}  # ... and by (birth date, area, surname, first 3 letters)
     for other in sorted(others, key=lambda other: other[0]):
         values = other[1]
-        born_alike.setdefault((values.get("birth_date"), areas.get(values.get("location_id"))), []).append(other)
+        day = (values.get("birth_date"), areas.get(values.get("location_id")))
+        born_alike.setdefault(day, []).append(other)
+        first, last = fold(values.get("first_name") or ""), fold(values.get("last_name") or "")
+        named.setdefault((*day, last, first[:3]), []).append(other)
     for item in looking:
         values = item["cleaned"]
-        area = areas.get(values.get("location_id"))
-        same_day = born_alike.get((values["birth_date"], area), []) if area else []
+        day = (values["birth_date"], areas.get(values.get("location_id")))
+        same_day = born_alike.get(day, []) if day[1] else []
+        if len(same_day) >= IN_FILE_ALL_PAIRS:  # a crowd, compared as validation compares it
+            first, last = fold(values.get("first_name") or ""), fold(values.get("last_name") or "")
+            same_day = sorted(named.get((*day, last, first[:3]), []) + named.get((*day, first, last[:3]), []),
+                              key=lambda other: other[0])
         for number, other, other_item, warning in same_day:
             if number == item["row_number"] or (values.get("national_id") and other.get("national_id")):
                 continue

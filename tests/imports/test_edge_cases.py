@@ -510,6 +510,16 @@ def test_in_a_crowd_born_the_same_day_a_row_is_still_matched_with_its_twin(db_se
     assert twin.warning == "Probably the same person as row 2 Amina Banda, born 1980-01-01."
 
 
+def test_in_a_crowd_born_the_same_day_a_row_fixed_to_look_like_another_is_flagged(db_session, tmp_path, country):
+    crowd = "".join(f"P{i}x{'abcdefghij'[i % 10]}{i},Family{i},M,1980-01-01,,NV1,,,\n" for i in range(80))
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1980-01-01,,NV1,,,\n" + crowd
+                        + "Juma,Phiri,M,1980-01-01,,NV1,,,\n")
+    row = _rows(db_session, upload)[83]
+    assert (row.status, row.warning) == ("valid", None)
+    services.edit_row(db_session, upload, row, {"first_name": "Aminata", "last_name": "Banda"}, scope=EVERYTHING)
+    assert (row.status, row.warning) == ("duplicate", "Probably the same person as row 2 Amina Banda, born 1980-01-01.")
+
+
 def test_a_household_whose_head_is_skipped_as_registered_says_so(db_session, tmp_path, country, make_individual):
     make_individual("Amina", "Banda", national_id="A100", location=country["NV1"])
     db_session.commit()
