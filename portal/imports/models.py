@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from sqlalchemy import (JSON, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, String,
-                        UniqueConstraint, func)
+                        UniqueConstraint, func, text)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.extensions import db
@@ -73,6 +73,11 @@ class UploadRow(db.Model):
         Index("ix_upload_row_upload_id_household_code", "upload_id", "household_code"),
         # Deleting a person looks here (ON DELETE SET NULL).
         Index("ix_upload_row_individual_id", "individual_id"),
+        # A fixed row is compared with the rows of its file born the same day, and the rows
+        # flagged as looking like it are found again.
+        Index("ix_upload_row_upload_id_birth_date", "upload_id", "birth_date"),
+        Index("ix_upload_row_upload_id_twin_row", "upload_id", "twin_row",
+              sqlite_where=text("twin_row IS NOT NULL"), postgresql_where=text("twin_row IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -93,6 +98,8 @@ class UploadRow(db.Model):
         ForeignKey("individual.id", ondelete="SET NULL"))
     # Confirmed "not a duplicate": the identity_key of the row the user saw when they said so.
     not_duplicate: Mapped[str | None] = mapped_column(String(16))
+    # The row of the same file this row's warning says it looks like (duplicates.twin_warning).
+    twin_row: Mapped[int | None] = mapped_column(Integer)
 
 
 class SavedMapping(db.Model):

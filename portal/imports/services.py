@@ -368,6 +368,13 @@ class RowChecker:
             return None
         return set(self.session.scalars(self.scope.location_ids()))
 
+    def areas_of(self, location_ids: set) -> dict[int, str]:
+        """``areas`` for these locations only: a fix compares a few rows, and reading every
+        location of the country for them cost more than the comparison."""
+        area_path, ids = self.validation.area_path, sorted(i for i in location_ids if type(i) is int)
+        return {lid: area_path(Location(path=path)) for lid, path in self.session.execute(
+            select(Location.id, Location.path).where(_one_of(self.session, Location.id, ids)))}
+
     def areas(self) -> dict[int, str]:
         """location id -> the area ("same district") its people are compared within."""
         if self._areas is None:
@@ -612,9 +619,9 @@ def _flag_probable_duplicates(session: Session, upload_id: int, warnings: dict[i
     if not warnings:
         return
     session.execute(text(
-        "UPDATE upload_row SET status = 'duplicate', warning = :warning "
+        "UPDATE upload_row SET status = 'duplicate', warning = :warning, twin_row = :twin "
         "WHERE upload_id = :upload AND row_number = :number AND status = 'valid'"),
-        [{"upload": upload_id, "number": n, "warning": w} for n, w in warnings.items()])
+        [{"upload": upload_id, "number": n, "warning": w, "twin": twin_row(w)} for n, w in warnings.items()])
 
 
 def _analyze_staged_rows(session: Session) -> None:
@@ -891,6 +898,7 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
         item["status"] = row_status(item["errors"], item["action"], item["warning"])
         row.cleaned, row.errors = item["cleaned"], item["errors"]
         row.status, row.action, row.warning = item["status"], item["action"], item["warning"]
+        row.twin_row = twin_row(item["warning"])
         row.individual_id = item["individual_id"]
         row.national_id = _fitting(item["cleaned"].get("national_id"))
         row.household_code = _fitting(item["cleaned"].get("household_code"))
@@ -910,38 +918,68 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
 
 def _flagged_as_like(session: Session, upload: Upload, rows: list[UploadRow], *,
                      known: list[int]) -> list[UploadRow]:
-    """The upload's other rows whose warning says they look like one of ``rows``."""
-    numbers, known = {row.row_number for row in rows}, set(known)
+    """The upload's other open rows whose warning says they look like one of ``rows``."""
+    numbers, known = sorted({row.row_number for row in rows}), set(known)
+    if not numbers:
+        return []
     return [row for row in session.scalars(select(UploadRow).where(
-        UploadRow.upload_id == upload.id, UploadRow.status == "duplicate"))
-        if twin_row(row.warning) in numbers and row.id not in known]
+        UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES),
+        _one_of(session, UploadRow.twin_row, numbers))) if row.id not in known]
+
+
+# A fix searching for look-alikes in a day this crowded (a file that gives everyone 1 January)
+# asks for the rows with its names only, unless it is one of many rows searched at once.
+CROWDED_DAY = IN_FILE_ALL_PAIRS
+MANY_IN_A_CROWD = 10
 
 
 def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, checked: list[dict]) -> None:
     """Rows just searched in the registry without a find are compared with the file's other
     new people too, as validation compares every row: born the same day in the same area,
-    with a similar name, and not told apart by a national ID on each. A pair is flagged
-    once, as validation flags it on the later row: a row searched now leaves a later row
-    searched now to find it, and is not flagged for looking like a row already flagged for
+    with a similar name, and not told apart by a national ID on each; in a day of 50 rows
+    or more, only rows with the same surname and first letters of the first name (or the two
+    swapped), as validation does. When both rows of a pair are searched now the later one is
+    flagged, as validation does; a row searched now that looks like a later row left as it
+    is gets flagged itself. A row is not flagged for looking like a row already flagged for
     looking like it."""
-    looking = [item for item in checked if item.get("searched") and not item["warning"]]
+    looking = [item for item in checked
+               if item.get("searched") and not item["warning"] and not item["errors"]]
     if not looking:
         return
     searching = {item["row_number"] for item in looking}
-    areas = checker.areas()
-    days = sorted({date.fromisoformat(item["cleaned"]["birth_date"]) for item in looking})
     rechecked = {item["row"].id for item in checked}
+    days: dict[date, list[dict]] = {}
+    for item in looking:
+        days.setdefault(date.fromisoformat(item["cleaned"]["birth_date"]), []).append(item)
+    sizes = dict(session.execute(select(UploadRow.birth_date, func.count()).where(
+        UploadRow.upload_id == upload.id, _one_of(session, UploadRow.birth_date, sorted(days), Date))
+        .group_by(UploadRow.birth_date)).all())
+    read_whole = [day for day, items in days.items()
+                  if sizes.get(day, 0) < CROWDED_DAY or len(items) > MANY_IN_A_CROWD]
+    new_people = select(UploadRow.id, UploadRow.row_number, UploadRow.cleaned, UploadRow.warning,
+                        UploadRow.errors).where(
+        UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "duplicate", "error")),
+        UploadRow.action == "new")
+    found = list(session.execute(new_people.where(_one_of(session, UploadRow.birth_date, read_whole, Date))))
+    name_key = UploadRow.cleaned["name_key"].as_string()
+    for day in set(days) - set(read_whole):  # a crowd, and a few of its rows searched
+        for item in days[day]:
+            first, last = fold(item["cleaned"].get("first_name") or ""), fold(item["cleaned"].get("last_name") or "")
+            found += session.execute(new_people.where(
+                UploadRow.birth_date == day,
+                or_(name_key.startswith(f"{last} {first[:3]}", autoescape=True),
+                    name_key.startswith(f"{first} {last[:3]}", autoescape=True))))
     # (row number, cleaned values, the row's check in this pass or None, its stored warning)
-    others = [(number, cleaned or {}, None, warning) for row_id, number, cleaned, warning in session.execute(
-        select(UploadRow.id, UploadRow.row_number, UploadRow.cleaned, UploadRow.warning).where(
-            UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "duplicate")),
-            UploadRow.action == "new", _one_of(session, UploadRow.birth_date, days, Date)))
-        if row_id not in rechecked]
-    others += [(item["row_number"], item["cleaned"], item, None) for item in checked
-               if item["action"] == "new" and not item["errors"]]
+    others = {number: (number, cleaned or {}, None, warning)
+              for row_id, number, cleaned, warning, errors in found
+              if row_id not in rechecked and not set(errors or {}) - {"household"}}
+    others.update({item["row_number"]: (item["row_number"], item["cleaned"], item, None) for item in checked
+                   if item["action"] == "new" and not item["errors"]})
+    areas = checker.areas_of({other[1].get("location_id") for other in others.values()})
     born_alike: dict[tuple, list] = {}  # (birth date, area) -> its rows, in row order
     named: dict[tuple, list] = {}  # ... and by (birth date, area, surname, first 3 letters)
-    for other in sorted(others, key=lambda other: other[0]):
+    for number in sorted(others):
+        other = others[number]
         values = other[1]
         day = (values.get("birth_date"), areas.get(values.get("location_id")))
         born_alike.setdefault(day, []).append(other)
@@ -1055,8 +1093,10 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) 
     scope = checking_scope(upload, scope)
     partners = _rows_sharing_values(session, upload, RowChecker(session, upload, scope), [row],
                                     [row.cleaned or {}])
-    # A later row's "also on row" error, or its "same person as row" warning, may go with this row.
-    others = recheck_rows(session, upload, partners, scope=scope, gone=[row])
+    others: set[int] = set()
+    # A later row's "also on row" error, or a "same person as row" warning, may go with this row.
+    if partners or _flagged_as_like(session, upload, [row], known=[row.id]):
+        others = recheck_rows(session, upload, partners, scope=scope, gone=[row])
     others |= check_households(session, upload, scope, {row.household_code or ""})
     upload.counts = summary_counts(session, upload, households=False)
     return others - {row.id}
@@ -1070,7 +1110,7 @@ def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scop
         raise DomainError(f"Row {row.row_number} is not a probable duplicate.")
     record(session, action="confirm", entity_type="upload", entity_id=upload.id,
            summary=f"Row {row.row_number} is not a duplicate", changes={"warning": row.warning})
-    row.warning = None
+    row.warning = row.twin_row = None
     row.not_duplicate = identity_key(row.cleaned or {})
     row.status = row_status(row.errors or {}, row.action, None)
     session.flush()

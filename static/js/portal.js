@@ -20,3 +20,11 @@ document.addEventListener("click", function (event) {
     event.stopPropagation();
   }
 }, true);
+document.addEventListener("htmx:oobBeforeSwap", function (event) {
+  // A grid row swapped in because a fix changed it keeps an edit form someone has open on
+  // it, with what they typed: saving the form shows the row as it is then.
+  var target = event.detail.target;
+  if (target && target.classList && target.classList.contains("editing")) {
+    event.detail.shouldSwap = false;
+  }
+});

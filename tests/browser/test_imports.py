@@ -88,3 +88,26 @@ def test_fixing_a_heads_row_in_the_grid_shows_the_member_waiting_for_it_fixed_to
     # Swapped out of band in the same answer, without reloading the page.
     expect(page.locator("#row-3")).to_have_attribute("data-status", "valid")
     expect(page.locator("#upload-grid tbody tr")).to_have_count(2)
+
+
+def test_a_row_being_edited_keeps_its_form_when_a_fix_elsewhere_changes_it(
+        page, browser_login, live_server, country, tmp_path):
+    from playwright.sync_api import expect
+
+    path = tmp_path / "phiri family.csv"
+    path.write_text(HEADER + "Grace,Phiri,Q,1981-03-04,,NV1,BHH8,head,yes\n"
+                    + "Imani,Phiri,M,2011-05-06,,NV1,BHH8,child,no\n")
+    browser_login(page, "field_officer", [country["N"]])
+    page.goto(f"{live_server}/imports/new")
+    page.set_input_files("input[name=file]", str(path))
+    page.get_by_role("button", name="Upload and check").click()
+    expect(page.locator("#upload-status")).to_have_attribute("data-status", "validated", timeout=30_000)
+    page.get_by_role("link", name="Fix 2 row(s)").click()
+
+    page.locator("#row-3").get_by_role("button", name="Edit").click()
+    page.locator("#row-3 input[name=first_name]").fill("Imanuel")  # typed, not saved yet
+    page.locator("#row-2").get_by_role("button", name="Edit").click()
+    page.locator("#row-2 input[name=sex]").fill("F")
+    page.locator("#row-2").get_by_role("button", name="Save").click()
+    expect(page.locator("#row-2")).to_have_attribute("data-status", "valid")
+    expect(page.locator("#row-3 input[name=first_name]")).to_have_value("Imanuel")

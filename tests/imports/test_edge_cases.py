@@ -32,7 +32,7 @@ def _validated(db_session, tmp_path, user, text, *, policy="error", program_id=N
 def _rows(db_session, upload) -> dict[int, UploadRow]:
     db_session.expire_all()
     return {r.row_number: r for r in db_session.scalars(
-        select(UploadRow).where(UploadRow.upload_id == upload.id))}
+        select(UploadRow).where(UploadRow.upload_id == upload.id).order_by(UploadRow.row_number))}
 
 
 def _reupload(client, upload, text: str):
@@ -450,6 +450,40 @@ def test_renaming_the_first_of_two_look_alikes_to_a_similar_name_flags_the_pair_
     assert (rows[2].status, rows[2].warning) == ("valid", None)
     assert (rows[3].status, rows[3].warning) == (
         "duplicate", "Probably the same person as row 2 Aminah Banda, born 1990-05-17.")
+
+
+def test_a_look_alike_warning_held_by_a_row_waiting_for_its_head_goes_with_the_row_it_named(
+        db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+                        + "Mercy,Banda,Q,1980-03-04,,NV1,H1,head,yes\n" + "Amina,Banda,F,1990-05-17,,NV1,H1,child,no\n")
+    rows = _rows(db_session, upload)
+    assert (rows[4].status, rows[4].warning) == ("error", ROW_2_LOOK_ALIKE)  # and waits for its head
+    services.drop_row(db_session, upload, rows[2], scope=EVERYTHING)
+    services.edit_row(db_session, upload, _rows(db_session, upload)[3], {"sex": "F"}, scope=EVERYTHING)
+    rows = _rows(db_session, upload)
+    assert (rows[4].status, rows[4].warning) == ("valid", None)
+
+
+def test_a_row_fixed_to_look_like_a_row_waiting_for_its_head_is_flagged(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Mercy,Banda,Q,1980-03-04,,NV1,H1,head,yes\n"
+                        + "Amina,Banda,F,1990-05-17,,NV1,H1,child,no\n" + "Juma,Phiri,M,1990-05-17,,NV1,,,\n")
+    rows = _rows(db_session, upload)
+    assert rows[3].status == "error" and set(rows[3].errors) == {"household"}
+    services.edit_row(db_session, upload, rows[4], {"first_name": "Amina", "last_name": "Banda", "sex": "F"},
+                      scope=EVERYTHING)
+    assert (rows[4].status, rows[4].warning) == (
+        "duplicate", "Probably the same person as row 3 Amina Banda, born 1990-05-17.")
+
+
+def test_fixing_a_row_that_looks_like_a_later_row_flags_the_fixed_row(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,Q,1990-05-17,,NV1,,,\n"
+                        + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    rows = _rows(db_session, upload)
+    services.edit_row(db_session, upload, rows[2], {"sex": "F"}, scope=EVERYTHING)
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[2].warning) == (
+        "duplicate", "Probably the same person as row 3 Amina Banda, born 1990-05-17.")
+    assert (rows[3].status, rows[3].warning) == ("valid", None)
 
 
 def test_a_household_waits_when_its_heads_row_breaks_a_household_rule(
