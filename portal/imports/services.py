@@ -956,12 +956,16 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
         .group_by(UploadRow.birth_date)).all())
     read_whole = [day for day, items in days.items()
                   if sizes.get(day, 0) < CROWDED_DAY or len(items) > MANY_IN_A_CROWD]
-    new_people = select(UploadRow.id, UploadRow.row_number, UploadRow.cleaned, UploadRow.warning,
-                        UploadRow.errors).where(
+    # Only what the comparison needs, taken out of the rows' JSON by the database.
+    cleaned = UploadRow.cleaned
+    new_people = select(UploadRow.id, UploadRow.row_number, UploadRow.twin_row, UploadRow.errors,
+                        cleaned["first_name"].as_string(), cleaned["last_name"].as_string(),
+                        cleaned["national_id"].as_string(), cleaned["location_id"].as_integer(),
+                        UploadRow.birth_date).where(
         UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "duplicate", "error")),
         UploadRow.action == "new")
     found = list(session.execute(new_people.where(_one_of(session, UploadRow.birth_date, read_whole, Date))))
-    name_key = UploadRow.cleaned["name_key"].as_string()
+    name_key = cleaned["name_key"].as_string()
     for day in set(days) - set(read_whole):  # a crowd, and a few of its rows searched
         for item in days[day]:
             first, last = fold(item["cleaned"].get("first_name") or ""), fold(item["cleaned"].get("last_name") or "")
@@ -969,9 +973,10 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
                 UploadRow.birth_date == day,
                 or_(name_key.startswith(f"{last} {first[:3]}", autoescape=True),
                     name_key.startswith(f"{first} {last[:3]}", autoescape=True))))
-    # (row number, cleaned values, the row's check in this pass or None, its stored warning)
-    others = {number: (number, cleaned or {}, None, warning)
-              for row_id, number, cleaned, warning, errors in found
+    # (row number, cleaned values, the row's check in this pass or None, the row it looks like)
+    others = {number: (number, {"first_name": first, "last_name": last, "national_id": nid,
+                                "location_id": village, "birth_date": born.isoformat()}, None, twin)
+              for row_id, number, twin, errors, first, last, nid, village, born in found
               if row_id not in rechecked and not set(errors or {}) - {"household"}}
     others.update({item["row_number"]: (item["row_number"], item["cleaned"], item, None) for item in checked
                    if item["action"] == "new" and not item["errors"]})
@@ -993,12 +998,12 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
             first, last = fold(values.get("first_name") or ""), fold(values.get("last_name") or "")
             same_day = sorted(named.get((*day, last, first[:3]), []) + named.get((*day, first, last[:3]), []),
                               key=lambda other: other[0])
-        for number, other, other_item, warning in same_day:
+        for number, other, other_item, twin in same_day:
             if number == item["row_number"] or (values.get("national_id") and other.get("national_id")):
                 continue
             if number > item["row_number"] and number in searching:
                 continue
-            if twin_row(other_item["warning"] if other_item else warning) == item["row_number"]:
+            if (twin_row(other_item["warning"]) if other_item else twin) == item["row_number"]:
                 continue
             if similar_names(values.get("first_name") or "", values.get("last_name") or "",
                              other.get("first_name") or "", other.get("last_name") or ""):
