@@ -1164,11 +1164,22 @@ def replace_in_column(session: Session, upload: Upload, *, field: str, find: str
                                 {field: [row.raw.get(field), value]}))
                 row.raw = {**row.raw, field: value}
                 changed.append(row)
+    _within_fix_limit(len(changed), "This would change")
     for chunk in _batched(changed, 500):
         recheck_rows(session, upload, chunk, scope=scope)
     record_many(session, action="replace", entity_type="upload", entries=entries,
                 actor_id=session.info.get("actor_id"))
     return len(changed)
+
+
+def _within_fix_limit(rows: int, saying: str) -> None:
+    """A fix that would change more rows than the page can check again in time is refused
+    before it changes any (the caller rolls back what it read): the file is the place to fix
+    so many, and a new upload checks it in the background."""
+    limit = current_app.config["UPLOAD_FIX_MAX_ROWS"]
+    if rows > limit:
+        raise DomainError(f"{saying} {rows:,} rows; a fix here checks at most {limit:,} rows at once. "
+                          "Fix so many rows in the file itself and upload it again as a new upload.")
 
 
 def problem_rows_for_download(session: Session, upload: Upload):
@@ -1220,6 +1231,7 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
             UploadRow.upload_id == upload.id, UploadRow.row_number.in_(list(numbers)),
             UploadRow.status.in_(OPEN_STATUSES))))
         unknown += len(numbers) - len(rows)
+        _within_fix_limit(updated + len(rows), "This file changes at least")
         for row in rows:
             cells = numbers[row.row_number]
             raw = {**row.raw, **_unmasked(row.raw, {name: cells[i] if i < len(cells) else ""

@@ -164,6 +164,35 @@ def test_find_and_replace_in_a_column_fixes_many_rows(client, login, db_session,
     assert "2 cell(s) replaced" in page and "No row is left to fix." in page
 
 
+def test_a_find_and_replace_over_more_rows_than_a_page_can_check_is_refused_and_changes_nothing(
+        app, monkeypatch, client, login, db_session, tmp_path, country):
+    monkeypatch.setitem(app.config, "UPLOAD_FIX_MAX_ROWS", 1)
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "A,B,F,1990-05-17,,north-1,,,\n"
+                        + "C,D,F,1990-05-17,,North-1,,,\n")
+    response = client.post(f"/imports/{upload.id}/replace", data={"field": "location", "find": "north-1",
+                                                                  "replace": "NV1"})
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "This would change 2 rows; a fix here checks at most 1 rows at once." in page
+    db_session.expire_all()
+    assert sorted(r.raw["location"] for r in db_session.scalars(select(UploadRow))) == ["North-1", "north-1"]
+
+
+def test_a_file_of_fixes_for_more_rows_than_a_page_can_check_is_refused_and_changes_nothing(
+        app, monkeypatch, client, login, db_session, tmp_path, country):
+    monkeypatch.setitem(app.config, "UPLOAD_FIX_MAX_ROWS", 1)
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n"
+                        + "Ali,Banda,Q,1991-05-17,,NV1,,,\n")
+    fixed = "Row,First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n" \
+            "2,Juma,Banda,M,1990-05-17,,NV1,,,\n3,Ali,Banda,M,1991-05-17,,NV1,,,\n"
+    response = client.post(f"/imports/{upload.id}/reupload", data={"file": (io.BytesIO(fixed.encode()), "fixed.csv")},
+                           content_type="multipart/form-data")
+    assert "This file changes at least 2 rows" in client.get(response.headers["Location"]).get_data(as_text=True)
+    db_session.expire_all()
+    assert [r.status for r in db_session.scalars(select(UploadRow))] == ["error", "error"]
+
+
 def test_rows_to_fix_download_with_an_error_column_and_inert_formulas(client, login, db_session, tmp_path, country):
     user = login("field_officer", [country["N"]])
     upload = _validated(db_session, tmp_path, user, HEADER + "=cmd(),Banda,Q,1990-05-17,,NV1,,,\n")
