@@ -1,6 +1,7 @@
 """A staged row flagged as looking like another row of its file names that row in a column
-of its own, so that the warning is checked again when that row changes or is dropped; and
-a fixed row is compared with the rows of its file born the same day through an index.
+of its own, so that the warning is checked again when that row changes or is dropped.
+(Indexed for the few rows that have one: an index of every row's birth date, to find a fixed
+row's look-alikes, made validating 100,000 rows 0.8 s slower, more than scanning costs a fix.)
 
 Revision ID: 0011
 Revises: 0010
@@ -19,11 +20,9 @@ def upgrade():
     op.create_index("ix_upload_row_upload_id_twin_row", "upload_row", ["upload_id", "twin_row"],
                     sqlite_where=sa.text("twin_row IS NOT NULL"),
                     postgresql_where=sa.text("twin_row IS NOT NULL"))
-    op.create_index("ix_upload_row_upload_id_birth_date", "upload_row", ["upload_id", "birth_date"])
 
 
 def downgrade():
-    op.drop_index("ix_upload_row_upload_id_birth_date", table_name="upload_row")
     op.drop_index("ix_upload_row_upload_id_twin_row", table_name="upload_row")
     with op.batch_alter_table("upload_row") as batch:
         batch.drop_column("twin_row")

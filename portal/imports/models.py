@@ -73,9 +73,7 @@ class UploadRow(db.Model):
         Index("ix_upload_row_upload_id_household_code", "upload_id", "household_code"),
         # Deleting a person looks here (ON DELETE SET NULL).
         Index("ix_upload_row_individual_id", "individual_id"),
-        # A fixed row is compared with the rows of its file born the same day, and the rows
-        # flagged as looking like it are found again.
-        Index("ix_upload_row_upload_id_birth_date", "upload_id", "birth_date"),
+        # The rows flagged as looking like a row that changed are found again.
         Index("ix_upload_row_upload_id_twin_row", "upload_id", "twin_row",
               sqlite_where=text("twin_row IS NOT NULL"), postgresql_where=text("twin_row IS NOT NULL")),
     )
