@@ -66,24 +66,36 @@ def test_an_officer_fixes_a_file_in_the_grid_imports_it_and_finds_the_people(
         expect(results).to_contain_text(name)
 
 
-def test_fixing_a_heads_row_in_the_grid_shows_the_member_waiting_for_it_fixed_too(
-        page, browser_login, live_server, country, tmp_path):
+def _grid_of_a_new_upload(page, browser_login, live_server, country, path, lines: str, rows_to_fix: int):
+    """A field officer uploads ``lines`` as the file ``path``, waits for its check and opens
+    its rows to fix."""
     from playwright.sync_api import expect
 
-    path = tmp_path / "banda family.csv"
-    path.write_text(HEADER + "Mercy,Banda,Q,1980-03-04,,NV1,BHH9,head,yes\n"
-                    + "Juma,Banda,M,2010-05-06,,NV1,BHH9,child,no\n")
+    path.write_text(HEADER + lines)
     browser_login(page, "field_officer", [country["N"]])
     page.goto(f"{live_server}/imports/new")
     page.set_input_files("input[name=file]", str(path))
     page.get_by_role("button", name="Upload and check").click()
     expect(page.locator("#upload-status")).to_have_attribute("data-status", "validated", timeout=30_000)
-    page.get_by_role("link", name="Fix 2 row(s)").click()
-    expect(page.locator("#row-3")).to_have_attribute("data-status", "error")  # waits for its head
+    page.get_by_role("link", name=f"Fix {rows_to_fix} row(s)").click()
 
+
+def _fix_the_heads_sex(page):
     page.locator("#row-2").get_by_role("button", name="Edit").click()
     page.locator("#row-2 input[name=sex]").fill("F")
     page.locator("#row-2").get_by_role("button", name="Save").click()
+
+
+def test_fixing_a_heads_row_in_the_grid_shows_the_member_waiting_for_it_fixed_too(
+        page, browser_login, live_server, country, tmp_path):
+    from playwright.sync_api import expect
+
+    _grid_of_a_new_upload(page, browser_login, live_server, country, tmp_path / "banda family.csv",
+                          "Mercy,Banda,Q,1980-03-04,,NV1,BHH9,head,yes\n"
+                          "Juma,Banda,M,2010-05-06,,NV1,BHH9,child,no\n", rows_to_fix=2)
+    expect(page.locator("#row-3")).to_have_attribute("data-status", "error")  # waits for its head
+
+    _fix_the_heads_sex(page)
     expect(page.locator("#row-2")).to_have_attribute("data-status", "valid")
     # Swapped out of band in the same answer, without reloading the page.
     expect(page.locator("#row-3")).to_have_attribute("data-status", "valid")
@@ -94,20 +106,12 @@ def test_a_row_being_edited_keeps_its_form_when_a_fix_elsewhere_changes_it(
         page, browser_login, live_server, country, tmp_path):
     from playwright.sync_api import expect
 
-    path = tmp_path / "phiri family.csv"
-    path.write_text(HEADER + "Grace,Phiri,Q,1981-03-04,,NV1,BHH8,head,yes\n"
-                    + "Imani,Phiri,M,2011-05-06,,NV1,BHH8,child,no\n")
-    browser_login(page, "field_officer", [country["N"]])
-    page.goto(f"{live_server}/imports/new")
-    page.set_input_files("input[name=file]", str(path))
-    page.get_by_role("button", name="Upload and check").click()
-    expect(page.locator("#upload-status")).to_have_attribute("data-status", "validated", timeout=30_000)
-    page.get_by_role("link", name="Fix 2 row(s)").click()
+    _grid_of_a_new_upload(page, browser_login, live_server, country, tmp_path / "phiri family.csv",
+                          "Grace,Phiri,Q,1981-03-04,,NV1,BHH8,head,yes\n"
+                          "Imani,Phiri,M,2011-05-06,,NV1,BHH8,child,no\n", rows_to_fix=2)
 
     page.locator("#row-3").get_by_role("button", name="Edit").click()
     page.locator("#row-3 input[name=first_name]").fill("Imanuel")  # typed, not saved yet
-    page.locator("#row-2").get_by_role("button", name="Edit").click()
-    page.locator("#row-2 input[name=sex]").fill("F")
-    page.locator("#row-2").get_by_role("button", name="Save").click()
+    _fix_the_heads_sex(page)
     expect(page.locator("#row-2")).to_have_attribute("data-status", "valid")
     expect(page.locator("#row-3 input[name=first_name]")).to_have_value("Imanuel")

@@ -3,6 +3,7 @@ import csv
 import io
 import itertools
 
+import pytest
 from openpyxl import load_workbook
 from sqlalchemy import select
 
@@ -164,12 +165,15 @@ def test_find_and_replace_in_a_column_fixes_many_rows(client, login, db_session,
     assert "2 cell(s) replaced" in page and "No row is left to fix." in page
 
 
-def test_a_find_and_replace_over_more_rows_than_a_page_can_check_is_refused_and_changes_nothing(
-        app, monkeypatch, client, login, db_session, tmp_path, country):
+@pytest.fixture
+def one_row_per_fix(app, monkeypatch):
     monkeypatch.setitem(app.config, "UPLOAD_FIX_MAX_ROWS", 1)
-    user = login("field_officer", [country["N"]])
-    upload = _validated(db_session, tmp_path, user, HEADER + "A,B,F,1990-05-17,,north-1,,,\n"
-                        + "C,D,F,1990-05-17,,North-1,,,\n")
+
+
+def test_a_find_and_replace_over_more_rows_than_a_page_can_check_is_refused_and_changes_nothing(
+        one_row_per_fix, client, login, db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, login("field_officer", [country["N"]]),
+                        HEADER + "A,B,F,1990-05-17,,north-1,,,\n" + "C,D,F,1990-05-17,,North-1,,,\n")
     response = client.post(f"/imports/{upload.id}/replace", data={"field": "location", "find": "north-1",
                                                                   "replace": "NV1"})
     page = client.get(response.headers["Location"]).get_data(as_text=True)
@@ -179,16 +183,14 @@ def test_a_find_and_replace_over_more_rows_than_a_page_can_check_is_refused_and_
 
 
 def test_a_file_of_fixes_for_more_rows_than_a_page_can_check_is_refused_and_changes_nothing(
-        app, monkeypatch, client, login, db_session, tmp_path, country):
-    monkeypatch.setitem(app.config, "UPLOAD_FIX_MAX_ROWS", 1)
-    user = login("field_officer", [country["N"]])
-    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n"
-                        + "Ali,Banda,Q,1991-05-17,,NV1,,,\n")
-    fixed = "Row,First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n" \
-            "2,Juma,Banda,M,1990-05-17,,NV1,,,\n3,Ali,Banda,M,1991-05-17,,NV1,,,\n"
-    response = client.post(f"/imports/{upload.id}/reupload", data={"file": (io.BytesIO(fixed.encode()), "fixed.csv")},
-                           content_type="multipart/form-data")
-    assert "This file changes at least 2 rows" in client.get(response.headers["Location"]).get_data(as_text=True)
+        one_row_per_fix, client, login, db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, login("field_officer", [country["N"]]),
+                        HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n" + "Ali,Banda,Q,1991-05-17,,NV1,,,\n")
+    fixed = ("Row,First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
+             "2,Juma,Banda,M,1990-05-17,,NV1,,,\n3,Ali,Banda,M,1991-05-17,,NV1,,,\n")
+    refused = client.post(f"/imports/{upload.id}/reupload", data={"file": (io.BytesIO(fixed.encode()), "fixed.csv")},
+                          content_type="multipart/form-data").headers["Location"]
+    assert "This file changes at least 2 rows" in client.get(refused).get_data(as_text=True)
     db_session.expire_all()
     assert [r.status for r in db_session.scalars(select(UploadRow))] == ["error", "error"]
 
