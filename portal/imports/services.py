@@ -927,18 +927,18 @@ def _flagged_as_like(session: Session, upload: Upload, rows: list[UploadRow], *,
         _one_of(session, UploadRow.twin_row, numbers))) if row.id not in known]
 
 
-# A fix searching for look-alikes in a day this crowded (a file that gives everyone 1 January)
-# asks for the rows with its names only, unless it is one of many rows searched at once.
-CROWDED_DAY = IN_FILE_ALL_PAIRS
+# A fix searching for look-alikes in a crowded day of its area (a file that gives everyone
+# 1 January) asks for the rows it may look like, unless many rows are searched at once.
 MANY_IN_A_CROWD = 10
 
 
 def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, checked: list[dict]) -> None:
     """Rows just searched in the registry without a find are compared with the file's other
     new people too, as validation compares every row: born the same day in the same area,
-    with a similar name, and not told apart by a national ID on each; in a day of 50 rows
-    or more, only rows with the same surname and first letters of the first name (or the two
-    swapped), as validation does. When both rows of a pair are searched now the later one is
+    with a similar name, and not told apart by a national ID on each. Where 50 or more such
+    people share the day and area, as validation does: each earlier one while they are
+    fewer than 50, else only those with the same surname and first letters of the first
+    name (or the two swapped). When both rows of a pair are searched now the later one is
     flagged, as validation does; a row searched now that looks like a later row left as it
     is gets flagged itself. A row is not flagged for looking like a row already flagged for
     looking like it."""
@@ -948,31 +948,47 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
         return
     searching = {item["row_number"] for item in looking}
     rechecked = {item["row"].id for item in checked}
-    days: dict[date, list[dict]] = {}
-    for item in looking:
-        days.setdefault(date.fromisoformat(item["cleaned"]["birth_date"]), []).append(item)
-    sizes = dict(session.execute(select(UploadRow.birth_date, func.count()).where(
-        UploadRow.upload_id == upload.id, _one_of(session, UploadRow.birth_date, sorted(days), Date))
-        .group_by(UploadRow.birth_date)).all())
-    read_whole = [day for day, items in days.items()
-                  if sizes.get(day, 0) < CROWDED_DAY or len(items) > MANY_IN_A_CROWD]
-    # Only what the comparison needs, taken out of the rows' JSON by the database.
+    days = sorted({date.fromisoformat(item["cleaned"]["birth_date"]) for item in looking})
     cleaned = UploadRow.cleaned
-    new_people = select(UploadRow.id, UploadRow.row_number, UploadRow.twin_row, UploadRow.errors,
-                        cleaned["first_name"].as_string(), cleaned["last_name"].as_string(),
-                        cleaned["national_id"].as_string(), cleaned["location_id"].as_integer(),
-                        UploadRow.birth_date).where(
-        UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "duplicate", "error")),
-        UploadRow.action == "new")
-    found = list(session.execute(new_people.where(_one_of(session, UploadRow.birth_date, read_whole, Date))))
+    village = cleaned["location_id"].as_integer()
+    new_people = (UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "duplicate", "error")),
+                  UploadRow.action == "new")
+    # How many error-free new people each day and village has (fewer than validation compared,
+    # never more: a day taken for crowded wrongly would hide look-alikes).
+    crowds: dict[tuple, int] = {}
+    counted = session.execute(select(UploadRow.birth_date, village, func.count()).where(
+        UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "duplicate")),
+        UploadRow.action == "new", _one_of(session, UploadRow.birth_date, days, Date))
+        .group_by(UploadRow.birth_date, village)).all()
+    places = checker.areas_of({place for _day, place, _n in counted}
+                              | {item["cleaned"].get("location_id") for item in looking})
+    for day, place, people in counted:
+        key = (day.isoformat(), places.get(place))
+        crowds[key] = crowds.get(key, 0) + people
+    crowded = [item for item in looking if crowds.get(
+        (item["cleaned"]["birth_date"], places.get(item["cleaned"].get("location_id"))), 0) >= IN_FILE_ALL_PAIRS]
+    if len(crowded) > MANY_IN_A_CROWD:
+        crowded = []  # reading their days whole costs less than asking for each
+    # Only what the comparison needs, taken out of the rows' JSON by the database.
+    fields = select(UploadRow.id, UploadRow.row_number, UploadRow.twin_row, UploadRow.errors,
+                    cleaned["first_name"].as_string(), cleaned["last_name"].as_string(),
+                    cleaned["national_id"].as_string(), village, UploadRow.birth_date).where(*new_people)
+    whole = sorted({date.fromisoformat(item["cleaned"]["birth_date"]) for item in looking if item not in crowded})
+    found = list(session.execute(fields.where(_one_of(session, UploadRow.birth_date, whole, Date)))) if whole else []
     name_key = cleaned["name_key"].as_string()
-    for day in set(days) - set(read_whole):  # a crowd, and a few of its rows searched
-        for item in days[day]:
-            first, last = fold(item["cleaned"].get("first_name") or ""), fold(item["cleaned"].get("last_name") or "")
-            found += session.execute(new_people.where(
-                UploadRow.birth_date == day,
-                or_(name_key.startswith(f"{last} {first[:3]}", autoescape=True),
-                    name_key.startswith(f"{first} {last[:3]}", autoescape=True))))
+    for item in crowded:
+        values = item["cleaned"]
+        first, last = fold(values.get("first_name") or ""), fold(values.get("last_name") or "")
+        same_day = fields.where(UploadRow.birth_date == date.fromisoformat(values["birth_date"]))
+        found += session.execute(same_day.where(or_(name_key.startswith(f"{last} {first[:3]}", autoescape=True),
+                                                    name_key.startswith(f"{first} {last[:3]}", autoescape=True))))
+        # ... and the earliest of the day in its area, which validation compares with each row
+        # while they are few
+        area = places.get(values.get("location_id")) or ""
+        found += session.execute(same_day.where(
+            UploadRow.row_number < item["row_number"],
+            village.in_(select(Location.id).where(Location.path.startswith(area, autoescape=True))))
+            .order_by(UploadRow.row_number).limit(IN_FILE_ALL_PAIRS))
     # (row number, cleaned values, the row's check in this pass or None, the row it looks like)
     others = {number: (number, {"first_name": first, "last_name": last, "national_id": nid,
                                 "location_id": village, "birth_date": born.isoformat()}, None, twin)
@@ -995,9 +1011,12 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
         day = (values["birth_date"], areas.get(values.get("location_id")))
         same_day = born_alike.get(day, []) if day[1] else []
         if len(same_day) >= IN_FILE_ALL_PAIRS:  # a crowd, compared as validation compares it
+            earlier = [other for other in same_day if other[0] < item["row_number"]]
             first, last = fold(values.get("first_name") or ""), fold(values.get("last_name") or "")
-            same_day = sorted(named.get((*day, last, first[:3]), []) + named.get((*day, first, last[:3]), []),
-                              key=lambda other: other[0])
+            same_day = sorted({other[0]: other for other in (
+                (earlier if len(earlier) < IN_FILE_ALL_PAIRS else [])
+                + named.get((*day, last, first[:3]), []) + named.get((*day, first, last[:3]), []))}.values(),
+                key=lambda other: other[0])
         for number, other, other_item, twin in same_day:
             if number == item["row_number"] or (values.get("national_id") and other.get("national_id")):
                 continue
@@ -1173,9 +1192,9 @@ def replace_in_column(session: Session, upload: Upload, *, field: str, find: str
 
 
 def _within_fix_limit(rows: int, saying: str) -> None:
-    """A fix that would change more rows than the page can check again in time is refused
-    before it changes any (the caller rolls back what it read): the file is the place to fix
-    so many, and a new upload checks it in the background."""
+    """A fix that would change more rows than the page can check again in time is refused,
+    and the caller rolls back what it had changed: the file is the place to fix so many, and
+    a new upload checks it in the background."""
     limit = current_app.config["UPLOAD_FIX_MAX_ROWS"]
     if rows > limit:
         raise DomainError(f"{saying} {rows:,} rows; a fix here checks at most {limit:,} rows at once. "

@@ -554,6 +554,28 @@ def test_in_a_crowd_born_the_same_day_a_row_fixed_to_look_like_another_is_flagge
     assert (row.status, row.warning) == ("duplicate", "Probably the same person as row 2 Amina Banda, born 1980-01-01.")
 
 
+@pytest.mark.parametrize("others", ["with errors of their own", "in another district"])
+def test_a_row_fixed_on_a_day_busy_only_with_rows_validation_never_compares_is_compared_with_every_row(
+        db_session, tmp_path, country, others):
+    sex, village = ("Q", "NV1") if others == "with errors of their own" else ("M", "SV1")
+    busy = "".join(f"P{i}x{'abcdefghij'[i % 10]}{i},Family{i},{sex},1990-05-17,,{village},,,\n" for i in range(60))
+    upload = _validated(db_session, tmp_path, None, HEADER + "John,Banda,M,1990-05-17,,NV1,,,\n"
+                        + "Jon,Banda,Q,1990-05-17,,NV1,,,\n" + busy)
+    row = _rows(db_session, upload)[3]
+    services.edit_row(db_session, upload, row, {"sex": "M"}, scope=EVERYTHING)
+    assert (row.status, row.warning) == ("duplicate", "Probably the same person as row 2 John Banda, born 1990-05-17.")
+
+
+def test_an_early_row_fixed_in_a_crowd_born_the_same_day_is_compared_with_every_earlier_row(
+        db_session, tmp_path, country):
+    crowd = "".join(f"P{i}x{'abcdefghij'[i % 10]}{i},Family{i},M,1990-05-17,,NV1,,,\n" for i in range(80))
+    upload = _validated(db_session, tmp_path, None, HEADER + "John,Banda,M,1990-05-17,,NV1,,,\n"
+                        + "Jon,Banda,Q,1990-05-17,,NV1,,,\n" + crowd)
+    row = _rows(db_session, upload)[3]
+    services.edit_row(db_session, upload, row, {"sex": "M"}, scope=EVERYTHING)  # "Jon" is not "Joh..."
+    assert (row.status, row.warning) == ("duplicate", "Probably the same person as row 2 John Banda, born 1990-05-17.")
+
+
 def test_a_household_whose_head_is_skipped_as_registered_says_so(db_session, tmp_path, country, make_individual):
     make_individual("Amina", "Banda", national_id="A100", location=country["NV1"])
     db_session.commit()

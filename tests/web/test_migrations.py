@@ -11,3 +11,31 @@ def test_the_migrated_database_matches_the_models(db_session):
     differences = [d for d in compare_metadata(context, db.metadata)
                    if not (d[0] == "remove_index" and d[1].name in SEARCH_INDEXES)]
     assert differences == []
+
+
+def test_migration_0011_names_the_row_of_each_look_alike_warning_already_staged(tmp_path, redis_url):
+    from flask_migrate import upgrade
+    from sqlalchemy import text
+
+    from portal import create_app
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
+                      "REDIS_URL": redis_url})
+    with app.app_context():
+        upgrade(revision="0010")
+        with db.engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO upload (id, file_name, stored_path, sha256, size, format, status, message, "
+                "duplicate_policy, headers, mapping, counts) VALUES (1, 'people.csv', 'x', 'x', 1, 'csv', "
+                "'validated', '', 'error', '[]', '{}', '{}')"))
+            for number, warning in ((3, "Probably the same person as row 2 Amina Banda, born 1990-05-17."),
+                                    (4, "Probably the same person as #7 Amina Banda, born 1990-05-17.")):
+                connection.execute(text(
+                    "INSERT INTO upload_row (upload_id, row_number, raw, errors, status, \"primary\", warning) "
+                    "VALUES (1, :number, '{}', '{}', 'duplicate', 0, :warning)"),
+                    {"number": number, "warning": warning})
+        upgrade(revision="0011")
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT row_number, twin_row FROM upload_row ORDER BY row_number")
+                                      ).all() == [(3, 2), (4, None)]
+        db.engine.dispose()
