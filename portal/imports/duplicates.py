@@ -97,6 +97,14 @@ def duplicate_warning(person_id: int, name: str, born: str, others: int, *,
     return f"Probably the same person as #{person_id} {name}, born {born}{more}."[:500]
 
 
+def crowd_keys(first: str | None, last: str | None) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Where many people share a birth day and area, a row is compared only with rows filed
+    under one of these: (surname, first three letters of the first name), and the two
+    swapped, which the name rule always counts as similar. A row is filed under the first."""
+    first, last = fold(first or ""), fold(last or "")
+    return (last, first[:3]), (first, last[:3])
+
+
 def twin_warning(row_number: int, name: str, born: str) -> str:
     """What a row that looks like another row of the same file says."""
     return f"Probably the same person as row {row_number} {name}, born {born}."[:500]
@@ -230,20 +238,20 @@ class ProbableDuplicates:
         earlier, named, twins = self._in_file, self._in_file_names, self._twins
         for row in rows:
             number, born, area, first, last, identified = row
-            first, last = fold(first or ""), fold(last or "")
+            own, swapped = crowd_keys(first, last)
             same_day = earlier.setdefault((born, area), [])
             if len(same_day) < IN_FILE_ALL_PAIRS:
                 others = same_day
             else:
-                others = named.get((born, area, last, first[:3]), []) + named.get((born, area, first, last[:3]), [])
+                others = named.get((born, area, *own), []) + named.get((born, area, *swapped), [])
             for other in others:
                 if identified and other[5]:
                     continue
-                if similar_names(first, last, other[3] or "", other[4] or ""):  # (it folds them)
+                if similar_names(first or "", last or "", other[3] or "", other[4] or ""):
                     twins[number] = (other[0], f"{other[3]} {other[4]}", born)
                     break
             same_day.append(row)
-            named.setdefault((born, area, last, first[:3]), []).append(row)
+            named.setdefault((born, area, *own), []).append(row)
 
     def _judge(self, pairs: list[tuple]) -> None:
         """Compare the names of a search's pairs (in row order, each row's registered people

@@ -33,8 +33,8 @@ from portal.errors import DomainError
 from portal.ids import ID_MAX
 from portal.imports import columns as cols_mod
 from portal.imports.columns import parse_yes_no
-from portal.imports.duplicates import (IN_FILE_ALL_PAIRS, ProbableDuplicates, duplicate_warning, twin_row,
-                                      twin_warning)
+from portal.imports.duplicates import (IN_FILE_ALL_PAIRS, ProbableDuplicates, crowd_keys, duplicate_warning,
+                                      twin_row, twin_warning)
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
 from portal.imports.reader_process import ReaderProcess
 from portal.imports.reading import FileProblem, open_table, read_head
@@ -43,7 +43,7 @@ from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import PII_FIELDS, mask
 from portal.registry.exports import without_guard
 from portal.registry.models import Group, GroupMember, Individual, full_name
-from portal.registry.validation import fold, similar_names
+from portal.registry.validation import similar_names
 
 BATCH = 5000
 # What a row of people takes in a file, to guess its rows before it is read (the bench's
@@ -973,15 +973,17 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
     fields = select(UploadRow.id, UploadRow.row_number, UploadRow.twin_row, UploadRow.errors,
                     cleaned["first_name"].as_string(), cleaned["last_name"].as_string(),
                     cleaned["national_id"].as_string(), village, UploadRow.birth_date).where(*new_people)
-    whole = sorted({date.fromisoformat(item["cleaned"]["birth_date"]) for item in looking if item not in crowded})
+    asked_for = {item["row_number"] for item in crowded}
+    whole = sorted({date.fromisoformat(item["cleaned"]["birth_date"]) for item in looking
+                    if item["row_number"] not in asked_for})
     found = list(session.execute(fields.where(_one_of(session, UploadRow.birth_date, whole, Date)))) if whole else []
-    name_key = cleaned["name_key"].as_string()
+    name_key = cleaned["name_key"].as_string()  # "surname first middle", folded
     for item in crowded:
         values = item["cleaned"]
-        first, last = fold(values.get("first_name") or ""), fold(values.get("last_name") or "")
         same_day = fields.where(UploadRow.birth_date == date.fromisoformat(values["birth_date"]))
-        found += session.execute(same_day.where(or_(name_key.startswith(f"{last} {first[:3]}", autoescape=True),
-                                                    name_key.startswith(f"{first} {last[:3]}", autoescape=True))))
+        found += session.execute(same_day.where(or_(*(name_key.startswith(" ".join(key), autoescape=True)
+                                                      for key in crowd_keys(values.get("first_name"),
+                                                                            values.get("last_name"))))))
         # ... and the earliest of the day in its area, which validation compares with each row
         # while they are few
         area = places.get(values.get("location_id")) or ""
@@ -996,26 +998,26 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
               if row_id not in rechecked and not set(errors or {}) - {"household"}}
     others.update({item["row_number"]: (item["row_number"], item["cleaned"], item, None) for item in checked
                    if item["action"] == "new" and not item["errors"]})
-    areas = checker.areas_of({other[1].get("location_id") for other in others.values()})
+    missing = {other[1].get("location_id") for other in others.values()} - places.keys()
+    areas = {**places, **checker.areas_of(missing)} if missing else places
     born_alike: dict[tuple, list] = {}  # (birth date, area) -> its rows, in row order
-    named: dict[tuple, list] = {}  # ... and by (birth date, area, surname, first 3 letters)
+    named: dict[tuple, list] = {}  # ... and by (birth date, area, *crowd key)
     for number in sorted(others):
         other = others[number]
         values = other[1]
         day = (values.get("birth_date"), areas.get(values.get("location_id")))
         born_alike.setdefault(day, []).append(other)
-        first, last = fold(values.get("first_name") or ""), fold(values.get("last_name") or "")
-        named.setdefault((*day, last, first[:3]), []).append(other)
+        named.setdefault((*day, *crowd_keys(values.get("first_name"), values.get("last_name"))[0]), []).append(other)
     for item in looking:
         values = item["cleaned"]
         day = (values["birth_date"], areas.get(values.get("location_id")))
         same_day = born_alike.get(day, []) if day[1] else []
         if len(same_day) >= IN_FILE_ALL_PAIRS:  # a crowd, compared as validation compares it
             earlier = [other for other in same_day if other[0] < item["row_number"]]
-            first, last = fold(values.get("first_name") or ""), fold(values.get("last_name") or "")
+            own, swapped = crowd_keys(values.get("first_name"), values.get("last_name"))
             same_day = sorted({other[0]: other for other in (
                 (earlier if len(earlier) < IN_FILE_ALL_PAIRS else [])
-                + named.get((*day, last, first[:3]), []) + named.get((*day, first, last[:3]), []))}.values(),
+                + named.get((*day, *own), []) + named.get((*day, *swapped), []))}.values(),
                 key=lambda other: other[0])
         for number, other, other_item, twin in same_day:
             if number == item["row_number"] or (values.get("national_id") and other.get("national_id")):
