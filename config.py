@@ -61,9 +61,10 @@ def load() -> dict:
         # Files from this size on are read and checked in a forked process beside the one
         # staging their rows (about 20,000 rows of a workbook); smaller ones are not worth it.
         "UPLOAD_READER_PROCESS_BYTES": _int("UPLOAD_READER_PROCESS_BYTES", 1024 * 1024),
-        # Rows one find-and-replace or one file of fixes may change: each is checked again
-        # while the page waits (about 2 ms a row), within a web server's 30-second timeout.
-        "UPLOAD_FIX_MAX_ROWS": _int("UPLOAD_FIX_MAX_ROWS", 5_000),
+        # A find-and-replace in an upload with more rows open than this, or a file of fixes
+        # with more rows, is made by a job: each changed row is checked again (about 1-2 ms
+        # a row), and a page must answer within a web server's 30-second timeout.
+        "UPLOAD_FIX_INLINE_ROWS": _int("UPLOAD_FIX_INLINE_ROWS", 5_000),
         "PERMANENT_SESSION_LIFETIME": timedelta(minutes=_int("SESSION_IDLE_MINUTES", 120)),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -15,6 +15,10 @@ def import_upload(run_id: int):
     return runtime.run(run_id, _import)
 
 
+def fix_upload(run_id: int):
+    return runtime.run(run_id, _fix)
+
+
 def prepare_session(session, *, cache_mb: int = 128) -> None:
     """Batches commit through progress; objects read once (locations, the upload) stay
     loaded instead of being read again after every commit. On SQLite the connection gets a
@@ -74,5 +78,24 @@ def _import(session, job, progress):
         upload = session.get(Upload, job.params["upload_id"])
         upload.status = "validated"  # what was imported stays; importing again resumes
         upload.message = f"The import stopped: {getattr(exc, 'message', None) or exc}"[:2000]
+        progress.commit()  # not if another attempt has taken over
+        raise
+
+
+def _fix(session, job, progress):
+    upload = _upload(session, job)
+    if upload.status != "fixing" or upload.job_run_id != job.id:
+        return job.result  # finished already; this is a repeated delivery
+    prepare_session(session)
+    fix = job.params["fix"]
+    try:
+        return services.fix_upload(session, upload, fix, scope=services.scope_from_params(job.params),
+                                   run=job, progress=progress)
+    except Exception as exc:
+        # What was fixed and committed stays fixed; the rows can be fixed again by hand.
+        session.rollback()
+        upload = session.get(Upload, job.params["upload_id"])
+        services.end_failed_fix(session, upload, fix, "The fix stopped: " + (
+            getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"))
         progress.commit()  # not if another attempt has taken over
         raise

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.extensions import db
 
-UPLOAD_STATUSES = ("uploaded", "mapping", "validating", "validated", "importing", "imported",
-                   "failed")
+UPLOAD_STATUSES = ("uploaded", "mapping", "validating", "validated", "fixing", "importing",
+                   "imported", "failed")
 ROW_STATUSES = ("valid", "error", "duplicate", "dropped", "imported", "skipped")
 DUPLICATE_POLICIES = {"update": "Update the existing person",
                       "skip": "Skip the row",
@@ -58,7 +58,7 @@ class Upload(db.Model):
 
     @property
     def busy(self) -> bool:
-        return self.status in ("validating", "importing")
+        return self.status in ("validating", "fixing", "importing")
 
     def __str__(self) -> str:
         return f"Upload #{self.id} {self.file_name}"

@@ -238,6 +238,9 @@ def reconcile(session: Session, upload: Upload) -> bool:
         return False
     if upload.status == "validating":
         upload.status = "failed"
+    elif upload.status == "fixing":  # given up on: its worker died every time
+        end_failed_fix(session, upload, run.params.get("fix", {}), run.message)
+        return True
     else:
         upload.status = "validated"  # what was imported stays imported; import again resumes
     upload.message = run.message[:2000]
@@ -841,8 +844,9 @@ def rows_by_id(session: Session, upload: Upload, ids: set[int], *, limit: int) -
         UploadRow.upload_id == upload.id, UploadRow.id.in_(sorted(ids)[:limit])).order_by(UploadRow.row_number)))
 
 
-def _editable(upload: Upload) -> None:
-    if upload.status != "validated":
+def _editable(upload: Upload, *, by_job: bool = False) -> None:
+    """Rows are fixed between validation and import; a fix job's own upload is "fixing"."""
+    if upload.status != ("fixing" if by_job else "validated"):
         raise DomainError(f"This upload is {upload.status}; rows can be fixed only after "
                           "validation and before the import.")
 
@@ -1148,13 +1152,9 @@ def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scop
     return others - {row.id}
 
 
-def replace_in_column(session: Session, upload: Upload, *, field: str, find: str, replace: str,
-                      scope: Scope, whole_cell: bool = True) -> int:
-    """In the rows not yet imported, replace every cell of a column equal to ``find``
-    (ignoring case and surrounding spaces; empty finds empty cells), or with ``whole_cell``
-    False every occurrence of ``find`` within the cells (ignoring case). The changed rows
-    are checked again. Returns rows changed."""
-    _editable(upload)
+def _replacement(upload: Upload, *, field: str, find: str, replace: str, whole_cell: bool):
+    """The function giving a cell's new value (None: the cell stays), once the request is
+    known to make sense for this upload."""
     if field not in set(upload.mapping.values()) - {""}:
         raise DomainError("Choose a column of this file.")
     if not whole_cell and not find.strip():
@@ -1168,39 +1168,129 @@ def replace_in_column(session: Session, upload: Upload, *, field: str, find: str
         new = part.sub(lambda _match: replace.strip(), value)
         return new if new != value else None
 
-    changed: list[UploadRow] = []
-    entries: list[tuple] = []  # the audit log's, a row each: the cell before and after
-    last = 0
+    return replaced
+
+
+FIX_CHUNK = 500  # rows checked again together, and in a job committed together
+
+
+def replace_in_column(session: Session, upload: Upload, *, field: str, find: str, replace: str,
+                      scope: Scope, whole_cell: bool = True, resume: dict | None = None,
+                      checkpoint=None) -> int:
+    """In the rows not yet imported, replace every cell of a column equal to ``find``
+    (ignoring case and surrounding spaces; empty finds empty cells), or with ``whole_cell``
+    False every occurrence of ``find`` within the cells (ignoring case). The changed rows
+    are checked again. Returns rows changed.
+
+    A job passes ``checkpoint(state, rows read)``, which commits: every row up to
+    ``state["after"]`` (a row id) is then done, so a job run again after its worker died
+    goes on from ``resume`` (that state) and never replaces within a cell twice."""
+    _editable(upload, by_job=checkpoint is not None)
+    replaced = _replacement(upload, field=field, find=find, replace=replace, whole_cell=whole_cell)
+    state = {"after": 0, "changed": 0, "read": 0, **(resume or {})}
     while True:
         rows = list(session.scalars(select(UploadRow).where(
             UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES),
-            UploadRow.id > last).order_by(UploadRow.id).limit(BATCH)))
+            UploadRow.id > state["after"]).order_by(UploadRow.id).limit(BATCH)))
         if not rows:
             break
-        last = rows[-1].id
-        for row in rows:
-            value = replaced(row.raw.get(field) or "")
-            if value is not None:
+        read_before = state["read"]
+        position = {row.id: i for i, row in enumerate(rows, start=1)}
+        changes = [(row, value) for row in rows
+                   if (value := replaced(row.raw.get(field) or "")) is not None]
+        for chunk in _batched(changes, FIX_CHUNK):
+            # A row's new text is set only with its chunk: what a checkpoint commits is done.
+            entries = []
+            for row, value in chunk:
                 entries.append((upload.id, f"Row {row.row_number}: find and replace",
                                 {field: [row.raw.get(field), value]}))
                 row.raw = {**row.raw, field: value}
-                changed.append(row)
-    _within_fix_limit(len(changed), "This would change")
-    for chunk in _batched(changed, 500):
-        recheck_rows(session, upload, chunk, scope=scope)
-    record_many(session, action="replace", entity_type="upload", entries=entries,
-                actor_id=session.info.get("actor_id"))
-    return len(changed)
+            recheck_rows(session, upload, [row for row, _value in chunk], scope=scope)
+            record_many(session, action="replace", entity_type="upload", entries=entries,
+                        actor_id=session.info.get("actor_id"))
+            last = chunk[-1][0].id
+            state.update(after=last, changed=state["changed"] + len(chunk),
+                         read=read_before + position[last])
+            if checkpoint:
+                checkpoint(dict(state))
+        state.update(after=rows[-1].id, read=read_before + len(rows))
+        if checkpoint:
+            checkpoint(dict(state))
+    return state["changed"]
 
 
-def _within_fix_limit(rows: int, saying: str) -> None:
-    """A fix that would change more rows than the page can check again in time is refused,
-    and the caller rolls back what it had changed: the file is the place to fix so many, and
-    a new upload checks it in the background."""
-    limit = current_app.config["UPLOAD_FIX_MAX_ROWS"]
-    if rows > limit:
-        raise DomainError(f"{saying} {rows:,} rows; a fix here checks at most {limit:,} rows at once. "
-                          "Fix so many rows in the file itself and upload it again as a new upload.")
+def fixes_in_background(session: Session, upload: Upload, *, fixes_file: Path | None = None) -> bool:
+    """Whether a fix is too large to make while the page waits (each changed row is checked
+    again, about a millisecond a row): a find-and-replace in an upload with more rows open
+    than ``UPLOAD_FIX_INLINE_ROWS``, or a file of fixes with more rows than that, is made by
+    a job instead, with a progress bar."""
+    limit = current_app.config["UPLOAD_FIX_INLINE_ROWS"]
+    if fixes_file is not None:
+        table = open_table(fixes_file, max_rows=_max_rows())
+        try:
+            return sum(1 for _row in islice(table.rows, limit + 1)) > limit
+        finally:
+            table.rows.close()
+    return session.scalar(select(func.count()).select_from(
+        select(UploadRow.id).where(UploadRow.upload_id == upload.id,
+                                   UploadRow.status.in_(OPEN_STATUSES)).limit(limit + 1).subquery())) > limit
+
+
+def start_fix(session: Session, upload: Upload, fix: dict, *, scope: Scope, actor_id: int) -> JobRun:
+    """Queue a large fix: ``{"kind": "replace", "field", "find", "replace", "whole_cell"}`` or
+    ``{"kind": "file", "path"}`` (a file of fixes saved where the workers read uploads). The
+    upload is "fixing" until it ends: its rows cannot be edited or imported meanwhile."""
+    _editable(upload)
+    if fix["kind"] == "replace":
+        _replacement(upload, field=fix["field"], find=fix["find"], replace=fix["replace"],
+                     whole_cell=fix["whole_cell"])
+    else:
+        fix = {**fix, "rows": _fixes_file_checked(Path(fix["path"]))}
+    run = create_job(session, kind="upload_fix", entry_point="jobs.imports.fix_upload",
+                     params={"upload_id": upload.id, "fix": fix,
+                             **_scope_params(checking_scope(upload, scope))},
+                     actor_id=actor_id, lock_key=f"upload:{upload.id}")
+    upload.status, upload.job_run_id, upload.message = "fixing", run.id, ""
+    return run
+
+
+def fix_upload(session: Session, upload: Upload, fix: dict, *, scope: Scope, run: JobRun,
+               progress) -> dict:
+    """The job's side of ``start_fix``: make the fix in chunks, each committed (``progress``
+    commits) with where it got to in ``run.result``, from which a job run again after its
+    worker died goes on; then give the upload back to its grid with a message."""
+    resume = dict(run.result or {})
+
+    def checkpoint(state: dict) -> None:
+        run.result = state
+        progress(state["read"], None, f"Checked {state['read']:,} rows")
+
+    if fix["kind"] == "replace":
+        counts = status_counts(session, upload.id)
+        progress(resume.get("read", 0), sum(counts.get(s, 0) for s in OPEN_STATUSES), "Replacing")
+        changed = replace_in_column(session, upload, field=fix["field"], find=fix["find"],
+                                    replace=fix["replace"], whole_cell=fix["whole_cell"],
+                                    scope=scope, resume=resume, checkpoint=checkpoint)
+        result = {"changed": changed}
+        message = f"{changed:,} cell(s) replaced and their rows checked again."
+    else:
+        progress(resume.get("read", 0), fix["rows"], "Reading the file of fixes")
+        result = apply_corrections(session, upload, Path(fix["path"]), scope=scope, resume=resume,
+                                   checkpoint=checkpoint)
+        note = f"; {result['unknown']:,} row(s) did not match a row to fix" if result["unknown"] else ""
+        message = f"{result['updated']:,} row(s) updated and checked again{note}."
+    upload.counts = summary_counts(session, upload)
+    upload.status, upload.message = "validated", message
+    return result
+
+
+def end_failed_fix(session: Session, upload: Upload, fix: dict, message: str) -> None:
+    """A fix job that failed: the rows it had fixed stay fixed, the upload can be fixed and
+    imported again, and a file of fixes is not kept."""
+    upload.status, upload.message = "validated", message[:2000]
+    upload.counts = summary_counts(session, upload)
+    if fix.get("kind") == "file":
+        Path(fix["path"]).unlink(missing_ok=True)
 
 
 def problem_rows_for_download(session: Session, upload: Upload):
@@ -1219,25 +1309,48 @@ def problem_rows_for_download(session: Session, upload: Upload):
         last = rows[-1][0]
 
 
-def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Scope) -> dict:
+def _fixes_file_checked(path: Path) -> int:
+    """The whole file read once before a job changes anything: a file it cannot read, or
+    without its Row column, leaves every row as it was (the job commits as it goes).
+    Returns its rows."""
+    table = open_table(path, max_rows=_max_rows())
+    try:
+        _row_column(table.headers)
+        return sum(1 for _row in table.rows)
+    finally:
+        table.rows.close()
+
+
+def _row_column(headers: list[str]) -> int:
+    found = next((i for i, h in enumerate(headers) if (h or "").strip().lower() in ("row", "row number")), None)
+    if found is None:
+        raise FileProblem("The file has no 'Row' column: upload the file of rows to fix as it "
+                          "was downloaded, with its Row column unchanged.")
+    return found
+
+
+def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Scope,
+                      resume: dict | None = None, checkpoint=None) -> dict:
     """Read a file of corrected rows (as downloaded, with its 'Row' column) into this upload,
     matched by row number; the rows are checked again. Identifiers left as the download
-    masked them keep their values, and the download's formula guards are taken off."""
-    _editable(upload)
+    masked them keep their values, and the download's formula guards are taken off.
+
+    A job passes ``checkpoint(state)``, which commits: the file's first ``state["read"]``
+    rows are then done, and a job run again goes on from ``resume`` (that state)."""
+    _editable(upload, by_job=checkpoint is not None)
     table = open_table(path, max_rows=_max_rows())
     available = cols_mod.columns(session)
     mapping = cols_mod.match_headers(table.headers, available)
     index = {h: i for i, h in enumerate(table.headers)}
-    row_col = next((i for h, i in index.items() if h.strip().lower() in ("row", "row number")), None)
-    if row_col is None:
+    try:
+        row_col = _row_column(table.headers)
+    except FileProblem:
         table.rows.close()
-        raise FileProblem("The file has no 'Row' column: upload the file of rows to fix as it "
-                          "was downloaded, with its Row column unchanged.")
+        raise
     wanted = set(upload.mapping.values()) - {""}
     fields = [(index[h], name) for h, name in mapping.items() if name in wanted]
-    updated = unknown = 0
-    entries: list[tuple] = []  # the audit log's, a row each: the cells before and after
-    for chunk in _batched(table.rows, 500):
+    state = {"read": 0, "updated": 0, "unknown": 0, **(resume or {})}
+    for chunk in _batched(islice(table.rows, state["read"], None), FIX_CHUNK):
         numbers = {}
         for _line, cells in chunk:
             try:
@@ -1247,12 +1360,12 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
             if 1 < number <= ID_MAX:  # what the row_number column holds
                 numbers[number] = [without_guard(cell) for cell in cells]
             else:
-                unknown += 1
+                state["unknown"] += 1
         rows = list(session.scalars(select(UploadRow).where(
             UploadRow.upload_id == upload.id, UploadRow.row_number.in_(list(numbers)),
             UploadRow.status.in_(OPEN_STATUSES))))
-        unknown += len(numbers) - len(rows)
-        _within_fix_limit(updated + len(rows), "This file changes at least")
+        state["unknown"] += len(numbers) - len(rows)
+        entries: list[tuple] = []  # the audit log's, a row each: the cells before and after
         for row in rows:
             cells = numbers[row.row_number]
             raw = {**row.raw, **_unmasked(row.raw, {name: cells[i] if i < len(cells) else ""
@@ -1262,11 +1375,14 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
             row.raw = raw
         if rows:
             recheck_rows(session, upload, rows, scope=scope)
-        updated += len(rows)
+        record_many(session, action="fixes", entity_type="upload", actor_id=session.info.get("actor_id"),
+                    entries=[entry for entry in entries if entry[2]])
+        state["updated"] += len(rows)
+        state["read"] += len(chunk)
+        if checkpoint:
+            checkpoint(dict(state))
     path.unlink(missing_ok=True)
-    record_many(session, action="fixes", entity_type="upload", actor_id=session.info.get("actor_id"),
-                entries=[entry for entry in entries if entry[2]])
-    return {"updated": updated, "unknown": unknown}
+    return {"updated": state["updated"], "unknown": state["unknown"]}
 
 
 # --- importing ------------------------------------------------------------------------------

@@ -342,20 +342,32 @@ def replace(upload_id: int):
     upload = _upload(upload_id)
     form = ReplaceForm()
     form.field.choices = _replaceable(upload)
-    if form.validate_on_submit():
-        try:
-            changed = services.replace_in_column(db.session, upload, field=form.field.data,
-                                                 find=form.find.data or "",
-                                                 replace=form.replace.data or "", scope=scope(),
-                                                 whole_cell=form.match.data != "part")
-        except DomainError as exc:
-            flash_refusal(exc)
-        else:
-            db.session.commit()
-            flash(f"{changed} cell(s) replaced and their rows checked again.", "success")
-    else:
+    if not form.validate_on_submit():
         flash("Choose a column of this file.", "error")
+        return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
+    fix = {"kind": "replace", "field": form.field.data, "find": form.find.data or "",
+           "replace": form.replace.data or "", "whole_cell": form.match.data != "part"}
+    try:
+        if services.fixes_in_background(db.session, upload):
+            return _fix_in_background(upload, fix)
+        changed = services.replace_in_column(db.session, upload, field=fix["field"], find=fix["find"],
+                                             replace=fix["replace"], scope=scope(),
+                                             whole_cell=fix["whole_cell"])
+    except DomainError as exc:
+        flash_refusal(exc)
+    else:
+        db.session.commit()
+        flash(f"{changed} cell(s) replaced and their rows checked again.", "success")
     return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
+
+
+def _fix_in_background(upload, fix: dict):
+    """Queue a fix too large for the page to wait for and show its progress."""
+    run = services.start_fix(db.session, upload, fix, scope=scope(), actor_id=current_user.id)
+    queue_job(run)
+    flash("This fix checks many rows again, so it is made in the background; the rows can be "
+          "edited again when it ends.", "success")
+    return htmx_redirect(url_for("imports.show", upload_id=upload.id))
 
 
 @bp.route("/<int:upload_id>/problems.<fmt>")
@@ -386,20 +398,22 @@ def problems(upload_id: int, fmt: str):
 def reupload(upload_id: int):
     upload = _upload(upload_id)
     form = ReuploadForm()
-    if form.validate_on_submit():
-        path = _save_file(form.file.data, "fixes")
-        try:
-            result = services.apply_corrections(db.session, upload, path, scope=scope())
-        except DomainError as exc:
-            db.session.rollback()
-            path.unlink(missing_ok=True)
-            flash(exc.message, "error")
-        else:
-            db.session.commit()
-            note = f"; {result['unknown']} row(s) did not match a row to fix" if result["unknown"] else ""
-            flash(f"{result['updated']} row(s) updated and checked again{note}.", "success")
-    else:
+    if not form.validate_on_submit():
         flash("Choose the file of fixed rows.", "error")
+        return redirect(url_for("imports.rows", upload_id=upload.id))
+    path = _save_file(form.file.data, "fixes")
+    try:
+        if services.fixes_in_background(db.session, upload, fixes_file=path):
+            return _fix_in_background(upload, {"kind": "file", "path": str(path)})
+        result = services.apply_corrections(db.session, upload, path, scope=scope())
+    except DomainError as exc:
+        db.session.rollback()
+        path.unlink(missing_ok=True)
+        flash(exc.message, "error")
+    else:
+        db.session.commit()
+        note = f"; {result['unknown']} row(s) did not match a row to fix" if result["unknown"] else ""
+        flash(f"{result['updated']} row(s) updated and checked again{note}.", "success")
     return redirect(url_for("imports.rows", upload_id=upload.id))
 
 

@@ -153,6 +153,23 @@ def test_an_upload_whose_validation_failed_for_a_dead_worker_offers_to_check_it_
     assert f'action="/imports/{upload.id}/validate"' in page
 
 
+def test_a_file_of_fixes_whose_job_was_given_up_on_gives_the_rows_back_and_is_not_kept(
+        db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, None, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text("Row,First name,Last name,Sex\n2,Juma,Banda,M\n")
+    run = services.start_fix(db_session, upload, {"kind": "file", "path": str(fixes)}, scope=EVERYTHING,
+                             actor_id=None)
+    assert upload.status == "fixing" and run.params["fix"]["rows"] == 1
+    db_session.commit()
+    run.status, run.message = "failed", "The worker stopped while running this job."  # the sweep's verdict
+    assert services.reconcile(db_session, upload)
+    assert (upload.status, upload.message) == ("validated", "The worker stopped while running this job.")
+    assert not fixes.exists()
+    services.edit_row(db_session, upload, _rows(db_session, upload)[2], {"sex": "F"}, scope=EVERYTHING)
+    assert [r.status for r in _rows(db_session, upload).values()] == ["valid"]
+
+
 def test_an_import_that_stopped_after_its_people_but_before_their_households_can_be_started_again(
         db_session, tmp_path, country, monkeypatch):
     upload = _validated(db_session, tmp_path, None, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H1,head,yes\n")

@@ -3,10 +3,13 @@ import csv
 import io
 import itertools
 
+from pathlib import Path
+
 import pytest
 from openpyxl import load_workbook
 from sqlalchemy import select
 
+from portal.background.models import JobRun
 from portal.imports import services
 from portal.imports.models import Upload, UploadRow
 from portal.locations.services import Scope
@@ -166,33 +169,83 @@ def test_find_and_replace_in_a_column_fixes_many_rows(client, login, db_session,
 
 
 @pytest.fixture
-def one_row_per_fix(app, monkeypatch):
-    monkeypatch.setitem(app.config, "UPLOAD_FIX_MAX_ROWS", 1)
+def one_row_per_page_fix(app, monkeypatch):
+    monkeypatch.setitem(app.config, "UPLOAD_FIX_INLINE_ROWS", 1)
 
 
-def test_a_find_and_replace_over_more_rows_than_a_page_can_check_is_refused_and_changes_nothing(
-        one_row_per_fix, client, login, db_session, tmp_path, country):
+def _fix_job(db_session, upload) -> JobRun:
+    db_session.expire_all()
+    assert db_session.get(Upload, upload.id).status == "fixing"
+    return db_session.get(JobRun, db_session.get(Upload, upload.id).job_run_id)
+
+
+def test_a_find_and_replace_in_an_upload_with_more_open_rows_than_a_page_checks_is_queued_for_a_worker(
+        one_row_per_page_fix, client, login, db_session, tmp_path, country):
     upload = _validated(db_session, tmp_path, login("field_officer", [country["N"]]),
                         HEADER + "A,B,F,1990-05-17,,north-1,,,\n" + "C,D,F,1990-05-17,,North-1,,,\n")
     response = client.post(f"/imports/{upload.id}/replace", data={"field": "location", "find": "north-1",
                                                                   "replace": "NV1"})
-    page = client.get(response.headers["Location"]).get_data(as_text=True)
-    assert "This would change 2 rows; a fix here checks at most 1 rows at once." in page
-    db_session.expire_all()
+    assert response.headers["Location"] == f"/imports/{upload.id}"
+    run = _fix_job(db_session, upload)
+    assert (run.kind, run.status) == ("upload_fix", "queued")
+    assert run.params["fix"] == {"kind": "replace", "field": "location", "find": "north-1",
+                                 "replace": "NV1", "whole_cell": True}
+    # Nothing is changed until the worker makes the fix, and nobody edits the rows meanwhile.
     assert sorted(r.raw["location"] for r in db_session.scalars(select(UploadRow))) == ["North-1", "north-1"]
+    summary = client.get(f"/imports/{upload.id}").get_data(as_text=True)
+    assert "Fixing: 0 of 0" in summary and "it is made in the background" in summary
+    grid = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert "A large fix is being made in the background" in grid and "Find and replace" not in grid
+    refused = client.post(f"/imports/{upload.id}/rows/2/edit", data={"location": "NV1"})
+    assert refused.status_code in (303, 409, 422)
+    db_session.expire_all()
+    assert db_session.scalar(select(UploadRow.raw).where(UploadRow.row_number == 2))["location"] == "north-1"
 
 
-def test_a_file_of_fixes_for_more_rows_than_a_page_can_check_is_refused_and_changes_nothing(
-        one_row_per_fix, client, login, db_session, tmp_path, country):
+def test_a_find_and_replace_without_a_column_of_the_file_is_refused_before_any_job_is_queued(
+        one_row_per_page_fix, client, login, db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, login("field_officer", [country["N"]]),
+                        HEADER + "A,B,F,1990-05-17,,north-1,,,\n" + "C,D,F,1990-05-17,,North-1,,,\n")
+    response = client.post(f"/imports/{upload.id}/replace", data={"field": "location", "match": "part",
+                                                                  "find": "  ", "replace": "NV1"})
+    assert "Write the text to find within the cells." in client.get(response.headers["Location"]).get_data(as_text=True)
+    db_session.expire_all()
+    assert db_session.get(Upload, upload.id).status == "validated"
+    assert db_session.scalar(select(JobRun).where(JobRun.kind == "upload_fix")) is None
+
+
+FIXED_HEADER = "Row,First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
+
+
+def test_a_file_of_fixes_with_more_rows_than_a_page_checks_is_kept_for_a_worker(
+        one_row_per_page_fix, app, client, login, db_session, tmp_path, country):
     upload = _validated(db_session, tmp_path, login("field_officer", [country["N"]]),
                         HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n" + "Ali,Banda,Q,1991-05-17,,NV1,,,\n")
-    fixed = ("Row,First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
-             "2,Juma,Banda,M,1990-05-17,,NV1,,,\n3,Ali,Banda,M,1991-05-17,,NV1,,,\n")
-    refused = client.post(f"/imports/{upload.id}/reupload", data={"file": (io.BytesIO(fixed.encode()), "fixed.csv")},
-                          content_type="multipart/form-data").headers["Location"]
-    assert "This file changes at least 2 rows" in client.get(refused).get_data(as_text=True)
-    db_session.expire_all()
+    fixed = FIXED_HEADER + "2,Juma,Banda,M,1990-05-17,,NV1,,,\n3,Ali,Banda,M,1991-05-17,,NV1,,,\n"
+    response = client.post(f"/imports/{upload.id}/reupload", data={"file": (io.BytesIO(fixed.encode()), "fixed.csv")},
+                           content_type="multipart/form-data")
+    assert response.headers["Location"] == f"/imports/{upload.id}"
+    run = _fix_job(db_session, upload)
+    assert run.params["fix"]["kind"] == "file" and run.params["fix"]["rows"] == 2
+    assert Path(run.params["fix"]["path"]).read_text() == fixed
     assert [r.status for r in db_session.scalars(select(UploadRow))] == ["error", "error"]
+
+
+def test_a_file_of_fixes_that_breaks_deep_inside_is_refused_before_a_job_changes_anything(
+        one_row_per_page_fix, app, client, login, db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, login("field_officer", [country["N"]]),
+                        HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n" + "Ali,Banda,Q,1991-05-17,,NV1,,,\n")
+    fixed = (FIXED_HEADER + "2,Juma,Banda,M,1990-05-17,,NV1,,,\n3,Ali,Banda,M,1991-05-17,,NV1,,,\n"
+             + "".join(f"{n},X,Y,M,1991-05-17,,NV1,,,\n" for n in range(4, 40)) + "40,X\x0bY,Y,M,1991-05-17,,NV1,,,\n")
+    kept = set((Path(app.config["UPLOAD_DIR"]) / "fixes").glob("*"))
+    response = client.post(f"/imports/{upload.id}/reupload", data={"file": (io.BytesIO(fixed.encode()), "fixed.csv")},
+                           content_type="multipart/form-data")
+    assert "invisible control character" in client.get(response.headers["Location"]).get_data(as_text=True)
+    db_session.expire_all()
+    assert db_session.get(Upload, upload.id).status == "validated"
+    assert db_session.scalar(select(JobRun).where(JobRun.kind == "upload_fix")) is None
+    assert [r.status for r in db_session.scalars(select(UploadRow))] == ["error", "error"]
+    assert set((Path(app.config["UPLOAD_DIR"]) / "fixes").glob("*")) == kept
 
 
 def test_rows_to_fix_download_with_an_error_column_and_inert_formulas(client, login, db_session, tmp_path, country):
