@@ -914,8 +914,10 @@ def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, sco
     session.flush()
     changed = check_households(session, upload, scope, codes)
     session.flush()
-    for row in rows:
-        session.refresh(row)
+    # What the household check changed in the database, read back in one statement (a
+    # refresh a row took a third of a large fix's time).
+    session.scalars(select(UploadRow).where(_one_of(session, UploadRow.id, [row.id for row in rows]))
+                    .execution_options(populate_existing=True)).all()
     upload.counts = summary_counts(session, upload, households=False)
     return changed | {row.id for row in rows}
 
