@@ -115,3 +115,23 @@ def test_a_row_being_edited_keeps_its_form_when_a_fix_elsewhere_changes_it(
     _fix_the_heads_sex(page)
     expect(page.locator("#row-2")).to_have_attribute("data-status", "valid")
     expect(page.locator("#row-3 input[name=first_name]")).to_have_value("Imanuel")
+
+
+def test_a_find_and_replace_too_large_for_the_page_shows_its_progress_and_gives_back_the_fixed_rows(
+        page, browser_login, live_server, country, tmp_path, app, monkeypatch):
+    from playwright.sync_api import expect
+
+    monkeypatch.setitem(app.config, "UPLOAD_FIX_INLINE_ROWS", 1)  # any fix of two rows or more
+    _grid_of_a_new_upload(page, browser_login, live_server, country, tmp_path / "mwale family.csv",
+                          "Asha,Mwale,Q,1982-03-04,,NV1,BHH7,head,yes\n"
+                          "Baraka,Mwale,Q,2012-05-06,,NV1,BHH7,child,no\n", rows_to_fix=2)
+    page.get_by_text("Find and replace, or upload fixed rows").click()
+    page.get_by_label("Column").select_option(label="Sex")
+    page.get_by_label("Text", exact=True).fill("q")
+    page.get_by_label("Replace with").fill("F")
+    page.get_by_role("button", name="Replace").click()
+    # The summary page, polling the worker's job until the upload is back to fix or import.
+    expect(page.locator("#flash-messages")).to_contain_text("it is made in the background")
+    expect(page.locator("#upload-status")).to_have_attribute("data-status", "validated", timeout=30_000)
+    expect(page.locator("#upload-status")).to_contain_text("2 cell(s) replaced and their rows checked again.")
+    expect(page.get_by_role("button", name="Import 2 valid row(s)")).to_be_visible()
