@@ -194,6 +194,26 @@ def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
     assert "more" not in registry_read[3][1]
 
 
+def test_rows_fixed_together_are_searched_in_the_registry_as_validation_searches_them(
+        db_session, tmp_path, country, make_individual):
+    for first, village in (("Amina", "NV2"), ("Aminah", "NV1"), ("Amina", "SV1")):
+        make_individual(first, "Banda", national_id=None, birth_date=date(1990, 5, 17),
+                        location=country[village])
+    make_individual("Juma", "Phiri", national_id=None, birth_date=date(1985, 1, 2), location=country["NV1"])
+    gone = make_individual("Zawadi", "Mwale", national_id=None, birth_date=date(1970, 7, 7),
+                           location=country["SV2"])
+    gone.deleted_at = datetime(2026, 1, 1)
+    db_session.flush()
+    validated = _validated(db_session, tmp_path, LOOK_ALIKES)
+    expected = {n: (r.status, r.warning) for n, r in _rows(db_session, validated).items()}
+    # The same file with every sex wrong, then fixed by one find-and-replace.
+    broken = _validated(db_session, tmp_path, LOOK_ALIKES.replace(",F,", ",Q,").replace(",M,", ",Q,"))
+    assert {r.status for r in _rows(db_session, broken).values()} == {"error"}
+    services.replace_in_column(db_session, broken, field="sex", find="Q", replace="F", scope=EVERYTHING)
+    assert {n: (r.status, r.warning) for n, r in _rows(db_session, broken).items()} == expected
+    assert [n for n, (status, _warning) in expected.items() if status == "duplicate"] == [2, 3]
+
+
 @pytest.mark.parametrize("read_registry", [False, True], ids=["row by row", "registry read once"])
 def test_a_look_alike_outside_the_uploaders_villages_is_not_named(
         db_session, tmp_path, country, make_individual, monkeypatch, read_registry):
