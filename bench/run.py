@@ -12,7 +12,7 @@ import argparse
 import importlib
 import time
 
-SCRIPTS = ("pages", "registry_search", "upload", "upload_updates", "enrolment")
+SCRIPTS = ("pages", "registry_search", "upload", "upload_updates", "upload_fixes", "enrolment")
 
 
 def main(argv=None) -> int:

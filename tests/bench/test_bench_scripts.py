@@ -25,6 +25,7 @@ def test_the_upload_bench_uploads_validates_and_imports_a_small_file(tmp_path):
 
 @pytest.mark.parametrize("module,args,expected", [
     ("bench.registry_search", ("--people", "3000", "--queries", "5"), "registry search p95"),
-], ids=["registry search"])
+    ("bench.upload_fixes", ("--people", "3000", "--rows", "600"), "find-and-replace of 600 cells"),
+], ids=["registry search", "large fix"])
 def test_the_other_bench_scripts_run_to_their_figures(tmp_path, module, args, expected):
     assert expected in _bench(module, tmp_path, *args)
