@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from jobs import runtime
+from portal.errors import DomainError
 from portal.imports import services
 from portal.imports.models import Upload
 from portal.imports.reading import FileProblem
@@ -19,26 +20,28 @@ def fix_upload(run_id: int):
     return runtime.run(run_id, _fix)
 
 
-def prepare_session(session, *, cache_mb: int = 128) -> None:
+def prepare_session(session, *, cache_mb: int = 128, wal_checkpoints: bool = False) -> None:
     """Batches commit through progress; objects read once (locations, the upload) stay
     loaded instead of being read again after every commit. On SQLite the connection gets a
     larger page cache than its 2 MB: an import of 100,000 people dirties nearly every page
     of the registry's indexes, and with 256 MB they stay in memory until the commit writes
     each once, instead of being spilled and written again (an import 0.5-1 s faster);
-    validation gains nothing from more than 128 MB, so its memory stays lower."""
+    validation gains nothing from more than 128 MB, so its memory stays lower. A job that
+    commits for minutes (a large fix) keeps SQLite's automatic checkpoints
+    (``wal_checkpoints``), or the write-ahead log would grow for as long as it runs."""
     from sqlalchemy import text
 
     real = session.registry() if hasattr(session, "registry") else session
     real.expire_on_commit = False
     if session.get_bind().dialect.name == "sqlite":
         session.execute(text(f"PRAGMA cache_size=-{int(cache_mb) * 1024}"))
-        session.execute(text("PRAGMA wal_autocheckpoint=0"))
+        session.execute(text(f"PRAGMA wal_autocheckpoint={1000 if wal_checkpoints else 0}"))
 
 
 def _upload(session, job) -> Upload:
     upload = session.get(Upload, job.params["upload_id"])
     if upload is None:
-        raise services.DomainError("The upload was deleted.")
+        raise DomainError("The upload was deleted.")
     return upload
 
 
@@ -84,18 +87,33 @@ def _import(session, job, progress):
 
 def _fix(session, job, progress):
     upload = _upload(session, job)
-    if upload.status != "fixing" or upload.job_run_id != job.id:
-        return job.result  # finished already; this is a repeated delivery
-    prepare_session(session)
     fix = job.params["fix"]
+    if upload.job_run_id != job.id:
+        raise DomainError("This upload has had another job since; make the fix again "
+                                   "from its rows to fix.")
+    if upload.status != "fixing":
+        if not services.unfinished_fix(job):  # finished already; this is a repeated delivery
+            services.forget_fixes_file(fix)
+            return job.result
+        # Started again after it failed: a replace goes on from where it stopped.
+        if fix["kind"] != "replace" or upload.status != "validated":
+            raise DomainError("This fix stopped before it was done, and its file of fixes "
+                                       "is not kept: upload the file of fixes again.")
+        upload.status, upload.message = "fixing", ""
+    prepare_session(session, wal_checkpoints=True)
     try:
-        return services.fix_upload(session, upload, fix, scope=services.scope_from_params(job.params),
-                                   run=job, progress=progress)
+        result = services.fix_upload(session, upload, fix, scope=services.scope_from_params(job.params),
+                                     run=job, progress=progress)
+        job.result = result
+        progress.commit()
     except Exception as exc:
         # What was fixed and committed stays fixed; the rows can be fixed again by hand.
         session.rollback()
         upload = session.get(Upload, job.params["upload_id"])
-        services.end_failed_fix(session, upload, fix, "The fix stopped: " + (
+        services.end_failed_fix(session, upload, "The fix stopped: " + (
             getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"))
-        progress.commit()  # not if another attempt has taken over
+        progress.commit()  # not if another attempt has taken over (nor is the file taken then)
+        services.forget_fixes_file(fix)
         raise
+    services.forget_fixes_file(fix)  # only now: a worker killed before the commit reads it again
+    return result

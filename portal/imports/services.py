@@ -239,7 +239,8 @@ def reconcile(session: Session, upload: Upload) -> bool:
     if upload.status == "validating":
         upload.status = "failed"
     elif upload.status == "fixing":  # given up on: its worker died every time
-        end_failed_fix(session, upload, run.params.get("fix", {}), run.message)
+        end_failed_fix(session, upload, f"The fix stopped before it was done: {run.message}")
+        forget_fixes_file(run.params.get("fix", {}))
         return True
     else:
         upload.status = "validated"  # what was imported stays imported; import again resumes
@@ -1302,12 +1303,13 @@ def start_fix(session: Session, upload: Upload, fix: dict, *, scope: Scope, acto
 def fix_upload(session: Session, upload: Upload, fix: dict, *, scope: Scope, run: JobRun,
                progress) -> dict:
     """The job's side of ``start_fix``: make the fix in chunks, each committed (``progress``
-    commits) with where it got to in ``run.result``, from which a job run again after its
-    worker died goes on; then give the upload back to its grid with a message."""
-    resume = dict(run.result or {})
+    commits) with where it got to, ``{"resume": ...}`` in ``run.result``, from which a job
+    run again after its worker died goes on; then give the upload back to its grid with a
+    message. The caller commits that and records the result returned."""
+    resume = dict((run.result or {}).get("resume") or {})
 
     def checkpoint(state: dict) -> None:
-        run.result = state
+        run.result = {"resume": state}
         progress(state["read"], None, f"Checked {state['read']:,} rows")
 
     if fix["kind"] == "replace":
@@ -1329,11 +1331,22 @@ def fix_upload(session: Session, upload: Upload, fix: dict, *, scope: Scope, run
     return result
 
 
-def end_failed_fix(session: Session, upload: Upload, fix: dict, message: str) -> None:
-    """A fix job that failed: the rows it had fixed stay fixed, the upload can be fixed and
-    imported again, and a file of fixes is not kept."""
+def unfinished_fix(run: JobRun) -> bool:
+    """Whether this fix job stopped before it was done (its result is still where it got to)."""
+    return "resume" in (run.result or {})
+
+
+def end_failed_fix(session: Session, upload: Upload, message: str) -> None:
+    """A fix job that failed: the rows it had fixed stay fixed, and the upload can be fixed
+    and imported again. (Its file of fixes goes with ``forget_fixes_file`` once this is
+    committed: an attempt that was taken over meanwhile must not take the file from the
+    attempt now running.)"""
     upload.status, upload.message = "validated", message[:2000]
     upload.counts = summary_counts(session, upload)
+
+
+def forget_fixes_file(fix: dict) -> None:
+    """A file of fixes is kept only while its job may still read it."""
     if fix.get("kind") == "file":
         Path(fix["path"]).unlink(missing_ok=True)
 
@@ -1426,7 +1439,8 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
         state["read"] += len(chunk)
         if checkpoint:
             checkpoint(dict(state))
-    path.unlink(missing_ok=True)
+    if checkpoint is None:  # (a job's file stays until its last commit: see forget_fixes_file)
+        path.unlink(missing_ok=True)
     return {"updated": state["updated"], "unknown": state["unknown"]}
 
 

@@ -8,6 +8,7 @@ import re
 import pytest
 from sqlalchemy import func, select
 
+from portal.errors import DomainError
 from portal.imports import services
 from portal.imports.models import Upload, UploadRow
 from portal.locations.services import Scope
@@ -164,10 +165,85 @@ def test_a_file_of_fixes_whose_job_was_given_up_on_gives_the_rows_back_and_is_no
     db_session.commit()
     run.status, run.message = "failed", "The worker stopped while running this job."  # the sweep's verdict
     assert services.reconcile(db_session, upload)
-    assert (upload.status, upload.message) == ("validated", "The worker stopped while running this job.")
+    assert (upload.status, upload.message) == (
+        "validated", "The fix stopped before it was done: The worker stopped while running this job.")
     assert not fixes.exists()
     services.edit_row(db_session, upload, _rows(db_session, upload)[2], {"sex": "F"}, scope=EVERYTHING)
     assert [r.status for r in _rows(db_session, upload).values()] == ["valid"]
+
+
+def _file_fix_running(db_session, tmp_path, *, attempts: int = 1):
+    upload = _validated(db_session, tmp_path, None,
+                        HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n" + "Ali,Banda,Q,1991-05-17,,NV1,,,\n")
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text("Row,First name,Last name,Sex\n2,Juma,Banda,M\n3,Ali,Banda,M\n")
+    run = services.start_fix(db_session, upload, {"kind": "file", "path": str(fixes)}, scope=EVERYTHING,
+                             actor_id=None)
+    run.status, run.attempts = "running", attempts
+    db_session.commit()
+    return upload, run, fixes
+
+
+def test_a_file_fix_whose_worker_died_after_its_last_chunk_is_finished_by_the_next_attempt(
+        db_session, tmp_path, country, monkeypatch):
+    from jobs import imports as jobs
+    from jobs.runtime import Progress
+
+    upload, run, fixes = _file_fix_running(db_session, tmp_path)
+    counted = services.summary_counts
+
+    def killed(session, upload, *, households=True):
+        if households:  # the job's last step, after every chunk was committed
+            raise SystemExit("worker killed")
+        return counted(session, upload, households=households)
+
+    monkeypatch.setattr(services, "summary_counts", killed)
+    with pytest.raises(SystemExit):
+        jobs._fix(db_session, run, Progress(db_session, run, 1))
+    db_session.rollback()  # what the dead process had not committed
+    monkeypatch.undo()
+    assert fixes.exists()  # the next attempt still reads it
+    run.attempts = 2
+    db_session.commit()
+    assert jobs._fix(db_session, run, Progress(db_session, run, 2)) == {"updated": 2, "unknown": 0}
+    upload = db_session.get(Upload, upload.id)
+    assert (upload.status, upload.message) == ("validated", "2 row(s) updated and checked again.")
+    assert [r.status for r in _rows(db_session, upload).values()] == ["valid", "valid"]
+    assert not fixes.exists()
+
+
+def test_an_attempt_taken_over_while_it_fails_leaves_the_file_of_fixes_to_the_attempt_now_running(
+        db_session, tmp_path, country, monkeypatch):
+    from jobs import imports as jobs
+    from jobs.runtime import Progress, Superseded
+
+    upload, run, fixes = _file_fix_running(db_session, tmp_path, attempts=2)
+
+    def deadlocked(*_args, **_kwargs):
+        raise RuntimeError("deadlock detected")
+
+    monkeypatch.setattr(services, "fix_upload", deadlocked)
+    with pytest.raises(Superseded):  # this is attempt 1, late: the sweep gave the job to attempt 2
+        jobs._fix(db_session, run, Progress(db_session, run, 1))
+    db_session.expire_all()
+    assert db_session.get(Upload, upload.id).status == "fixing"
+    assert fixes.exists()
+
+
+def test_a_file_fix_that_failed_is_not_started_again_without_its_file(db_session, tmp_path, country):
+    from jobs import imports as jobs
+    from jobs.runtime import Progress
+
+    upload, run, fixes = _file_fix_running(db_session, tmp_path)
+    run.result = {"resume": {"read": 1, "updated": 1, "unknown": 0}}  # where it had got to
+    run.status, run.message = "failed", "The worker stopped while running this job."  # the sweep's verdict
+    db_session.commit()
+    assert services.reconcile(db_session, upload) and not fixes.exists()
+    run.status, run.attempts = "running", 2  # "Run again" on the job's page
+    db_session.commit()
+    with pytest.raises(DomainError, match="upload the file of fixes again"):
+        jobs._fix(db_session, run, Progress(db_session, run, 2))
+    assert db_session.get(Upload, upload.id).status == "validated"
 
 
 def test_an_import_that_stopped_after_its_people_but_before_their_households_can_be_started_again(

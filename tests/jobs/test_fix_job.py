@@ -94,3 +94,37 @@ def test_a_find_and_replace_whose_worker_was_killed_goes_on_and_replaces_each_ce
     # The rows are still errors (their sex), now with the new names checked.
     assert upload.counts["errors"] == rows
     assert db.session.scalar(select(JobRun.status).where(JobRun.id == run_id)) == "succeeded"
+
+
+def test_a_find_and_replace_given_up_on_goes_on_from_where_it_stopped_when_started_again(
+        small_page_fixes, app, client, login, villages, worker):  # noqa: F811
+    rows = 4000
+    upload = _validated_upload(client, login, rows)
+    worker.stop()  # only the worker we kill may take the fix
+    victim = start_worker(app)
+    try:
+        client.post(f"/imports/{upload.id}/replace", data={
+            "field": "first_name", "match": "part", "find": "Person", "replace": "Person Ann"})
+        db.session.commit()
+        db.session.refresh(upload)
+        run_id = upload.job_run_id
+        _wait_until_midway(run_id, rows)
+        kill_worker(victim)
+    finally:
+        worker.start()
+    db.session.commit()
+    run = db.session.get(JobRun, run_id)
+    run.status, run.message = "failed", "The worker stopped while running this job."  # the sweep gave up
+    db.session.commit()
+    page = client.get(f"/imports/{upload.id}").get_data(as_text=True)
+    assert "The fix stopped before it was done: The worker stopped while running this job." in page
+    db.session.refresh(upload)
+    assert upload.status == "validated"  # its rows can be fixed by hand again, or the fix started again
+    assert client.post(f"/jobs/{run_id}/retry").status_code == 303
+    db.session.commit()
+    run = _wait(upload, timeout=180)
+    assert run.status == "succeeded", run.message
+    assert run.result == {"changed": rows}
+    names = db.session.execute(select(UploadRow.row_number, UploadRow.raw).where(UploadRow.upload_id == upload.id)).all()
+    assert sorted(raw["first_name"] for _n, raw in names) == sorted(f"Person Ann{n - 2}" for n, _raw in names)
+    assert upload.status == "validated" and upload.message == f"{rows:,} cell(s) replaced and their rows checked again."
