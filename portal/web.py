@@ -82,13 +82,31 @@ def scope() -> Scope:
     return Scope.for_user(current_user)
 
 
-def queue_job(run) -> None:
-    """Commit the job row, then hand it to RQ: a worker must find the row it is given."""
+def queue_job(run) -> bool:
+    """Commit the job row, then hand it to RQ: a worker must find the row it is given.
+
+    When the queue cannot be reached the row is marked failed, so that nothing waits for it
+    for ever (an upload busy with it shows the failure and can be started again), and the
+    user is told. Returns whether the job was queued."""
+    from redis.exceptions import RedisError
+
     from portal.background.services import enqueue, job_queue, redis_connection
+    from portal.clock import now
 
     db.session.commit()
-    enqueue(job_queue(redis_connection(current_app.config)), run)
+    try:
+        enqueue(job_queue(redis_connection(current_app.config)), run)
+    except RedisError:
+        current_app.logger.exception("job %s could not be queued", run.id)
+        db.session.rollback()
+        run.status, run.finished_at = "failed", now()
+        run.message = "The job queue could not be reached, so this job was not started; start it again."
+        db.session.commit()
+        flash("The background queue could not be reached just now, so nothing was started; "
+              "try again in a minute.", "error")
+        return False
     db.session.commit()
+    return True
 
 
 def sweep_if_running(run) -> None:

@@ -49,6 +49,15 @@ def _row(upload, row_number: int):
     return row
 
 
+def _current(upload):
+    """The upload, no longer busy with a job whose worker died or that failed."""
+    if upload.busy:
+        sweep_if_running(upload.job_run)
+    if services.reconcile(db.session, upload):
+        db.session.commit()
+    return upload
+
+
 def _save_file(storage, folder: str) -> Path:
     base = Path(current_app.config["UPLOAD_DIR"]) / folder
     base.mkdir(parents=True, exist_ok=True)
@@ -161,11 +170,7 @@ def mapping(upload_id: int):
 @bp.route("/<int:upload_id>")
 @require("upload.view")
 def show(upload_id: int):
-    upload = _upload(upload_id)
-    if upload.busy:
-        sweep_if_running(upload.job_run)
-    if services.reconcile(db.session, upload):
-        db.session.commit()
+    upload = _current(_upload(upload_id))
     imported_before, earlier = services.earlier_import_of_same_file(
         db.session, upload, scope=scope(), actor_id=current_user.id) \
         if upload.status == "uploaded" else (False, None)
@@ -239,7 +244,7 @@ def _replaceable(upload) -> list[tuple[str, str]]:
 @bp.route("/<int:upload_id>/rows")
 @require("upload.view")
 def rows(upload_id: int):
-    upload = _upload(upload_id)
+    upload = _current(_upload(upload_id))
     page = int_arg("page", 1, minimum=1)
     items, has_more = services.problem_rows(db.session, upload, page=page)
     form = ReplaceForm()
@@ -357,16 +362,16 @@ def replace(upload_id: int):
         flash_refusal(exc)
     else:
         db.session.commit()
-        flash(f"{changed} cell(s) replaced and their rows checked again.", "success")
+        flash(f"{changed:,} cell(s) replaced and their rows checked again.", "success")
     return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
 
 
 def _fix_in_background(upload, fix: dict):
     """Queue a fix too large for the page to wait for and show its progress."""
     run = services.start_fix(db.session, upload, fix, scope=scope(), actor_id=current_user.id)
-    queue_job(run)
-    flash("This fix checks many rows again, so it is made in the background; the rows can be "
-          "edited again when it ends.", "success")
+    if queue_job(run):
+        flash("This fix checks many rows again, so it is made in the background; the rows can be "
+              "edited again when it ends.", "success")
     return htmx_redirect(url_for("imports.show", upload_id=upload.id))
 
 
@@ -413,7 +418,7 @@ def reupload(upload_id: int):
     else:
         db.session.commit()
         note = f"; {result['unknown']} row(s) did not match a row to fix" if result["unknown"] else ""
-        flash(f"{result['updated']} row(s) updated and checked again{note}.", "success")
+        flash(f"{result['updated']:,} row(s) updated and checked again{note}.", "success")
     return redirect(url_for("imports.rows", upload_id=upload.id))
 
 

@@ -214,6 +214,33 @@ def test_a_find_and_replace_without_a_column_of_the_file_is_refused_before_any_j
     assert db_session.scalar(select(JobRun).where(JobRun.kind == "upload_fix")) is None
 
 
+def test_a_large_fix_that_cannot_be_queued_says_so_and_gives_the_rows_back(
+        one_row_per_page_fix, app, client, login, db_session, tmp_path, country, monkeypatch):
+    upload = _validated(db_session, tmp_path, login("field_officer", [country["N"]]),
+                        HEADER + "A,B,F,1990-05-17,,north-1,,,\n" + "C,D,F,1990-05-17,,North-1,,,\n")
+    monkeypatch.setitem(app.config, "REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    response = client.post(f"/imports/{upload.id}/replace", data={"field": "location", "find": "north-1",
+                                                                  "replace": "NV1"})
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "The background queue could not be reached just now, so nothing was started" in page
+    db_session.expire_all()
+    upload = db_session.get(Upload, upload.id)
+    assert upload.status == "validated" and "The job queue could not be reached" in upload.message
+    assert db_session.get(JobRun, upload.job_run_id).status == "failed"
+    grid = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert "Find and replace" in grid  # the rows can be fixed again, by hand or by another try
+
+
+def test_an_upload_whose_check_cannot_be_queued_says_so_and_offers_to_check_it_again(
+        app, client, login, db_session, country, monkeypatch):
+    login("field_officer", [country["N"]])
+    monkeypatch.setitem(app.config, "REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    response = _post_file(client, (HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n").encode(), "people.csv")
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "The background queue could not be reached just now" in page
+    assert 'data-status="failed"' in page and "Check again" in page
+
+
 FIXED_HEADER = "Row,First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
 
 

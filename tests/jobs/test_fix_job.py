@@ -116,6 +116,8 @@ def test_a_find_and_replace_given_up_on_goes_on_from_where_it_stopped_when_start
     run = db.session.get(JobRun, run_id)
     run.status, run.message = "failed", "The worker stopped while running this job."  # the sweep gave up
     db.session.commit()
+    grid = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert "Find and replace" in grid and "being made in the background" not in grid
     page = client.get(f"/imports/{upload.id}").get_data(as_text=True)
     assert "The fix stopped before it was done: The worker stopped while running this job." in page
     db.session.refresh(upload)
