@@ -354,58 +354,45 @@ class RowChecker:
         return self.scope.everything or any(path.startswith(p) for p in self.scope.paths)
 
     def probable_duplicate(self, cleaned: dict) -> str | None:
-        if not cleaned.get("birth_date") or not cleaned.get("location_id"):
+        """The warning of a row already looked up by ``search_registry``."""
+        if not cleaned.get("birth_date") or not cleaned.get("location_id") or not (
+                cleaned.get("first_name") or cleaned.get("last_name")):
             return None
-        key = identity_key(cleaned)
-        if key in self._searched:
-            return self._searched[key]
-        _blocking, similar = self.validation.find_duplicates(
-            self.session, national_id=None, first_name=cleaned.get("first_name"),
-            last_name=cleaned.get("last_name"),
-            birth_date=date.fromisoformat(cleaned["birth_date"]),
-            location_id=cleaned["location_id"])
-        if not similar:
-            return None
-        person = next((p for p in similar if self.in_scope(p.location.path)), similar[0])
-        return duplicate_warning(person.id, person.full_name, person.birth_date.isoformat(),
-                                 len(similar) - 1, outside=not self.in_scope(person.location.path))
+        return self._searched[identity_key(cleaned)]
 
     def search_registry(self, rows: list[dict]) -> None:
-        """``probable_duplicate`` for many cleaned rows at once: everyone born on their days
-        is read in one statement, and the rule (same district, first 200 by id, similar
-        name) applied here. A fix checks hundreds of rows together, and one search a row
-        was a third of its time."""
+        """Look up the registered look-alikes of these cleaned rows for ``probable_duplicate``,
+        by validation's rule (``ProbableDuplicates``): a living person born the same day in
+        the same district with a similar name; the first the uploader sees is named, by id.
+        Everyone born on the rows' days in their districts is read in one statement: a fix
+        checks hundreds of rows together, and a search a row was a third of its time."""
         wanted = {identity_key(c): c for c in rows
                   if c.get("birth_date") and c.get("location_id") and (c.get("first_name") or c.get("last_name"))}
-        if not wanted:
-            return
         areas = self.areas_of({c["location_id"] for c in wanted.values()})
-        days = sorted({c["birth_date"] for c in wanted.values()})
         born: dict[str, list] = {}
-        if not areas:  # (no village left: nobody to compare with)
-            self._searched.update(dict.fromkeys(wanted))
-            return
-        # (Core rows, not the ORM's: thousands come back, and only their districts'.)
-        for person in self.session.connection().execute(
-                select(Individual.id, Individual.first_name, Individual.middle_name, Individual.last_name,
-                       Individual.birth_date, Location.path)
-                .join(Location, Location.id == Individual.location_id)
-                .where(_one_of(self.session, Individual.birth_date, [date.fromisoformat(d) for d in days], Date),
-                       Individual.deleted_at.is_(None),
-                       or_(*(Location.path.startswith(a, autoescape=True) for a in set(areas.values()))))
-                .order_by(Individual.id)):
-            born.setdefault(person.birth_date.isoformat(), []).append(person)
+        if areas:
+            days = sorted({date.fromisoformat(c["birth_date"]) for c in wanted.values()})
+            # (Core rows, not the ORM's: thousands come back, and only their districts'.)
+            for person in self.session.connection().execute(
+                    select(Individual.id, Individual.first_name, Individual.last_name,
+                           Individual.birth_date, Location.path)
+                    .join(Location, Location.id == Individual.location_id)
+                    .where(_one_of(self.session, Individual.birth_date, days, Date),
+                           Individual.deleted_at.is_(None),
+                           or_(*(Location.path.startswith(a, autoescape=True) for a in set(areas.values()))))
+                    .order_by(Individual.id)):
+                born.setdefault(person.birth_date.isoformat(), []).append(person)
         for key, cleaned in wanted.items():
             area = areas.get(cleaned["location_id"])
-            nearby = [p for p in born.get(cleaned["birth_date"], ()) if area and p.path.startswith(area)][:200]
-            similar = [p for p in nearby if similar_names(cleaned.get("first_name") or "", cleaned.get("last_name") or "",
-                                                          p.first_name, p.last_name)][:10]
+            first, last = cleaned.get("first_name") or "", cleaned.get("last_name") or ""
+            similar = [p for p in born.get(cleaned["birth_date"], ()) if area and p.path.startswith(area)
+                       and similar_names(first, last, p.first_name, p.last_name)]
             warning = None
             if similar:
                 person = next((p for p in similar if self.in_scope(p.path)), similar[0])
-                warning = duplicate_warning(
-                    person.id, full_name(person.first_name, person.middle_name, person.last_name),
-                    person.birth_date.isoformat(), len(similar) - 1, outside=not self.in_scope(person.path))
+                warning = duplicate_warning(person.id, f"{person.first_name} {person.last_name}",
+                                            person.birth_date.isoformat(), len(similar) - 1,
+                                            outside=not self.in_scope(person.path))
             self._searched[key] = warning
 
     def locations_in_scope(self) -> set[int] | None:

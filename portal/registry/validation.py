@@ -520,7 +520,7 @@ def find_duplicates(session: Session, *, national_id, first_name, last_name, bir
         candidates = session.scalars(
             select(Individual).join(Location, Individual.location_id == Location.id)
             .where(Individual.birth_date == birth_date, Location.path.startswith(area, autoescape=True),
-                   *live).limit(200))
+                   *live).order_by(Individual.id).limit(200))
         seen = {p.id for p in blocking}
         warnings = [p for p in candidates if p.id not in seen and
                     similar_names(first_name or "", last_name or "", p.first_name, p.last_name)]

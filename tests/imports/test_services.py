@@ -215,6 +215,24 @@ def test_rows_fixed_together_are_searched_in_the_registry_as_validation_searches
 
 
 @pytest.mark.parametrize("read_registry", [False, True], ids=["row by row", "registry read once"])
+def test_a_fix_names_the_same_one_of_many_look_alikes_as_validation_and_counts_all_the_others(
+        db_session, tmp_path, country, make_individual, monkeypatch, read_registry):
+    if read_registry:
+        monkeypatch.setattr(duplicates, "READ_REGISTRY_ROWS", 0)  # as for a file of 40,000 rows
+    born = date(1990, 5, 17)
+    make_individual("Amina", "Banda", national_id=None, birth_date=born, location=country["NV2"])  # outside
+    inside = [make_individual("Amina", "Banda", national_id=None, birth_date=born, location=country["NV1"])
+              for _ in range(11)]
+    officer = Scope(paths=(country["NV1"].path,))
+    expected = f"Probably the same person as #{inside[0].id} Amina Banda, born 1990-05-17 and 11 more."
+    text = HEADER + "Aminah,Banda,F,1990-05-17,,NV1,,,\n"
+    assert _rows(db_session, _validated(db_session, tmp_path, text, scope=officer))[2].warning == expected
+    broken = _validated(db_session, tmp_path, text.replace(",F,", ",Q,"), scope=officer)
+    services.replace_in_column(db_session, broken, field="sex", find="Q", replace="F", scope=officer)
+    assert _rows(db_session, broken)[2].warning == expected
+
+
+@pytest.mark.parametrize("read_registry", [False, True], ids=["row by row", "registry read once"])
 def test_a_look_alike_outside_the_uploaders_villages_is_not_named(
         db_session, tmp_path, country, make_individual, monkeypatch, read_registry):
     if read_registry:
