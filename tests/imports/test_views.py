@@ -193,7 +193,8 @@ def test_a_find_and_replace_in_an_upload_with_more_open_rows_than_a_page_checks_
     # Nothing is changed until the worker makes the fix, and nobody edits the rows meanwhile.
     assert sorted(r.raw["location"] for r in db_session.scalars(select(UploadRow))) == ["North-1", "north-1"]
     summary = client.get(f"/imports/{upload.id}").get_data(as_text=True)
-    assert "Fixing: 0 of 0" in summary and "it is made in the background" in summary
+    assert "<p>Fixing</p>" in summary and "Waiting for a worker" in summary
+    assert "it is made in the background" in summary
     grid = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
     assert "A large fix is being made in the background" in grid and "Find and replace" not in grid
     refused = client.post(f"/imports/{upload.id}/rows/2/edit", data={"location": "NV1"})

@@ -55,7 +55,8 @@ def test_a_file_of_fixes_too_long_for_a_page_is_applied_by_the_worker_with_its_p
     assert upload.status == "validated" and upload.counts["valid"] == rows and upload.counts["errors"] == 0
     assert upload.message == f"{rows} row(s) updated and checked again; 1 row(s) did not match a row to fix."
     page = client.get(f"/imports/{upload.id}").get_data(as_text=True)
-    assert upload.message in page and f"Import {rows} valid row(s)" in page
+    assert f'<p class="flash flash-success" role="status">{upload.message}</p>' in page
+    assert f"Import {rows} valid row(s)" in page
     assert db.session.scalar(select(func.count()).where(
         AuditEntry.action == "fixes", AuditEntry.entity_id == str(upload.id))) == rows
 
