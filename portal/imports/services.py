@@ -876,6 +876,9 @@ def rows_by_id(session: Session, upload: Upload, ids: set[int], *, limit: int) -
 
 def _editable(upload: Upload, *, by_job: bool = False) -> None:
     """Rows are fixed between validation and import; a fix job's own upload is "fixing"."""
+    if upload.status == "fixing" and not by_job:
+        raise DomainError("A large fix is being made in this upload; its rows can be edited "
+                          "again when it ends.")
     if upload.status != ("fixing" if by_job else "validated"):
         raise DomainError(f"This upload is {upload.status}; rows can be fixed only after "
                           "validation and before the import.")
