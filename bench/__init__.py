@@ -22,3 +22,19 @@ def sqlalchemy_url(url: str) -> str:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return url
+
+
+def remove_upload(session, upload_id: int, *, audit_after: int) -> None:
+    """Take a bench's upload out again with its staged rows, its jobs and the audit entries
+    written since ``audit_after`` (an entry id), so that every run starts the same."""
+    from sqlalchemy import delete
+
+    from portal.audit.models import AuditEntry
+    from portal.background.models import JobRun
+    from portal.imports.models import Upload, UploadRow
+
+    session.execute(delete(AuditEntry).where(AuditEntry.id > audit_after))
+    session.execute(delete(UploadRow).where(UploadRow.upload_id == upload_id))
+    session.execute(delete(JobRun).where(JobRun.lock_key == f"upload:{upload_id}"))
+    session.execute(delete(Upload).where(Upload.id == upload_id))
+    session.commit()

@@ -19,7 +19,7 @@ from datetime import date, timedelta
 
 os.environ.setdefault("PORTAL_ENV", "development")
 
-from bench import BENCH_DIR  # noqa: E402
+from bench import BENCH_DIR, remove_upload  # noqa: E402
 from bench.upload import DEFAULT_URL, FIRST, LAST  # noqa: E402
 
 
@@ -34,16 +34,14 @@ def main(argv=None) -> int:
 
     ensure_population(args.database_url, people=args.people, households=args.people // 5)
     from bench.setup import demo_app
-    from sqlalchemy import delete, func, select
+    from sqlalchemy import func, select
 
     app = demo_app(args.database_url)
     from jobs.imports import prepare_session
     from portal import extensions
     from portal.audit.models import AuditEntry
-    from portal.background.models import JobRun
     from portal.extensions import db
     from portal.imports import services
-    from portal.imports.models import Upload, UploadRow
     from portal.locations.models import Location
     from portal.locations.services import Scope
 
@@ -103,11 +101,7 @@ def main(argv=None) -> int:
               f"errors {after.get('error', 0):,})")
 
         started = time.perf_counter()
-        session.execute(delete(AuditEntry).where(AuditEntry.id > audit_before))
-        session.execute(delete(UploadRow).where(UploadRow.upload_id == upload.id))
-        session.execute(delete(JobRun).where(JobRun.lock_key == f"upload:{upload.id}"))
-        session.execute(delete(Upload).where(Upload.id == upload.id))
-        session.commit()
+        remove_upload(session, upload.id, audit_after=audit_before)
         path.unlink(missing_ok=True)
         print(f"(removed the upload again in {time.perf_counter() - started:.1f} s)")
     return 0

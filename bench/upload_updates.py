@@ -16,7 +16,7 @@ import time
 
 os.environ.setdefault("PORTAL_ENV", "development")
 
-from bench import BENCH_DIR  # noqa: E402
+from bench import BENCH_DIR, remove_upload  # noqa: E402
 from bench.upload import DEFAULT_URL  # noqa: E402
 
 RESTORED = ("phone", "location_id", "name_key", "version", "updated_at")
@@ -32,16 +32,14 @@ def main(argv=None) -> int:
 
     ensure_population(args.database_url, people=1_000_000, households=200_000)
     from bench.setup import demo_app
-    from sqlalchemy import bindparam, delete, func, select, update
+    from sqlalchemy import bindparam, func, select, update
 
     app = demo_app(args.database_url)
     from jobs.imports import prepare_session
     from portal import extensions
     from portal.audit.models import AuditEntry
-    from portal.background.models import JobRun
     from portal.extensions import db
     from portal.imports import services
-    from portal.imports.models import Upload, UploadRow
     from portal.locations.models import Location
     from portal.locations.services import Scope
     from portal.registry.models import Individual
@@ -108,11 +106,7 @@ def main(argv=None) -> int:
         session.execute(update(table).where(table.c.id == bindparam("person")).values(
             **{c: bindparam(f"old_{c}", type_=table.c[c].type) for c in RESTORED}),
             [{"person": p.id, **{f"old_{c}": getattr(p, c) for c in RESTORED}} for p in people])
-        session.execute(delete(AuditEntry).where(AuditEntry.id > audit_before))
-        session.execute(delete(UploadRow).where(UploadRow.upload_id == upload.id))
-        session.execute(delete(JobRun).where(JobRun.lock_key == f"upload:{upload.id}"))
-        session.execute(delete(Upload).where(Upload.id == upload.id))
-        session.commit()
+        remove_upload(session, upload.id, audit_after=audit_before)
         path.unlink(missing_ok=True)
         print(f"(put the people back in {time.perf_counter() - started:.1f} s)")
     return 0

@@ -170,8 +170,10 @@ LOOK_ALIKES = (HEADER
                + "Zawadi,Mwale,F,1970-07-07,,SV1,,,\n")  # only a deleted look-alike
 
 
-def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
-        db_session, tmp_path, country, make_individual, monkeypatch):
+@pytest.fixture
+def registered_look_alikes(db_session, country, make_individual):
+    """The registry LOOK_ALIKES is checked against: two Amina Bandas in the N district and
+    one in the S district, a Juma Phiri born a day apart, a deleted Zawadi Mwale."""
     for first, village in (("Amina", "NV2"), ("Aminah", "NV1"), ("Amina", "SV1")):
         make_individual(first, "Banda", national_id=None, birth_date=date(1990, 5, 17),
                         location=country[village])
@@ -180,6 +182,10 @@ def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
                            location=country["SV2"])
     gone.deleted_at = datetime(2026, 1, 1)
     db_session.flush()
+
+
+def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
+        registered_look_alikes, db_session, tmp_path, monkeypatch):
 
     def warnings():
         upload = _validated(db_session, tmp_path, LOOK_ALIKES)
@@ -195,15 +201,7 @@ def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
 
 
 def test_rows_fixed_together_are_searched_in_the_registry_as_validation_searches_them(
-        db_session, tmp_path, country, make_individual):
-    for first, village in (("Amina", "NV2"), ("Aminah", "NV1"), ("Amina", "SV1")):
-        make_individual(first, "Banda", national_id=None, birth_date=date(1990, 5, 17),
-                        location=country[village])
-    make_individual("Juma", "Phiri", national_id=None, birth_date=date(1985, 1, 2), location=country["NV1"])
-    gone = make_individual("Zawadi", "Mwale", national_id=None, birth_date=date(1970, 7, 7),
-                           location=country["SV2"])
-    gone.deleted_at = datetime(2026, 1, 1)
-    db_session.flush()
+        registered_look_alikes, db_session, tmp_path):
     validated = _validated(db_session, tmp_path, LOOK_ALIKES)
     expected = {n: (r.status, r.warning) for n, r in _rows(db_session, validated).items()}
     # The same file with every sex wrong, then fixed by one find-and-replace.
