@@ -90,7 +90,7 @@ def _fix(session, job, progress):
     fix = job.params["fix"]
     if upload.job_run_id != job.id:
         raise DomainError("This upload has had another job since; make the fix again "
-                                   "from its rows to fix.")
+                          "from its rows to fix.")
     if upload.status != "fixing":
         if not services.unfinished_fix(job):  # finished already; this is a repeated delivery
             services.forget_fixes_file(fix)
@@ -98,7 +98,7 @@ def _fix(session, job, progress):
         # Started again after it failed: a replace goes on from where it stopped.
         if fix["kind"] != "replace" or upload.status != "validated":
             raise DomainError("This fix stopped before it was done, and its file of fixes "
-                                       "is not kept: upload the file of fixes again.")
+                              "is not kept: upload the file of fixes again.")
         upload.status, upload.message = "fixing", ""
     prepare_session(session, wal_checkpoints=True)
     try:

@@ -277,6 +277,7 @@ class RowChecker:
         self.roles = cols_mod.member_roles(session)
         self.role_set = {r.lower(): r for r in self.roles}
         self._areas: dict[int, str] | None = None
+        self._areas_known: dict[int, str] = {}  # location id -> area, as areas_of read them
         self._searched: dict[str, str | None] = {}  # identity_key -> warning (search_registry)
 
     def clean_many(self, raws: list[dict]) -> list[tuple[dict, dict]]:
@@ -403,10 +404,15 @@ class RowChecker:
 
     def areas_of(self, location_ids: set) -> dict[int, str]:
         """``areas`` for these locations only: a fix compares a few rows, and reading every
-        location of the country for them cost more than the comparison."""
-        area_path, ids = self.validation.area_path, sorted(i for i in location_ids if type(i) is int)
-        return {lid: area_path(Location(path=path)) for lid, path in self.session.execute(
-            select(Location.id, Location.path).where(_one_of(self.session, Location.id, ids)))}
+        location of the country for them cost more than the comparison. Each location is
+        read once for the checker's life (the registry search and the file's look-alikes
+        ask for the same villages)."""
+        known, area_path = self._areas_known, self.validation.area_path
+        ids = sorted(i for i in location_ids if type(i) is int and i not in known)
+        if ids:
+            known.update({lid: area_path(Location(path=path)) for lid, path in self.session.execute(
+                select(Location.id, Location.path).where(_one_of(self.session, Location.id, ids)))})
+        return {lid: known[lid] for lid in location_ids if lid in known}
 
     def areas(self) -> dict[int, str]:
         """location id -> the area ("same district") its people are compared within."""
@@ -1038,8 +1044,7 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
               if row_id not in rechecked and not set(errors or {}) - {"household"}}
     others.update({item["row_number"]: (item["row_number"], item["cleaned"], item, None) for item in checked
                    if item["action"] == "new" and not item["errors"]})
-    missing = {other[1].get("location_id") for other in others.values()} - places.keys()
-    areas = {**places, **checker.areas_of(missing)} if missing else places
+    areas = checker.areas_of({other[1].get("location_id") for other in others.values()} | places.keys())
     born_alike: dict[tuple, list] = {}  # (birth date, area) -> its rows, in row order
     named: dict[tuple, list] = {}  # ... and by (birth date, area, *crowd key)
     for number in sorted(others):
@@ -1218,7 +1223,7 @@ def replace_in_column(session: Session, upload: Upload, *, field: str, find: str
     False every occurrence of ``find`` within the cells (ignoring case). The changed rows
     are checked again. Returns rows changed.
 
-    A job passes ``checkpoint(state, rows read)``, which commits: every row up to
+    A job passes ``checkpoint(state)``, which commits: every row up to
     ``state["after"]`` (a row id) is then done, so a job run again after its worker died
     goes on from ``resume`` (that state) and never replaces within a cell twice."""
     _editable(upload, by_job=checkpoint is not None)
