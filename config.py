@@ -58,6 +58,11 @@ def load() -> dict:
         "UPLOAD_MAX_ROWS": _int("UPLOAD_MAX_ROWS", 500_000),
         # Rows imported per transaction: fewer, larger batches write each index page less often.
         "UPLOAD_IMPORT_BATCH": _int("UPLOAD_IMPORT_BATCH", 100_000),
+        # PostgreSQL: connections that create a large import's people at once (a backend
+        # works on one core; this machine has two).
+        "UPLOAD_IMPORT_CONNECTIONS": _int("UPLOAD_IMPORT_CONNECTIONS", 2),
+        # ... each taking at least this many rows (a smaller share is not worth a connection).
+        "UPLOAD_IMPORT_PART_ROWS": _int("UPLOAD_IMPORT_PART_ROWS", 10_000),
         # Files from this size on are read and checked in a forked process beside the one
         # staging their rows (about 20,000 rows of a workbook); smaller ones are not worth it.
         "UPLOAD_READER_PROCESS_BYTES": _int("UPLOAD_READER_PROCESS_BYTES", 1024 * 1024),

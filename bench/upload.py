@@ -193,6 +193,7 @@ def main(argv=None) -> int:
         print(f"registry ready ({args.people:,} people) in {time.perf_counter() - started:.1f} s", flush=True)
     from bench.setup import demo_app
     from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
 
     app = demo_app(url)
     from portal.extensions import db
@@ -262,7 +263,7 @@ def main(argv=None) -> int:
         session.commit()
         t3 = time.perf_counter()
         result = services.import_upload(session, upload, scope=everything, actor_id=None,
-                                        progress=progress)
+                                        progress=progress, commit_part=Session.commit)
         run.status = "succeeded"
         session.commit()
         t4 = time.perf_counter()

@@ -80,8 +80,9 @@ class Progress:
             self.run.message = message
         self.commit()
 
-    def commit(self) -> None:
-        _commit_if_still_mine(self.session, self.run.id, self.attempt)
+    def commit(self, session=None) -> None:
+        """Commit the job's session, or ``session`` when the work shares out to others."""
+        _commit_if_still_mine(session or self.session, self.run.id, self.attempt)
 
 
 def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) -> dict | None:

@@ -262,11 +262,13 @@ def count_queries(app):
 
 def worker_env(app) -> dict:
     """The real worker reads every upload in a forked child process, as it does large files
-    (tests run in-process read small files in line)."""
+    (tests run in-process read small files in line), and on PostgreSQL imports a batch's new
+    people in two shares at once, as it does large batches."""
     return dict(os.environ, DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"],
                 REDIS_URL=app.config["REDIS_URL"], PORTAL_ENV="test",
                 PORTAL_INSTANCE=str(INSTANCE), UPLOAD_DIR=app.config["UPLOAD_DIR"],
-                JOB_STALE_SECONDS="5", UPLOAD_IMPORT_BATCH="5000", UPLOAD_READER_PROCESS_BYTES="0")
+                JOB_STALE_SECONDS="5", UPLOAD_IMPORT_BATCH="5000", UPLOAD_IMPORT_PART_ROWS="1000",
+                UPLOAD_READER_PROCESS_BYTES="0")
 
 
 def start_worker(app) -> subprocess.Popen:

@@ -12,16 +12,18 @@ import hashlib
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from datetime import date
 from itertools import islice
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import orjson
 from flask import current_app
 from sqlalchemy import (ARRAY, Date, Integer, String, bindparam, and_, case, delete, func, literal_column, or_, select,
                         text, update)
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -1452,10 +1454,14 @@ def _individual_values(cleaned: dict) -> dict:
 
 
 def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: int | None,
-                  progress) -> dict:
+                  progress, commit_part: Callable[[Session], None] | None = None) -> dict:
     """Create or update the people of every valid row, then their households, then enrol
     them. Idempotent per row: a row becomes ``imported`` in the transaction that creates its
-    person, so running this again (or after a crash) continues where it stopped."""
+    person, so running this again (or after a crash) continues where it stopped.
+
+    With ``commit_part`` (which commits another session's share of the work, as the job's
+    progress commits its own), PostgreSQL creates a large batch's people on several
+    connections at once (``UPLOAD_IMPORT_CONNECTIONS``)."""
     started = time.monotonic()
     total = session.scalar(select(func.count()).where(
         UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "imported"))))
@@ -1472,29 +1478,24 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
             .order_by(UploadRow.id).limit(batch_size)).all()
         if not batch:
             break
-        new = [r.id for r in batch if r.action == "new"]
+        new = [r for r in batch if r.action == "new"]
+        parts = _parts(session, len(new), commit_part)
+        people: list[int] = []  # the people this batch created or updated (and audits)
+        if parts > 1:
+            created += _import_new_rows_at_once(session, upload, new, parts, commit_part)
+        elif new:
+            people = _import_new_rows(session, upload.id, [r.id for r in new])
+            created += len(people)
         marks: list[dict] = []
-        people: list[int] = []  # the people this batch created or updated
-        if new:
-            people = _insert_new_people(session, upload.id, new)
-            if people is None:  # someone registered one of these national IDs meanwhile
-                for chunk in _batched(new, BATCH):  # rows read in Python a few thousand at a time
-                    marks += _insert_people(session, _with_cleaned(session, chunk))
-                people = [m["individual_id"] for m in marks if m["status"] == "imported"]
-        created += len(people)
         for chunk in _batched([r.id for r in batch if r.action == "update"], BATCH):
             for mark in _update_people(session, _with_cleaned(session, chunk), scope):
                 marks.append(mark)
                 if mark["status"] == "imported":
                     updated += 1
                     people.append(mark["individual_id"])
-        mark_imported(session, [m for m in marks if "errors" not in m])
-        failed = [m for m in marks if "errors" in m]
-        if failed:
-            session.execute(update(UploadRow), failed)
-        record(session, action="import", entity_type="upload", entity_id=upload.id,
-               summary=f"Rows {batch[0].row_number}-{batch[-1].row_number}: {len(people)} people imported",
-               changes={"individual_ids": people})
+        _mark_rows(session, marks)
+        if parts <= 1 or people:
+            _record_rows(session, upload, batch, people)
         done += len(batch)
         progress(done, total, f"Imported {done:,} of {total:,} people")
     members = import_households(session, upload, scope)
@@ -1513,6 +1514,75 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
     upload.imported_at = now()
     upload.import_seconds = round((upload.import_seconds or 0) + time.monotonic() - started, 2)
     return counts
+
+
+def _parts(session: Session, rows: int, commit_part) -> int:
+    """How many connections create a batch's new people: one, except on PostgreSQL when the
+    work's commits can be made (``commit_part``) and the session has an engine of its own
+    to draw connections from (a test's session is bound to one connection)."""
+    if commit_part is None or session.get_bind().dialect.name != "postgresql":
+        return 1
+    if not isinstance(session.get_bind(), Engine):
+        return 1
+    config = current_app.config
+    return max(1, min(config["UPLOAD_IMPORT_CONNECTIONS"], rows // config["UPLOAD_IMPORT_PART_ROWS"]))
+
+
+def _import_new_rows(session: Session, upload_id: int, row_ids: list[int]) -> list[int]:
+    """Create the people of these valid new rows (ids in order) and mark the rows; returns
+    the people created."""
+    people = _insert_new_people(session, upload_id, row_ids)
+    if people is not None:
+        return people
+    # Someone registered one of these national IDs meanwhile: row by row, a few thousand
+    # rows read in Python at a time.
+    marks = []
+    for chunk in _batched(row_ids, BATCH):
+        marks += _insert_people(session, _with_cleaned(session, chunk))
+    _mark_rows(session, marks)
+    return [m["individual_id"] for m in marks if m["status"] == "imported"]
+
+
+def _import_new_rows_at_once(session: Session, upload: Upload, rows: list, parts: int,
+                             commit_part: Callable[[Session], None]) -> int:
+    """Create the people of these valid new rows (id, row_number; in id order) in ``parts``
+    shares at once, each on a connection and in a transaction of its own with its audit
+    entry, committed by ``commit_part``; returns the number of people created.
+
+    A PostgreSQL backend works on one core: 100,000 people took 8.7 s on one connection and
+    4.6 s on two. Each share commits alone, which the import allows (a row is imported in the
+    transaction that creates its person); a share that fails leaves its rows valid for the
+    next run. (Households shared out by code gained nothing: their shares write the same
+    index pages.)"""
+    app = current_app._get_current_object()
+    engine = session.get_bind()
+    actor = session.info.get("actor_id")
+    shares = [rows[i * len(rows) // parts:(i + 1) * len(rows) // parts] for i in range(parts)]
+
+    def share(part: list) -> int:
+        with app.app_context(), Session(engine, expire_on_commit=False) as own:
+            own.info["actor_id"] = actor
+            people = _import_new_rows(own, upload.id, [r.id for r in part])
+            _record_rows(own, upload, part, people)
+            commit_part(own)
+            return len(people)
+
+    with ThreadPoolExecutor(parts) as pool:
+        return sum(pool.map(share, shares))
+
+
+def _mark_rows(session: Session, marks: list[dict]) -> None:
+    """Rows imported with their person, or in error with their ``errors``."""
+    mark_imported(session, [m for m in marks if "errors" not in m])
+    failed = [m for m in marks if "errors" in m]
+    if failed:
+        session.execute(update(UploadRow), failed)
+
+
+def _record_rows(session: Session, upload: Upload, rows: list, people: list[int]) -> None:
+    record(session, action="import", entity_type="upload", entity_id=upload.id,
+           summary=f"Rows {rows[0].row_number}-{rows[-1].row_number}: {len(people)} people imported",
+           changes={"individual_ids": people})
 
 
 _STAGED_COLUMNS = ("upload_id", "row_number", "raw", "cleaned", "errors", "warning", "status",

@@ -1,0 +1,94 @@
+"""A large import's new people created in shares on connections of their own (PostgreSQL),
+each share committed with its audit entry; the same upload imported in one transaction
+elsewhere. Live: the shares commit for real, so they see the rows the test committed."""
+import itertools
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal.audit.models import AuditEntry
+from portal.imports import services
+from portal.imports.models import UploadRow
+from portal.locations.services import Scope
+from portal.registry.models import Group, GroupMember, Individual
+
+pytestmark = pytest.mark.live
+
+EVERYTHING = Scope(everything=True)
+HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
+_files = itertools.count()
+
+
+@pytest.fixture
+def shares(app):
+    """Shares of at least 10 rows, at most two of them."""
+    app.config.update(UPLOAD_IMPORT_CONNECTIONS=2, UPLOAD_IMPORT_PART_ROWS=10)
+    yield
+    app.config.update(UPLOAD_IMPORT_CONNECTIONS=2, UPLOAD_IMPORT_PART_ROWS=10_000)
+
+
+def _validated(db_session, tmp_path, rows: int):
+    path = tmp_path / f"people{next(_files)}.csv"
+    path.write_text(HEADER + "".join(
+        f"Person{i},Family{i // 4},{'F' if i % 2 else 'M'},1980-01-{1 + i % 28:02d},SH{i:05d},NV1,"
+        f"SHH{i // 4},{'head' if i % 4 == 0 else 'child'},{'yes' if i % 4 == 0 else 'no'}\n"
+        for i in range(rows)), encoding="utf-8")
+    upload = services.receive_upload(
+        db_session, path=path, file_name="people.csv", duplicate_policy="error", day_first=None,
+        program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=1000)
+    services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
+    services.start_import(db_session, upload, only_if_clean=False, scope=EVERYTHING, actor_id=None,
+                          may_enrol=True)
+    db_session.commit()
+    return upload
+
+
+def _import(db_session, upload):
+    counts = services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None,
+                                    progress=lambda *a, **k: db_session.commit(),
+                                    commit_part=Session.commit)
+    db_session.commit()
+    return counts
+
+
+def _row_audits(db_session, upload) -> list[str]:
+    return sorted(db_session.scalars(select(AuditEntry.summary).where(
+        AuditEntry.action == "import", AuditEntry.entity_id == str(upload.id),
+        AuditEntry.summary.like("Rows %"))))
+
+
+def test_a_large_import_creates_each_person_once_with_one_audit_entry_per_share(
+        db_session, tmp_path, country, shares):
+    upload = _validated(db_session, tmp_path, 40)
+    counts = _import(db_session, upload)
+    assert counts["people_created"] == 40 and counts["imported"] == 40
+    assert db_session.scalar(select(func.count(func.distinct(Individual.national_id)))) == 40
+    assert db_session.scalar(select(func.count()).select_from(Individual)) == 40
+    assert db_session.scalar(select(func.count()).select_from(Group)) == 10
+    assert db_session.scalar(select(func.count()).select_from(GroupMember)) == 40
+    linked = db_session.execute(select(UploadRow.national_id, Individual.national_id).join(
+        Individual, Individual.id == UploadRow.individual_id).where(UploadRow.upload_id == upload.id)).all()
+    assert len(linked) == 40 and all(row == person for row, person in linked)
+    if db_session.get_bind().dialect.name == "postgresql":
+        assert _row_audits(db_session, upload) == ["Rows 2-21: 20 people imported",
+                                                   "Rows 22-41: 20 people imported"]
+    else:  # one writer at a time: one transaction
+        assert _row_audits(db_session, upload) == ["Rows 2-41: 40 people imported"]
+
+
+def test_a_national_id_registered_meanwhile_fails_only_its_row_in_its_share(
+        db_session, tmp_path, country, shares, make_individual):
+    upload = _validated(db_session, tmp_path, 40)
+    make_individual("Someone", "Else", national_id="SH00030", location=country["NV2"])
+    db_session.commit()
+    counts = _import(db_session, upload)
+    assert counts["people_created"] == 39 and counts["imported"] == 39
+    row = db_session.scalar(select(UploadRow).where(UploadRow.upload_id == upload.id,
+                                                    UploadRow.national_id == "SH00030"))
+    assert row.status == "error"
+    assert row.errors["national_id"] == "This national ID was registered for someone else meanwhile."
+    assert db_session.scalar(select(func.count()).select_from(Individual)) == 40  # 39 and Someone
+    # A second run finds nothing left to create.
+    assert _import(db_session, upload)["people_created"] == 0
+    assert db_session.scalar(select(func.count()).select_from(Individual)) == 40
