@@ -70,6 +70,7 @@ class Progress:
     def __init__(self, session, run: JobRun, attempt: int):
         self.session = session
         self.run = run
+        self.run_id = run.id  # read without the job's session, by work shared out to threads
         self.attempt = attempt
 
     def __call__(self, done: int, total: int | None = None, message: str | None = None) -> None:
@@ -82,7 +83,8 @@ class Progress:
 
     def commit(self, session=None) -> None:
         """Commit the job's session, or ``session`` when the work shares out to others."""
-        _commit_if_still_mine(session or self.session, self.run.id, self.attempt)
+        _commit_if_still_mine(self.session if session is None else session, self.run_id,
+                              self.attempt)
 
 
 def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) -> dict | None:

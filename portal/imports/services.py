@@ -1494,8 +1494,10 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
                     updated += 1
                     people.append(mark["individual_id"])
         _mark_rows(session, marks)
-        if parts <= 1 or people:
-            _record_rows(session, upload, batch, people)
+        if parts <= 1:
+            _record_rows(session, upload.id, batch, people)
+        elif people:  # the shares recorded the people they created
+            _record_rows(session, upload.id, [r for r in batch if r.action == "update"], people)
         done += len(batch)
         progress(done, total, f"Imported {done:,} of {total:,} people")
     members = import_households(session, upload, scope)
@@ -1525,7 +1527,7 @@ def _parts(session: Session, rows: int, commit_part) -> int:
     if not isinstance(session.get_bind(), Engine):
         return 1
     config = current_app.config
-    return max(1, min(config["UPLOAD_IMPORT_CONNECTIONS"], rows // config["UPLOAD_IMPORT_PART_ROWS"]))
+    return max(1, min(config["UPLOAD_IMPORT_CONNECTIONS"], rows // max(1, config["UPLOAD_IMPORT_PART_ROWS"])))
 
 
 def _import_new_rows(session: Session, upload_id: int, row_ids: list[int]) -> list[int]:
@@ -1557,13 +1559,14 @@ def _import_new_rows_at_once(session: Session, upload: Upload, rows: list, parts
     app = current_app._get_current_object()
     engine = session.get_bind()
     actor = session.info.get("actor_id")
+    upload_id = upload.id  # the threads touch none of the job session's objects
     shares = [rows[i * len(rows) // parts:(i + 1) * len(rows) // parts] for i in range(parts)]
 
     def share(part: list) -> int:
         with app.app_context(), Session(engine, expire_on_commit=False) as own:
             own.info["actor_id"] = actor
-            people = _import_new_rows(own, upload.id, [r.id for r in part])
-            _record_rows(own, upload, part, people)
+            people = _import_new_rows(own, upload_id, [r.id for r in part])
+            _record_rows(own, upload_id, part, people)
             commit_part(own)
             return len(people)
 
@@ -1579,8 +1582,8 @@ def _mark_rows(session: Session, marks: list[dict]) -> None:
         session.execute(update(UploadRow), failed)
 
 
-def _record_rows(session: Session, upload: Upload, rows: list, people: list[int]) -> None:
-    record(session, action="import", entity_type="upload", entity_id=upload.id,
+def _record_rows(session: Session, upload_id: int, rows: list, people: list[int]) -> None:
+    record(session, action="import", entity_type="upload", entity_id=upload_id,
            summary=f"Rows {rows[0].row_number}-{rows[-1].row_number}: {len(people)} people imported",
            changes={"individual_ids": people})
 

@@ -2,12 +2,16 @@
 each share committed with its audit entry; the same upload imported in one transaction
 elsewhere. Live: the shares commit for real, so they see the rows the test committed."""
 import itertools
+import os
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
+from jobs import imports as import_jobs, runtime
 from portal.audit.models import AuditEntry
+from portal.background.models import JobRun
+from portal.extensions import db
 from portal.imports import services
 from portal.imports.models import UploadRow
 from portal.locations.services import Scope
@@ -21,21 +25,23 @@ _files = itertools.count()
 
 
 @pytest.fixture
-def shares(app):
-    """Shares of at least 10 rows, at most two of them."""
-    app.config.update(UPLOAD_IMPORT_CONNECTIONS=2, UPLOAD_IMPORT_PART_ROWS=10)
-    yield
-    app.config.update(UPLOAD_IMPORT_CONNECTIONS=2, UPLOAD_IMPORT_PART_ROWS=10_000)
+def shares(app, monkeypatch):
+    """Shares of at least 10 rows, at most two of them; the jobs' runtime in this process."""
+    for key, value in {"UPLOAD_IMPORT_CONNECTIONS": 2, "UPLOAD_IMPORT_PART_ROWS": 10}.items():
+        monkeypatch.setitem(app.config, key, value)
+    monkeypatch.setattr(runtime, "_app", app)
+    monkeypatch.setattr(runtime, "_app_pid", os.getpid())
 
 
-def _validated(db_session, tmp_path, rows: int):
+def _validated(db_session, tmp_path, rows: int, *, policy="error"):
+    """An upload of ``rows`` people (national IDs SH00000...) validated and ready to import."""
     path = tmp_path / f"people{next(_files)}.csv"
     path.write_text(HEADER + "".join(
         f"Person{i},Family{i // 4},{'F' if i % 2 else 'M'},1980-01-{1 + i % 28:02d},SH{i:05d},NV1,"
         f"SHH{i // 4},{'head' if i % 4 == 0 else 'child'},{'yes' if i % 4 == 0 else 'no'}\n"
         for i in range(rows)), encoding="utf-8")
     upload = services.receive_upload(
-        db_session, path=path, file_name="people.csv", duplicate_policy="error", day_first=None,
+        db_session, path=path, file_name="people.csv", duplicate_policy=policy, day_first=None,
         program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=1000)
     services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
     services.start_import(db_session, upload, only_if_clean=False, scope=EVERYTHING, actor_id=None,
@@ -92,3 +98,58 @@ def test_a_national_id_registered_meanwhile_fails_only_its_row_in_its_share(
     # A second run finds nothing left to create.
     assert _import(db_session, upload)["people_created"] == 0
     assert db_session.scalar(select(func.count()).select_from(Individual)) == 40
+
+
+def test_a_batch_of_new_and_registered_people_records_the_shares_and_the_updates_apart(
+        db_session, tmp_path, country, shares, make_individual):
+    for i in (3, 33):
+        make_individual(f"Person{i}", f"Family{i // 4}", national_id=f"SH{i:05d}", location=country["NV1"],
+                        phone="+265990000000")
+    db_session.commit()
+    upload = _validated(db_session, tmp_path, 40, policy="update")
+    counts = _import(db_session, upload)
+    assert counts["people_created"] == 38 and counts["people_updated"] == 2
+    assert db_session.scalar(select(func.count()).select_from(Individual)) == 40
+    if db_session.get_bind().dialect.name == "postgresql":
+        assert _row_audits(db_session, upload) == ["Rows 2-21: 19 people imported",
+                                                   "Rows 22-41: 19 people imported",
+                                                   "Rows 5-35: 2 people imported"]
+    else:
+        assert _row_audits(db_session, upload) == ["Rows 2-41: 40 people imported"]
+
+
+def test_an_import_taken_over_while_its_shares_work_commits_neither_share_and_the_next_attempt_imports_everyone_once(
+        db_session, tmp_path, country, shares):
+    if db_session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite imports in one transaction, which holds the write lock the takeover needs")
+    upload = _validated(db_session, tmp_path, 40)
+    run_id = upload.job_run_id
+
+    def taken_over(conn, cursor, statement, *args):
+        """What the sweep and a second worker do, as the first share starts its insert."""
+        if statement.startswith("WITH batch") and not taken_over.done:
+            taken_over.done = True
+            with db.engine.begin() as other:
+                other.execute(update(JobRun).where(JobRun.id == run_id).values(attempts=JobRun.attempts + 1))
+    taken_over.done = False
+
+    event.listen(db.engine, "before_cursor_execute", taken_over)
+    try:
+        assert runtime.run(run_id, import_jobs._import) is None
+    finally:
+        event.remove(db.engine, "before_cursor_execute", taken_over)
+    db.session.remove()
+    rows = dict(db.session.execute(select(UploadRow.status, func.count()).where(
+        UploadRow.upload_id == upload.id).group_by(UploadRow.status)).all())
+    assert rows == {"valid": 40}  # neither share kept anything
+    assert db.session.scalar(select(func.count()).select_from(Individual)) == 0
+    # The sweep's new attempt finishes the import, creating each person once.
+    with db.engine.begin() as other:
+        other.execute(update(JobRun).where(JobRun.id == run_id).values(status="queued"))
+    runtime.run(run_id, import_jobs._import)
+    db.session.remove()
+    assert db.session.get(JobRun, run_id).status == "succeeded"
+    assert db.session.scalar(select(func.count()).select_from(Individual)) == 40
+    assert db.session.scalar(select(func.count(func.distinct(Individual.national_id)))) == 40
+    assert db.session.scalar(select(func.count()).where(
+        UploadRow.upload_id == upload.id, UploadRow.status == "imported")) == 40
