@@ -142,6 +142,7 @@ def test_an_import_whose_worker_was_killed_resumes_without_duplicates_or_losses(
     _swept_and_run_again(app, run_id)
     db.session.refresh(upload)
     assert upload.status == "imported" and upload.counts["imported"] == rows
+    assert upload.counts["people_created"] == rows  # the killed attempt's people counted too
     assert db.session.scalar(select(func.count()).select_from(Individual)) == rows
     assert db.session.scalar(select(func.count(func.distinct(Individual.national_id)))) == rows
     assert db.session.scalar(select(func.count(func.distinct(UploadRow.individual_id))).where(
