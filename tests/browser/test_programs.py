@@ -1,8 +1,6 @@
 """A program manager enrols people by criteria and changes a beneficiary's status, in chromium."""
 from datetime import date
 
-from tests.programs.conftest import person, program  # noqa: F401  (the program factories)
-
 
 def test_a_manager_enrols_by_criteria_then_activates_a_beneficiary(page, browser_login, live_server,
                                                                    db_session, country, person,

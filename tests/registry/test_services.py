@@ -8,7 +8,7 @@ from portal.errors import DomainError
 from portal.locations.services import Scope
 from portal.programs.models import Beneficiary, Program
 from portal.registry import services
-from portal.registry.models import GroupMember, Individual
+from portal.registry.models import GroupMember
 
 EVERYTHING = Scope(everything=True)
 
