@@ -68,8 +68,9 @@ def load() -> dict:
         "UPLOAD_READER_PROCESS_BYTES": _int("UPLOAD_READER_PROCESS_BYTES", 1024 * 1024),
         # A find-and-replace in an upload with more rows open than this, or a file of fixes
         # with more rows, is made by a job: each changed row is checked again (about 1-2 ms
-        # a row), and a page must answer within a web server's 30-second timeout.
-        "UPLOAD_FIX_INLINE_ROWS": _int("UPLOAD_FIX_INLINE_ROWS", 5_000),
+        # a row), and a page must answer within a web server's 30-second timeout. (Its old
+        # name, from when larger fixes were refused, is still read.)
+        "UPLOAD_FIX_INLINE_ROWS": _int("UPLOAD_FIX_INLINE_ROWS", _int("UPLOAD_FIX_MAX_ROWS", 5_000)),
         "PERMANENT_SESSION_LIFETIME": timedelta(minutes=_int("SESSION_IDLE_MINUTES", 120)),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
