@@ -176,9 +176,10 @@ def _visible_locations_query(scope, code: str):
 
 
 def individual_filters(session: Session, *, scope, filters: dict,
-                       indexable: set[str] | None = None, location_ids: list[int] | None | bool = False
-                       ) -> list:
-    """The WHERE conditions for a search: living people in scope matching the filters.
+                       indexable: set[str] | None = None, location_ids: list[int] | None | bool = False,
+                       whole_ids: bool = False) -> list:
+    """The WHERE conditions for a search: living people in scope matching the filters; a
+    national ID searched for matches from its start, or only whole with ``whole_ids``.
 
     ``location_ids`` is ``visible_location_ids(...)`` when the caller has it already.
     ``indexable`` (SQLite only, which has no statistics on value ranges) names the columns
@@ -202,7 +203,10 @@ def individual_filters(session: Session, *, scope, filters: dict,
     q = filters.get("q", "")
     if q:
         compact = q.replace(" ", "").upper()
-        if _is_id_search(q):
+        if _is_id_search(q) and whole_ids:
+            # Someone who sees IDs masked could otherwise read one a digit at a time.
+            conditions.append(col(Individual.national_id) == compact)
+        elif _is_id_search(q):
             # The live-ID unique index has the database's collation: a plain range uses it.
             conditions.append(_prefix(col(Individual.national_id), compact, "any"))
         else:
@@ -296,7 +300,7 @@ def _indexable_for_count(filters: dict) -> set[str] | None:
 
 def search_individuals(session: Session, *, scope, filters: dict, sort: str = "name",
                        page: int = 1, per_page: int = PER_PAGE, with_count: bool = True,
-                       count_cap: int | None = None) -> SearchResult:
+                       count_cap: int | None = None, whole_ids: bool = False) -> SearchResult:
     """One page of living people in scope, as light rows: the ``PAGE_COLUMNS`` with
     ``village``, ``household_id`` and ``household_code``. One statement on PostgreSQL, three
     on SQLite, whatever the page size.
@@ -309,14 +313,14 @@ def search_individuals(session: Session, *, scope, filters: dict, sort: str = "n
     places = visible_location_ids(session, scope=scope, filters=filters)
     indexable = _indexable_for_count(filters)
     conditions = individual_filters(session, scope=scope, filters=filters, indexable=indexable,
-                                    location_ids=places)
+                                    location_ids=places, whole_ids=whole_ids)
     # SQLite: the capped count comes first and chooses the plan. PostgreSQL plans well by
     # itself: the count rides along with the page (a one-off subquery, same round trip).
     count, capped = capped_count(session, conditions, cap) if dialect != "postgresql" else (None, False)
     if capped and dialect == "sqlite":
         sort_column = _sort_column(sort, filters)[0]
         conditions = individual_filters(session, scope=scope, filters=filters, indexable={sort_column},
-                                        location_ids=places)
+                                        location_ids=places, whole_ids=whole_ids)
     page = max(page, 1)
     if count == 0:
         return SearchResult(rows=[], count=0, capped=False, page=page, per_page=per_page, has_more=False)
@@ -409,15 +413,16 @@ EXPORT_LIMIT = 200_000
 
 def export_rows(session: Session, *, scope, filters: dict, sort: str = "name", pii: bool,
                 custom_fields: list[CustomField] = (), batch: int = 2000):
-    """The rows of the current result for a download, masked unless ``pii``; streamed in
-    keyset batches so memory stays flat."""
+    """The rows of the current result for a download, masked unless ``pii`` (and then a
+    national ID searched for must be whole); streamed in keyset batches so memory stays flat."""
     dialect = session.get_bind().dialect.name
     places = visible_location_ids(session, scope=scope, filters=filters)
-    conditions = individual_filters(session, scope=scope, filters=filters, location_ids=places)
+    conditions = individual_filters(session, scope=scope, filters=filters, location_ids=places,
+                                    whole_ids=not pii)
     if dialect == "sqlite" and capped_count(session, conditions)[1]:
         # Many rows: read them in sort order from the index rather than sort them per batch.
         conditions = individual_filters(session, scope=scope, filters=filters, location_ids=places,
-                                        indexable={_sort_column(sort, filters)[0]})
+                                        indexable={_sort_column(sort, filters)[0]}, whole_ids=not pii)
     show = (lambda v: v or "") if pii else mask
     household = func.coalesce(_household_code(scope), case((_household_id.is_not(None), OUTSIDE_HOUSEHOLD)))
     custom_names = [f.name for f in custom_fields]

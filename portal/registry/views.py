@@ -47,7 +47,8 @@ def individuals():
     sort = request.args.get("sort", "name")
     sort = sort if sort in services.INDIVIDUAL_SORTS else "name"
     page = int_arg("page", 1, minimum=1)
-    result = services.search_individuals(db.session, scope=scope(), filters=filters, sort=sort, page=page)
+    result = services.search_individuals(db.session, scope=scope(), filters=filters, sort=sort, page=page,
+                                         whole_ids=not can("individual.view_pii"))
     context = dict(result=result, filters=filters, sort=sort, sexes=SEXES,
                    # One url_for per page, not two per row.
                    person_url=url_for("registry.individual", individual_id=0)[:-1],

@@ -82,6 +82,32 @@ def test_an_export_without_pii_is_masked_scoped_and_formula_safe(client, login, 
     assert "'=HYPERLINK" in body
 
 
+def test_a_user_who_sees_national_ids_masked_finds_a_person_by_the_whole_id_only(client, login, people):
+    login("viewer")  # a prefix would give the hidden digits away one at a time
+    assert "Banda, Chikondi" not in client.htmx("get", "/registry/individuals?q=MW1").get_data(as_text=True)
+    assert "Banda, Chikondi" not in client.htmx("get", "/registry/individuals?q=MW10000").get_data(as_text=True)
+    assert "Banda, Chikondi" in client.htmx("get", "/registry/individuals?q=mw 1000001").get_data(as_text=True)
+
+
+def test_an_export_without_pii_finds_a_person_by_the_whole_national_id_only(client, login, people, db_session):
+    from portal.accounts.models import Role
+    from portal.accounts.services import set_role_permissions
+
+    role = db_session.scalar(select(Role).where(Role.name == "program_manager"))
+    set_role_permissions(role, sorted(role.permissions - {"individual.view_pii"}))
+    db_session.flush()
+    login("program_manager")
+    whole = client.get("/registry/individuals/export?format=csv&q=MW1000001")
+    assert whole.status_code == 200 and "Banda" in whole.get_data(as_text=True)
+    assert "Banda" not in client.get("/registry/individuals/export?format=csv&q=MW1").get_data(as_text=True)
+
+
+def test_a_user_who_sees_national_ids_finds_people_by_the_start_of_one(client, login, people):
+    login("admin")
+    body = client.htmx("get", "/registry/individuals?q=MW1").get_data(as_text=True)
+    assert "Banda, Chikondi" in body and "Mwale" in body and "Phiri" not in body
+
+
 def test_a_full_export_to_xlsx_follows_the_filters(client, login, people):
     login("admin")
     response = client.get("/registry/individuals/export?format=xlsx&q=banda")
