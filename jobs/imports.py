@@ -49,6 +49,8 @@ def _validate(session, job, progress):
     upload = _upload(session, job)
     if upload.status == "validated" and upload.job_run_id == job.id:
         return upload.counts  # finished already; this is a repeated delivery
+    if upload.job_run_id != job.id:
+        raise DomainError("This upload has had another job since; check its rows again from its page.")
     upload.status = "validating"
     prepare_session(session)
     scope = services.scope_from_params(job.params)
@@ -70,6 +72,8 @@ def _import(session, job, progress):
     upload = _upload(session, job)
     if upload.status == "imported":
         return upload.counts
+    if upload.job_run_id != job.id:
+        raise DomainError("This upload has had another job since; import it again from its page.")
     upload.status = "importing"
     prepare_session(session, cache_mb=256)
     scope = services.scope_from_params(job.params)

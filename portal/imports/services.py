@@ -192,7 +192,17 @@ def scope_from_params(params: dict) -> Scope:
     return Scope(everything=True) if params.get("everything") else Scope(paths=tuple(params.get("paths", ())))
 
 
+def _claimed(session: Session, upload: Upload) -> None:
+    """The upload read again and locked until the commit, before a job is started on it: two
+    requests at once (a double click, two tabs) would otherwise both see it idle and both
+    queue a job (PostgreSQL; SQLite's requests write one at a time)."""
+    session.flush()  # (what this request changed in it is kept)
+    session.execute(select(Upload.id).where(Upload.id == upload.id).with_for_update())
+    session.refresh(upload)
+
+
 def start_validation(session: Session, upload: Upload, *, scope: Scope, actor_id: int) -> JobRun:
+    _claimed(session, upload)
     if upload.status not in ("uploaded", "failed"):
         # A validated upload keeps the fixes made to its rows; it is not read again.
         raise DomainError(f"This upload is {upload.status}; it cannot be validated now.")
@@ -210,6 +220,7 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
                  actor_id: int, may_enrol: bool) -> JobRun:
     """Queue the import; ``may_enrol``: the acting user may enrol beneficiaries, which an
     upload that enrols its people into a program needs (the job enrols as that user)."""
+    _claimed(session, upload)
     if upload.status not in ("validated",):
         raise DomainError(f"This upload is {upload.status}; only a validated upload can be imported.")
     counts = status_counts(session, upload.id)
@@ -1283,6 +1294,7 @@ def start_fix(session: Session, upload: Upload, fix: dict, *, scope: Scope, acto
     """Queue a large fix: ``{"kind": "replace", "field", "find", "replace", "whole_cell"}`` or
     ``{"kind": "file", "path"}`` (a file of fixes saved where the workers read uploads). The
     upload is "fixing" until it ends: its rows cannot be edited or imported meanwhile."""
+    _claimed(session, upload)
     _editable(upload)
     if fix["kind"] == "replace":
         _replacement(upload, field=fix["field"], find=fix["find"], replace=fix["replace"],

@@ -1,0 +1,60 @@
+"""Two requests starting a job on one upload at once (a double click on Import, two tabs):
+the second waits for the first and is refused, so one job runs. PostgreSQL only: SQLite's
+requests write one at a time. Live: the two requests are two real transactions."""
+import threading
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from portal.background.models import JobRun
+from portal.errors import DomainError
+from portal.extensions import db
+from portal.imports import services
+from portal.imports.models import Upload
+from portal.locations.services import Scope
+
+pytestmark = pytest.mark.live
+
+EVERYTHING = Scope(everything=True)
+HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
+
+
+def test_a_second_import_started_while_the_first_is_being_queued_waits_and_is_refused(
+        app, db_session, tmp_path, country):
+    if db_session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite's requests write one at a time")
+    path = tmp_path / "people.csv"
+    path.write_text(HEADER + "Amina,Banda,F,1990-05-17,CS1,NV1,,,\n", encoding="utf-8")
+    upload = services.receive_upload(
+        db_session, path=path, file_name="people.csv", duplicate_policy="error", day_first=None,
+        program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=10)
+    services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
+    db_session.commit()
+
+    first = Session(db.engine)
+    services.start_import(first, first.get(Upload, upload.id), only_if_clean=False, scope=EVERYTHING,
+                          actor_id=None, may_enrol=True)  # not committed yet: the lock is held
+    outcome = {}
+
+    def second_request():
+        with app.app_context(), Session(db.engine) as second:
+            try:
+                services.start_import(second, second.get(Upload, upload.id), only_if_clean=False,
+                                      scope=EVERYTHING, actor_id=None, may_enrol=True)
+                second.commit()
+                outcome["second"] = "queued"
+            except DomainError as exc:
+                outcome["second"] = exc.message
+
+    thread = threading.Thread(target=second_request)
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive()  # waiting for the first request's lock
+    first.commit()
+    first.close()
+    thread.join(10)
+    assert outcome["second"] == "This upload is importing; only a validated upload can be imported."
+    db_session.expire_all()
+    assert db_session.scalar(select(func.count()).select_from(JobRun).where(
+        JobRun.kind == "upload_import")) == 1
