@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portal.imports.reading import normalise_header
+from portal.imports.reading import PEOPLE_SHEET, normalise_header
 from portal.registry.exports import inert
 from portal.registry.models import DEFAULT_MEMBER_ROLES, SEXES, CustomField, MemberRole
 
@@ -159,7 +159,7 @@ def template_xlsx(cols: list[Column]) -> bytes:
 
     wb = Workbook()
     sheet = wb.active
-    sheet.title = "People"
+    sheet.title = PEOPLE_SHEET  # the sheet an upload is read from
     sheet.append([inert(c.label) for c in cols])
     bold = Font(bold=True)
     required_fill = PatternFill("solid", fgColor="FFF2CC")
@@ -196,7 +196,7 @@ def template_xlsx(cols: list[Column]) -> bytes:
     notes.append(["How to fill in this file"])
     notes["A1"].font = Font(bold=True, size=14)
     for line in (
-        "One row per person, on the sheet 'People'. Keep the first row (the column names).",
+        f"One row per person, on the sheet '{PEOPLE_SHEET}'. Keep the first row (the column names).",
         "Columns with a yellow header are required.",
         "Dates: YYYY-MM-DD, or a date cell. Other orders are accepted when chosen on upload.",
         "Households: give every member the same household code, one member the role 'head'.",

@@ -4,7 +4,8 @@
 ``open_table(path, max_rows=...)`` returns a ``Table``: its headers and an iterator of
 ``(row_number, cells)`` with every cell as text (Excel dates as ISO dates, whole numbers
 without ``.0``). Blank rows are skipped. A problem raises ``FileProblem`` (a DomainError)
-and nothing has been written anywhere.
+and nothing has been written anywhere. A workbook is read from its sheet named like our
+template's people sheet when it has one, else from its first sheet.
 
 ``read_head(path, max_rows=...)`` checks a file and returns its format and headers having
 read only its first rows, so receiving a large workbook takes milliseconds in the web
@@ -16,6 +17,7 @@ import codecs
 import csv
 import re
 import zipfile
+from contextlib import closing
 from xml.etree import ElementTree
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -35,6 +37,9 @@ _NOT_SPREADSHEET = {
     b"7z\xbc\xaf": "a 7-Zip archive", b"{\\rtf": "an RTF document",
 }
 _ACCEPTED = "Upload a .csv or .xlsx file (in Excel: File > Save As > CSV UTF-8 or Excel Workbook)."
+_DAMAGED = ("The workbook is damaged, encrypted or not a real .xlsx file ({}). Open it in Excel, "
+            "remove any password, save it as an Excel Workbook and upload it again.")
+PEOPLE_SHEET = "People"  # the sheet of the XLSX template that holds the people
 
 
 class FileProblem(DomainError):
@@ -96,6 +101,29 @@ def read_head(path: str | Path, *, max_rows: int) -> Table:
     return table
 
 
+def _blank(cells: list[str]) -> bool:
+    """A row of nothing but spaces and empty text: skipped wherever it is."""
+    return not "".join(cells).strip()
+
+
+def _header_row(rows: Iterator[tuple[int, list[str]]], sheet: str) -> tuple[int, list[str]]:
+    """The first row that is not blank names the columns (rows of spaces or of empty
+    formulas above it are skipped). Receiving a workbook and reading it whole both pick the
+    header row by this rule, so a file accepted on upload is read the same way later."""
+    for number, cells in rows:
+        if not _blank(cells):
+            return number, cells
+    raise FileProblem(f"The file is empty: the sheet '{sheet}' has no rows.")
+
+
+def data_sheet(names: list[str]) -> str:
+    """The sheet to read: our template's people sheet when the workbook has one (the
+    template puts its instructions first), else the first sheet."""
+    if not names:
+        raise ValueError("a workbook without sheets")
+    return next((n for n in names if n.strip().lower() == PEOPLE_SHEET.lower()), names[0])
+
+
 def _checked_table(table: Table, max_rows: int) -> Table:
     headers = table.headers
     _check_headers(headers)
@@ -135,7 +163,7 @@ def _checked(rows, headers, max_rows: int):
     count = 0
     for number, cells in rows:
         joined = "".join(cells)
-        if not joined.strip():
+        if not joined.strip():  # _blank, without joining the cells twice per row
             continue
         count += 1
         if count > max_rows:
@@ -256,27 +284,23 @@ def _open_xlsx(path: Path) -> Table:
     _check_zip(path)
     try:
         workbook = CalamineWorkbook.from_path(str(path))
-        sheet = workbook.get_sheet_by_index(0)
-        rows = iter(sheet.iter_rows())
-        header_row = next(rows, None)
-        start = sheet.start[0] if sheet.start else 0
-        height = sheet.height
+        name = data_sheet(workbook.sheet_names)
+        sheet = workbook.get_sheet_by_name(name)
+        # iter_rows yields the empty rows above the sheet's range too, so the rows counted
+        # from 1 have Excel's numbers.
+        last_row = sheet.start[0] + sheet.height if sheet.start else 0
+        values = iter(sheet.iter_rows())
     except Exception as exc:  # calamine raises its own errors for damaged or encrypted files
-        raise FileProblem("The workbook is damaged, encrypted or not a real .xlsx file "
-                          f"({type(exc).__name__}). Open it in Excel, remove any password, "
-                          "save it as an Excel Workbook and upload it again.") from exc
-    if header_row is None or not any(cell_text(v) for v in header_row):
-        raise FileProblem("The file is empty: the first sheet has no rows.")
-    headers = [cell_text(v) for v in header_row]
+        raise FileProblem(_DAMAGED.format(type(exc).__name__)) from exc
 
     def cells():
         convert = cell_text
-        number = start + 1
-        for values in rows:
-            number += 1
-            yield number, [v.strip() if type(v) is str else convert(v) for v in values]
+        for number, row in enumerate(values, start=1):
+            yield number, [v.strip() if type(v) is str else convert(v) for v in row]
 
-    return Table("xlsx", headers, cells(), total=max(height - 1, 0))
+    rows = cells()
+    header_number, headers = _header_row(rows, name)
+    return Table("xlsx", headers, rows, total=max(last_row - header_number, 0))
 
 
 _MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
@@ -292,19 +316,20 @@ def _xml(archive: zipfile.ZipFile, name: str):
     return archive.open(name)
 
 
-def _first_sheet(archive: zipfile.ZipFile) -> str:
-    """The part holding the workbook's first sheet (the one calamine reads)."""
+def _sheet_part(archive: zipfile.ZipFile) -> tuple[str, str]:
+    """The name of the sheet to read (the one calamine reads) and the part holding it."""
     with _xml(archive, "xl/workbook.xml") as fh:
-        sheet = ElementTree.parse(fh).getroot().find(f"{_MAIN}sheets/{_MAIN}sheet")
-    if sheet is None:
-        raise ValueError("a workbook without sheets")
-    target = "worksheets/sheet1.xml"
+        sheets = ElementTree.parse(fh).getroot().findall(f"{_MAIN}sheets/{_MAIN}sheet")
+    names = [sheet.get("name", "") for sheet in sheets]
+    name = data_sheet(names)
+    sheet = sheets[names.index(name)]
+    target = f"worksheets/sheet{names.index(name) + 1}.xml"
     if "xl/_rels/workbook.xml.rels" in archive.namelist():
         with _xml(archive, "xl/_rels/workbook.xml.rels") as fh:
             for rel in ElementTree.parse(fh).getroot().iter(_PACKAGE_REL):
                 if rel.get("Id") == sheet.get(_REL_ID):
                     target = rel.get("Target", target)
-    return target.lstrip("/") if target.startswith("/") else "xl/" + target
+    return name, target.lstrip("/") if target.startswith("/") else "xl/" + target
 
 
 def _column(reference: str | None, fallback: int) -> int:
@@ -318,69 +343,89 @@ def _column(reference: str | None, fallback: int) -> int:
 
 
 def _xlsx_head(path: Path) -> Table:
-    """The header row and the first data row of the first sheet, streamed from its XML."""
-    rows: list[tuple[int, dict[int, tuple[str, str]]]] = []
-    total = None
+    """The header row and the first data row of the sheet to read, streamed from its XML."""
+    last_row = None
+
+    def sheet_rows(fh, strings: _SharedStrings):
+        nonlocal last_row
+        number = 0
+        for _event, element in ElementTree.iterparse(fh):
+            if element.tag == f"{_MAIN}dimension":
+                bounds = re.findall(r"\d+", element.get("ref", ""))
+                last_row = int(bounds[-1]) if len(bounds) == 2 else None
+            elif element.tag == f"{_MAIN}row":
+                number = int(element.get("r") or number + 1)
+                texts = {}
+                for position, cell in enumerate(element.iter(f"{_MAIN}c")):
+                    text = _xml_cell_text(cell, strings)
+                    if text:
+                        texts[_column(cell.get("r"), position)] = text
+                element.clear()
+                yield number, [texts.get(i, "") for i in range(max(texts, default=-1) + 1)]
+
     try:
         with zipfile.ZipFile(path) as archive:
-            sheet = _first_sheet(archive)
-            with _xml(archive, sheet) as fh:
-                for _event, element in ElementTree.iterparse(fh):
-                    if element.tag == f"{_MAIN}dimension":
-                        bounds = re.findall(r"\d+", element.get("ref", ""))
-                        total = int(bounds[-1]) - int(bounds[0]) if len(bounds) == 2 else None
-                    elif element.tag == f"{_MAIN}row":
-                        cells = {}
-                        for position, cell in enumerate(element.iter(f"{_MAIN}c")):
-                            kind = cell.get("t", "n")
-                            if kind == "inlineStr":
-                                value = "".join(t.text or "" for t in cell.iter(f"{_MAIN}t"))
-                            else:
-                                value = cell.findtext(f"{_MAIN}v") or ""
-                            if value.strip():
-                                cells[_column(cell.get("r"), position)] = (kind, value)
-                        element.clear()
-                        if cells:
-                            rows.append((int(element.get("r") or len(rows) + 1), cells))
-                            if len(rows) == 2:
-                                break
-            needed = {int(v) for _n, cells in rows for kind, v in cells.values() if kind == "s"}
-            strings = _shared_strings(archive, max(needed)) if needed else []
-    except (KeyError, ValueError, ElementTree.ParseError, zipfile.BadZipFile, OSError) as exc:
-        raise FileProblem("The workbook is damaged, encrypted or not a real .xlsx file "
-                          f"({type(exc).__name__}). Open it in Excel, remove any password, "
-                          "save it as an Excel Workbook and upload it again.") from exc
-    if not rows:
-        raise FileProblem("The file is empty: the first sheet has no rows.")
-    first_column = min(min(cells) for _n, cells in rows)
-    width = max(max(cells) for _n, cells in rows) + 1 - first_column
-
-    def text(kind: str, value: str) -> str:
-        if kind == "s":
-            return strings[int(value)].strip()
-        if kind == "b":
-            return cell_text(value == "1")
-        if kind == "n":
-            return cell_text(float(value))
-        return value.strip()
-
-    as_lists = [(number, [text(*cells[i]) if i in cells else "" for i in
-                          range(first_column, first_column + width)]) for number, cells in rows]
+            name, part = _sheet_part(archive)
+            with _xml(archive, part) as fh, closing(_SharedStrings(archive)) as strings:
+                rows = sheet_rows(fh, strings)
+                header = _header_row(rows, name)
+                first = next((row for row in rows if not _blank(row[1])), None)
+                rows.close()
+    except DomainError:
+        raise
+    except Exception as exc:  # whatever a damaged or hand-made workbook throws, it is the file
+        raise FileProblem(_DAMAGED.format(type(exc).__name__)) from exc
+    kept = [header] if first is None else [header, first]
+    used = [i for _n, cells in kept for i, text in enumerate(cells) if text]
+    start, end = min(used), max(used) + 1
+    as_lists = [(number, (cells + [""] * end)[start:end]) for number, cells in kept]
+    total = None if last_row is None else max(last_row - header[0], 0)
     return Table("xlsx", as_lists[0][1], iter(as_lists[1:]), total)
 
 
-def _shared_strings(archive: zipfile.ZipFile, last: int) -> list[str]:
-    """The workbook's shared strings up to index ``last`` (the rest is not read)."""
-    strings: list[str] = []
-    with _xml(archive, "xl/sharedStrings.xml") as fh:
-        for _event, element in ElementTree.iterparse(fh):
+def _xml_cell_text(cell, strings: _SharedStrings) -> str:
+    """A cell of a worksheet's XML as calamine would give its text (date cells aside)."""
+    kind = cell.get("t", "n")
+    if kind == "inlineStr":
+        return "".join(t.text or "" for t in cell.iter(f"{_MAIN}t")).strip()
+    value = cell.findtext(f"{_MAIN}v") or ""
+    if not value.strip():
+        return ""
+    if kind == "s":
+        return strings[int(value)].strip()
+    if kind == "b":
+        return cell_text(value.strip() == "1")
+    if kind == "n":
+        return cell_text(float(value))
+    return value.strip()
+
+
+class _SharedStrings:
+    """The workbook's shared strings, read only as far as the cells looked up need."""
+
+    def __init__(self, archive: zipfile.ZipFile):
+        self.archive = archive
+        self.strings: list[str] = []
+        self.fh = None
+        self.parts = None
+
+    def __getitem__(self, index: int) -> str:
+        if index < 0:
+            raise ValueError("a negative shared string index")
+        if self.parts is None:
+            self.fh = _xml(self.archive, "xl/sharedStrings.xml")
+            self.parts = ElementTree.iterparse(self.fh)
+        while len(self.strings) <= index:
+            _event, element = next(self.parts, (None, None))
+            if element is None:
+                raise ValueError("a shared string that is not there")
             if element.tag == f"{_MAIN}si":
                 # Plain text, or the runs of rich text; phonetic guides (rPh) are not text.
                 parts = element.findall(f"{_MAIN}t") + element.findall(f"{_MAIN}r/{_MAIN}t")
-                strings.append("".join(t.text or "" for t in parts))
+                self.strings.append("".join(t.text or "" for t in parts))
                 element.clear()
-                if len(strings) > last:
-                    break
-    if len(strings) <= last:
-        raise ValueError("a shared string that is not there")
-    return strings
+        return self.strings[index]
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()

@@ -6,7 +6,9 @@ from datetime import date, datetime
 import pytest
 from openpyxl import Workbook
 
+from portal.imports import services
 from portal.imports.reading import CELL_MAX, FileProblem, open_table, read_head
+from portal.locations.services import Scope
 
 HEADER = "First name,Last name,Sex,Birth date,Village code\n"
 
@@ -78,6 +80,18 @@ def _zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
     return out.getvalue()
 
 
+def _number_cell_holding_text() -> bytes:
+    """A workbook whose cell is typed as a number but holds a date written as text, as some
+    tools other than Excel write them."""
+    workbook = _xlsx([["First name", "Birth date"], ["Amina", 12345]])
+    with zipfile.ZipFile(io.BytesIO(workbook)) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    sheet = members["xl/worksheets/sheet1.xml"]
+    assert b"<v>12345</v>" in sheet
+    members["xl/worksheets/sheet1.xml"] = sheet.replace(b"<v>12345</v>", b"<v>1990-05-17</v>")
+    return _zip(members)
+
+
 BAD_FILES = {
     "empty": (b"", "The file is empty"),
     "blank lines only": (b"\n\n  \n", "The file is empty"),
@@ -93,6 +107,8 @@ BAD_FILES = {
                        "xl/worksheets/sheet1.xml": b"\x00" * (60 * 1024 * 1024)}), "zip bomb"),
     "xlsx with a broken sheet": (_zip({"xl/workbook.xml": b"<not really", "[Content_Types].xml": b"?"}),
                                  "damaged, encrypted or not a real .xlsx"),
+    "xlsx with a number cell holding text": (_number_cell_holding_text(),
+                                             "damaged, encrypted or not a real .xlsx"),
     "duplicated headers": (b"First name,Last name,first_name\nA,B,C\n",
                            "The column 'first_name' appears twice (columns A and C)"),
     "control characters": (HEADER.encode() + b"Ann\x07,Banda,F,1990-01-01,V1\n",
@@ -192,3 +208,74 @@ def test_an_xlsx_with_more_rows_than_allowed_is_refused_before_reading_them(tmp_
 def test_a_cell_at_the_limit_is_accepted(tmp_path):
     path = _write(tmp_path, "a.csv", b"a\n" + b"x" * CELL_MAX + b"\n")
     assert len(_read(path)[1][0][1][0]) == CELL_MAX
+
+
+# --- which sheet, and which row names the columns ------------------------------------------------
+
+def _book(sheets: dict[str, list]) -> bytes:
+    wb = Workbook()
+    wb.remove(wb.active)
+    for title, rows in sheets.items():
+        sheet = wb.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
+    out = io.BytesIO()
+    wb.save(out)
+    return out.getvalue()
+
+
+def test_a_workbook_is_read_from_its_people_sheet_when_another_sheet_comes_first(tmp_path):
+    path = _write(tmp_path, "a.xlsx", _book({"Instructions": [["How to fill in this file"]],
+                                              "People": [["First name"], ["Amina"]]}))
+    assert read_head(path, max_rows=100).headers == ["First name"]
+    assert _read(path) == (["First name"], [(2, ["Amina"])])
+
+
+def test_a_workbook_without_a_people_sheet_is_read_from_its_first_sheet(tmp_path):
+    path = _write(tmp_path, "a.xlsx", _book({"Survey": [["First name"], ["Amina"]],
+                                              "Notes": [["Remarks"], ["none"]]}))
+    assert read_head(path, max_rows=100).headers == ["First name"]
+    assert _read(path) == (["First name"], [(2, ["Amina"])])
+
+
+HEADERS = ["First name", "Last name", "Sex", "Birth date", "Village code"]
+AMINA = ["Amina", "Banda", "F", "1990-05-17", "NV1"]
+
+
+@pytest.mark.parametrize("above", [
+    [[" "]],  # a space typed in A1
+    [['=""', '=""']],  # formulas giving empty text
+    [[None], [None, "  "]],  # two blank rows, the table starting on row 3
+])
+def test_rows_above_the_table_holding_only_blanks_are_skipped_on_receiving_and_on_the_whole_read(
+        tmp_path, above):
+    path = _write(tmp_path, "a.xlsx", _xlsx(above + [HEADERS, AMINA]))
+    header_row = len(above) + 1
+    head = read_head(path, max_rows=100)
+    assert head.headers == HEADERS and head.total == 1
+    table = open_table(path, max_rows=100)
+    assert (table.headers, table.total) == (HEADERS, 1)
+    assert list(table.rows) == [(header_row + 1, AMINA)]
+
+
+def test_a_table_starting_below_and_right_of_a1_keeps_excels_row_numbers(tmp_path):
+    wb = Workbook()
+    for row, values in ((3, ["First name", "Born"]), (4, ["Ann", 7]), (6, ["Bea", None])):
+        for column, value in enumerate(values, start=3):
+            wb.active.cell(row=row, column=column, value=value)
+    path = tmp_path / "a.xlsx"
+    wb.save(path)
+    assert read_head(path, max_rows=100).headers == ["First name", "Born"]
+    assert _read(path) == (["First name", "Born"], [(4, ["Ann", "7"]), (6, ["Bea", ""])])
+
+
+def test_a_workbook_whose_first_row_holds_only_a_space_validates_with_its_rows(db_session, tmp_path, country):
+    path = _write(tmp_path, "a.xlsx", _xlsx([[" "], HEADERS, AMINA, ["Juma", "Banda", "M", "2015-01-02", "NV1"]]))
+    upload = services.receive_upload(db_session, path=path, file_name="a.xlsx", duplicate_policy="error",
+                                     day_first=None, program_id=None, enrol_status=None, area_id=None,
+                                     actor_id=None, max_rows=1000)
+    assert upload.status == "uploaded"
+    counts = services.validate_upload(db_session, upload, scope=Scope(everything=True),
+                                      progress=lambda *a, **k: None)
+    assert upload.status == "validated"
+    assert counts["rows"] == 2 and counts["valid"] == 2
