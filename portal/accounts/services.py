@@ -132,13 +132,35 @@ def resolve_locations(session: Session, codes: list[str], scope: Scope) -> list[
     return [found[c] for c in codes]
 
 
+def check_role_change(before: list[Role], after: list[Role], *, actor_permissions: frozenset[str]) -> None:
+    """Refuse to grant or take away a role with a permission the acting user lacks: user
+    management must not be a way to more power than one has, nor to strip those who have it."""
+    def beyond(roles) -> str:
+        return ", ".join(sorted(r.label for r in roles if not r.permissions <= actor_permissions))
+
+    added = beyond(set(after) - set(before))
+    if added:
+        raise DomainError(f"You can only grant roles whose permissions you have yourself: {added}.",
+                          field="roles")
+    removed = beyond(set(before) - set(after))
+    if removed:
+        raise DomainError(f"You can only remove roles whose permissions you have yourself: {removed}.",
+                          field="roles")
+
+
 def save_user(session: Session, user: User | None, *, email: str, name: str, password: str,
               roles: list[Role], locations: list[Location], all_locations: bool,
-              scope: Scope) -> User:
+              scope: Scope, actor_permissions: frozenset[str] | None = None) -> User:
+    """Create or change a user. ``actor_permissions`` are those of the user doing it; None
+    only where nobody is (first admin, demo data, test fixtures)."""
     email = email.strip().lower()
     if all_locations and not scope.everything:
         raise DomainError("Only a user who sees all locations may grant all locations.",
                           field="all_locations")
+    if user is not None and not visible_user(user, scope):
+        raise DomainError("This user is outside your area.")
+    if actor_permissions is not None:
+        check_role_change(list(user.roles) if user else [], roles, actor_permissions=actor_permissions)
     clash = session.scalar(select(User.id).where(func.lower(User.email) == email,
                                                  User.id != (user.id if user else -1)))
     if clash:
@@ -149,8 +171,6 @@ def save_user(session: Session, user: User | None, *, email: str, name: str, pas
         user.set_password(password)
         session.add(user)
     else:
-        if not visible_user(user, scope):
-            raise DomainError("This user is outside your area.")
         user.email, user.name = email, name.strip()
         if password:
             check_password_strength(password)

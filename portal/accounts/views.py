@@ -121,7 +121,8 @@ def _edit_user(user: User | None):
             saved = services.save_user(
                 db.session, user, email=form.email.data, name=form.name.data,
                 password=form.password.data or "", roles=roles, locations=locations,
-                all_locations=form.all_locations.data, scope=scope())
+                all_locations=form.all_locations.data, scope=scope(),
+                actor_permissions=current_user.permissions)
         except DomainError as exc:
             form_refusal(form, exc, "email")
         else:

@@ -85,7 +85,9 @@ def _changes(obj, action: str) -> dict:
                 after = hist.added[0] if hist.added else None
                 if before != after:
                     changes[key] = [_jsonable(before), _jsonable(after)]
-    if action == "update":
+    # Collections (a user's roles and locations, a role's grants) in the same shape for a
+    # new row as for a changed one: what a user was given matters from the first entry.
+    if action in ("create", "update"):
         for rel in mapper.relationships:
             if not rel.uselist or rel.key in skip or rel.viewonly:
                 continue

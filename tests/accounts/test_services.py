@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from portal.accounts import services
 from portal.accounts.models import Role
@@ -123,3 +124,50 @@ def test_loading_the_signed_in_user_with_roles_and_locations_takes_one_statement
         assert loaded.can("individual.view") and not loaded.can("user.manage")
         assert [place.code for place in loaded.locations] == ["ND"]
     assert statements() == 1
+
+
+def _regional_admin_role(session):
+    """A custom role that manages users but holds none of the admin's other powers."""
+    from portal.accounts.models import RolePermission
+
+    role = Role(name="regional_admin", label="Regional admin",
+                grants=[RolePermission(permission=p) for p in ("user.manage", "individual.view")])
+    session.add(role)
+    session.flush()
+    return role
+
+
+def _save(session, user, roles, *, actor, **fields):
+    values = {"email": user.email if user else "new@example.org", "name": user.name if user else "New",
+              "password": "" if user else "long-enough-pw", "roles": roles,
+              "locations": list(user.locations) if user else [], "all_locations": False}
+    return services.save_user(session, user, **{**values, **fields}, scope=Scope.for_user(actor),
+                              actor_permissions=actor.permissions)
+
+
+def test_a_user_manager_cannot_grant_a_role_holding_permissions_they_lack(db_session, make_user, country):
+    regional = _regional_admin_role(db_session)
+    admin_role = db_session.scalar(select(Role).where(Role.name == "admin"))
+    actor = make_user(None, [country["N"]])
+    actor.roles = [regional]
+    db_session.flush()
+    with pytest.raises(DomainError, match="only grant roles .*: Administrator"):
+        _save(db_session, actor, [regional, admin_role], actor=actor)
+    with pytest.raises(DomainError, match="only grant roles .*: Administrator"):
+        _save(db_session, None, [admin_role], actor=actor, locations=[country["NV1"]])
+    helper = _save(db_session, None, [regional], actor=actor, locations=[country["NV1"]])
+    assert helper.roles == [regional]  # roles within the manager's own powers still go through
+    everyone = make_user("admin")
+    _save(db_session, helper, [admin_role], actor=everyone)
+    assert helper.roles == [admin_role]  # and a full admin still grants anything
+
+
+def test_a_user_manager_cannot_take_away_a_role_holding_permissions_they_lack(db_session, make_user, country):
+    regional = _regional_admin_role(db_session)
+    actor = make_user(None, [country["N"]])
+    actor.roles = [regional]
+    national_admin = make_user("admin", [country["N"]])  # inside the manager's area
+    db_session.flush()
+    with pytest.raises(DomainError, match="only remove roles .*: Administrator"):
+        _save(db_session, national_admin, [regional], actor=actor)
+    assert [r.name for r in national_admin.roles] == ["admin"]

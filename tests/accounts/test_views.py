@@ -141,3 +141,25 @@ def test_a_user_form_posted_without_its_location_field_is_saved_not_a_server_err
     assert response.status_code == 302
     db_session.expire_all()
     assert db_session.get(type(user), user.id).name == "Renamed"
+
+
+def test_a_district_admin_giving_itself_the_admin_role_is_refused_on_the_form(
+        client, login, country, db_session, make_individual):
+    from portal.accounts.models import RolePermission
+
+    make_individual("Amina", "Banda", location=country["NV1"], national_id="8812345670")
+    regional = Role(name="regional_admin", label="Regional admin",
+                    grants=[RolePermission(permission=p) for p in ("user.manage", "individual.view")])
+    db_session.add(regional)
+    me = login(None, [country["N"]])
+    me.roles = [regional]
+    db_session.commit()
+    admin = db_session.scalar(select(Role).where(Role.name == "admin"))
+    response = client.post(f"/admin/users/{me.id}", data={
+        "email": me.email, "name": me.name, "roles": [admin.id, regional.id], "locations": "N"})
+    assert response.status_code == 422
+    assert ("You can only grant roles whose permissions you have yourself: Administrator."
+            in response.get_data(as_text=True))
+    db_session.expire_all()
+    assert [r.name for r in db_session.get(User, me.id).roles] == ["regional_admin"]
+    assert "8812345670" not in client.get("/registry/individuals").get_data(as_text=True)

@@ -79,3 +79,13 @@ def test_changing_a_roles_permissions_records_the_permission_names_added_and_rem
     db_session.flush()
     last = _entries(db_session, "role", viewer.id)[-1]
     assert last.changes["grants"] == {"added": ["audit.view"], "removed": [sorted(before)[0]]}
+
+
+def test_creating_a_user_records_the_roles_and_locations_granted(db_session, country, make_user):
+    actor = make_user("admin")
+    set_actor(db_session, actor.id)
+    user = make_user("field_officer", [country["ND"], country["SV1"]])
+    [create] = _entries(db_session, "user", user.id)
+    assert create.action == "create" and create.actor_id == actor.id
+    assert create.changes["roles"] == {"added": ["Field officer"], "removed": []}
+    assert create.changes["locations"] == {"added": ["Place ND (ND)", "Place SV1 (SV1)"], "removed": []}
