@@ -15,9 +15,11 @@ from rq import Queue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from portal.audit.services import record
 from portal.background.models import JobRun
 from portal.clock import now
 from portal.errors import DomainError
+from portal.locations.services import Scope
 
 QUEUE_NAME = "portal"
 MAX_ATTEMPTS = 3
@@ -97,8 +99,142 @@ def sweep_stale_jobs(session: Session, queue: Queue | None, *, stale_after: int)
     return stale
 
 
+# --- who sees and starts again which job ----------------------------------------------------
+
+def jobs_limited_to(user_id: int, *, manages_users: bool, scope: Scope) -> int | None:
+    """Whose jobs a user sees: everyone's (None) or only their own (their id).
+
+    A job's message and result name people and places from wherever its creator could
+    see, and the creator's locations may have changed since it ran, so nothing short of
+    seeing every location makes another user's job safe to show. Only an administrator who
+    sees every location sees every job; a regional administrator sees their own, and their
+    region's uploads on the uploads pages, which apply locations.
+    """
+    return None if manages_users and scope.everything else user_id
+
+
 def recent_jobs(session: Session, *, actor_id: int | None, limit: int = 50) -> list[JobRun]:
+    """The latest jobs, only those ``actor_id`` created unless it is None (``jobs_limited_to``)."""
     query = select(JobRun).order_by(JobRun.id.desc()).limit(limit)
     if actor_id is not None:
         query = query.where(JobRun.created_by_id == actor_id)
     return list(session.scalars(query))
+
+
+def visible_job(session: Session, run_id: int, *, actor_id: int | None) -> JobRun | None:
+    """One job by the same rule as ``recent_jobs``, so the list, the page and a retry agree."""
+    run = session.get(JobRun, run_id)
+    if run is None or (actor_id is not None and run.created_by_id != actor_id):
+        return None
+    return run
+
+
+# The permission that starting each kind of job takes; a kind not named here is not started
+# again from the jobs pages (a new kind must say what it needs before it can be retried).
+RETRY_PERMISSIONS = {
+    "upload_validate": "upload.create",
+    "upload_import": "upload.create",
+    "upload_fix": "upload.create",
+    "location_import": "location.manage",
+}
+# What an upload is after each kind of job failed on it (``reconcile``), and while it runs.
+_UPLOAD_AFTER_FAILURE = {"upload_validate": "failed", "upload_import": "validated",
+                         "upload_fix": "validated"}
+_UPLOAD_WHILE_RUNNING = {"upload_validate": "validating", "upload_import": "importing",
+                         "upload_fix": "fixing"}
+
+
+def may_retry(run: JobRun, *, permissions: frozenset[str]) -> bool:
+    """Whether to offer "Run again" at all (``retry_job`` checks the rest when it is sent)."""
+    return run.status == "failed" and RETRY_PERMISSIONS.get(run.kind) in permissions
+
+
+def scope_covers(acting: Scope, recorded: Scope) -> bool:
+    """Every location the recorded scope reaches lies within the acting one."""
+    if acting.everything:
+        return True
+    return not recorded.everything and all(
+        any(path.startswith(root) for root in acting.paths) for path in recorded.paths)
+
+
+def retry_job(session: Session, run: JobRun, *, actor_id: int, permissions: frozenset[str],
+              scope: Scope) -> None:
+    """Queue a failed job again, checked as a new start of it would be today.
+
+    The job runs again with what it was created with (its locations, its upload), so a
+    retry is a write like the start was: it takes the permission the kind needs now,
+    locations that still cover the job's recorded ones, no other run of the same thing,
+    and an upload still waiting for this very job, not what the user had back then. It is
+    audited. The caller commits and enqueues.
+    """
+    _locked(session, run)  # two clicks at once start it once
+    if run.status != "failed":
+        raise DomainError("Only a failed job can be started again.")
+    needed = RETRY_PERMISSIONS.get(run.kind)
+    if needed is None:
+        raise DomainError("This kind of job cannot be started again from here; start it again "
+                          "from where it was started.")
+    if needed not in permissions:
+        raise DomainError("Your role does not allow what this job does, so it was not started "
+                          "again.")
+    if not scope_covers(scope, _recorded_scope(run.params)):
+        raise DomainError("This job reaches locations outside yours, so it was not started "
+                          "again; ask someone whose locations cover it.")
+    if run.lock_key:
+        other = session.scalar(select(JobRun).where(
+            JobRun.lock_key == run.lock_key, JobRun.id != run.id,
+            JobRun.status.in_(("queued", "running"))))
+        if other is not None:
+            raise DomainError(f"This is already {other.status} (job #{other.id}); "
+                              "wait for it to finish.")
+    if run.kind in _UPLOAD_AFTER_FAILURE:
+        _upload_waiting_for(session, run, actor_id=actor_id, scope=scope,
+                            may_enrol="beneficiary.enrol" in permissions)
+    run.status, run.message, run.finished_at = "queued", "Queued again", None
+    record(session, action="retry", entity_type="job_run", entity_id=run.id,
+           summary=f"Started job #{run.id} ({run.kind.replace('_', ' ')}) again",
+           changes={"status": ["failed", "queued"], "kind": run.kind})
+
+
+def _locked(session: Session, row) -> None:
+    """``row`` read again and locked until the commit. The lock is taken by its id alone:
+    PostgreSQL refuses FOR UPDATE on the outer joins that load its eager relationships."""
+    model = type(row)
+    session.flush()
+    session.execute(select(model.id).where(model.id == row.id).with_for_update())
+    session.refresh(row)
+
+
+def _recorded_scope(params: dict) -> Scope:
+    return Scope(everything=True) if params.get("everything") else Scope(
+        paths=tuple(params.get("paths") or ()))
+
+
+def _upload_waiting_for(session: Session, run: JobRun, *, actor_id: int, scope: Scope,
+                        may_enrol: bool) -> None:
+    """The upload this job is about is still where the job left it; mark it busy again, as
+    starting the job did. An upload imported, validated again or given another job since
+    is not handed to an old job that would undo it (a validation clears imported rows)."""
+    from portal.imports import services as imports  # imports starts its jobs through us
+
+    upload = imports.get_upload(session, run.params.get("upload_id"), scope=scope,
+                                actor_id=actor_id)
+    if upload is None:
+        raise DomainError("The upload of this job was deleted or lies outside your locations.")
+    _locked(session, upload)
+    if upload.job_run_id != run.id:
+        raise DomainError("This upload has had another job since, so this one was not started "
+                          "again; carry on from the upload's page.")
+    imports.reconcile(session, upload)  # still marked busy with this failed job
+    if upload.status != _UPLOAD_AFTER_FAILURE[run.kind]:
+        raise DomainError(f"This upload is {upload.status} now, so this job was not started "
+                          "again; carry on from the upload's page.")
+    if run.kind == "upload_validate" and not upload.mapping:
+        raise DomainError("This file could not be read; upload a corrected file instead.")
+    if run.kind == "upload_import" and upload.program_id and not may_enrol:
+        raise DomainError("This upload enrols the people it imports into a program: only someone "
+                          "who may enrol beneficiaries can import it.")
+    if run.kind == "upload_fix" and run.params.get("fix", {}).get("kind") != "replace":
+        raise DomainError("This fix stopped before it was done, and its file of fixes is not "
+                          "kept: upload the file of fixes again.")
+    upload.status, upload.message = _UPLOAD_WHILE_RUNNING[run.kind], ""
