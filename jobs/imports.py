@@ -79,7 +79,8 @@ def _import(session, job, progress):
     scope = services.scope_from_params(job.params)
     try:
         return services.import_upload(session, upload, scope=scope, actor_id=job.created_by_id,
-                                      progress=progress, commit_part=progress.commit)
+                                      progress=progress, commit_part=progress.commit,
+                                      only_if_clean=job.params.get("only_if_clean", False))
     except Exception as exc:
         session.rollback()
         upload = session.get(Upload, job.params["upload_id"])

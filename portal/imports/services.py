@@ -238,8 +238,8 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
     upload.counts = summary_counts(session, upload)  # households new or known, before import
     scope = checking_scope(upload, scope)
     run = create_job(session, kind="upload_import", entry_point="jobs.imports.import_upload",
-                     params={"upload_id": upload.id, **_scope_params(scope)}, actor_id=actor_id,
-                     lock_key=f"upload:{upload.id}")
+                     params={"upload_id": upload.id, "only_if_clean": only_if_clean,
+                             **_scope_params(scope)}, actor_id=actor_id, lock_key=f"upload:{upload.id}")
     upload.status, upload.job_run_id, upload.message = "importing", run.id, ""
     return run
 
@@ -1466,10 +1466,15 @@ def _individual_values(cleaned: dict) -> dict:
 
 
 def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: int | None,
-                  progress, commit_part: Callable[[Session], None] | None = None) -> dict:
+                  progress, commit_part: Callable[[Session], None] | None = None,
+                  only_if_clean: bool = False) -> dict:
     """Create or update the people of every valid row, then their households, then enrol
     them. Idempotent per row: a row becomes ``imported`` in the transaction that creates its
     person, so running this again (or after a crash) continues where it stopped.
+
+    Before the first person is created, the rows' households are checked again against the
+    registry, which may have changed since validation; rows that now break a household rule
+    are held back as errors (or, ``only_if_clean``, nothing is imported).
 
     With ``commit_part`` (which commits another session's share of the work, as the job's
     progress commits its own), PostgreSQL creates a large batch's people on several
@@ -1479,6 +1484,15 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
         UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "imported"))))
     done = session.scalar(select(func.count()).where(
         UploadRow.upload_id == upload.id, UploadRow.status == "imported"))
+    if not done:
+        held = _households_changed_since_validation(session, upload, scope)
+        if held and only_if_clean:
+            raise DomainError(f"{held} row(s) need fixing again: their household changed in the "
+                              "registry since validation. Nothing was imported.")
+        if held:
+            upload.message = (f"{held} row(s) were held back: their household changed in the "
+                              "registry since validation. Fix them and import again.")
+            total -= held
     progress(done, total, "Importing people")
     # Each batch updates pages all over the registry's indexes; fewer, larger batches
     # write each page fewer times.
@@ -1597,6 +1611,23 @@ def _record_rows(session: Session, upload_id: int, rows: list, people: list[int]
     record(session, action="import", entity_type="upload", entity_id=upload_id,
            summary=f"Rows {rows[0].row_number}-{rows[-1].row_number}: {len(people)} people imported",
            changes={"individual_ids": people})
+
+
+def _households_changed_since_validation(session: Session, upload: Upload, scope: Scope) -> int:
+    """Check again the households the registry may have changed since validation (those
+    registered now, and those of registered people) and return how many valid rows that
+    turned into errors: a head registered meanwhile, a person moved into another household,
+    a code now a cooperative's would otherwise stop the import after its people exist."""
+    valid = (UploadRow.upload_id == upload.id) & (UploadRow.status == "valid")
+    codes = set(session.scalars(select(Group.code).join(
+        UploadRow, valid & (UploadRow.household_code == Group.code)).distinct()))
+    codes.update(session.scalars(select(UploadRow.household_code).where(
+        valid, UploadRow.individual_id.isnot(None), UploadRow.household_code.isnot(None)).distinct()))
+    if not codes:
+        return 0
+    changed = check_households(session, upload, scope, codes)
+    return session.scalar(select(func.count()).where(
+        _one_of(session, UploadRow.id, sorted(changed)), UploadRow.status == "error")) if changed else 0
 
 
 _STAGED_COLUMNS = ("upload_id", "row_number", "raw", "cleaned", "errors", "warning", "status",
@@ -1864,14 +1895,29 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         "LEFT JOIN upload_row p ON p.upload_id = :upload AND p.row_number = h.payee "
         'WHERE NOT EXISTS (SELECT 1 FROM "group" g WHERE g.code = h.household_code) '
         "ORDER BY h.household_code RETURNING id"), params))
+    # A person already in a household (this one, from an earlier run, or another one since
+    # validation), a second head, or a code that became a cooperative's is left out rather
+    # than failing the import for good; the upload's message names the rows.
     joined = session.execute(sql(
         "INSERT INTO group_member (group_id, individual_id, group_kind, role) "
         "SELECT g.id, r.individual_id, 'household', coalesce(r.role, 'member') "
         'FROM upload_row r JOIN "group" g ON g.code = r.household_code '
         "WHERE r.upload_id = :upload AND r.status = 'imported' AND r.household_code IS NOT NULL "
         "AND r.household_code NOT IN :outside AND r.individual_id IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM group_member m WHERE m.group_id = g.id "
-        "AND m.individual_id = r.individual_id) ORDER BY r.row_number"), params).rowcount
+        "AND g.kind = 'household' AND NOT EXISTS (SELECT 1 FROM group_member m WHERE "
+        "m.individual_id = r.individual_id AND m.group_kind = 'household') "
+        "AND NOT (r.role = 'head' AND EXISTS (SELECT 1 FROM group_member h WHERE h.group_id = g.id "
+        "AND h.role = 'head' AND h.group_kind = 'household')) ORDER BY r.row_number"), params).rowcount
+    left_out = list(session.scalars(sql(
+        'SELECT r.row_number FROM upload_row r JOIN "group" g ON g.code = r.household_code '
+        "WHERE r.upload_id = :upload AND r.status = 'imported' AND r.household_code IS NOT NULL "
+        "AND r.household_code NOT IN :outside AND r.individual_id IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM group_member m WHERE m.group_id = g.id AND m.individual_id = r.individual_id) "
+        "ORDER BY r.row_number LIMIT 21"), params))
+    if left_out:
+        rows = ", ".join(map(str, left_out[:20])) + (" and more" if len(left_out) > 20 else "")
+        upload.message = (f"Imported but not added to their household, which changed in the "
+                          f"registry during the import: rows {rows}.")[:2000]
     if created or joined:
         record(session, action="import", entity_type="upload", entity_id=upload.id,
                summary=f"{len(created)} households created, {joined} members added",

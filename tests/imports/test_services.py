@@ -278,7 +278,7 @@ def test_a_person_in_a_household_outside_the_area_is_refused_without_naming_it(
     assert _rows(db_session, upload)[2].errors["household"] == (
         "This person is already in a household outside your area; move them in the registry first.")
 
-def test_a_household_registered_outside_the_area_between_validation_and_import_gets_no_members(
+def test_a_household_registered_outside_the_area_between_validation_and_import_holds_its_rows_back(
         db_session, tmp_path, country, make_household):
     officer = Scope(paths=(country["N"].path,))
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,HH-NEW,head,yes\n"
@@ -287,9 +287,67 @@ def test_a_household_registered_outside_the_area_between_validation_and_import_g
     payee = household.primary_recipient_id
     counts = _imported(db_session, upload, scope=officer)
     db_session.refresh(household)
-    assert counts["imported"] == 2 and counts["members_added"] == 1
+    assert counts["imported"] == 1 and counts["errors"] == 1 and counts["members_added"] == 1
     assert household.primary_recipient_id == payee and len(household.members) == 1
-    assert upload.message == "Not added to households registered outside your area meanwhile: HH-NEW"
+    held = _rows(db_session, upload)[2]
+    assert held.status == "error"
+    assert held.errors["household"] == "The code HH-NEW belongs to a group outside your area; use another code."
+    assert upload.message == ("1 row(s) were held back: their household changed in the registry since "
+                              "validation. Fix them and import again.")
+
+
+def test_a_head_registered_for_a_household_between_validation_and_import_holds_back_only_the_new_head(
+        db_session, tmp_path, country, make_household):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,HH-LATE,head,yes\n"
+                        + "Juma,Banda,M,2015-01-02,,NV1,HH-LATE,child,no\n")
+    household = make_household(1, location=country["NV1"], code="HH-LATE")  # with a head
+    counts = _imported(db_session, upload)
+    rows = _rows(db_session, upload)
+    assert rows[2].status == "error" and "already has a head" in rows[2].errors["household"]
+    assert rows[3].status == "imported" and counts["imported"] == 1
+    db_session.refresh(household)
+    assert len(household.members) == 2 and upload.status == "imported"
+
+
+def test_an_import_asked_to_run_only_when_nothing_is_left_to_fix_imports_nobody_when_a_household_changed(
+        db_session, tmp_path, country, make_household):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,HH-LATE,head,yes\n")
+    make_household(1, location=country["NV1"], code="HH-LATE")
+    services.start_import(db_session, upload, only_if_clean=True, scope=EVERYTHING, actor_id=None,
+                          may_enrol=True)
+    with pytest.raises(DomainError, match="1 row\\(s\\) need fixing again"):
+        services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None,
+                               progress=lambda *a, **k: None, only_if_clean=True)
+    assert db_session.scalar(select(func.count()).select_from(Individual).where(
+        Individual.first_name == "Amina")) == 0
+
+
+def test_a_head_registered_during_the_import_leaves_the_new_head_out_of_the_household_and_says_so(
+        db_session, tmp_path, country, make_individual):
+    from portal.registry.models import Group
+
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,HH-RACE,head,yes\n"
+                        + "Juma,Banda,M,2015-01-02,,NV1,HH-RACE,child,no\n")
+    services.start_import(db_session, upload, only_if_clean=False, scope=EVERYTHING, actor_id=None,
+                          may_enrol=True)
+
+    def progress(done, total=None, message=None):
+        # Someone registers HH-RACE with a head once the people exist, before the households.
+        if message and message.startswith("Imported") and not db_session.scalar(
+                select(Group.id).where(Group.code == "HH-RACE")):
+            head = make_individual("Other", "Head", location=country["NV1"])
+            group = Group(code="HH-RACE", kind="household", name="Race", location_id=country["NV1"].id)
+            db_session.add(group)
+            db_session.flush()
+            db_session.add(GroupMember(group_id=group.id, individual_id=head.id, group_kind="household",
+                                       role="head"))
+            db_session.flush()
+
+    counts = services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None, progress=progress)
+    rows = _rows(db_session, upload)
+    assert rows[2].status == rows[3].status == "imported" and counts["members_added"] == 1
+    assert upload.message == ("Imported but not added to their household, which changed in the registry "
+                              "during the import: rows 2.")
 
 
 def test_rows_are_checked_in_the_uploaders_area_even_when_a_national_user_edits_them(
