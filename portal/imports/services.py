@@ -1130,8 +1130,15 @@ def _unmasked(raw: dict, values: dict) -> dict:
 
 
 def row_version(row: UploadRow) -> str:
-    """What an edit form carries of the row it showed, to tell a stale save."""
-    return _digest(row.raw)
+    """What a form or a row's buttons carry of the row they showed (its cells and its
+    probable-duplicate warning), to tell a stale save, drop or confirmation."""
+    return _digest([row.raw, row.warning])
+
+
+def _unchanged_since_seen(row: UploadRow, seen: str | None, doing: str) -> None:
+    if seen is not None and seen != row_version(row):
+        raise DomainError(f"Row {row.row_number} changed after the page showed it (in another tab "
+                          f"or by someone else), so it was not {doing}: look at it again.")
 
 
 def _cell_changes(before: dict, after: dict) -> dict:
@@ -1165,11 +1172,14 @@ def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str,
     return others
 
 
-def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) -> set[int]:
-    """Leave a row out of the import; returns the ids of the other rows checked again."""
+def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope,
+             seen: str | None = None) -> set[int]:
+    """Leave a row out of the import, unless it changed since the ``row_version`` the user
+    saw; returns the ids of the other rows checked again."""
     _editable(upload)
     if row.status not in OPEN_STATUSES:
         raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be dropped.")
+    _unchanged_since_seen(row, seen, "dropped")
     row.status = "dropped"
     session.flush()
     record(session, action="drop_row", entity_type="upload", entity_id=upload.id,
@@ -1186,12 +1196,15 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) 
     return others - {row.id}
 
 
-def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope) -> set[int]:
-    """The user says a probable duplicate is a different person; returns the ids of the
-    other rows of its household checked again."""
+def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope,
+                seen: str | None = None) -> set[int]:
+    """The user says a probable duplicate is a different person (the one of the warning they
+    saw: ``seen`` is its ``row_version``); returns the ids of the other rows of its
+    household checked again."""
     _editable(upload)
     if row.status != "duplicate":
         raise DomainError(f"Row {row.row_number} is not a probable duplicate.")
+    _unchanged_since_seen(row, seen, "confirmed")
     record(session, action="confirm", entity_type="upload", entity_id=upload.id,
            summary=f"Row {row.row_number} is not a duplicate", changes={"warning": row.warning})
     row.warning = row.twin_row = None

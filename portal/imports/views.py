@@ -256,6 +256,11 @@ def rows(upload_id: int):
                   and can("upload.create"))
 
 
+@bp.app_template_filter("row_version")
+def row_version_filter(row) -> str:
+    return services.row_version(row)
+
+
 @bp.route("/<int:upload_id>/rows/<int:row_number>")
 @require("upload.view")
 def row(upload_id: int, row_number: int):
@@ -314,7 +319,7 @@ def drop_row(upload_id: int, row_number: int):
     upload = _upload(upload_id)
     item = _row(upload, row_number)
     try:
-        others = services.drop_row(db.session, upload, item, scope=scope())
+        others = services.drop_row(db.session, upload, item, scope=scope(), seen=request.form.get("seen"))
     except DomainError as exc:
         flash_refusal(exc)
         return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
@@ -331,7 +336,8 @@ def confirm_row(upload_id: int, row_number: int):
     upload = _upload(upload_id)
     item = _row(upload, row_number)
     try:
-        others = services.confirm_row(db.session, upload, item, scope=scope())
+        others = services.confirm_row(db.session, upload, item, scope=scope(),
+                                      seen=request.form.get("seen"))
     except DomainError as exc:
         flash_refusal(exc)
         return htmx_redirect(url_for("imports.rows", upload_id=upload.id))

@@ -471,3 +471,53 @@ def test_the_people_of_an_imported_upload_link_to_their_registry_pages(client, l
     page = client.get(f"/imports/{upload.id}/people").get_data(as_text=True)
     assert f'href="/registry/individuals/{person_id}">Amina Banda</a>' in page
     assert "H9" in page and "created" in page
+
+
+def _seen(page: str, row_number: int, action: str) -> str:
+    """The row version a grid row's button sends with its action."""
+    import re
+
+    match = re.search(rf'rows/{row_number}/{action}"\s+hx-vals=\'{{"seen": "([0-9a-f]+)"}}\'', page)
+    assert match, f"no {action} button with the row's version"
+    return match.group(1)
+
+
+def test_not_a_duplicate_clicked_on_a_grid_showing_another_warning_is_refused(
+        client, login, db_session, tmp_path, country, make_individual):
+    from datetime import date
+
+    user = login("field_officer", [country["N"]])
+    first = make_individual("Amina", "Banda", birth_date=date(1990, 5, 17), location=country["NV1"])
+    second = make_individual("Grace", "Tembo", birth_date=date(1980, 1, 1), location=country["NV1"])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    grid = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert f"#{first.id}" in grid  # what the user judges
+    seen = _seen(grid, 2, "confirm")
+    row = db_session.scalar(select(UploadRow).where(UploadRow.upload_id == upload.id))
+    # Meanwhile someone retypes the row: now it looks like another registered person.
+    services.edit_row(db_session, upload, row, {"first_name": "Grace", "last_name": "Tembo",
+                                                "birth_date": "1980-01-01"}, scope=Scope(everything=True))
+    db_session.commit()
+    assert f"#{second.id}" in row.warning
+    response = client.htmx("post", f"/imports/{upload.id}/rows/2/confirm", data={"seen": seen})
+    assert response.headers.get("HX-Redirect") or response.status_code in (302, 303)
+    db_session.refresh(row)
+    assert row.status == "duplicate" and f"#{second.id}" in row.warning
+    page = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert "Row 2 changed after the page showed it" in page
+    # Confirmed from the grid as it is now, it goes through.
+    client.htmx("post", f"/imports/{upload.id}/rows/2/confirm", data={"seen": _seen(page, 2, "confirm")})
+    db_session.refresh(row)
+    assert row.status == "valid" and row.warning is None
+
+
+def test_a_row_changed_since_the_grid_showed_it_is_not_dropped(client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
+    seen = _seen(client.get(f"/imports/{upload.id}/rows").get_data(as_text=True), 2, "drop")
+    row = db_session.scalar(select(UploadRow).where(UploadRow.upload_id == upload.id))
+    services.edit_row(db_session, upload, row, {"sex": "M"}, scope=Scope(everything=True))
+    db_session.commit()
+    client.htmx("post", f"/imports/{upload.id}/rows/2/drop", data={"seen": seen})
+    db_session.refresh(row)
+    assert row.status == "valid"
