@@ -133,7 +133,8 @@ def receive_upload(session: Session, *, path: Path, file_name: str, duplicate_po
                     headers=headers, mapping=mapping, duplicate_policy=duplicate_policy,
                     day_first=day_first, program_id=program_id,
                     enrol_status=enrol_status if program_id else None, location_id=area_id,
-                    created_by_id=actor_id, counts={}, message="")
+                    created_by_id=actor_id, counts={}, message="",
+                    created_at=now())  # on the clock imported_at is read from
     session.add(upload)
     session.flush()
     record(session, action="create", entity_type="upload", entity_id=upload.id,
@@ -149,6 +150,17 @@ def earlier_import_of_same_file(session: Session, upload: Upload, *, scope: Scop
                                 Upload.status == "imported").order_by(Upload.id.desc()).limit(1)
     seen = session.scalar(same.where(visible_uploads(scope, actor_id)))
     return (seen is not None or session.scalar(same) is not None), seen
+
+
+def _same_file_imported_since(session: Session, upload: Upload) -> int | None:
+    """Another upload of the same content imported (or importing) since this one arrived:
+    the warning on arrival could not tell, and each copy's search for look-alikes ran before
+    the other's people existed. (One imported before it arrived was warned about.)"""
+    return session.scalar(select(Upload.id).where(
+        Upload.sha256 == upload.sha256, Upload.id != upload.id,
+        or_(Upload.status == "importing",
+            and_(Upload.status == "imported", Upload.imported_at >= upload.created_at)))
+        .order_by(Upload.id).limit(1))
 
 
 def set_mapping(session: Session, upload: Upload, mapping: dict[str, str], *,
@@ -223,6 +235,10 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
     _claimed(session, upload)
     if upload.status not in ("validated",):
         raise DomainError(f"This upload is {upload.status}; only a validated upload can be imported.")
+    twin = _same_file_imported_since(session, upload)
+    if twin is not None:
+        raise DomainError(f"The same file was imported as upload #{twin} after this one was "
+                          "uploaded: importing it again would register its people twice.")
     counts = status_counts(session, upload.id)
     problems = counts.get("error", 0) + counts.get("duplicate", 0)
     if only_if_clean and problems:

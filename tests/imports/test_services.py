@@ -655,3 +655,26 @@ def test_a_mapped_column_that_the_whole_file_lacks_fails_validation_naming_it(db
     upload.mapping = {**upload.mapping, "Ghost column": "phone"}
     with pytest.raises(FileProblem, match="The column 'Ghost column' was not found"):
         services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
+
+
+def test_a_second_copy_of_a_file_validated_before_the_first_was_imported_is_not_imported(
+        db_session, tmp_path, country):
+    text = HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
+    first, second = _validated(db_session, tmp_path, text), _validated(db_session, tmp_path, text)
+    _imported(db_session, first)
+    with pytest.raises(DomainError, match=f"The same file was imported as upload #{first.id} after this one"):
+        services.start_import(db_session, second, only_if_clean=False, scope=EVERYTHING, actor_id=None,
+                              may_enrol=True)
+    assert db_session.scalar(select(func.count()).select_from(Individual).where(
+        Individual.first_name == "Amina")) == 1
+
+
+def test_a_file_imported_before_its_copy_was_uploaded_was_warned_about_and_its_copy_may_be_imported(
+        db_session, tmp_path, country):
+    text = HEADER + "Amina,Banda,F,1990-05-17,CP1,NV1,,,\n"
+    first = _validated(db_session, tmp_path, text, policy="update")
+    _imported(db_session, first)
+    second = _validated(db_session, tmp_path, text, policy="update")
+    assert services.earlier_import_of_same_file(db_session, second, scope=EVERYTHING, actor_id=None)[0]
+    _imported(db_session, second)  # the user was told on arrival and went on
+    assert second.status == "imported" and second.counts["people_updated"] == 1
