@@ -1362,8 +1362,7 @@ def fix_upload(session: Session, upload: Upload, fix: dict, *, scope: Scope, run
         progress(resume.get("read", 0), fix["rows"], "Reading the file of fixes")
         result = apply_corrections(session, upload, Path(fix["path"]), scope=scope, resume=resume,
                                    checkpoint=checkpoint)
-        note = f"; {result['unknown']:,} row(s) did not match a row to fix" if result["unknown"] else ""
-        message = f"{result['updated']:,} row(s) updated and checked again{note}."
+        message = corrections_message(result)
     upload.counts = summary_counts(session, upload)
     upload.status, upload.message = "validated", message
     return result
@@ -1390,7 +1389,8 @@ def forget_fixes_file(fix: dict) -> None:
 
 
 def problem_rows_for_download(session: Session, upload: Upload):
-    """Yield (row number, raw, errors text) of the rows that still need fixing."""
+    """Yield (row number, raw, errors text, row version) of the rows that still need fixing;
+    the version tells, when the file comes back, which rows were changed in the meantime."""
     last = 0
     while True:
         rows = session.execute(select(UploadRow.row_number, UploadRow.raw, UploadRow.errors,
@@ -1401,7 +1401,7 @@ def problem_rows_for_download(session: Session, upload: Upload):
             return
         for number, raw, errors, warning in rows:
             text = "; ".join(f"{k}: {v}" for k, v in (errors or {}).items())
-            yield number, raw, text or (warning or "")
+            yield number, raw, text or (warning or ""), _digest([raw, warning])
         last = rows[-1][0]
 
 
@@ -1415,6 +1415,20 @@ def _fixes_file_checked(path: Path) -> int:
         return sum(1 for _row in table.rows)
     finally:
         table.rows.close()
+
+
+VERSION_HEADER = "Row version"  # the download's last column: see problem_rows_for_download
+
+
+def corrections_message(result: dict) -> str:
+    notes = []
+    if result.get("changed"):
+        rows = ", ".join(map(str, result["changed_rows"])) + (" and more" if result["changed"] > 20 else "")
+        notes.append(f"{result['changed']:,} row(s) changed since the file was downloaded were left "
+                     f"as they are (rows {rows}): download the rows to fix again")
+    if result.get("unknown"):
+        notes.append(f"{result['unknown']:,} row(s) did not match a row to fix")
+    return f"{result['updated']:,} row(s) updated and checked again" + "".join(f"; {n}" for n in notes) + "."
 
 
 def _row_column(headers: list[str]) -> int:
@@ -1445,7 +1459,11 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
         raise
     wanted = set(upload.mapping.values()) - {""}
     fields = [(index[h], name) for h, name in mapping.items() if name in wanted]
-    state = {"read": 0, "updated": 0, "unknown": 0, **(resume or {})}
+    # A file downloaded before a row was edited in the grid must not put its old cells back
+    # (a file without the column, made by hand, is matched by row number alone).
+    version_col = next((i for i, h in enumerate(table.headers)
+                        if (h or "").strip().lower() == VERSION_HEADER.lower()), None)
+    state = {"read": 0, "updated": 0, "unknown": 0, "changed": 0, "changed_rows": [], **(resume or {})}
     for chunk in _batched(islice(table.rows, state["read"], None), FIX_CHUNK):
         numbers = {}
         for _line, cells in chunk:
@@ -1461,6 +1479,12 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
             UploadRow.upload_id == upload.id, UploadRow.row_number.in_(list(numbers)),
             UploadRow.status.in_(OPEN_STATUSES))))
         state["unknown"] += len(numbers) - len(rows)
+        if version_col is not None:
+            stale = [r for r in rows if (numbers[r.row_number][version_col:version_col + 1] or [""])[0]
+                     != row_version(r)]
+            state["changed"] += len(stale)
+            state["changed_rows"] = (state["changed_rows"] + [r.row_number for r in stale])[:20]
+            rows = [r for r in rows if r not in stale]
         entries: list[tuple] = []  # the audit log's, a row each: the cells before and after
         for row in rows:
             cells = numbers[row.row_number]
@@ -1479,7 +1503,7 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
             checkpoint(dict(state))
     if checkpoint is None:  # (a job's file stays until its last commit: see forget_fixes_file)
         path.unlink(missing_ok=True)
-    return {"updated": state["updated"], "unknown": state["unknown"]}
+    return {key: state[key] for key in ("updated", "unknown", "changed", "changed_rows")}
 
 
 # --- importing ------------------------------------------------------------------------------

@@ -393,15 +393,15 @@ def problems(upload_id: int, fmt: str):
     pii = can("individual.view_pii")
 
     def body():
-        for number, raw, errors in services.problem_rows_for_download(db.session, upload):
+        for number, raw, errors, version in services.problem_rows_for_download(db.session, upload):
             values = [raw.get(c.name, "") for c in grid]
             if not pii:
                 values = [mask(v) if c.name in PII_FIELDS else v
                           for c, v in zip(grid, values)]
-            yield [number, *values, errors]
+            yield [number, *values, errors, version]
 
     return export_response(fmt, f"upload-{upload.id}-rows-to-fix",
-                           ["Row", *[c.label for c in grid], "Errors"], body())
+                           ["Row", *[c.label for c in grid], "Errors", services.VERSION_HEADER], body())
 
 
 @bp.route("/<int:upload_id>/reupload", methods=["POST"])
@@ -423,8 +423,7 @@ def reupload(upload_id: int):
         flash(exc.message, "error")
     else:
         db.session.commit()
-        note = f"; {result['unknown']} row(s) did not match a row to fix" if result["unknown"] else ""
-        flash(f"{result['updated']:,} row(s) updated and checked again{note}.", "success")
+        flash(services.corrections_message(result), "success")
     return redirect(url_for("imports.rows", upload_id=upload.id))
 
 

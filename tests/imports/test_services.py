@@ -527,12 +527,12 @@ def test_fixed_rows_uploaded_back_are_matched_by_row_number(db_session, tmp_path
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
                         + "Juma,Banda,?,2015-01-02,,NV1,,,\nZoë,Phiri,F,1980-03-04,,NOPE,,,\n")
     downloaded = list(services.problem_rows_for_download(db_session, upload))
-    assert [n for n, _raw, _errors in downloaded] == [3, 4]
+    assert [n for n, _raw, _errors, _version in downloaded] == [3, 4]
     assert "sex: Sex must be F, M or O" in downloaded[0][2]
     fixed = _file(tmp_path, "Row,First name,Last name,Sex,Birth date,National ID,Village code,Errors\n"
                             "3,Juma,Banda,M,2015-01-02,,NV1,sex: ...\n99,X,Y,F,2000-01-01,,NV1,\n")
     result = services.apply_corrections(db_session, upload, fixed, scope=EVERYTHING)
-    assert result == {"updated": 1, "unknown": 1}
+    assert result == {"updated": 1, "unknown": 1, "changed": 0, "changed_rows": []}
     rows = _rows(db_session, upload)
     assert rows[3].status == "valid" and rows[4].status == "error"
 

@@ -283,8 +283,8 @@ def test_rows_to_fix_download_with_an_error_column_and_inert_formulas(client, lo
     upload = _validated(db_session, tmp_path, user, HEADER + "=cmd(),Banda,Q,1990-05-17,,NV1,,,\n")
     text = client.get(f"/imports/{upload.id}/problems.csv").get_data().decode("utf-8-sig")
     header, row = list(csv.reader(io.StringIO(text)))
-    assert header[0] == "Row" and header[-1] == "Errors"
-    assert row[0] == "2" and row[1] == "'=cmd()" and "Sex must be F, M or O" in row[-1]
+    assert header[0] == "Row" and header[-2:] == ["Errors", "Row version"]
+    assert row[0] == "2" and row[1] == "'=cmd()" and "Sex must be F, M or O" in row[-2]
     book = load_workbook(io.BytesIO(client.get(f"/imports/{upload.id}/problems.xlsx").get_data()))
     assert book.active["B2"].value == "'=cmd()"
 
@@ -521,3 +521,32 @@ def test_a_row_changed_since_the_grid_showed_it_is_not_dropped(client, login, db
     client.htmx("post", f"/imports/{upload.id}/rows/2/drop", data={"seen": seen})
     db_session.refresh(row)
     assert row.status == "valid"
+
+
+def test_a_file_of_fixes_downloaded_before_a_grid_edit_leaves_that_row_as_the_grid_left_it(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,AB123456,NV1,,,\n"
+                        + "Ali,Phiri,Q,1991-05-17,,NV1,,,\n")
+    downloaded = client.get(f"/imports/{upload.id}/problems.csv").get_data().decode("utf-8-sig")
+    header, row2, row3 = list(csv.reader(io.StringIO(downloaded)))
+    assert header[-1] == "Row version"
+    # Meanwhile row 2 is fixed in the grid: its sex, and a mistyped national ID.
+    form = client.htmx("get", f"/imports/{upload.id}/rows/2/edit").get_data(as_text=True)
+    seen = form.split('name="seen" value="')[1].split('"')[0]
+    client.htmx("post", f"/imports/{upload.id}/rows/2/edit", data={"sex": "M", "national_id": "AB999999", "seen": seen})
+    # The file, with row 3 fixed and row 2 as downloaded (its ID masked), comes back.
+    row3[header.index("Sex")] = "M"
+    out = io.StringIO()
+    csv.writer(out).writerows([header, row2, row3])
+    response = client.post(f"/imports/{upload.id}/reupload",
+                           data={"file": (io.BytesIO(out.getvalue().encode()), "fixed.csv")},
+                           content_type="multipart/form-data")
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert ("1 row(s) updated and checked again; 1 row(s) changed since the file was downloaded were "
+            "left as they are (rows 2): download the rows to fix again.") in page
+    rows = {r.row_number: r for r in db_session.scalars(select(UploadRow).where(UploadRow.upload_id == upload.id))}
+    for row in rows.values():
+        db_session.refresh(row)
+    assert (rows[2].status, rows[2].raw["sex"], rows[2].raw["national_id"]) == ("valid", "M", "AB999999")
+    assert (rows[3].status, rows[3].raw["sex"]) == ("valid", "M")
