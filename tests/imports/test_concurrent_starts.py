@@ -13,23 +13,18 @@ from portal.extensions import db
 from portal.imports import services
 from portal.imports.models import Upload
 from portal.locations.services import Scope
+from tests.factories import validated_upload
 
 pytestmark = pytest.mark.live
 
 EVERYTHING = Scope(everything=True)
-HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
 
 
 def test_a_second_import_started_while_the_first_is_being_queued_waits_and_is_refused(
         app, db_session, tmp_path, country):
     if db_session.get_bind().dialect.name != "postgresql":
         pytest.skip("SQLite's requests write one at a time")
-    path = tmp_path / "people.csv"
-    path.write_text(HEADER + "Amina,Banda,F,1990-05-17,CS1,NV1,,,\n", encoding="utf-8")
-    upload = services.receive_upload(
-        db_session, path=path, file_name="people.csv", duplicate_policy="error", day_first=None,
-        program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=10)
-    services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
+    upload = validated_upload(db_session, tmp_path, "Amina,Banda,F,1990-05-17,CS1,NV1,,,\n")
     db_session.commit()
 
     first = Session(db.engine)

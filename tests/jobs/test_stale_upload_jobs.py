@@ -13,11 +13,11 @@ from portal.imports import services
 from portal.imports.models import Upload, UploadRow
 from portal.locations.services import Scope
 from portal.registry.models import Individual
+from tests.factories import validated_upload
 
 pytestmark = pytest.mark.live
 
 EVERYTHING = Scope(everything=True)
-HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
 
 
 @pytest.fixture
@@ -29,13 +29,7 @@ def job_app(app, monkeypatch):
 
 
 def _validated(db_session, tmp_path) -> Upload:
-    path = tmp_path / "people.csv"
-    path.write_text(HEADER + "Amina,Banda,F,1990-05-17,ST1,NV1,,,\n", encoding="utf-8")
-    upload = services.receive_upload(
-        db_session, path=path, file_name="people.csv", duplicate_policy="error", day_first=None,
-        program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=10)
-    services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
-    return upload
+    return validated_upload(db_session, tmp_path, "Amina,Banda,F,1990-05-17,ST1,NV1,,,\n")
 
 
 def _stray(db_session, upload: Upload, kind: str) -> int:
