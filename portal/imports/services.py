@@ -156,10 +156,13 @@ def _same_file_imported_since(session: Session, upload: Upload) -> int | None:
     """Another upload of the same content imported (or importing) since this one arrived:
     the warning on arrival could not tell, and each copy's search for look-alikes ran before
     the other's people existed. (One imported before it arrived was warned about.)"""
+    some_imported = select(UploadRow.id).where(UploadRow.upload_id == Upload.id,
+                                               UploadRow.status == "imported").exists()
     return session.scalar(select(Upload.id).where(
         Upload.sha256 == upload.sha256, Upload.id != upload.id,
         or_(Upload.status == "importing",
-            and_(Upload.status == "imported", Upload.imported_at >= upload.created_at)))
+            and_(Upload.status == "imported", Upload.imported_at >= upload.created_at),
+            and_(Upload.status != "imported", some_imported)))  # a copy's import that stopped
         .order_by(Upload.id).limit(1))
 
 
@@ -1538,14 +1541,20 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
     done = session.scalar(select(func.count()).where(
         UploadRow.upload_id == upload.id, UploadRow.status == "imported"))
     if not done:
+        twin = _same_file_imported_since(session, upload)  # (also when run again, or at once)
+        if twin is not None:
+            raise DomainError(f"The same file was imported as upload #{twin} after this one was "
+                              "uploaded: importing it again would register its people twice.")
         held = _households_changed_since_validation(session, upload, scope)
+        if held:
+            total -= held
+            _tell(upload, f"{held} row(s) were held back: their household changed in the registry "
+                          "since validation. Fix them and import again.")
         if held and only_if_clean:
+            # The rows' new errors are kept (committed here), so the grid shows what to fix.
+            progress(done, total, "Households changed since validation")
             raise DomainError(f"{held} row(s) need fixing again: their household changed in the "
                               "registry since validation. Nothing was imported.")
-        if held:
-            upload.message = (f"{held} row(s) were held back: their household changed in the "
-                              "registry since validation. Fix them and import again.")
-            total -= held
     progress(done, total, "Importing people")
     # Each batch updates pages all over the registry's indexes; fewer, larger batches
     # write each page fewer times.
@@ -1678,9 +1687,16 @@ def _households_changed_since_validation(session: Session, upload: Upload, scope
         valid, UploadRow.individual_id.isnot(None), UploadRow.household_code.isnot(None)).distinct()))
     if not codes:
         return 0
-    changed = check_households(session, upload, scope, codes)
+    ready = set(session.scalars(select(UploadRow.id).where(
+        valid, _one_of(session, UploadRow.household_code, sorted(codes), String))))
+    changed = check_households(session, upload, scope, codes) & ready
     return session.scalar(select(func.count()).where(
         _one_of(session, UploadRow.id, sorted(changed)), UploadRow.status == "error")) if changed else 0
+
+
+def _tell(upload: Upload, message: str) -> None:
+    """Add to what the upload's page says of its import, which several steps may have to say."""
+    upload.message = " ".join(filter(None, [upload.message, message]))[:2000]
 
 
 _STAGED_COLUMNS = ("upload_id", "row_number", "raw", "cleaned", "errors", "warning", "status",
@@ -1910,8 +1926,8 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
             UploadRow.upload_id == upload.id, UploadRow.status == "imported")),
         ~scope.covers(Group.location_id))))
     if outside:
-        upload.message = ("Not added to households registered outside your area meanwhile: "
-                          + ", ".join(outside))[:2000]
+        _tell(upload, "Not added to households registered outside your area meanwhile: "
+                      + ", ".join(outside))
     params = {"upload": upload.id, "outside": outside}
 
     def sql(statement: str):
@@ -1969,8 +1985,8 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         "ORDER BY r.row_number LIMIT 21"), params))
     if left_out:
         rows = ", ".join(map(str, left_out[:20])) + (" and more" if len(left_out) > 20 else "")
-        upload.message = (f"Imported but not added to their household, which changed in the "
-                          f"registry during the import: rows {rows}.")[:2000]
+        _tell(upload, f"Imported but not added to their household, which changed in the registry "
+                      f"during the import: rows {rows}.")
     if created or joined:
         record(session, action="import", entity_type="upload", entity_id=upload.id,
                summary=f"{len(created)} households created, {joined} members added",
