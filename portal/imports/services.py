@@ -1154,6 +1154,13 @@ def row_version(row: UploadRow) -> str:
     return _digest([row.raw, row.warning])
 
 
+def cells_version(raw: dict) -> str:
+    """What the download of rows to fix carries of each row's cells, to tell when the file
+    comes back which rows were edited since. Only the cells: a fix of other rows may change
+    this row's warning meanwhile. The "v" keeps a spreadsheet from reading it as a number."""
+    return "v" + _digest(raw)
+
+
 def _unchanged_since_seen(row: UploadRow, seen: str | None, doing: str) -> None:
     if seen is not None and seen != row_version(row):
         raise DomainError(f"Row {row.row_number} changed after the page showed it (in another tab "
@@ -1404,7 +1411,7 @@ def problem_rows_for_download(session: Session, upload: Upload):
             return
         for number, raw, errors, warning in rows:
             text = "; ".join(f"{k}: {v}" for k, v in (errors or {}).items())
-            yield number, raw, text or (warning or ""), _digest([raw, warning])
+            yield number, raw, text or (warning or ""), cells_version(raw)
         last = rows[-1][0]
 
 
@@ -1484,7 +1491,7 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
         state["unknown"] += len(numbers) - len(rows)
         if version_col is not None:
             stale = [r for r in rows if (numbers[r.row_number][version_col:version_col + 1] or [""])[0]
-                     != row_version(r)]
+                     != cells_version(r.raw)]
             state["changed"] += len(stale)
             state["changed_rows"] = (state["changed_rows"] + [r.row_number for r in stale])[:20]
             rows = [r for r in rows if r not in stale]
