@@ -133,18 +133,13 @@ def resolve_locations(session: Session, codes: list[str], scope: Scope) -> list[
 
 
 def check_role_change(before: list[Role], after: list[Role], *, actor_permissions: frozenset[str]) -> None:
-    """Refuse to grant or take away a role with a permission the acting user lacks: user
-    management must not be a way to more power than one has, nor to strip those who have it."""
-    def beyond(roles) -> str:
-        return ", ".join(sorted(r.label for r in roles if not r.permissions <= actor_permissions))
-
-    added = beyond(set(after) - set(before))
+    """Refuse to grant a role with a permission the acting user lacks: user management must
+    not be a way to more power than one has. (Taking such a role away is refused with the
+    user who holds it: ``check_may_manage``.)"""
+    added = ", ".join(sorted(r.label for r in set(after) - set(before)
+                             if not r.permissions <= actor_permissions))
     if added:
         raise DomainError(f"You can only grant roles whose permissions you have yourself: {added}.",
-                          field="roles")
-    removed = beyond(set(before) - set(after))
-    if removed:
-        raise DomainError(f"You can only remove roles whose permissions you have yourself: {removed}.",
                           field="roles")
 
 
@@ -160,6 +155,8 @@ def save_user(session: Session, user: User | None, *, email: str, name: str, pas
     if user is not None and not visible_user(user, scope):
         raise DomainError("This user is outside your area.")
     if actor_permissions is not None:
+        if user is not None:
+            check_may_manage(user, actor_permissions=actor_permissions)
         check_role_change(list(user.roles) if user else [], roles, actor_permissions=actor_permissions)
     clash = session.scalar(select(User.id).where(func.lower(User.email) == email,
                                                  User.id != (user.id if user else -1)))
@@ -183,9 +180,17 @@ def save_user(session: Session, user: User | None, *, email: str, name: str, pas
     return user
 
 
+def check_may_manage(user: User, *, actor_permissions: frozenset[str]) -> None:
+    """Refuse to change a user who may do more than the acting user: a new password or email
+    would let the actor sign in as them, disabling them would strip them of it."""
+    if not user.permissions <= actor_permissions:
+        raise DomainError("You can only change users whose permissions you have yourself.")
+
+
 def set_active(user: User, active: bool, *, actor: User) -> None:
     if user.id == actor.id and not active:
         raise DomainError("You cannot disable your own account.")
+    check_may_manage(user, actor_permissions=actor.permissions)
     user.active = active
     if not active:
         user.session_version += 1  # signs the user out everywhere

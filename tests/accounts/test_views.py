@@ -163,3 +163,26 @@ def test_a_district_admin_giving_itself_the_admin_role_is_refused_on_the_form(
     db_session.expire_all()
     assert [r.name for r in db_session.get(User, me.id).roles] == ["regional_admin"]
     assert "8812345670" not in client.get("/registry/individuals").get_data(as_text=True)
+
+
+def test_a_district_admin_may_neither_reset_the_password_of_nor_disable_a_national_admin_in_its_area(
+        client, login, country, db_session, make_user):
+    from portal.accounts.models import RolePermission
+
+    boss = make_user("admin", [country["N"]], email="boss@example.org")
+    regional = Role(name="regional_admin", label="Regional admin",
+                    grants=[RolePermission(permission=p) for p in ("user.manage", "individual.view")])
+    db_session.add(regional)
+    me = login(None, [country["N"]])
+    me.roles = [regional]
+    db_session.commit()
+    admin = db_session.scalar(select(Role).where(Role.name == "admin"))
+    response = client.post(f"/admin/users/{boss.id}", data={
+        "email": "mine@example.org", "name": boss.name, "password": "a-new-long-password-9",
+        "roles": [admin.id], "locations": "N"})
+    assert response.status_code == 422
+    assert "You can only change users whose permissions you have yourself." in response.get_data(as_text=True)
+    client.post(f"/admin/users/{boss.id}/active", data={"active": "0"})
+    db_session.expire_all()
+    boss = db_session.get(User, boss.id)
+    assert boss.email == "boss@example.org" and boss.active and boss.check_password(PASSWORD)
