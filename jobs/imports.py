@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from jobs import runtime
+from portal.background.services import scope_from_params
 from portal.errors import DomainError
 from portal.imports import services
 from portal.imports.models import Upload
@@ -53,7 +54,7 @@ def _validate(session, job, progress):
         raise DomainError("This upload has had another job since; check its rows again from its page.")
     upload.status = "validating"
     prepare_session(session)
-    scope = services.scope_from_params(job.params)
+    scope = scope_from_params(job.params)
     try:
         return services.validate_upload(session, upload, scope=scope, progress=progress)
     except Exception as exc:
@@ -76,7 +77,7 @@ def _import(session, job, progress):
         raise DomainError("This upload has had another job since; import it again from its page.")
     upload.status = "importing"
     prepare_session(session, cache_mb=256)
-    scope = services.scope_from_params(job.params)
+    scope = scope_from_params(job.params)
     try:
         return services.import_upload(session, upload, scope=scope, actor_id=job.created_by_id,
                                       progress=progress, commit_part=progress.commit,
@@ -107,7 +108,7 @@ def _fix(session, job, progress):
         upload.status, upload.message = "fixing", ""
     prepare_session(session, wal_checkpoints=True)
     try:
-        result = services.fix_upload(session, upload, fix, scope=services.scope_from_params(job.params),
+        result = services.fix_upload(session, upload, fix, scope=scope_from_params(job.params),
                                      run=job, progress=progress)
         job.result = result
         progress.commit()

@@ -167,7 +167,7 @@ def retry_job(session: Session, run: JobRun, *, actor_id: int, permissions: froz
     and an upload still waiting for this very job, not what the user had back then. It is
     audited. The caller commits and enqueues.
     """
-    _locked(session, run)  # two clicks at once start it once
+    lock_row(session, run)  # two clicks at once start it once
     if run.status != "failed":
         raise DomainError("Only a failed job can be started again.")
     needed = RETRY_PERMISSIONS.get(run.kind)
@@ -177,7 +177,7 @@ def retry_job(session: Session, run: JobRun, *, actor_id: int, permissions: froz
     if needed not in permissions:
         raise DomainError("Your role does not allow what this job does, so it was not started "
                           "again.")
-    if not scope_covers(scope, _recorded_scope(run.params)):
+    if not scope_covers(scope, scope_from_params(run.params)):
         raise DomainError("This job reaches locations outside yours, so it was not started "
                           "again; ask someone whose locations cover it.")
     if run.lock_key:
@@ -196,7 +196,7 @@ def retry_job(session: Session, run: JobRun, *, actor_id: int, permissions: froz
            changes={"status": ["failed", "queued"], "kind": run.kind})
 
 
-def _locked(session: Session, row) -> None:
+def lock_row(session: Session, row) -> None:
     """``row`` read again and locked until the commit. The lock is taken by its id alone:
     PostgreSQL refuses FOR UPDATE on the outer joins that load its eager relationships."""
     model = type(row)
@@ -205,7 +205,13 @@ def _locked(session: Session, row) -> None:
     session.refresh(row)
 
 
-def _recorded_scope(params: dict) -> Scope:
+def scope_params(scope: Scope) -> dict:
+    """A scope as a job's params record it: the job acts within the locations it was
+    started with, whoever runs it."""
+    return {"everything": scope.everything, "paths": list(scope.paths)}
+
+
+def scope_from_params(params: dict) -> Scope:
     return Scope(everything=True) if params.get("everything") else Scope(
         paths=tuple(params.get("paths") or ()))
 
@@ -221,7 +227,7 @@ def _upload_waiting_for(session: Session, run: JobRun, *, actor_id: int, scope: 
                                 actor_id=actor_id)
     if upload is None:
         raise DomainError("The upload of this job was deleted or lies outside your locations.")
-    _locked(session, upload)
+    lock_row(session, upload)
     if upload.job_run_id != run.id:
         raise DomainError("This upload has had another job since, so this one was not started "
                           "again; carry on from the upload's page.")

@@ -23,13 +23,12 @@ import orjson
 from flask import current_app
 from sqlalchemy import (ARRAY, Date, Integer, String, bindparam, and_, case, delete, func, literal_column, or_, select,
                         text, update)
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.audit.services import record, record_changes, record_many
 from portal.background.models import JobRun
-from portal.background.services import create_job
+from portal.background.services import create_job, lock_row, scope_params
 from portal.clock import now
 from portal.errors import DomainError
 from portal.ids import ID_MAX
@@ -199,21 +198,11 @@ def set_mapping(session: Session, upload: Upload, mapping: dict[str, str], *,
         saved.name, saved.mapping = save_as.strip()[:80], clean
 
 
-def _scope_params(scope: Scope) -> dict:
-    return {"everything": scope.everything, "paths": list(scope.paths)}
-
-
-def scope_from_params(params: dict) -> Scope:
-    return Scope(everything=True) if params.get("everything") else Scope(paths=tuple(params.get("paths", ())))
-
-
 def _claimed(session: Session, upload: Upload) -> None:
     """The upload read again and locked until the commit, before a job is started on it: two
     requests at once (a double click, two tabs) would otherwise both see it idle and both
     queue a job (PostgreSQL; SQLite's requests write one at a time)."""
-    session.flush()  # (what this request changed in it is kept)
-    session.execute(select(Upload.id).where(Upload.id == upload.id).with_for_update())
-    session.refresh(upload)
+    lock_row(session, upload)
 
 
 def start_validation(session: Session, upload: Upload, *, scope: Scope, actor_id: int) -> JobRun:
@@ -225,7 +214,7 @@ def start_validation(session: Session, upload: Upload, *, scope: Scope, actor_id
         raise DomainError("This file could not be read; upload a corrected file instead.")
     scope = checking_scope(upload, scope)
     run = create_job(session, kind="upload_validate", entry_point="jobs.imports.validate_upload",
-                     params={"upload_id": upload.id, **_scope_params(scope)}, actor_id=actor_id,
+                     params={"upload_id": upload.id, **scope_params(scope)}, actor_id=actor_id,
                      lock_key=f"upload:{upload.id}")
     upload.status, upload.job_run_id, upload.message = "validating", run.id, ""
     return run
@@ -258,7 +247,7 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
     scope = checking_scope(upload, scope)
     run = create_job(session, kind="upload_import", entry_point="jobs.imports.import_upload",
                      params={"upload_id": upload.id, "only_if_clean": only_if_clean,
-                             **_scope_params(scope)}, actor_id=actor_id, lock_key=f"upload:{upload.id}")
+                             **scope_params(scope)}, actor_id=actor_id, lock_key=f"upload:{upload.id}")
     upload.status, upload.job_run_id, upload.message = "importing", run.id, ""
     return run
 
@@ -1342,7 +1331,7 @@ def start_fix(session: Session, upload: Upload, fix: dict, *, scope: Scope, acto
         fix = {**fix, "rows": _fixes_file_checked(Path(fix["path"]))}
     run = create_job(session, kind="upload_fix", entry_point="jobs.imports.fix_upload",
                      params={"upload_id": upload.id, "fix": fix,
-                             **_scope_params(checking_scope(upload, scope))},
+                             **scope_params(checking_scope(upload, scope))},
                      actor_id=actor_id, lock_key=f"upload:{upload.id}")
     upload.status, upload.job_run_id, upload.message = "fixing", run.id, ""
     return run
@@ -1616,11 +1605,8 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
 
 def _parts(session: Session, rows: int, commit_part) -> int:
     """How many connections create a batch's new people: one, except on PostgreSQL when the
-    work's commits can be made (``commit_part``) and the session has an engine of its own
-    to draw connections from (a test's session is bound to one connection)."""
+    caller can commit each share's work (``commit_part``)."""
     if commit_part is None or session.get_bind().dialect.name != "postgresql":
-        return 1
-    if not isinstance(session.get_bind(), Engine):
         return 1
     config = current_app.config
     return max(1, min(config["UPLOAD_IMPORT_CONNECTIONS"], rows // max(1, config["UPLOAD_IMPORT_PART_ROWS"])))

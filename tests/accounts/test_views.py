@@ -143,17 +143,25 @@ def test_a_user_form_posted_without_its_location_field_is_saved_not_a_server_err
     assert db_session.get(type(user), user.id).name == "Renamed"
 
 
-def test_a_district_admin_giving_itself_the_admin_role_is_refused_on_the_form(
-        client, login, country, db_session, make_individual):
+@pytest.fixture
+def district_admin(login, country, db_session):
+    """Signed in: a user manager of region N who may view people, nothing more."""
     from portal.accounts.models import RolePermission
 
-    make_individual("Amina", "Banda", location=country["NV1"], national_id="8812345670")
     regional = Role(name="regional_admin", label="Regional admin",
                     grants=[RolePermission(permission=p) for p in ("user.manage", "individual.view")])
     db_session.add(regional)
     me = login(None, [country["N"]])
     me.roles = [regional]
     db_session.commit()
+    return me, regional
+
+
+def test_a_district_admin_giving_itself_the_admin_role_is_refused_on_the_form(
+        client, country, db_session, make_individual, district_admin):
+    make_individual("Amina", "Banda", location=country["NV1"], national_id="8812345670")
+    db_session.commit()
+    me, regional = district_admin
     admin = db_session.scalar(select(Role).where(Role.name == "admin"))
     response = client.post(f"/admin/users/{me.id}", data={
         "email": me.email, "name": me.name, "roles": [admin.id, regional.id], "locations": "N"})
@@ -166,15 +174,8 @@ def test_a_district_admin_giving_itself_the_admin_role_is_refused_on_the_form(
 
 
 def test_a_district_admin_may_neither_reset_the_password_of_nor_disable_a_national_admin_in_its_area(
-        client, login, country, db_session, make_user):
-    from portal.accounts.models import RolePermission
-
+        client, country, db_session, make_user, district_admin):
     boss = make_user("admin", [country["N"]], email="boss@example.org")
-    regional = Role(name="regional_admin", label="Regional admin",
-                    grants=[RolePermission(permission=p) for p in ("user.manage", "individual.view")])
-    db_session.add(regional)
-    me = login(None, [country["N"]])
-    me.roles = [regional]
     db_session.commit()
     admin = db_session.scalar(select(Role).where(Role.name == "admin"))
     response = client.post(f"/admin/users/{boss.id}", data={

@@ -5,6 +5,7 @@ from datetime import date, datetime
 import pytest
 from sqlalchemy import func, select
 
+from portal.background.services import scope_from_params
 from portal.errors import DomainError
 from portal.imports import duplicates, services
 from portal.imports.models import SavedMapping, UploadRow
@@ -357,8 +358,8 @@ def test_rows_are_checked_in_the_uploaders_area_even_when_a_national_user_edits_
     upload = _receive(db_session, tmp_path, HEADER + "Grace,Tembo,F,1990-05-17,X,NV1,,,\n", policy="update")
     upload.created_by = officer
     run = services.start_validation(db_session, upload, scope=EVERYTHING, actor_id=None)
-    assert services.scope_from_params(run.params) == Scope(paths=(country["N"].path,))
-    services.validate_upload(db_session, upload, scope=services.scope_from_params(run.params),
+    assert scope_from_params(run.params) == Scope(paths=(country["N"].path,))
+    services.validate_upload(db_session, upload, scope=scope_from_params(run.params),
                              progress=lambda *a, **k: None)
     row = _rows(db_session, upload)[2]
     services.edit_row(db_session, upload, row, {"national_id": "S100"}, scope=EVERYTHING)
