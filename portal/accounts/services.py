@@ -107,10 +107,19 @@ def ensure_roles(session: Session) -> dict[str, Role]:
     return roles
 
 
-def set_role_permissions(role: Role, permissions: list[str]) -> None:
+def set_role_permissions(role: Role, permissions: list[str], *,
+                         actor_permissions: frozenset[str] | None = None) -> None:
+    """Give a role these permissions. ``actor_permissions``, those of the user doing it, must
+    hold every permission given or taken away (None only where nobody is: set-up, tests):
+    editing a role, one's own included, must not be a way to more power than one has."""
     unknown = set(permissions) - set(PERMISSIONS)
     if unknown:
         raise DomainError(f"Unknown permission(s): {', '.join(sorted(unknown))}.")
+    if actor_permissions is not None:
+        beyond = (set(permissions) ^ role.permissions) - actor_permissions
+        if beyond:
+            raise DomainError("You can only give or take away permissions you have yourself: "
+                              + ", ".join(sorted(beyond)) + ".")
     if role.name == "admin" and "user.manage" not in permissions:
         raise DomainError("The administrator role must keep user.manage, or nobody could fix roles.")
     keep = [g for g in role.grants if g.permission in permissions]

@@ -169,7 +169,8 @@ def edit_role(role_id: int):
             form.permissions.errors.append("Only a user who sees all locations may change roles.")
         else:
             try:
-                services.set_role_permissions(role, form.permissions.data)
+                services.set_role_permissions(role, form.permissions.data,
+                                              actor_permissions=current_user.permissions)
             except DomainError as exc:
                 form.permissions.errors.append(exc.message)
             else:

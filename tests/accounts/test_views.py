@@ -187,3 +187,22 @@ def test_a_district_admin_may_neither_reset_the_password_of_nor_disable_a_nation
     db_session.expire_all()
     boss = db_session.get(User, boss.id)
     assert boss.email == "boss@example.org" and boss.active and boss.check_password(PASSWORD)
+
+
+def test_a_user_manager_who_sees_everything_cannot_give_their_own_role_a_permission_they_lack(
+        client, login, db_session):
+    from portal.accounts.models import RolePermission
+
+    managers = Role(name="user_managers", label="User managers",
+                    grants=[RolePermission(permission=p) for p in ("user.manage", "individual.view")])
+    db_session.add(managers)
+    me = login(None)  # all locations
+    me.roles = [managers]
+    db_session.commit()
+    response = client.post(f"/admin/roles/{managers.id}", data={
+        "permissions": ["user.manage", "individual.view", "individual.view_pii"]})
+    assert response.status_code == 422
+    assert ("You can only give or take away permissions you have yourself: individual.view_pii."
+            in response.get_data(as_text=True))
+    db_session.expire_all()
+    assert db_session.get(Role, managers.id).permissions == {"user.manage", "individual.view"}
