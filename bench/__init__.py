@@ -38,3 +38,16 @@ def remove_upload(session, upload_id: int, *, audit_after: int) -> None:
     session.execute(delete(JobRun).where(JobRun.lock_key == f"upload:{upload_id}"))
     session.execute(delete(Upload).where(Upload.id == upload_id))
     session.commit()
+
+
+def received_upload(session, path: Path, *, file_name: str, policy: str):
+    """A bench's file received as the upload page receives it, and marked validating as
+    starting its validation job would (the bench then validates it in its own process)."""
+    from portal.imports import services
+
+    upload = services.receive_upload(
+        session, path=path, file_name=file_name, duplicate_policy=policy, day_first=None,
+        program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=500_000)
+    upload.status = "validating"
+    session.commit()
+    return upload

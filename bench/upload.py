@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("PORTAL_ENV", "development")
 
-from bench import BENCH_DIR, default_database_url  # noqa: E402
+from bench import BENCH_DIR, default_database_url, received_upload  # noqa: E402
 
 DEFAULT_URL = default_database_url("upload")
 COLUMNS = ["First name", "Middle name", "Last name", "Sex", "Birth date", "National ID", "Phone",
@@ -240,11 +240,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         copy = folder / f"upload-{args.rows}-{os.getpid()}.xlsx"  # receive owns (and may delete) it
         copy.write_bytes(xlsx.read_bytes())
-        upload = services.receive_upload(
-            session, path=copy, file_name=xlsx.name, duplicate_policy="update", day_first=None,
-            program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=500_000)
-        upload.status = "validating"
-        session.commit()
+        upload = received_upload(session, copy, file_name=xlsx.name, policy="update")
         t1 = time.perf_counter()
         counts = services.validate_upload(session, upload, scope=everything, progress=progress)
         session.commit()

@@ -19,7 +19,7 @@ from datetime import date, timedelta
 
 os.environ.setdefault("PORTAL_ENV", "development")
 
-from bench import BENCH_DIR, remove_upload  # noqa: E402
+from bench import BENCH_DIR, received_upload, remove_upload  # noqa: E402
 from bench.upload import DEFAULT_URL, FIRST, LAST  # noqa: E402
 
 
@@ -73,11 +73,7 @@ def main(argv=None) -> int:
         def progress(done, total=None, message=None):
             session.commit()  # the worker's Progress commits between batches too
 
-        upload = services.receive_upload(
-            session, path=path, file_name=path.name, duplicate_policy="error", day_first=None,
-            program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=500_000)
-        upload.status = "validating"
-        session.commit()
+        upload = received_upload(session, path, file_name=path.name, policy="error")
         t0 = time.perf_counter()
         counts = services.validate_upload(session, upload, scope=everything, progress=progress)
         session.commit()

@@ -16,7 +16,7 @@ import time
 
 os.environ.setdefault("PORTAL_ENV", "development")
 
-from bench import BENCH_DIR, remove_upload  # noqa: E402
+from bench import BENCH_DIR, received_upload, remove_upload  # noqa: E402
 from bench.upload import DEFAULT_URL  # noqa: E402
 
 RESTORED = ("phone", "location_id", "name_key", "version", "updated_at")
@@ -75,11 +75,7 @@ def main(argv=None) -> int:
             session.commit()  # the worker's Progress commits between batches too
 
         t0 = time.perf_counter()
-        upload = services.receive_upload(
-            session, path=path, file_name=path.name, duplicate_policy="update", day_first=None,
-            program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=500_000)
-        upload.status = "validating"
-        session.commit()
+        upload = received_upload(session, path, file_name=path.name, policy="update")
         counts = services.validate_upload(session, upload, scope=everything, progress=progress)
         session.commit()
         t1 = time.perf_counter()
