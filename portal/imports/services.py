@@ -154,7 +154,13 @@ def earlier_import_of_same_file(session: Session, upload: Upload, *, scope: Scop
 def _same_file_imported_since(session: Session, upload: Upload) -> int | None:
     """Another upload of the same content imported (or importing) since this one arrived:
     the warning on arrival could not tell, and each copy's search for look-alikes ran before
-    the other's people existed. (One imported before it arrived was warned about.)"""
+    the other's people existed. (One imported before it arrived was warned about.)
+
+    On PostgreSQL the check waits while another transaction checks the same content, until
+    it commits: two copies started at the same instant would each find the other idle."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": int(upload.sha256[:15], 16)})  # (SQLite's writers queue anyway)
     some_imported = select(UploadRow.id).where(UploadRow.upload_id == Upload.id,
                                                UploadRow.status == "imported").exists()
     return session.scalar(select(Upload.id).where(

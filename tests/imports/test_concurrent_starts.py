@@ -53,3 +53,43 @@ def test_a_second_import_started_while_the_first_is_being_queued_waits_and_is_re
     db_session.expire_all()
     assert db_session.scalar(select(func.count()).select_from(JobRun).where(
         JobRun.kind == "upload_import")) == 1
+
+
+def test_two_copies_of_one_file_imported_at_once_by_two_users_let_only_the_first_start(
+        app, db_session, tmp_path, country):
+    if db_session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite's requests write one at a time")
+    rows = "Amina,Banda,F,1990-05-17,,NV1,,,\n"  # no national ID: nothing else would stop a twin
+    first_copy = validated_upload(db_session, tmp_path, rows)
+    second_copy = validated_upload(db_session, tmp_path, rows)
+    db_session.commit()
+    assert first_copy.sha256 == second_copy.sha256
+
+    first = Session(db.engine)
+    services.start_import(first, first.get(Upload, first_copy.id), only_if_clean=False,
+                          scope=EVERYTHING, actor_id=None, may_enrol=True)  # not committed yet
+    outcome = {}
+
+    def second_user():
+        with app.app_context(), Session(db.engine) as second:
+            try:
+                services.start_import(second, second.get(Upload, second_copy.id), only_if_clean=False,
+                                      scope=EVERYTHING, actor_id=None, may_enrol=True)
+                second.commit()
+                outcome["second"] = "queued"
+            except DomainError as exc:
+                outcome["second"] = exc.message
+
+    thread = threading.Thread(target=second_user)
+    thread.start()
+    try:
+        thread.join(1.0)
+        assert thread.is_alive()  # waiting for the first copy's start to commit
+        first.commit()
+    finally:
+        first.close()  # (a failed assertion must not leave the first copy's row locked)
+        thread.join(10)
+    assert outcome["second"] == (f"The same file was imported as upload #{first_copy.id} after this one "
+                                 "was uploaded: importing it again would register its people twice.")
+    db_session.expire_all()
+    assert db_session.get(Upload, second_copy.id).status == "validated"
