@@ -917,6 +917,14 @@ def _editable(upload: Upload, *, by_job: bool = False) -> None:
                           "validation and before the import.")
 
 
+def check_row_editable(upload: Upload, row: UploadRow) -> None:
+    """Raises DomainError saying why this row cannot be edited now (before its form opens,
+    too: a grid left open may offer Edit on a row imported or dropped since)."""
+    _editable(upload)
+    if row.status not in OPEN_STATUSES:
+        raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be edited.")
+
+
 def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, scope: Scope,
                  gone: list[UploadRow] = ()) -> set[int]:
     """Check edited rows again, against the rest of the file and the registry. The other
@@ -1173,9 +1181,7 @@ def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str,
     made from; a row changed since (another tab, another user) is refused with
     ``field="seen"``, so that one save does not silently undo the other. Returns the ids
     of the other rows checked again with it, whose grid rows may need showing anew."""
-    _editable(upload)
-    if row.status not in OPEN_STATUSES:
-        raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be edited.")
+    check_row_editable(upload, row)
     if seen is not None and seen != row_version(row):
         raise DomainError(f"Row {row.row_number} was changed after you opened it (in another tab or by "
                           "someone else). Your values are still here: check them and save again.",

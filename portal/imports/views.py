@@ -299,8 +299,11 @@ def edit_row(upload_id: int, row_number: int):
             flash(f"Row {row_number} saved and checked again.", "success")
             return redirect(url_for("imports.rows", upload_id=upload.id))
         return _checked_rows(upload, item, others)
-    if upload.status != "validated" or item.status not in services.OPEN_STATUSES:
-        abort(409)
+    try:
+        services.check_row_editable(upload, item)
+    except DomainError as exc:
+        flash_refusal(exc)
+        return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
     return render("imports/row_edit.html", partial="imports/_row_form.html", upload=upload,
                   row=item, cols=grid, shown=_shown, seen=services.row_version(item))
 

@@ -127,6 +127,16 @@ def test_editing_a_row_inline_checks_it_again(client, login, db_session, tmp_pat
     assert db_session.get(Upload, upload.id).counts["valid"] == 1
 
 
+def test_edit_on_a_row_dropped_since_the_grid_opened_says_why_instead_of_an_error_page(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
+    client.htmx("post", f"/imports/{upload.id}/rows/2/drop")  # in another tab
+    answer = client.htmx("get", f"/imports/{upload.id}/rows/2/edit")
+    assert (answer.status_code, answer.headers["HX-Redirect"]) == (204, f"/imports/{upload.id}/rows")
+    assert "Row 2 is dropped; it cannot be edited." in client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+
+
 def test_fixing_a_households_head_shows_its_waiting_members_row_fixed_too(client, login, db_session, tmp_path, country):
     user = login("field_officer", [country["N"]])
     upload = _validated(db_session, tmp_path, user, HEADER + "Tiyamike,Zimba,Q,1985-04-02,,NV1,H1,head,yes\n"
