@@ -85,7 +85,7 @@ def _import(session, job, progress):
     except Exception as exc:
         session.rollback()
         upload = session.get(Upload, job.params["upload_id"])
-        upload.status = "validated"  # what was imported stays; importing again resumes
+        services.stopped_import(session, upload)
         upload.message = f"The import stopped: {getattr(exc, 'message', None) or exc}"[:2000]
         progress.commit()  # not if another attempt has taken over
         raise

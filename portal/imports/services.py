@@ -270,9 +270,16 @@ def reconcile(session: Session, upload: Upload) -> bool:
         forget_fixes_file(run.params.get("fix", {}))
         return True
     else:
-        upload.status = "validated"  # what was imported stays imported; import again resumes
+        stopped_import(session, upload)
     upload.message = run.message[:2000]
     return True
+
+
+def stopped_import(session: Session, upload: Upload) -> None:
+    """An import that stopped partway: what it imported stays imported, and importing again
+    resumes. The counts say how far it got (they were the ones from its start)."""
+    upload.status = "validated"
+    upload.counts = summary_counts(session, upload, households=False)
 
 
 # --- checking rows ------------------------------------------------------------------------

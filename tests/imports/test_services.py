@@ -679,3 +679,29 @@ def test_a_file_imported_before_its_copy_was_uploaded_was_warned_about_and_its_c
     assert services.earlier_import_of_same_file(db_session, second, scope=EVERYTHING, actor_id=None)[0]
     _imported(db_session, second)  # the user was told on arrival and went on
     assert second.status == "imported" and second.counts["people_updated"] == 1
+
+
+class _WorkerGone(BaseException):
+    """The worker's process ending between two batches (killed, out of memory)."""
+
+
+def test_an_import_that_stopped_partway_counts_the_rows_it_imported_once_its_job_is_given_up(
+        app, db_session, tmp_path, country, monkeypatch):
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,SP1,NV1,,,\n"
+                        + "Juma,Phiri,M,1985-01-02,SP2,NV1,,,\n")
+    run = services.start_import(db_session, upload, only_if_clean=False, scope=EVERYTHING,
+                                actor_id=None, may_enrol=True)
+    assert upload.counts["imported"] == 0
+    monkeypatch.setitem(app.config, "UPLOAD_IMPORT_BATCH", 1)
+
+    def progress(done, total, message):
+        db_session.commit()
+        if message.startswith("Imported 1 "):
+            raise _WorkerGone
+
+    with pytest.raises(_WorkerGone):
+        services.import_upload(db_session, upload, scope=EVERYTHING, actor_id=None, progress=progress)
+    run.status, run.message = "failed", "The worker stopped."  # as the sweep gives it up
+    assert services.reconcile(db_session, upload)
+    assert upload.status == "validated"
+    assert (upload.counts["imported"], upload.counts["valid"]) == (1, 1)
