@@ -180,8 +180,9 @@ def delete_individual(individual_id: int):
         flash_refusal(exc)
         return htmx_redirect(url_for("registry.individual", individual_id=individual_id))
     db.session.commit()
-    flash(f"Deleted {person.full_name}. They no longer appear in searches and exports; "
-          "you can restore them from this page.", "success")
+    flash(f"Deleted {person.full_name}. They no longer appear in registry searches and exports "
+          "(programs they were enrolled in keep them, for their payment history); you can "
+          "restore them from this page.", "success")
     return htmx_redirect(url_for("registry.individual", individual_id=person.id))
 
 
