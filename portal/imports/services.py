@@ -1963,6 +1963,12 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         record_changes(session, entity_type="group", changed=[
             (gid, name, {"primary_recipient_id": (before[gid], payee)})
             for gid, name, payee in session.execute(payees) if before[gid] != payee])
+    # Households registered before this run: who joins them is audited person by person,
+    # as adding a member by hand is (an upload of new households only has none).
+    known = dict(session.execute(select(Group.id, Group.code).where(
+        Group.kind == "household", Group.code.in_(select(UploadRow.household_code).where(
+            UploadRow.upload_id == upload.id, UploadRow.status == "imported",
+            UploadRow.household_code.notin_(outside))))).all())
     # New households: named after the head (or the first member), paid to the primary
     # recipient (or the head).
     created = list(session.scalars(sql(
@@ -1979,7 +1985,7 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
     # A person already in a household (this one, from an earlier run, or another one since
     # validation), a second head, or a code that became a cooperative's is left out rather
     # than failing the import for good; the upload's message names the rows.
-    joined = session.execute(sql(
+    result = session.execute(sql(
         "INSERT INTO group_member (group_id, individual_id, group_kind, role) "
         "SELECT g.id, r.individual_id, 'household', coalesce(r.role, 'member') "
         'FROM upload_row r JOIN "group" g ON g.code = r.household_code '
@@ -1988,7 +1994,19 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         "AND g.kind = 'household' AND NOT EXISTS (SELECT 1 FROM group_member m WHERE "
         "m.individual_id = r.individual_id AND m.group_kind = 'household') "
         "AND NOT (r.role = 'head' AND EXISTS (SELECT 1 FROM group_member h WHERE h.group_id = g.id "
-        "AND h.role = 'head' AND h.group_kind = 'household')) ORDER BY r.row_number"), params).rowcount
+        "AND h.role = 'head' AND h.group_kind = 'household')) ORDER BY r.row_number"
+        + (" RETURNING id, group_id, individual_id, role" if known else "")), params)
+    if known:
+        added = result.all()
+        joined = len(added)
+        record_many(session, action="create", entity_type="groupmember",
+                    actor_id=session.info.get("actor_id"), entries=[
+                        (m.id, f"Joined household {known[m.group_id]} from upload #{upload.id}",
+                         {"group_id": [None, m.group_id], "individual_id": [None, m.individual_id],
+                          "group_kind": [None, "household"], "role": [None, m.role]})
+                        for m in added if m.group_id in known])
+    else:
+        joined = result.rowcount
     left_out = list(session.scalars(sql(
         'SELECT r.row_number FROM upload_row r JOIN "group" g ON g.code = r.household_code '
         "WHERE r.upload_id = :upload AND r.status = 'imported' AND r.household_code IS NOT NULL "

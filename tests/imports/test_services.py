@@ -705,3 +705,23 @@ def test_an_import_that_stopped_partway_counts_the_rows_it_imported_once_its_job
     assert services.reconcile(db_session, upload)
     assert upload.status == "validated"
     assert (upload.counts["imported"], upload.counts["valid"]) == (1, 1)
+
+
+def test_each_person_an_import_adds_to_a_registered_household_is_in_the_audit_log(
+        db_session, tmp_path, country, make_household):
+    from portal.audit.models import AuditEntry
+
+    household = make_household(1, code="HH-OLD", location=country["NV1"])
+    upload = _validated(db_session, tmp_path, HEADER + "Kondwani,Banda,M,2019-03-04,,NV1,HH-OLD,child,no\n"
+                        + "Amina,Phiri,F,1990-05-17,,NV1,HH-FRESH,head,yes\n")
+    before = db_session.scalar(select(func.max(AuditEntry.id)))
+    counts = _imported(db_session, upload)
+    assert counts["members_added"] == 2
+    child = _rows(db_session, upload)[2].individual_id
+    member = db_session.scalar(select(GroupMember).where(GroupMember.individual_id == child))
+    entries = db_session.scalars(select(AuditEntry).where(AuditEntry.entity_type == "groupmember",
+                                                          AuditEntry.id > before)).all()
+    assert [(e.action, e.entity_id, e.summary) for e in entries] == [
+        ("create", str(member.id), f"Joined household HH-OLD from upload #{upload.id}")]
+    assert entries[0].changes == {"group_id": [None, household.id], "individual_id": [None, child],
+                                  "group_kind": [None, "household"], "role": [None, "child"]}
