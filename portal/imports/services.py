@@ -2007,7 +2007,11 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
                         for m in added if m.group_id in known])
     else:
         joined = result.rowcount
-    left_out = list(session.scalars(sql(
+    # Rows left out are looked for only when fewer joined than could (in one run of a new
+    # upload all do): the look is a join over every row, 0.2-0.4 s for 100,000.
+    could_join = session.scalar(sql(
+        f"SELECT count(*) FROM upload_row WHERE {imported} AND individual_id IS NOT NULL"), params)
+    left_out = [] if joined == could_join else list(session.scalars(sql(
         'SELECT r.row_number FROM upload_row r JOIN "group" g ON g.code = r.household_code '
         "WHERE r.upload_id = :upload AND r.status = 'imported' AND r.household_code IS NOT NULL "
         "AND r.household_code NOT IN :outside AND r.individual_id IS NOT NULL AND NOT EXISTS "
