@@ -563,9 +563,12 @@ def criteria_query(session: Session, program: Program, *, scope: Scope, criteria
     if program.is_group:
         people = _person_conditions(session, criteria)
         if people:
+            # Only members the user may see count: a household of one's area matched on a
+            # member living elsewhere would let counts reveal that member's age or sex.
             query = query.where(exists(
                 select(GroupMember.id).join(Individual, Individual.id == GroupMember.individual_id)
-                .where(GroupMember.group_id == Group.id, Individual.deleted_at.is_(None), *people)))
+                .where(GroupMember.group_id == Group.id, Individual.deleted_at.is_(None),
+                       scope.covers(Individual.location_id), *people)))
         if size_wanted:
             size = _household_size()
             if criteria.household_min is not None:

@@ -314,6 +314,19 @@ def test_enrolment_by_criteria_stays_within_the_callers_scope(db_session, progra
                                      criteria=Criteria(location_id=country["N"].id))["matching"] == 1
 
 
+def test_a_household_matches_criteria_only_on_members_the_user_may_see(
+        db_session, program, household, person, country, everything):
+    elder_elsewhere = person("SV1", sex="F", birth_date=date(1940, 1, 1))
+    home = household(2, "NV1", members=[elder_elsewhere])  # the head is born in 1980
+    homes = program(beneficiary_kind="group")
+    elders = Criteria(age_min=80)
+    assert services.preview_criteria(db_session, homes, scope=everything, criteria=elders)["matching"] == 1
+    north = Scope(paths=(country["N"].path,))
+    assert services.preview_criteria(db_session, homes, scope=north, criteria=elders)["matching"] == 0
+    assert services.preview_criteria(db_session, homes, scope=north,
+                                     criteria=Criteria(age_max=60))["sample"][0].id == home.id
+
+
 def test_household_size_selects_people_and_households(db_session, program, household, person,
                                                       everything):
     big, small = household(5), household(2)
