@@ -15,7 +15,7 @@ from rq import Queue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portal.audit.services import record
+from portal.audit.services import record, record_many
 from portal.background.models import JobRun
 from portal.clock import now
 from portal.errors import DomainError
@@ -79,7 +79,8 @@ def sweep_stale_jobs(session: Session, queue: Queue | None, *, stale_after: int)
     """Find running jobs whose worker went silent; queue them again or mark them failed.
 
     Returns the rows it changed; the caller commits (and, for requeued rows, the rows were
-    enqueued already so a fresh worker picks them up).
+    enqueued already so a fresh worker picks them up). Each change is audited as the
+    system's (no actor): a page poll or a worker's start only notices it.
     """
     limit = now() - timedelta(seconds=stale_after)
     stale = list(session.scalars(select(JobRun).where(
@@ -96,6 +97,9 @@ def sweep_stale_jobs(session: Session, queue: Queue | None, *, stale_after: int)
             run.finished_at = now()
             run.message = ("The worker stopped while running this job and it was not retried "
                            f"after {run.attempts} attempt(s). Start it again: nothing is duplicated.")
+    record_many(session, action="sweep", entity_type="job_run", actor_id=None, entries=[
+        (run.id, f"Worker stopped during attempt {run.attempts}: job {run.status}",
+         {"status": ["running", run.status]}) for run in stale])
     return stale
 
 

@@ -259,19 +259,23 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
 
 
 def reconcile(session: Session, upload: Upload) -> bool:
-    """An upload whose job failed or was given up on stops looking busy. True if changed."""
+    """An upload whose job failed or was given up on stops looking busy. True if changed;
+    audited as the system's (no actor), whoever's page noticed it."""
     run = upload.job_run
     if not upload.busy or run is None or run.status != "failed":
         return False
-    if upload.status == "validating":
-        upload.status = "failed"
-    elif upload.status == "fixing":  # given up on: its worker died every time
+    busy = upload.status
+    if busy == "fixing":  # given up on: its worker died every time
         end_failed_fix(session, upload, f"The fix stopped before it was done: {run.message}")
         forget_fixes_file(run.params.get("fix", {}))
-        return True
     else:
-        stopped_import(session, upload)
-    upload.message = run.message[:2000]
+        if busy == "validating":
+            upload.status = "failed"
+        else:
+            stopped_import(session, upload)
+        upload.message = run.message[:2000]
+    record_many(session, action="job_failed", entity_type="upload", actor_id=None, entries=[
+        (upload.id, f"Job #{run.id} failed: upload {upload.status}", {"status": [busy, upload.status]})])
     return True
 
 
