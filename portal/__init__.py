@@ -23,6 +23,9 @@ def create_app(overrides: dict | None = None) -> Flask:
                 instance_path=config.INSTANCE_DIR.as_posix())
     app.config.from_mapping(config.load())
     app.config.update(overrides or {})
+    from portal.ids import RecordIdConverter
+
+    app.url_map.converters["int"] = RecordIdConverter  # before any route is added
     Path(app.config["INSTANCE_DIR"]).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO)
 

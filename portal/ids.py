@@ -1,6 +1,8 @@
 """Record ids as users type or send them ("12", "#12", " 12 ")."""
 from __future__ import annotations
 
+from werkzeug.routing import IntegerConverter
+
 ID_MAX = 2**31 - 1  # the largest id an integer column holds (PostgreSQL's; SQLite's is larger)
 
 
@@ -12,3 +14,12 @@ def parse_id(value) -> int | None:
         return None
     number = int(text)
     return number if number <= ID_MAX else None
+
+
+class RecordIdConverter(IntegerConverter):
+    """``<int:...>`` in every route: a number too large for an id column matches no route
+    (404), instead of reaching a query that PostgreSQL refuses (500)."""
+
+    def __init__(self, url_map, *args, **kwargs):
+        kwargs.setdefault("max", ID_MAX)
+        super().__init__(url_map, *args, **kwargs)

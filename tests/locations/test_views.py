@@ -1,3 +1,4 @@
+import pytest
 from sqlalchemy import select
 
 from portal.locations.models import Location
@@ -61,3 +62,11 @@ def test_an_admin_adds_a_village_and_a_wrong_parent_is_a_field_error(client, log
     bad = client.post("/locations/new", data={"code": "NV4", "name": "x", "kind": "village", "parent_code": "ND"})
     assert bad.status_code == 422
     assert "must be a ward" in bad.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("too_large", ["2147483648", "99999999999999999999999"])
+def test_a_location_id_too_large_for_any_record_is_not_found_rather_than_an_error(client, login, country,
+                                                                               too_large):
+    login("admin")
+    assert client.get(f"/locations/{too_large}/edit").status_code == 404
+    assert client.post(f"/locations/{too_large}/edit", data={"code": "X", "name": "X"}).status_code == 404

@@ -449,3 +449,22 @@ def test_a_viewer_sees_a_persons_programs_without_an_enrol_form(client, login, d
     login("viewer")
     page = client.get(f"/registry/individuals/{someone.id}").get_data(as_text=True)
     assert "Old age pension" in page and "Enrol in" not in page
+
+
+BIG = 99_999_999_999  # more than an integer column holds
+
+
+@pytest.mark.parametrize("method, url", [
+    ("GET", "/programs/{big}"), ("GET", "/programs/{big}/beneficiaries"),
+    ("GET", "/programs/{big}/edit"), ("GET", "/programs/beneficiaries/{big}"),
+    ("POST", "/programs/beneficiaries/{big}/status"), ("POST", "/programs/beneficiaries/{big}/fields"),
+    ("GET", "/programs/{plan}/fields/{big}"), ("GET", "/programs/institutions/{big}"),
+    ("GET", "/programs/institutions/{big}/edit"), ("GET", "/programs/schemes/{big}"),
+    ("GET", "/programs/schemes/{big}/edit")])
+def test_an_id_too_large_for_the_database_answers_404_not_a_crash(client, login, program, method,
+                                                                 url):
+    plan = program()
+    login("admin")
+    response = client.open(url.format(big=BIG, plan=plan.id), method=method,
+                           data={"to_status": "active", "reason": "x"})
+    assert response.status_code == 404

@@ -528,3 +528,21 @@ def test_restoring_a_person_whose_national_id_was_reused_masks_it_for_roles_with
     client.post(f"/registry/individuals/{people['banda'].id}/restore")
     page = client.get(f"/registry/individuals/{people['banda'].id}").get_data(as_text=True)
     assert "Another living person now has national ID •••••0001" in page and "MW1000001" not in page
+
+
+@pytest.mark.parametrize("too_large", ["2147483648", "99999999999999999999999"])
+def test_an_id_in_the_address_too_large_for_any_record_is_not_found_rather_than_an_error(
+        client, login, people, make_household, too_large):
+    household = make_household(head=people["banda"], members=[people["evil"]], code="HH-BIG")
+    login("admin")
+    for url in (f"/registry/individuals/{too_large}", f"/registry/individuals/{too_large}/edit",
+                f"/registry/groups/{too_large}",
+                f"/registry/groups/{household.id}/members/{too_large}/role"):
+        assert client.get(url).status_code == 404, url
+    for url in (f"/registry/individuals/{too_large}/delete", f"/registry/individuals/{too_large}/restore",
+                f"/registry/groups/{too_large}/members"):
+        assert client.post(url).status_code == 404, url
+    for action in ("head", "recipient", "remove"):
+        url = f"/registry/groups/{household.id}/members/{too_large}/{action}"
+        assert client.htmx("post", url).status_code == 404, url
+

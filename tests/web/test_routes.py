@@ -171,3 +171,18 @@ def test_a_nul_character_sent_anywhere_is_refused_with_a_message_and_nothing_sav
     assert response.status_code == 400
     assert "holds a NUL character" in response.get_data(as_text=True)
     assert db_session.scalar(select(func.count()).select_from(Individual)) == 0
+
+
+def test_an_id_in_any_address_too_large_for_an_id_column_is_not_found_rather_than_a_server_error(
+        app, client, login):
+    login("admin")
+    too_large = 2**31  # PostgreSQL refuses it in a query on an integer column
+    asked = 0
+    for rule in app.url_map.iter_rules():
+        if "<int:" not in rule.rule:
+            continue
+        url = re.sub(r"<[^>]+>", "x", re.sub(r"<int:\w+>", str(too_large), rule.rule))
+        method = "GET" if "GET" in rule.methods else "POST"
+        assert client.open(url, method=method).status_code == 404, url
+        asked += 1
+    assert asked > 40  # the routes of every part, not a few
