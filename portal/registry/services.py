@@ -7,6 +7,7 @@ Every function takes the caller's location ``scope`` where it reads people or gr
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import NamedTuple
@@ -68,9 +69,11 @@ class SearchResult:
         return f"{self.count:,}+" if self.capped else f"{self.count:,}"
 
 
-def _upper_bound(prefix: str) -> str:
-    """The smallest string after every string that starts with ``prefix``."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+def _upper_bound(prefix: str) -> str | None:
+    """The smallest string after every string that starts with ``prefix``; None when there
+    is none (the prefix is only the last Unicode character, which has no successor)."""
+    prefix = prefix.rstrip(chr(sys.maxunicode))
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
 
 
 def _prefix(column, prefix: str, dialect: str):
@@ -78,7 +81,8 @@ def _prefix(column, prefix: str, dialect: str):
     both SQLite (BINARY) and PostgreSQL (a COLLATE "C" index) answer from a B-tree."""
     if dialect == "postgresql":
         column = column.collate("C")
-    return and_(column >= prefix, column < _upper_bound(prefix))
+    upper = _upper_bound(prefix)
+    return column >= prefix if upper is None else and_(column >= prefix, column < upper)
 
 
 def _name_column(dialect: str):

@@ -546,3 +546,10 @@ def test_an_id_in_the_address_too_large_for_any_record_is_not_found_rather_than_
         url = f"/registry/groups/{household.id}/members/{too_large}/{action}"
         assert client.htmx("post", url).status_code == 404, url
 
+
+@pytest.mark.parametrize("q", ["\U0010ffff", "banda\U0010ffff", "9\U0010ffff"])
+def test_a_search_ending_in_the_last_unicode_character_answers_instead_of_failing(client, login, people, q):
+    login("admin")
+    assert client.get("/registry/individuals", query_string={"q": q}).status_code == 200
+    assert client.get("/registry/individuals/export", query_string={"q": q}).status_code == 200
+    assert client.get("/registry/groups", query_string={"q": q}).status_code == 200
