@@ -552,6 +552,9 @@ def delete_individual(session: Session, person: Individual, *, scope, actor_id: 
     has taken that place, so no household is left without one."""
     if person.deleted_at is not None:
         raise DomainError(f"{person.full_name} is already deleted.")
+    # No one makes them head or payee meanwhile; their roles are read after the lock.
+    _lock_group_ids(session, session.scalars(select(GroupMember.group_id).where(
+        GroupMember.individual_id == person.id)).all())
     for member, visible in memberships_of(session, person, scope=scope):
         group = member.group
         others = session.scalar(select(func.count()).where(GroupMember.group_id == group.id,
@@ -737,6 +740,22 @@ def get_group(session: Session, group_id: int, *, scope) -> Group | None:
     return group
 
 
+def _lock_groups(session: Session, *groups: Group) -> None:
+    """Hold the groups' rows until the transaction ends and read them again as committed.
+    Every change to a group's members takes this lock first, so two users changing the same
+    household at once (PostgreSQL; a writing request on SQLite holds the whole database)
+    act one after the other, the second seeing what the first did."""
+    _lock_group_ids(session, [g.id for g in groups])
+    for group in groups:
+        session.refresh(group)
+
+
+def _lock_group_ids(session: Session, ids) -> None:
+    if ids:  # in id order, so that two changes of the same groups never wait for each other
+        session.execute(select(Group.id).where(Group.id.in_(sorted(set(ids)))).order_by(Group.id)
+                        .with_for_update())
+
+
 def _check_role(session: Session, role: str) -> str:
     codes = dict(member_roles(session))
     if role not in codes:
@@ -803,8 +822,11 @@ def create_group(session: Session, *, code: str, name: str, kind: str, location_
 
 def add_member(session: Session, group: Group, individual_id: int, *, role: str, scope,
                actor_id: int | None) -> GroupMember:
+    _lock_groups(session, group)
     person = _person_in_scope(session, individual_id, scope)
     role = _check_role(session, role)
+    if group.kind == "household":  # one household at a time: the person's other joins wait
+        session.execute(select(Individual.id).where(Individual.id == person.id).with_for_update())
     if session.scalar(select(GroupMember.id).where(GroupMember.group_id == group.id,
                                                    GroupMember.individual_id == person.id)):
         raise DomainError(f"{person.full_name} is already a member.", field="individual")
@@ -833,7 +855,7 @@ def get_member(session: Session, group: Group, member_id: int, *, scope) -> Grou
     """A membership of ``group`` whose person lives in ``scope``, else None: a member id from
     a URL is trusted no further than the group it came with (whose scope the caller checked),
     and a member who lives elsewhere is shown by role only, so nothing is done to them here."""
-    member = session.get(GroupMember, member_id)
+    member = session.get(GroupMember, member_id, populate_existing=True)  # not as read before a lock
     if member is None or member.group_id != group.id or not scope.allows(member.individual.location):
         return None
     return member
@@ -846,8 +868,18 @@ def _member(session: Session, group: Group, member_id: int, scope) -> GroupMembe
     return member
 
 
+def _living_member(session: Session, group: Group, member_id: int, scope, place: str) -> GroupMember:
+    """A member who may take a place (head, payee): a deleted person may not."""
+    member = _member(session, group, member_id, scope)
+    if member.individual.deleted_at is not None:
+        raise DomainError(f"{member.individual.full_name} is deleted and cannot become {place}; "
+                          "restore them first.")
+    return member
+
+
 def remove_member(session: Session, group: Group, member_id: int, *, scope,
                   actor_id: int | None) -> None:
+    _lock_groups(session, group)
     member = _member(session, group, member_id, scope)
     if group.kind == "household":
         others = session.scalar(select(func.count()).where(GroupMember.group_id == group.id,
@@ -865,6 +897,7 @@ def remove_member(session: Session, group: Group, member_id: int, *, scope,
 
 def change_role(session: Session, group: Group, member_id: int, role: str, *, scope,
                 actor_id: int | None) -> GroupMember:
+    _lock_groups(session, group)
     member = _member(session, group, member_id, scope)
     role = _check_role(session, role)
     if group.kind == "household":
@@ -881,7 +914,8 @@ def change_role(session: Session, group: Group, member_id: int, role: str, *, sc
 def set_head(session: Session, group: Group, member_id: int, *, scope,
              former_head_role: str = "other_relative", actor_id: int | None) -> GroupMember:
     """Make a member the head; the former head takes ``former_head_role``."""
-    member = _member(session, group, member_id, scope)
+    _lock_groups(session, group)
+    member = _living_member(session, group, member_id, scope, "the head")
     former_head_role = _check_role(session, former_head_role)
     if former_head_role == "head":
         raise DomainError("The former head needs another role.", field="role")
@@ -896,7 +930,8 @@ def set_head(session: Session, group: Group, member_id: int, *, scope,
 
 def set_primary_recipient(session: Session, group: Group, member_id: int, *, scope,
                           actor_id: int | None) -> None:
-    member = _member(session, group, member_id, scope)
+    _lock_groups(session, group)
+    member = _living_member(session, group, member_id, scope, "the primary recipient")
     group.primary_recipient_id = member.individual_id
     session.flush()
 
@@ -905,6 +940,7 @@ def move_member(session: Session, source: Group, member_id: int, target: Group, 
                 actor_id: int | None) -> GroupMember:
     """Move a member of ``source`` to another household, keeping both valid. Both households
     must lie in scope: taking someone out of a household is a change to it."""
+    _lock_groups(session, source, target)
     member = _member(session, source, member_id, scope)
     if source.id == target.id:
         raise DomainError("The person is already in this household.", field="target")
@@ -947,5 +983,6 @@ def memberships_of(session: Session, person: Individual, *, scope) -> list[tuple
         select(GroupMember, scope.covers(Group.location_id)).join(GroupMember.group)
         .where(GroupMember.individual_id == person.id)
         .options(lazyload(GroupMember.individual), contains_eager(GroupMember.group).lazyload(Group.location))
-        .order_by(GroupMember.group_kind != "household", GroupMember.id))]
+        .order_by(GroupMember.group_kind != "household", GroupMember.id)
+        .execution_options(populate_existing=True))]  # as committed, not as read before a lock
 

@@ -1,13 +1,19 @@
 """Two people saving the same person at the same moment, on separate connections."""
 from datetime import date
 
+import threading
+
 import pytest
+from flask import current_app
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from portal.errors import DomainError
 from portal.extensions import db
 from portal.locations.services import Scope
 from portal.registry import services
-from portal.registry.models import Individual
+from portal.registry.models import Group, GroupMember, Individual
+from tests.conftest import _database_url
 
 pytestmark = pytest.mark.live
 
@@ -35,3 +41,123 @@ def test_the_later_of_two_simultaneous_saves_is_refused_by_the_version_check(cou
     db_session.commit()  # end the read transaction: SQLite would keep showing its snapshot
     saved = db_session.get(Individual, person.id)
     assert saved.phone == "0882000222" and saved.version == 2
+
+
+def _household(session, code, head, *members):
+    group = Group(code=code, name=code, kind="household", location_id=head.location_id,
+                  primary_recipient_id=head.id)
+    session.add(group)
+    session.flush()
+    session.add(GroupMember(group_id=group.id, individual_id=head.id, group_kind="household", role="head"))
+    for person in members:
+        session.add(GroupMember(group_id=group.id, individual_id=person.id, group_kind="household",
+                                role="child"))
+    session.flush()
+    return group
+
+
+def test_a_member_removed_meanwhile_cannot_become_the_primary_recipient(country, make_individual, db_session):
+    head, child = (make_individual(location=country["NV1"]) for _ in range(2))
+    group = _household(db_session, "HH-RACE", head, child)
+    db_session.commit()
+    everything = Scope(everything=True)
+    with Session(db.engine, expire_on_commit=False) as first, Session(db.engine, expire_on_commit=False) as second:
+        # The first user's page request has read the household and the member it names...
+        mine = first.get(Group, group.id)
+        member = services.get_member(first, mine, next(m.id for m in mine.members if m.role == "child"),
+                                     scope=everything)
+        first.commit()
+        # ...when a second user removes that member.
+        theirs = second.get(Group, group.id)
+        services.remove_member(second, theirs, member.id, scope=everything, actor_id=None)
+        second.commit()
+        with pytest.raises(DomainError, match="not a member"):
+            services.set_primary_recipient(first, mine, member.id, scope=everything, actor_id=None)
+        first.rollback()
+    db_session.commit()  # end the read transaction: SQLite would keep showing its snapshot
+    saved = db_session.get(Group, group.id)
+    assert saved.primary_recipient_id == head.id and services.check_household(db_session, saved) == []
+
+
+def _blocked_call(action):
+    """Run ``action`` in a thread (it waits on a row another transaction holds): the thread,
+    and a list that receives its outcome."""
+    outcome = []
+    app = current_app._get_current_object()
+
+    def run():
+        try:
+            with app.app_context():
+                outcome.append(action())
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.skipif("sqlite" in _database_url(), reason="SQLite takes its write lock at BEGIN: "
+                    "two writing requests never interleave there")
+def test_two_households_taking_the_same_person_at_once_refuse_the_second_with_a_message(
+        country, make_individual, db_session):
+    first_head, second_head, person = (make_individual(location=country["NV1"]) for _ in range(3))
+    one, other = _household(db_session, "HH-ONE", first_head), _household(db_session, "HH-TWO", second_head)
+    db_session.commit()
+    everything = Scope(everything=True)
+    with Session(db.engine) as first, Session(db.engine) as second:
+        services.add_member(first, first.get(Group, one.id), person.id, role="child", scope=everything,
+                            actor_id=None)
+        thread, outcome = _blocked_call(lambda: services.add_member(
+            second, second.get(Group, other.id), person.id, role="child", scope=everything, actor_id=None))
+        thread.join(1)
+        first.commit()
+        thread.join(10)
+        assert isinstance(outcome[0], DomainError) and "already belongs to household HH-ONE" in outcome[0].message
+        second.rollback()
+
+
+@pytest.mark.skipif("sqlite" in _database_url(), reason="SQLite takes its write lock at BEGIN: "
+                    "two writing requests never interleave there")
+def test_two_users_choosing_a_new_head_at_once_leave_one_head_without_an_error(
+        country, make_individual, db_session):
+    head, a, b = (make_individual(location=country["NV1"]) for _ in range(3))
+    group = _household(db_session, "HH-HEADS", head, a, b)
+    db_session.commit()
+    member_of = {m.individual_id: m.id for m in group.members}
+    everything = Scope(everything=True)
+    with Session(db.engine) as first, Session(db.engine) as second:
+        services.set_head(first, first.get(Group, group.id), member_of[a.id], scope=everything, actor_id=None)
+        thread, outcome = _blocked_call(lambda: services.set_head(
+            second, second.get(Group, group.id), member_of[b.id], scope=everything, actor_id=None))
+        thread.join(1)
+        first.commit()
+        thread.join(10)
+        assert not isinstance(outcome[0], Exception), outcome
+        second.commit()
+    db_session.commit()
+    heads = db_session.scalars(select(GroupMember.individual_id).where(
+        GroupMember.group_id == group.id, GroupMember.role == "head")).all()
+    assert heads == [b.id]
+
+
+def test_a_person_made_head_meanwhile_is_not_deleted_as_a_mere_member(country, make_individual, db_session):
+    head, child = (make_individual(location=country["NV1"]) for _ in range(2))
+    group = _household(db_session, "HH-DEL", head, child)
+    db_session.commit()
+    everything = Scope(everything=True)
+    with Session(db.engine, expire_on_commit=False) as first, Session(db.engine, expire_on_commit=False) as second:
+        # The first user's request has read the person and their place in the household...
+        person = first.get(Individual, child.id)
+        read = services.memberships_of(first, person, scope=everything)  # noqa: F841 (held, as in a request)
+        first.commit()
+        # ...when a second user makes them the head.
+        theirs = second.get(Group, group.id)
+        services.set_head(second, theirs, next(m.id for m in theirs.members if m.individual_id == child.id),
+                          scope=everything, actor_id=None)
+        second.commit()
+        with pytest.raises(DomainError, match="choose another head first"):
+            services.delete_individual(first, person, scope=everything, actor_id=None)
+        first.rollback()
+    db_session.commit()
+    assert db_session.get(Individual, child.id).deleted_at is None

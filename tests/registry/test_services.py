@@ -409,3 +409,16 @@ def test_an_export_names_a_household_outside_the_scope_only_as_such(db_session, 
     assert [(r[3], r[11]) for r in rows] == [("Phiri", services.OUTSIDE_HOUSEHOLD)]
     rows = list(services.export_rows(db_session, scope=EVERYTHING, filters={"q": "phiri"}, pii=False))
     assert rows[0][11] == "HH-NORTH"
+
+
+def test_a_deleted_member_cannot_be_made_head_or_primary_recipient(db_session, people, make_household):
+    group = make_household(head=people["banda"], members=[people["bandawe"]])
+    child = next(m for m in group.members if m.role != "head")
+    services.delete_individual(db_session, people["bandawe"], scope=EVERYTHING, actor_id=None)
+    with pytest.raises(DomainError, match="is deleted"):
+        services.set_primary_recipient(db_session, group, child.id, scope=EVERYTHING, actor_id=None)
+    with pytest.raises(DomainError, match="is deleted"):
+        services.set_head(db_session, group, child.id, scope=EVERYTHING, actor_id=None)
+    with pytest.raises(DomainError, match="is deleted"):
+        services.change_role(db_session, group, child.id, "head", scope=EVERYTHING, actor_id=None)
+    assert group.primary_recipient_id == people["banda"].id and child.role != "head"
