@@ -203,6 +203,9 @@ def save_program(session: Session, program: Program | None, *, code: str, name: 
 
 
 def activate_program(session: Session, program: Program) -> Program:
+    """Activate a draft. Under the program lock: a second click that read the draft before the
+    first committed is told it is active already, instead of failing on the stale version."""
+    program = lock_program(session, program.id)
     if program.status != "draft":
         raise DomainError(f"Only a draft program can be activated; {program.name} is "
                           f"{program.status}.")
@@ -305,6 +308,9 @@ def save_program_field(session: Session, program: Program, custom_field: CustomF
         raise DomainError("Choose a type.", field="type")
     if custom_field is not None and custom_field.type != type:
         raise DomainError("The type of a field cannot change.", field="type")
+    if custom_field is not None and custom_field.name != name:
+        # Beneficiaries keep their values under the name: a new name would orphan them.
+        raise DomainError("The name of a field cannot change.", field="name")
     clash = session.scalar(select(CustomField.id).where(
         CustomField.program_id == program.id, CustomField.name == name))
     if clash is not None and (custom_field is None or clash != custom_field.id):
@@ -712,7 +718,10 @@ def beneficiary_query(session: Session, program: Program, *, scope: Scope,
             like = f"%{text_filter}%"
             query = query.where(or_(Group.name.ilike(like), Group.code.ilike(like)))
         if filters.on_person():
-            query = query.join(Individual, Individual.id == Group.primary_recipient_id)
+            # Only a payee the user may see is filtered on: one living elsewhere is not named
+            # to them, and counts that change with the age asked for would tell their age.
+            query = query.join(Individual, and_(Individual.id == Group.primary_recipient_id,
+                                                scope.covers(Individual.location_id)))
     else:
         if text_filter:
             from portal.registry.validation import fold
@@ -844,7 +853,11 @@ def update_beneficiary_custom(session: Session, beneficiary_id: int, raw: dict, 
     if beneficiary is None:
         raise DomainError("That beneficiary does not exist or lies outside your locations.")
     _writable(beneficiary.program)
-    beneficiary.custom = clean_program_custom(session, beneficiary.program, raw)
+    values = clean_program_custom(session, beneficiary.program, raw)
+    # Fields the form did not show (inactive ones) keep their values, as in the registry.
+    active = {f.name for f in program_fields(session, beneficiary.program_id, active_only=True)}
+    beneficiary.custom = {**{k: v for k, v in (beneficiary.custom or {}).items()
+                             if k not in active}, **values}
     session.flush()
     return beneficiary
 

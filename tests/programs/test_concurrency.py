@@ -130,3 +130,44 @@ def test_an_edit_made_while_a_manager_enrols_counts_the_enrolment_on_postgresql(
     saved = db_session.get(Program, plan_id)
     assert (saved.max_beneficiaries, saved.beneficiary_kind) == (5, "individual")
     assert services.taken_places(db_session, plan_id) == 3
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="needs TEST_DATABASE_URL=postgresql://... "
+                                              "(the row lock is SELECT ... FOR UPDATE)")
+def test_a_draft_activated_twice_at_once_is_activated_once_and_the_second_is_told_why(
+        app, db_session, program):
+    """A double click on Activate: the second request read the draft before the first committed."""
+    plan = program(status="draft")
+    plan_id = plan.id
+    db_session.commit()
+    first_updated = threading.Event()
+    outcomes: list[str] = []
+
+    def first_manager():
+        with app.app_context():
+            session = Session(db.engine)
+            try:
+                services.activate_program(session, session.get(Program, plan_id))
+                session.flush()
+                first_updated.set()
+                time.sleep(0.5)
+                session.commit()
+                outcomes.append("activated")
+            finally:
+                first_updated.set()
+                session.close()
+
+    def second_manager():
+        def activate(session):
+            draft = session.get(Program, plan_id)  # read before the first one commits
+            first_updated.wait(timeout=30)
+            services.activate_program(session, draft)
+        _attempt(app, outcomes, "activated", activate)
+
+    threads = [threading.Thread(target=first_manager), threading.Thread(target=second_manager)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == sorted(["activated", f"Only a draft program can be activated; "
+                                                    f"{plan.name} is active."])

@@ -669,3 +669,57 @@ def test_candidates_to_enrol_are_found_within_scope_and_marked_when_enrolled(
     homes = program(beneficiary_kind="group")
     home = household(2)
     assert services.find_candidates(db_session, homes, scope=everything, text=home.code) == [(home, False)]
+
+
+# --- found in review ------------------------------------------------------------------------
+
+def test_saving_a_beneficiarys_program_fields_keeps_the_values_of_deactivated_fields(
+        db_session, program, person, everything):
+    plan = program()
+    services.save_program_field(db_session, plan, None, name="school", label="School", type="text")
+    grade = services.save_program_field(db_session, plan, None, name="grade", label="Grade",
+                                        type="integer")
+    someone = person()
+    services.enrol(db_session, plan.id, individual_ids=[someone.id], actor_id=None,
+                   scope=everything, custom={"school": "Chilumba", "grade": "4"})
+    services.save_program_field(db_session, plan, grade, name="grade", label="Grade",
+                                type="integer", active=False)
+    beneficiary = _beneficiary(db_session, plan, someone.id)
+    services.update_beneficiary_custom(db_session, beneficiary.id, {"school": "Karonga"},
+                                       scope=everything, actor_id=None)
+    assert _beneficiary(db_session, plan, someone.id).custom == {"school": "Karonga", "grade": 4}
+
+
+def test_a_program_field_cannot_be_renamed_away_from_the_values_stored_under_its_name(
+        db_session, program, person, everything):
+    plan = program()
+    school = services.save_program_field(db_session, plan, None, name="school", label="School",
+                                         type="text")
+    someone = person()
+    services.enrol(db_session, plan.id, individual_ids=[someone.id], actor_id=None,
+                   scope=everything, custom={"school": "Chilumba"})
+    with pytest.raises(DomainError, match="name of a field cannot change"):
+        services.save_program_field(db_session, plan, school, name="college", label="School",
+                                    type="text")
+
+
+def test_filtering_households_by_recipient_age_or_sex_ignores_payees_outside_the_users_area(
+        db_session, program, person, household, country, everything):
+    """A count that changes with the age filter would tell an officer the age of a payee the
+    list does not even name."""
+    homes = program(beneficiary_kind="group")
+    payee = person("SV1", sex="F", birth_date=date(1940, 1, 1))
+    northern_home = household(3, "NV1", head=payee)
+    services.enrol(db_session, homes.id, group_ids=[northern_home.id], actor_id=None,
+                   scope=everything)
+    north = Scope(paths=(country["N"].path,))
+    for filters in (BeneficiaryFilters(age_min=80), BeneficiaryFilters(sex="F")):
+        rows, _ = services.search_beneficiaries(db_session, homes, scope=north, filters=filters)
+        assert rows == []
+        assert sum(services.status_counts(db_session, homes, scope=north,
+                                          filters=filters).values()) == 0
+        assert services.bulk_status_preview(db_session, homes, scope=north, filters=filters,
+                                            to_status="active")["total"] == 0
+    rows, _ = services.search_beneficiaries(db_session, homes, scope=everything,
+                                            filters=BeneficiaryFilters(age_min=80, sex="F"))
+    assert [s.id for _b, s in rows] == [northern_home.id]
