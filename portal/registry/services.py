@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from sqlalchemy import (ARRAY, Integer, and_, any_, bindparam, case, cast, false, func, literal, or_,
                         select, tuple_, union)
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager, lazyload
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
@@ -535,15 +536,18 @@ def update_individual(session: Session, person: Individual, raw: dict, *, scope,
     values["custom"] = {**(person.custom or {}), **values["custom"]}
     for name in [f.name for f in fields if f.name not in values["custom"]]:
         values["custom"].pop(name, None)
-    for key, value in values.items():
-        if getattr(person, key) != value:
-            setattr(person, key, value)
     name = person.full_name
     try:
-        session.flush()
+        with session.begin_nested():  # (which flushes what was pending before it)
+            for key, value in values.items():
+                if getattr(person, key) != value:
+                    setattr(person, key, value)
+            session.flush()
     except StaleDataError:
         raise ConflictError(f"{name} was changed by someone else at the same moment. "
                             "Your changes were not saved: reload and edit again.") from None
+    except IntegrityError:  # the unique index on live national IDs: given to someone meanwhile
+        return person, {"national_id": f"National ID {values['national_id']} is already registered."}
     return person, {}
 
 
@@ -584,8 +588,14 @@ def restore_individual(session: Session, person: Individual, *, show_pii: bool,
         national_id = person.national_id if show_pii else mask(person.national_id)
         raise DomainError(f"Another living person now has national ID {national_id}; "
                           "change one of them before restoring.")
-    person.deleted_at = None
-    session.flush()
+    try:
+        with session.begin_nested():
+            person.deleted_at = None
+            session.flush()
+    except IntegrityError:  # someone was given the ID, or restored with it, meanwhile
+        national_id = person.national_id if show_pii else mask(person.national_id)
+        raise DomainError(f"Another living person now has national ID {national_id}; "
+                          "change one of them before restoring.") from None
 
 
 def programs_of(session: Session, person: Individual, memberships: list[tuple]) -> list[tuple]:
