@@ -8,3 +8,7 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+class ConflictError(DomainError):
+    """Someone else saved the same record since the user opened it."""

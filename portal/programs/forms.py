@@ -1,6 +1,6 @@
 from flask_wtf import FlaskForm
-from wtforms import (BooleanField, DateField, DecimalField, IntegerField, SelectField, StringField,
-                     TextAreaField)
+from wtforms import (BooleanField, DateField, DecimalField, HiddenField, IntegerField, SelectField,
+                     StringField, TextAreaField)
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from portal.ids import ID_MAX
@@ -22,6 +22,7 @@ class ProgramForm(FlaskForm):
     scheme_id = SelectField("Scheme", coerce=int, validate_choice=False)
     amount = DecimalField("Default benefit amount", places=2, validators=[Optional(), NumberRange(min=0)])
     currency = StringField("Currency", validators=[Length(max=3)], description="e.g. MWK")
+    version = HiddenField()  # the program's version the form was made from
 
 
 class InstitutionForm(FlaskForm):

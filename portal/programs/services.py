@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, aliased, selectinload
 from portal.audit.models import AuditEntry
 from portal.audit.services import record, record_many
 from portal.clock import now, today, years_ago
-from portal.errors import DomainError
+from portal.errors import ConflictError, DomainError
 from portal.ids import parse_id
 from portal.locations.models import Location
 from portal.locations.services import OUTSIDE_PERSON, Scope
@@ -156,12 +156,18 @@ def save_program(session: Session, program: Program | None, *, code: str, name: 
                  date_from: date | None = None, date_to: date | None = None,
                  max_beneficiaries: int | None = None, institution_id: int | None = None,
                  scheme_id: int | None = None, amount=None, currency: str = "",
-                 actor_id: int | None = None) -> Program:
+                 expected_version: int | None = None, actor_id: int | None = None) -> Program:
     """Create a program (as a draft) or edit one that is not closed. An edit locks the program
-    first, so the places and beneficiaries it counts cannot change before the commit."""
+    first, so the places and beneficiaries it counts cannot change before the commit, and is
+    refused (ConflictError) when the program was saved since ``expected_version``: a form
+    left open must not put back an old maximum or coverage over another manager's change."""
     if program is not None:
         program = lock_program(session, program.id)
         _writable(program)
+        if expected_version is not None and program.version != expected_version:
+            raise ConflictError(f"{program.name} was changed by someone else while you were "
+                                "editing. Your changes were not saved: reload to see the current "
+                                "program, then edit again.")
     code = _check_code(session, Program, code, program.id if program else None)
     if not (name or "").strip():
         raise DomainError("A name is required.", field="name")

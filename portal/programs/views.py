@@ -8,7 +8,7 @@ from flask import abort, flash, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
-from portal.errors import DomainError
+from portal.errors import ConflictError, DomainError
 from portal.extensions import db
 from portal.ids import parse_id
 from portal.locations.models import Location
@@ -113,7 +113,12 @@ def _save_program(program: Program | None):
                 max_beneficiaries=form.max_beneficiaries.data,
                 institution_id=form.institution_id.data or None,
                 scheme_id=form.scheme_id.data or None, amount=form.amount.data,
-                currency=form.currency.data, actor_id=current_user.id)
+                currency=form.currency.data, expected_version=parse_id(form.version.data),
+                actor_id=current_user.id)
+        except ConflictError as exc:
+            db.session.rollback()
+            return render("errors/page.html", partial="errors/_message.html", status=409,
+                          title="Changed by someone else", message=exc.message, code=409)
         except DomainError as exc:
             form_refusal(form, exc, "code")
             program = db.session.get(Program, program.id) if program else None

@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.orm.exc import StaleDataError
 
 from portal.clock import now, today, years_ago
-from portal.errors import DomainError
+from portal.errors import ConflictError, DomainError
 from portal.ids import ID_MAX, parse_id
 from portal.locations.models import Location
 from portal.locations.services import OUTSIDE_GROUP, OUTSIDE_HOUSEHOLD, Scope
@@ -38,10 +38,6 @@ except ImportError:  # pragma: no cover
 COUNT_CAP = 1000
 PER_PAGE = 25
 BENEFICIARY_STATUSES = ("potential", "active", "suspended", "graduated")
-
-
-class ConflictError(DomainError):
-    """Someone else saved the same record since the user opened it."""
 
 
 # --- search -----------------------------------------------------------------------------------

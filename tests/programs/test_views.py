@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import date
 
 import pytest
@@ -468,3 +469,21 @@ def test_an_id_too_large_for_the_database_answers_404_not_a_crash(client, login,
     response = client.open(url.format(big=BIG, plan=plan.id), method=method,
                            data={"to_status": "active", "reason": "x"})
     assert response.status_code == 404
+
+
+def test_a_program_form_left_open_while_another_manager_saved_is_refused_and_changes_nothing(
+        client, login, db_session, program):
+    plan = program(max_beneficiaries=500)
+    login("program_manager")
+    form = client.get(f"/programs/{plan.id}/edit").get_data(as_text=True)
+    version = re.search(r'name="version" type="hidden" value="(\d+)"', form).group(1)
+    services.save_program(db_session, plan, code=plan.code, name=plan.name, max_beneficiaries=100,
+                          expected_version=int(version), actor_id=None)  # another manager, first
+    db_session.commit()
+    stale = client.post(f"/programs/{plan.id}/edit", data={
+        "code": plan.code, "name": plan.name, "beneficiary_kind": "individual",
+        "max_beneficiaries": "500", "version": version})
+    assert stale.status_code == 409
+    assert "was changed by someone else while you were editing" in stale.get_data(as_text=True)
+    db_session.expire_all()
+    assert db_session.get(Program, plan.id).max_beneficiaries == 100
