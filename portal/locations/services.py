@@ -93,6 +93,19 @@ def _check_parent(kind: str, parent: Location | None) -> None:
                           f"not a {parent.kind}.", field="parent")
 
 
+_CODE_MAX, _NAME_MAX = Location.code.type.length, Location.name.type.length
+
+
+def _too_long(code: str, name: str) -> str | None:
+    """What is wrong with a code or name longer than its column (PostgreSQL would refuse the
+    whole import with a database error)."""
+    if len(code) > _CODE_MAX:
+        return f"the code is {len(code)} characters long; at most {_CODE_MAX} are allowed."
+    if len(name) > _NAME_MAX:
+        return f"the name is {len(name)} characters long; at most {_NAME_MAX} are allowed."
+    return None
+
+
 def create_location(session: Session, *, code: str, name: str, kind: str,
                     parent: Location | None, scope: Scope) -> Location:
     code, name = code.strip(), name.strip()
@@ -248,6 +261,8 @@ def import_locations(session: Session, rows: list[dict], *, scope: Scope, progre
     for row in rows:
         if not row["code"] or not row["name"]:
             errors.append(f"Line {row['line']}: code and name are required.")
+        elif too_long := _too_long(row["code"], row["name"]):
+            errors.append(f"Line {row['line']}: {too_long}")
         elif row["kind"] not in KINDS:
             errors.append(f"Line {row['line']}: type '{row['kind']}' is not one of {', '.join(KINDS)}.")
         elif row["code"] in by_code:

@@ -1,5 +1,5 @@
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from portal.errors import DomainError
 from portal.locations import services
@@ -91,6 +91,16 @@ def test_every_bad_line_is_reported_and_nothing_is_imported(db_session):
     assert "Line 4: code and name are required" in message
     assert "Line 5: parent code 'NOPE'" in message
     assert "Line 6: code A already appears on line 2" in message
+
+
+def test_a_code_or_name_too_long_for_its_column_is_named_by_line_and_nothing_is_imported(db_session):
+    text = f"code,name,type,parent code\nA,Aa,region,\n{'C' * 33},Cc,region,\nD,{'d' * 121},region,\n"
+    rows, _errors = services.parse_location_csv(text)
+    with pytest.raises(DomainError) as exc:
+        services.import_locations(db_session, rows, scope=Scope(everything=True))
+    assert exc.value.message == ("Line 3: the code is 33 characters long; at most 32 are allowed.\n"
+                                 "Line 4: the name is 121 characters long; at most 120 are allowed.")
+    assert db_session.scalar(select(func.count()).select_from(Location)) == 0
 
 
 def test_a_file_without_the_needed_columns_is_refused_with_the_expected_header():
