@@ -984,15 +984,20 @@ def bulk_status_preview(session: Session, program: Program, *, scope: Scope,
 
 def bulk_change_status(session: Session, program_id: int, *, scope: Scope,
                        filters: BeneficiaryFilters, to_status: str, reason: str,
-                       effective_date: date | None = None, actor_id: int | None) -> dict:
+                       effective_date: date | None = None, actor_id: int | None,
+                       expected: int | None = None) -> dict:
     """Apply one status change to every beneficiary of the filtered selection for whom it is
-    allowed; the others are left as they are and counted."""
+    allowed; the others are left as they are and counted. ``expected`` (the previewed number)
+    guards against changing people enrolled since the preview, whom the user never saw."""
     program = lock_program(session, program_id)
     _writable(program)
     if to_status not in {t for targets in TRANSITIONS.values() for t in targets}:
         raise DomainError("Choose a status to change to.", field="to_status")
     preview = bulk_status_preview(session, program, scope=scope, filters=filters,
                                   to_status=to_status)
+    if expected is not None and preview["change"] > expected:
+        raise DomainError(f"{preview['change'] - expected} more beneficiaries match than in the "
+                          "preview; nothing was changed. Check the new preview and confirm again.")
     sources = [s for s, targets in TRANSITIONS.items() if to_status in targets]
     query = (beneficiary_query(session, program, scope=scope, filters=filters, subject=False)
              .with_only_columns(Beneficiary.id).where(Beneficiary.status.in_(sources)))

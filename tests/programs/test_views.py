@@ -235,6 +235,24 @@ def test_bulk_status_change_previews_then_applies(client, login, db_session, pro
     assert services.status_counts(db_session, plan, scope=Scope(everything=True))["active"] == 3
 
 
+def test_a_bulk_status_change_confirmed_after_more_were_enrolled_changes_nobody_and_previews_again(
+        client, login, db_session, program, person):
+    plan = program()
+    _enrol(db_session, plan, [person(), person()])
+    login("program_manager")
+    preview = client.htmx("get", f"/programs/{plan.id}/beneficiaries/status?to_status=removed")
+    expected = re.search(r'name="expected" value="(\d+)"', preview.get_data(as_text=True)).group(1)
+    assert expected == "2"
+    _enrol(db_session, plan, [person()])  # by someone else, before the confirm
+    response = client.htmx("post", f"/programs/{plan.id}/beneficiaries/status",
+                           data={"to_status": "removed", "reason": "Duplicates", "expected": expected})
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert "1 more beneficiaries match than in the preview; nothing was changed." in html
+    assert "<strong>3</strong> will change to removed" in html
+    assert services.status_counts(db_session, plan, scope=Scope(everything=True))["potential"] == 3
+
+
 def test_a_group_program_shows_the_households_primary_recipient(client, login, db_session, program,
                                                                 household):
     plan = program(beneficiary_kind="group")
