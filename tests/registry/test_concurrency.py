@@ -163,34 +163,21 @@ def test_a_person_made_head_meanwhile_is_not_deleted_as_a_mere_member(country, m
     assert db_session.get(Individual, child.id).deleted_at is None
 
 
-def _in_turn(first_save, second_save) -> dict:
+def _in_turn(first_save, second_save):
     """``first_save`` has written and not committed when ``second_save`` writes the same
     national ID on another connection: the second waits on the unique index, and goes on once
-    the first commits. Returns what the second said."""
-    app = current_app._get_current_object()
-    outcome = {}
-    first = Session(db.engine)
-    try:
+    the first commits. Returns what the second said (its errors, or its refusal's message)."""
+    with Session(db.engine) as first, Session(db.engine) as second:
         first_save(first)
-
-        def second():
-            with app.app_context(), Session(db.engine) as session:
-                try:
-                    outcome["said"] = second_save(session)
-                    if not outcome["said"]:  # (a form with errors is not saved)
-                        session.commit()
-                except DomainError as exc:
-                    outcome["said"] = exc.message
-
-        thread = threading.Thread(target=second)
-        thread.start()
-        thread.join(1.0)
+        thread, outcome = _blocked_call(lambda: second_save(second))
+        thread.join(1)
         assert thread.is_alive()  # waiting for the first save's national ID
         first.commit()
-    finally:
-        first.close()
         thread.join(10)
-    return outcome
+        said = outcome[0]
+        if not said:  # (a form with errors is not saved)
+            second.commit()
+    return said.message if isinstance(said, DomainError) else said
 
 
 def test_a_national_id_given_to_two_people_at_the_same_moment_refuses_the_second_with_a_message(
@@ -209,8 +196,8 @@ def test_a_national_id_given_to_two_people_at_the_same_moment_refuses_the_second
                                               scope=everything, expected_version=None, actor_id=None)[1]
         return save
 
-    outcome = _in_turn(edit(one.id), edit(other.id))
-    assert outcome["said"] == {"national_id": "National ID MW4444444 is already registered."}
+    assert _in_turn(edit(one.id), edit(other.id)) == {
+        "national_id": "National ID MW4444444 is already registered."}
     db_session.expire_all()
     assert [p.id for p in db_session.scalars(select(Individual).where(
         Individual.national_id == "MW4444444"))] == [one.id]
@@ -231,9 +218,8 @@ def test_two_deleted_people_with_one_national_id_restored_at_the_same_moment_ref
         return lambda session: services.restore_individual(
             session, session.get(Individual, person_id), show_pii=False, actor_id=None)
 
-    outcome = _in_turn(restore(twins[0].id), restore(twins[1].id))
-    assert outcome["said"] == ("Another living person now has national ID •••••5555; change one of "
-                               "them before restoring.")
+    assert _in_turn(restore(twins[0].id), restore(twins[1].id)) == (
+        "Another living person now has national ID •••••5555; change one of them before restoring.")
     db_session.expire_all()
     assert [p.id for p in db_session.scalars(select(Individual).where(
         Individual.national_id == "MW5555555", Individual.deleted_at.is_(None)))] == [twins[0].id]
