@@ -20,23 +20,21 @@ pytestmark = pytest.mark.live
 EVERYTHING = Scope(everything=True)
 
 
-def test_a_second_import_started_while_the_first_is_being_queued_waits_and_is_refused(
-        app, db_session, tmp_path, country):
-    if db_session.get_bind().dialect.name != "postgresql":
-        pytest.skip("SQLite's requests write one at a time")
-    upload = validated_upload(db_session, tmp_path, "Amina,Banda,F,1990-05-17,CS1,NV1,,,\n")
-    db_session.commit()
+def _started_at_once(app, first_upload_id: int, second_upload_id: int) -> str:
+    """Two requests start the import of these uploads on two connections: the first has not
+    committed when the second starts, which must wait for it. What the second was told."""
+    def start(session, upload_id):
+        services.start_import(session, session.get(Upload, upload_id), only_if_clean=False,
+                              scope=EVERYTHING, actor_id=None, may_enrol=True)
 
     first = Session(db.engine)
-    services.start_import(first, first.get(Upload, upload.id), only_if_clean=False, scope=EVERYTHING,
-                          actor_id=None, may_enrol=True)  # not committed yet: the lock is held
+    start(first, first_upload_id)  # not committed yet: its locks are held
     outcome = {}
 
     def second_request():
         with app.app_context(), Session(db.engine) as second:
             try:
-                services.start_import(second, second.get(Upload, upload.id), only_if_clean=False,
-                                      scope=EVERYTHING, actor_id=None, may_enrol=True)
+                start(second, second_upload_id)
                 second.commit()
                 outcome["second"] = "queued"
             except DomainError as exc:
@@ -44,12 +42,25 @@ def test_a_second_import_started_while_the_first_is_being_queued_waits_and_is_re
 
     thread = threading.Thread(target=second_request)
     thread.start()
-    thread.join(1.0)
-    assert thread.is_alive()  # waiting for the first request's lock
-    first.commit()
-    first.close()
-    thread.join(10)
-    assert outcome["second"] == "This upload is importing; only a validated upload can be imported."
+    try:
+        thread.join(1.0)
+        assert thread.is_alive()  # waiting for the first request
+        first.commit()
+    finally:
+        first.close()  # (a failed assertion must not leave the first upload's row locked)
+        thread.join(10)
+    return outcome["second"]
+
+
+def test_a_second_import_started_while_the_first_is_being_queued_waits_and_is_refused(
+        app, db_session, tmp_path, country):
+    if db_session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite's requests write one at a time")
+    upload = validated_upload(db_session, tmp_path, "Amina,Banda,F,1990-05-17,CS1,NV1,,,\n")
+    db_session.commit()
+
+    assert _started_at_once(app, upload.id, upload.id) == (
+        "This upload is importing; only a validated upload can be imported.")
     db_session.expire_all()
     assert db_session.scalar(select(func.count()).select_from(JobRun).where(
         JobRun.kind == "upload_import")) == 1
@@ -65,31 +76,8 @@ def test_two_copies_of_one_file_imported_at_once_by_two_users_let_only_the_first
     db_session.commit()
     assert first_copy.sha256 == second_copy.sha256
 
-    first = Session(db.engine)
-    services.start_import(first, first.get(Upload, first_copy.id), only_if_clean=False,
-                          scope=EVERYTHING, actor_id=None, may_enrol=True)  # not committed yet
-    outcome = {}
-
-    def second_user():
-        with app.app_context(), Session(db.engine) as second:
-            try:
-                services.start_import(second, second.get(Upload, second_copy.id), only_if_clean=False,
-                                      scope=EVERYTHING, actor_id=None, may_enrol=True)
-                second.commit()
-                outcome["second"] = "queued"
-            except DomainError as exc:
-                outcome["second"] = exc.message
-
-    thread = threading.Thread(target=second_user)
-    thread.start()
-    try:
-        thread.join(1.0)
-        assert thread.is_alive()  # waiting for the first copy's start to commit
-        first.commit()
-    finally:
-        first.close()  # (a failed assertion must not leave the first copy's row locked)
-        thread.join(10)
-    assert outcome["second"] == (f"The same file was imported as upload #{first_copy.id} after this one "
-                                 "was uploaded: importing it again would register its people twice.")
+    assert _started_at_once(app, first_copy.id, second_copy.id) == (
+        f"The same file was imported as upload #{first_copy.id} after this one was uploaded: "
+        "importing it again would register its people twice.")
     db_session.expire_all()
     assert db_session.get(Upload, second_copy.id).status == "validated"
