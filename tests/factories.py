@@ -125,9 +125,10 @@ def make_household(db_session, make_individual, request):
 UPLOAD_HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
 
 
-def validated_upload(session, tmp_path, rows: str, *, policy: str = "error"):
-    """An upload of ``rows`` (CSV lines under ``UPLOAD_HEADER``) received and validated by
-    an admin's scope, as the validation job would."""
+def validated_upload(session, tmp_path, rows: str, *, policy: str = "error", uploader=None):
+    """An upload of ``rows`` (CSV lines under ``UPLOAD_HEADER``) received from ``uploader``
+    (else nobody, in an admin's scope) and validated in their scope, as the validation job
+    would."""
     from portal.imports import services
     from portal.locations.services import Scope
 
@@ -135,6 +136,8 @@ def validated_upload(session, tmp_path, rows: str, *, policy: str = "error"):
     path.write_text(UPLOAD_HEADER + rows, encoding="utf-8")
     upload = services.receive_upload(
         session, path=path, file_name="people.csv", duplicate_policy=policy, day_first=None,
-        program_id=None, enrol_status=None, area_id=None, actor_id=None, max_rows=1000)
-    services.validate_upload(session, upload, scope=Scope(everything=True), progress=lambda *a, **k: None)
+        program_id=None, enrol_status=None, area_id=None,
+        actor_id=uploader.id if uploader else None, max_rows=1000)
+    scope = Scope.for_user(uploader) if uploader else Scope(everything=True)
+    services.validate_upload(session, upload, scope=scope, progress=lambda *a, **k: None)
     return upload

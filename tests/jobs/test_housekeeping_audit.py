@@ -10,9 +10,7 @@ from portal.background.services import sweep_stale_jobs
 from portal.clock import now
 from portal.imports import services as imports
 from portal.locations.services import Scope
-
-HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
-
+from tests.factories import validated_upload
 
 def _entries(db_session, action: str) -> list[AuditEntry]:
     return list(db_session.scalars(select(AuditEntry).where(AuditEntry.action == action)))
@@ -35,15 +33,9 @@ def test_a_job_given_up_by_the_sweep_is_audited_as_the_systems_change(db_session
 def test_an_upload_whose_import_job_failed_is_freed_by_its_page_and_audited_as_the_systems_change(
         client, login, db_session, tmp_path, country):
     officer = login("field_officer", [country["N"]])
-    path = tmp_path / "people.csv"
-    path.write_text(HEADER + "Amina,Banda,F,1990-05-17,HK1,NV1,,,\n")
-    upload = imports.receive_upload(db_session, path=path, file_name="people.csv", duplicate_policy="error",
-                                    day_first=None, program_id=None, enrol_status=None, area_id=None,
-                                    actor_id=officer.id, max_rows=100)
-    scope = Scope.for_user(officer)
-    imports.validate_upload(db_session, upload, scope=scope, progress=lambda *a, **k: None)
-    run = imports.start_import(db_session, upload, only_if_clean=False, scope=scope, actor_id=officer.id,
-                               may_enrol=True)
+    upload = validated_upload(db_session, tmp_path, "Amina,Banda,F,1990-05-17,HK1,NV1,,,\n", uploader=officer)
+    run = imports.start_import(db_session, upload, only_if_clean=False, scope=Scope.for_user(officer),
+                               actor_id=officer.id, may_enrol=True)
     run.status, run.message = "failed", "The worker stopped while running this job."
     db_session.commit()
 
