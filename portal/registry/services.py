@@ -20,6 +20,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.orm.exc import StaleDataError
 
+from portal.background.services import lock_row
 from portal.clock import now, today, years_ago
 from portal.errors import ConflictError, DomainError
 from portal.ids import ID_MAX, parse_id
@@ -550,9 +551,11 @@ def update_individual(session: Session, person: Individual, raw: dict, *, scope,
 def delete_individual(session: Session, person: Individual, *, scope, actor_id: int | None) -> None:
     """Hide a person (history kept). A household's head or payee goes only after someone else
     has taken that place, so no household is left without one."""
+    # The person, then their groups (as adding a member takes them): no one makes them
+    # head or payee, or adds them to a group, meanwhile; their roles are read after the locks.
+    lock_row(session, person)
     if person.deleted_at is not None:
         raise DomainError(f"{person.full_name} is already deleted.")
-    # No one makes them head or payee meanwhile; their roles are read after the lock.
     _lock_group_ids(session, session.scalars(select(GroupMember.group_id).where(
         GroupMember.individual_id == person.id)).all())
     for member, visible in memberships_of(session, person, scope=scope):
@@ -748,7 +751,7 @@ def get_group(session: Session, group_id: int, *, scope) -> Group | None:
 
 def _lock_groups(session: Session, *groups: Group) -> None:
     """Hold the groups' rows until the transaction ends and read them again as committed.
-    Every change to a group's members takes this lock first, so two users changing the same
+    Every change by hand to a group's members takes this lock, so two users changing the same
     household at once (PostgreSQL; a writing request on SQLite holds the whole database)
     act one after the other, the second seeing what the first did."""
     _lock_group_ids(session, [g.id for g in groups])
@@ -828,11 +831,15 @@ def create_group(session: Session, *, code: str, name: str, kind: str, location_
 
 def add_member(session: Session, group: Group, individual_id: int, *, role: str, scope,
                actor_id: int | None) -> GroupMember:
-    _lock_groups(session, group)
     person = _person_in_scope(session, individual_id, scope)
+    # The person, then the group, as a delete takes them: a person being deleted joins
+    # nothing, and their other joins wait (one household at a time).
+    lock_row(session, person)
+    if person.deleted_at is not None:
+        raise DomainError(f"{person.full_name} was deleted meanwhile; restore them first.",
+                          field="individual")
+    _lock_groups(session, group)
     role = _check_role(session, role)
-    if group.kind == "household":  # one household at a time: the person's other joins wait
-        session.execute(select(Individual.id).where(Individual.id == person.id).with_for_update())
     if session.scalar(select(GroupMember.id).where(GroupMember.group_id == group.id,
                                                    GroupMember.individual_id == person.id)):
         raise DomainError(f"{person.full_name} is already a member.", field="individual")

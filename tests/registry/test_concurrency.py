@@ -223,3 +223,48 @@ def test_two_deleted_people_with_one_national_id_restored_at_the_same_moment_ref
     db_session.expire_all()
     assert [p.id for p in db_session.scalars(select(Individual).where(
         Individual.national_id == "MW5555555", Individual.deleted_at.is_(None)))] == [twins[0].id]
+
+
+@pytest.mark.skipif("sqlite" in _database_url(), reason="SQLite takes its write lock at BEGIN: "
+                    "two writing requests never interleave there")
+def test_a_person_being_deleted_does_not_become_the_head_of_a_new_household(
+        country, make_individual, db_session):
+    person = make_individual(location=country["NV1"])
+    db_session.commit()
+    everything = Scope(everything=True)
+    with Session(db.engine) as first, Session(db.engine) as second:
+        services.delete_individual(first, first.get(Individual, person.id), scope=everything, actor_id=None)
+        thread, outcome = _blocked_call(lambda: services.create_group(
+            second, code="HH-GHOST", name="Ghost", kind="household", location_id=None,
+            head_id=person.id, scope=everything, actor_id=None))
+        thread.join(1)
+        assert thread.is_alive()  # waiting for the delete
+        first.commit()
+        thread.join(10)
+        assert isinstance(outcome[0], DomainError) and "was deleted meanwhile" in outcome[0].message
+        second.rollback()
+    assert db_session.scalar(select(GroupMember.id).where(GroupMember.individual_id == person.id)) is None
+
+
+@pytest.mark.skipif("sqlite" in _database_url(), reason="SQLite takes its write lock at BEGIN: "
+                    "two writing requests never interleave there")
+def test_a_person_made_head_of_a_new_household_meanwhile_is_not_deleted(
+        country, make_individual, db_session):
+    person, child = (make_individual(location=country["NV1"]) for _ in range(2))
+    db_session.commit()
+    everything = Scope(everything=True)
+    with Session(db.engine) as first, Session(db.engine) as second:
+        home = services.create_group(first, code="HH-NEWHEAD", name="New", kind="household",
+                                     location_id=None, head_id=person.id, scope=everything, actor_id=None)
+        services.add_member(first, home, child.id, role="child", scope=everything, actor_id=None)
+        thread, outcome = _blocked_call(lambda: services.delete_individual(
+            second, second.get(Individual, person.id), scope=everything, actor_id=None))
+        thread.join(1)
+        assert thread.is_alive()  # waiting for the new household
+        first.commit()
+        thread.join(10)
+        assert isinstance(outcome[0], DomainError), outcome
+        assert "heads household HH-NEWHEAD: choose another head first" in outcome[0].message
+        second.rollback()
+    db_session.expire_all()
+    assert db_session.get(Individual, person.id).deleted_at is None
