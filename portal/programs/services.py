@@ -972,32 +972,37 @@ def _set_status(session: Session, program: Program, ids_query, *, to_status: str
 
 def bulk_status_preview(session: Session, program: Program, *, scope: Scope,
                         filters: BeneficiaryFilters, to_status: str) -> dict:
-    """Of the filtered selection, how many would change and how many may not."""
+    """Of the filtered selection, how many would change and how many may not; ``mark`` tells
+    who would change (their number and the sum of their ids), so that a confirm can tell
+    that the people are still those the preview showed."""
     query = beneficiary_query(session, program, scope=scope, filters=filters, subject=False)
-    sub = query.with_only_columns(Beneficiary.status).subquery()
-    by_status = dict(session.execute(select(sub.c.status, func.count()).group_by(sub.c.status)).all())
+    sub = query.with_only_columns(Beneficiary.id, Beneficiary.status).subquery()
+    by_status = {status: (count, ids) for status, count, ids in session.execute(
+        select(sub.c.status, func.count(), func.sum(sub.c.id)).group_by(sub.c.status))}
     sources = [s for s, targets in TRANSITIONS.items() if to_status in targets]
-    change = sum(n for s, n in by_status.items() if s in sources)
-    return {"change": change, "not_allowed": sum(by_status.values()) - change,
-            "total": sum(by_status.values())}
+    change = sum(count for s, (count, _ids) in by_status.items() if s in sources)
+    total = sum(count for count, _ids in by_status.values())
+    ids = sum(ids for s, (_count, ids) in by_status.items() if s in sources)
+    return {"change": change, "not_allowed": total - change, "total": total, "mark": f"{change}-{ids}"}
 
 
 def bulk_change_status(session: Session, program_id: int, *, scope: Scope,
                        filters: BeneficiaryFilters, to_status: str, reason: str,
                        effective_date: date | None = None, actor_id: int | None,
-                       expected: int | None = None) -> dict:
+                       expected: str | None = None) -> dict:
     """Apply one status change to every beneficiary of the filtered selection for whom it is
-    allowed; the others are left as they are and counted. ``expected`` (the previewed number)
-    guards against changing people enrolled since the preview, whom the user never saw."""
+    allowed; the others are left as they are and counted. ``expected`` (the preview's
+    ``mark``) guards against changing people who entered the selection since the preview
+    (enrolled, or changed status), whom the user never saw."""
     program = lock_program(session, program_id)
     _writable(program)
     if to_status not in {t for targets in TRANSITIONS.values() for t in targets}:
         raise DomainError("Choose a status to change to.", field="to_status")
     preview = bulk_status_preview(session, program, scope=scope, filters=filters,
                                   to_status=to_status)
-    if expected is not None and preview["change"] > expected:
-        raise DomainError(f"{preview['change'] - expected} more beneficiaries match than in the "
-                          "preview; nothing was changed. Check the new preview and confirm again.")
+    if expected is not None and preview["mark"] != expected:
+        raise DomainError("The selection changed since the preview (enrolments or status changes "
+                          "meanwhile); nothing was changed. Check the new preview and confirm again.")
     sources = [s for s, targets in TRANSITIONS.items() if to_status in targets]
     query = (beneficiary_query(session, program, scope=scope, filters=filters, subject=False)
              .with_only_columns(Beneficiary.id).where(Beneficiary.status.in_(sources)))

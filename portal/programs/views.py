@@ -393,7 +393,7 @@ def bulk_status(program_id: int):
                 result = services.bulk_change_status(
                     db.session, program.id, scope=sc, filters=filters, to_status=to_status,
                     reason=source.get("reason", ""), effective_date=effective,
-                    actor_id=current_user.id, expected=parse_id(source.get("expected", "")))
+                    actor_id=current_user.id, expected=source.get("expected"))
             except (DomainError, ValueError) as exc:
                 db.session.rollback()
                 error = getattr(exc, "message", "Enter the effective date as YYYY-MM-DD.")

@@ -499,7 +499,10 @@ def test_bulk_status_change_previews_and_changes_only_allowed_beneficiaries(db_s
                    actor_id=None, scope=everything)
     preview = services.bulk_status_preview(db_session, plan, scope=everything,
                                            filters=BeneficiaryFilters(), to_status="suspended")
-    assert preview == {"change": 3, "not_allowed": 2, "total": 5}
+    assert {k: preview[k] for k in ("change", "not_allowed", "total")} == {
+        "change": 3, "not_allowed": 2, "total": 5}
+    changing = db_session.scalars(select(Beneficiary.id).where(Beneficiary.status == "active")).all()
+    assert preview["mark"] == f"3-{sum(changing)}"  # who would change: their number, their ids' sum
     result = services.bulk_change_status(db_session, plan.id, scope=everything,
                                          filters=BeneficiaryFilters(), to_status="suspended",
                                          reason="Missed verification", actor_id=None)
