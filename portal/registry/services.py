@@ -229,8 +229,11 @@ def individual_filters(session: Session, *, scope, filters: dict,
     group = filters.get("group")
     if group:
         group_id = parse_id(group)
+        # Only groups the user sees: a code guessed from elsewhere would tell which of their
+        # own people belong to a group outside their area.
         group_ids = select(Group.id).where(Group.code == group.upper() if group_id is None
-                                           else or_(Group.code == group, Group.id == group_id))
+                                           else or_(Group.code == group, Group.id == group_id),
+                                           scope.covers(Group.location_id))
         conditions.append(person_id.in_(
             select(GroupMember.individual_id).where(GroupMember.group_id.in_(group_ids))))
     household = filters.get("household")

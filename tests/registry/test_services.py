@@ -73,6 +73,14 @@ def test_group_and_household_filters(db_session, people, make_household, make_gr
     assert names(search(db_session, group="coop1")) == ["Phiri Grace"]
 
 
+def test_a_group_outside_the_users_area_names_none_of_their_own_people_by_its_code(
+        db_session, country, people, make_group):
+    make_group("cooperative", members=[people["banda"]], code="COOP-SOUTH", location=country["SV1"])
+    north = Scope(paths=(country["N"].path,))
+    assert names(search(db_session, scope=north, group="COOP-SOUTH")) == []
+    assert names(search(db_session, group="COOP-SOUTH")) == ["Banda Chikondi"]
+
+
 def test_program_and_beneficiary_status_filters_include_households_enrolled_as_a_group(
         db_session, people, make_household):
     household = make_household(head=people["bandawe"], members=[])
