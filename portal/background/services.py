@@ -153,14 +153,6 @@ def may_retry(run: JobRun, *, permissions: frozenset[str]) -> bool:
     return run.status == "failed" and RETRY_PERMISSIONS.get(run.kind) in permissions
 
 
-def scope_covers(acting: Scope, recorded: Scope) -> bool:
-    """Every location the recorded scope reaches lies within the acting one."""
-    if acting.everything:
-        return True
-    return not recorded.everything and all(
-        any(path.startswith(root) for root in acting.paths) for path in recorded.paths)
-
-
 def retry_job(session: Session, run: JobRun, *, actor_id: int, permissions: frozenset[str],
               scope: Scope) -> None:
     """Queue a failed job again, checked as a new start of it would be today.
@@ -181,7 +173,7 @@ def retry_job(session: Session, run: JobRun, *, actor_id: int, permissions: froz
     if needed not in permissions:
         raise DomainError("Your role does not allow what this job does, so it was not started "
                           "again.")
-    if not scope_covers(scope, scope_from_params(run.params)):
+    if not scope.contains(scope_from_params(run.params)):
         raise DomainError("This job reaches locations outside yours, so it was not started "
                           "again; ask someone whose locations cover it.")
     if run.lock_key:

@@ -70,6 +70,13 @@ class Scope:
         paths |= {q for q in other.paths if any(q.startswith(p) for p in self.paths)}
         return Scope(paths=tuple(sorted(paths)))
 
+    def contains(self, other: "Scope") -> bool:
+        """Every location ``other`` reaches lies within this scope."""
+        if self.everything:
+            return True
+        return not other.everything and all(
+            any(path.startswith(root) for root in self.paths) for path in other.paths)
+
     def ancestors_visible(self, location: Location) -> bool:
         """True when the location is above a scope root (shown in the tree, not its data)."""
         return self.everything or any(p.startswith(location.path) for p in self.paths)
