@@ -151,10 +151,11 @@ def earlier_import_of_same_file(session: Session, upload: Upload, *, scope: Scop
     return (seen is not None or session.scalar(same) is not None), seen
 
 
-def _same_file_imported_since(session: Session, upload: Upload) -> int | None:
-    """Another upload of the same content imported (or importing) since this one arrived:
-    the warning on arrival could not tell, and each copy's search for look-alikes ran before
-    the other's people existed. (One imported before it arrived was warned about.)
+def _refuse_if_same_file_imported_since(session: Session, upload: Upload) -> None:
+    """Refuses when another upload of the same content was imported (or is importing) since
+    this one arrived: the warning on arrival could not tell, and each copy's search for
+    look-alikes ran before the other's people existed. (One imported before it arrived was
+    warned about.)
 
     On PostgreSQL the check waits while another transaction checks the same content, until
     it commits: two copies started at the same instant would each find the other idle."""
@@ -163,12 +164,15 @@ def _same_file_imported_since(session: Session, upload: Upload) -> int | None:
                         {"key": int(upload.sha256[:15], 16)})  # (SQLite's writers queue anyway)
     some_imported = select(UploadRow.id).where(UploadRow.upload_id == Upload.id,
                                                UploadRow.status == "imported").exists()
-    return session.scalar(select(Upload.id).where(
+    twin = session.scalar(select(Upload.id).where(
         Upload.sha256 == upload.sha256, Upload.id != upload.id,
         or_(Upload.status == "importing",
             and_(Upload.status == "imported", Upload.imported_at >= upload.created_at),
             and_(Upload.status != "imported", some_imported)))  # a copy's import that stopped
         .order_by(Upload.id).limit(1))
+    if twin is not None:
+        raise DomainError(f"The same file was imported as upload #{twin} after this one was "
+                          "uploaded: importing it again would register its people twice.")
 
 
 def set_mapping(session: Session, upload: Upload, mapping: dict[str, str], *,
@@ -233,10 +237,7 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
     _claimed(session, upload)
     if upload.status not in ("validated",):
         raise DomainError(f"This upload is {upload.status}; only a validated upload can be imported.")
-    twin = _same_file_imported_since(session, upload)
-    if twin is not None:
-        raise DomainError(f"The same file was imported as upload #{twin} after this one was "
-                          "uploaded: importing it again would register its people twice.")
+    _refuse_if_same_file_imported_since(session, upload)
     counts = status_counts(session, upload.id)
     problems = counts.get("error", 0) + counts.get("duplicate", 0)
     if only_if_clean and problems:
@@ -928,12 +929,13 @@ def _editable(upload: Upload, *, by_job: bool = False) -> None:
                           "validation and before the import.")
 
 
-def check_row_editable(upload: Upload, row: UploadRow) -> None:
-    """Raises DomainError saying why this row cannot be edited now (before its form opens,
-    too: a grid left open may offer Edit on a row imported or dropped since)."""
+def check_row_editable(upload: Upload, row: UploadRow, doing: str = "edited") -> None:
+    """Raises DomainError saying why this row cannot be edited (or dropped) now; asked
+    before an edit form opens too: a grid left open may offer Edit on a row imported or
+    dropped since."""
     _editable(upload)
     if row.status not in OPEN_STATUSES:
-        raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be edited.")
+        raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be {doing}.")
 
 
 def recheck_rows(session: Session, upload: Upload, rows: list[UploadRow], *, scope: Scope,
@@ -1214,9 +1216,7 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope,
              seen: str | None = None) -> set[int]:
     """Leave a row out of the import, unless it changed since the ``row_version`` the user
     saw; returns the ids of the other rows checked again."""
-    _editable(upload)
-    if row.status not in OPEN_STATUSES:
-        raise DomainError(f"Row {row.row_number} is {row.status}; it cannot be dropped.")
+    check_row_editable(upload, row, "dropped")
     _unchanged_since_seen(row, seen, "dropped")
     row.status = "dropped"
     session.flush()
@@ -1560,10 +1560,7 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
     done = session.scalar(select(func.count()).where(
         UploadRow.upload_id == upload.id, UploadRow.status == "imported"))
     if not done:
-        twin = _same_file_imported_since(session, upload)  # (also when run again, or at once)
-        if twin is not None:
-            raise DomainError(f"The same file was imported as upload #{twin} after this one was "
-                              "uploaded: importing it again would register its people twice.")
+        _refuse_if_same_file_imported_since(session, upload)  # (also when run again, or at once)
         held = _households_changed_since_validation(session, upload, scope)
         if held:
             total -= held
