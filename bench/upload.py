@@ -41,7 +41,7 @@ def _rss_mb(who=resource.RUSAGE_SELF) -> float:
 def _cpu_seconds(database_url: str) -> tuple[float, float, float | None]:
     """CPU seconds so far of this process (its threads included), of its ended children (the
     process that read the file) and, for a PostgreSQL server on this machine, of the
-    server's processes (None otherwise). Two cores give at most twice the wall time: what
+    server's processes (None otherwise). N cores give at most N times the wall time: what
     the work costs, however busy the machine's hour is."""
     mine, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     server = None
@@ -59,9 +59,11 @@ def _cpu_seconds(database_url: str) -> tuple[float, float, float | None]:
 
 
 def _cpu_spent(before: tuple, after: tuple) -> str:
-    spent = [None if b is None else a - b for b, a in zip(before, after)]
-    text = f"this process {spent[0]:.1f} s, the file's reader {spent[1]:.1f} s"
-    return text + (f", PostgreSQL {spent[2]:.1f} s" if spent[2] is not None else "")
+    """What ``_cpu_seconds`` grew by, the reader named only in the phase that had one."""
+    mine, reader, server = (None if b is None else a - b for b, a in zip(before, after))
+    return ", ".join([f"this process {mine:.1f} s"]
+                     + ([f"the file's reader {reader:.1f} s"] if reader > 0.05 else [])
+                     + ([f"PostgreSQL {server:.1f} s"] if server is not None else []))
 
 
 def write_xlsx(path: Path, rows: int, villages: list[str], seed: int = 7) -> None:
@@ -320,7 +322,7 @@ def main(argv=None) -> int:
               f"updated {result.get('people_updated', 0):,}, households new "
               f"{result.get('new_households', 0):,}, members added {result.get('members_added', 0):,})")
         print(f"total upload -> imported: {t4 - t0 - edit_seconds:6.2f} s")
-        print(f"CPU time (2 cores here): validation {_cpu_spent(cpu_before, cpu_validated)}; "
+        print(f"CPU time ({os.cpu_count()} cores here): validation {_cpu_spent(cpu_before, cpu_validated)}; "
               f"import {_cpu_spent(cpu_import, cpu_imported)}")
         print(f"one grid edit between the two (a name changed, the row checked again against the "
               f"registry and the file's rows): {edit_seconds:6.2f} s [not in the total]")
