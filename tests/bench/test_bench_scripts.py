@@ -21,6 +21,15 @@ def _bench(module: str, tmp_path, *args: str) -> str:
 def test_the_upload_bench_uploads_validates_and_imports_a_small_file(tmp_path):
     out = _bench("bench.upload", tmp_path, "--rows", "500", "--people", "5000")
     assert "people created 500" in out and "households new 100" in out
+    assert "CPU time (" in out and "validation this process" in out
+
+
+def test_an_upload_bench_run_first_removes_what_a_run_stopped_before_its_cleanup_left(tmp_path):
+    kept = _bench("bench.upload", tmp_path, "--rows", "500", "--people", "5000", "--keep")
+    assert "people created 500" in kept and "removed the bench's people" not in kept
+    again = _bench("bench.upload", tmp_path, "--rows", "500", "--people", "5000")
+    assert "removed 1 upload(s) a stopped run left" in again
+    assert "registry before: 5,000 people" in again and "people created 500" in again
 
 
 @pytest.mark.parametrize("module,args,expected", [
