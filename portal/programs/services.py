@@ -250,7 +250,8 @@ def close_program(session: Session, program_id: int, *, scope: Scope, actor_id: 
                                           Beneficiary.status == "active")
     reason, effective = _check_change(
         (reason or "").strip() or "Program closed", effective_date,
-        session.scalar(select(func.max(Beneficiary.enrolled_at)).where(Beneficiary.id.in_(active))))
+        session.scalar(select(func.max(Beneficiary.enrolled_at)).where(Beneficiary.id.in_(active))),
+        _last_change(session, active))
     graduated = _set_status(session, program, active, to_status="graduated", reason=reason,
                             effective_date=effective, actor_id=actor_id)
     program.status = "closed"
@@ -881,20 +882,33 @@ def _check_transition(from_status: str, to_status: str) -> None:
                           f"allowed: {allowed}.", field="to_status")
 
 
-def _check_change(reason: str, effective_date: date | None,
-                  last_enrolled_at: datetime | None) -> tuple[str, date]:
+def _check_change(reason: str, effective_date: date | None, last_enrolled_at: datetime | None,
+                  last_change: date | None = None) -> tuple[str, date]:
     """The reason and effective date of a change, one beneficiary's or many: it cannot take
-    effect before the (latest) enrolment it changes, or the timeline would run backwards."""
+    effect before the (latest) enrolment or earlier status change it follows, or the
+    timeline would run backwards, nor after today, as the status changes now."""
     reason = (reason or "").strip()
     if not reason:
         raise DomainError("Give the reason for the change.", field="reason")
     if len(reason) > 500:
         raise DomainError("Keep the reason under 500 characters.", field="reason")
     effective = effective_date or today()
+    if effective > today():
+        raise DomainError("The change takes effect now, so its date cannot be after today; "
+                          "record it on the day it happens.", field="effective_date")
     if last_enrolled_at is not None and effective < last_enrolled_at.date():
         raise DomainError(f"The change cannot take effect before the enrolment "
                           f"({last_enrolled_at.date().isoformat()}).", field="effective_date")
+    if last_change is not None and effective < last_change:
+        raise DomainError(f"The change cannot take effect before the status change it follows "
+                          f"({last_change.isoformat()}).", field="effective_date")
     return reason, effective
+
+
+def _last_change(session: Session, beneficiary_ids) -> date | None:
+    """The latest effective date among these beneficiaries' status changes (a query of ids)."""
+    return session.scalar(select(func.max(BeneficiaryStatusChange.effective_date))
+                          .where(BeneficiaryStatusChange.beneficiary_id.in_(beneficiary_ids)))
 
 
 def _record_removals(session: Session, program: Program, removed, *, reason: str,
@@ -920,7 +934,8 @@ def change_status(session: Session, beneficiary_id: int, *, to_status: str, reas
     _writable(program)
     session.refresh(beneficiary)
     _check_transition(beneficiary.status, to_status)
-    reason, effective = _check_change(reason, effective_date, beneficiary.enrolled_at)
+    reason, effective = _check_change(reason, effective_date, beneficiary.enrolled_at,
+                                      _last_change(session, [beneficiary.id]))
     if to_status == "removed":
         _record_removals(session, program, [(beneficiary.id, beneficiary.individual_id,
                                              beneficiary.group_id, beneficiary.status)],
@@ -1008,7 +1023,7 @@ def bulk_change_status(session: Session, program_id: int, *, scope: Scope,
              .with_only_columns(Beneficiary.id).where(Beneficiary.status.in_(sources)))
     last_enrolled_at = session.scalar(select(func.max(Beneficiary.enrolled_at))
                                       .where(Beneficiary.id.in_(query)))
-    reason, effective = _check_change(reason, effective_date, last_enrolled_at)
+    reason, effective = _check_change(reason, effective_date, last_enrolled_at, _last_change(session, query))
     if to_status == "active" and program.max_beneficiaries is not None:
         taken = taken_places(session, program.id)
         if taken > program.max_beneficiaries:

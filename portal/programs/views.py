@@ -25,9 +25,11 @@ from portal.web import (can, flash_refusal, form_refusal, htmx_redirect, int_arg
 
 @bp.context_processor
 def _helpers():
+    from portal.clock import today
     from portal.privacy import mask
 
-    return {"mask": mask}
+    # A status change takes effect today or before: the date pickers offer no later day.
+    return {"mask": mask, "latest_effective_date": today().isoformat()}
 
 
 @bp.app_context_processor

@@ -467,6 +467,48 @@ def test_a_status_change_one_by_one_or_in_bulk_cannot_take_effect_before_the_enr
     assert _status(db_session, beneficiary.id) == "potential"
 
 
+def test_a_status_change_cannot_take_effect_after_today_one_by_one_in_bulk_or_on_closing(
+        db_session, program, person, everything):
+    plan, beneficiary = _in_status(db_session, program, person, "potential")
+    tomorrow = today() + timedelta(days=1)
+    with pytest.raises(DomainError, match="cannot be after today"):
+        services.change_status(db_session, beneficiary.id, to_status="active", reason="x",
+                               effective_date=tomorrow, actor_id=None, scope=everything)
+    with pytest.raises(DomainError, match="cannot be after today"):
+        services.bulk_change_status(db_session, plan.id, scope=everything,
+                                    filters=BeneficiaryFilters(), to_status="active", reason="x",
+                                    effective_date=tomorrow, actor_id=None)
+    with pytest.raises(DomainError, match="cannot be after today"):
+        services.close_program(db_session, plan.id, scope=everything, actor_id=None,
+                               effective_date=tomorrow)
+    assert _status(db_session, beneficiary.id) == "potential" and plan.status == "active"
+
+
+def test_a_status_change_cannot_take_effect_before_the_change_it_follows(db_session, program, person,
+                                                                        everything):
+    plan, beneficiary = _in_status(db_session, program, person, "potential")
+    beneficiary.enrolled_at = datetime.combine(today() - timedelta(days=60), datetime.min.time())
+    db_session.flush()
+    services.change_status(db_session, beneficiary.id, to_status="active", reason="eligible",
+                           effective_date=today() - timedelta(days=30), actor_id=None, scope=everything)
+    earlier = today() - timedelta(days=40)
+    with pytest.raises(DomainError, match=r"before the status change it follows \("
+                                          + (today() - timedelta(days=30)).isoformat()):
+        services.change_status(db_session, beneficiary.id, to_status="suspended", reason="x",
+                               effective_date=earlier, actor_id=None, scope=everything)
+    with pytest.raises(DomainError, match="before the status change it follows"):
+        services.bulk_change_status(db_session, plan.id, scope=everything,
+                                    filters=BeneficiaryFilters(), to_status="suspended", reason="x",
+                                    effective_date=earlier, actor_id=None)
+    with pytest.raises(DomainError, match="before the status change it follows"):
+        services.close_program(db_session, plan.id, scope=everything, actor_id=None,
+                               effective_date=earlier)
+    assert _status(db_session, beneficiary.id) == "active"
+    services.change_status(db_session, beneficiary.id, to_status="suspended", reason="x",
+                           effective_date=today() - timedelta(days=30), actor_id=None, scope=everything)
+    assert _status(db_session, beneficiary.id) == "suspended"
+
+
 def test_a_beneficiary_outside_the_callers_locations_cannot_be_changed(db_session, program, person,
                                                                         country):
     _plan, beneficiary = _in_status(db_session, program, person, "potential")  # lives in NV1

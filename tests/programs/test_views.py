@@ -211,6 +211,27 @@ def test_a_status_change_from_the_beneficiary_page_shows_in_the_timeline(client,
     assert "Verified at home" in page and 'id="current-status">Active' in page
 
 
+def test_every_status_change_form_offers_no_date_after_today_and_a_later_one_is_refused(
+        client, login, db_session, program, person):
+    from portal.clock import today
+
+    plan = program()
+    someone = person()
+    _enrol(db_session, plan, [someone], status="active")
+    beneficiary = db_session.scalar(select(Beneficiary).where(Beneficiary.individual_id == someone.id))
+    login("program_manager")
+    latest = f'max="{today().isoformat()}"'
+    pages = [client.get(f"/programs/beneficiaries/{beneficiary.id}"),
+             client.htmx("get", f"/programs/{plan.id}/beneficiaries/status?to_status=suspended"),
+             client.get(f"/programs/{plan.id}/close")]
+    for page in pages:
+        inputs = re.findall(r'<input[^>]*name="effective_date"[^>]*>', page.get_data(as_text=True))
+        assert inputs and all(latest in tag for tag in inputs), inputs
+    refused = client.htmx("post", f"/programs/beneficiaries/{beneficiary.id}/status",
+                          data={"to_status": "suspended", "reason": "x", "effective_date": "2999-01-01"})
+    assert refused.status_code == 422 and "cannot be after today" in refused.get_data(as_text=True)
+
+
 def test_a_field_officer_cannot_change_statuses(client, login, db_session, program, person):
     plan = program()
     someone = person()
