@@ -16,6 +16,20 @@ def parse_id(value) -> int | None:
     return number if number <= ID_MAX else None
 
 
+def form_version(value, *, editing: bool) -> int | None:
+    """The version of the record an edit form was made from (None for a new record). An
+    edit without one cannot be told from a stale form, so it is refused as one would be;
+    the pages always send it."""
+    version = parse_id(value)
+    if editing and version is None:
+        from portal.errors import ConflictError
+
+        raise ConflictError("This form did not say which version of the record it was made from, "
+                            "so it may be out of date. Nothing was saved: reload the page and "
+                            "make the change again.")
+    return version
+
+
 class RecordIdConverter(IntegerConverter):
     """``<int:...>`` in every route: a number too large for an id column matches no route
     (404), instead of reaching a query that PostgreSQL refuses (500)."""

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from portal.errors import ConflictError, DomainError
 from portal.extensions import db
-from portal.ids import parse_id
+from portal.ids import form_version, parse_id
 from portal.locations.models import Location
 from portal.programs import bp, services
 from portal.programs.forms import (CloseForm, EnrolStatusForm, FieldForm, InstitutionForm,
@@ -108,6 +108,8 @@ def _save_program(program: Program | None):
     form = _program_form(program)
     if form.validate_on_submit():
         try:
+            # As sent: the form falls back to the program's own version when the field is missing.
+            version = form_version(request.form.get("version"), editing=program is not None)
             saved = services.save_program(
                 db.session, program, code=form.code.data, name=form.name.data,
                 description=form.description.data, beneficiary_kind=form.beneficiary_kind.data,
@@ -115,7 +117,7 @@ def _save_program(program: Program | None):
                 max_beneficiaries=form.max_beneficiaries.data,
                 institution_id=form.institution_id.data or None,
                 scheme_id=form.scheme_id.data or None, amount=form.amount.data,
-                currency=form.currency.data, expected_version=parse_id(form.version.data),
+                currency=form.currency.data, expected_version=version,
                 actor_id=current_user.id)
         except ConflictError as exc:
             db.session.rollback()

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from portal.audit.services import search_entries
 from portal.errors import DomainError
 from portal.extensions import db
-from portal.ids import parse_id
+from portal.ids import form_version
 from portal.privacy import mask
 from portal.registry import bp, services
 from portal.registry.exports import export_response
@@ -148,7 +148,7 @@ def edit_individual(individual_id: int):
     form = individual_form(fields, person=person, show_pii=can("individual.view_pii"))
     if form.validate_on_submit():
         try:
-            version = parse_id(form.version.data)
+            version = form_version(form.version.data, editing=True)
             _, errors = services.update_individual(db.session, person, form.raw(), scope=scope(),
                                                    expected_version=version, actor_id=current_user.id)
         except services.ConflictError as exc:

@@ -534,3 +534,14 @@ def test_a_program_form_left_open_while_another_manager_saved_is_refused_and_cha
     assert "was changed by someone else while you were editing" in stale.get_data(as_text=True)
     db_session.expire_all()
     assert db_session.get(Program, plan.id).max_beneficiaries == 100
+
+
+def test_a_program_edit_sent_without_the_version_it_was_made_from_is_refused_as_stale(
+        client, login, db_session, program):
+    plan = program(max_beneficiaries=500)
+    login("program_manager")
+    response = client.post(f"/programs/{plan.id}/edit", data={
+        "code": plan.code, "name": plan.name, "beneficiary_kind": "individual", "max_beneficiaries": "10"})
+    assert response.status_code == 409 and "reload the page" in response.get_data(as_text=True)
+    db_session.expire_all()
+    assert db_session.get(Program, plan.id).max_beneficiaries == 500

@@ -230,6 +230,18 @@ def test_two_people_editing_the_same_person_do_not_silently_overwrite_each_other
     assert db_session.get(Individual, banda.id).phone == "0991000111"
 
 
+def test_an_edit_sent_without_the_version_it_was_made_from_is_refused_as_stale(client, login, people,
+                                                                              db_session):
+    login("admin")
+    banda = people["banda"]
+    data = {**PERSON, "national_id": "MW1000001", "first_name": "Chikondi", "last_name": "Banda",
+            "phone": "0991000111"}
+    response = client.htmx("post", f"/registry/individuals/{banda.id}/edit", data=data)
+    assert response.status_code == 409 and "reload the page" in response.get_data(as_text=True)
+    db_session.expire_all()
+    assert db_session.get(Individual, banda.id).phone != "0991000111"
+
+
 def test_deleting_hides_a_person_and_restoring_brings_them_back_with_history(client, login, people, db_session):
     login("admin")
     banda = people["banda"]
