@@ -467,20 +467,27 @@ def test_a_status_change_one_by_one_or_in_bulk_cannot_take_effect_before_the_enr
     assert _status(db_session, beneficiary.id) == "potential"
 
 
-def test_a_status_change_cannot_take_effect_after_today_one_by_one_in_bulk_or_on_closing(
-        db_session, program, person, everything):
-    plan, beneficiary = _in_status(db_session, program, person, "potential")
-    tomorrow = today() + timedelta(days=1)
-    with pytest.raises(DomainError, match="cannot be after today"):
-        services.change_status(db_session, beneficiary.id, to_status="active", reason="x",
-                               effective_date=tomorrow, actor_id=None, scope=everything)
-    with pytest.raises(DomainError, match="cannot be after today"):
+def _refused_one_by_one_in_bulk_and_on_closing(db_session, plan, beneficiary, *, to_status,
+                                               effective_date, match):
+    everything = Scope(everything=True)
+    with pytest.raises(DomainError, match=match):
+        services.change_status(db_session, beneficiary.id, to_status=to_status, reason="x",
+                               effective_date=effective_date, actor_id=None, scope=everything)
+    with pytest.raises(DomainError, match=match):
         services.bulk_change_status(db_session, plan.id, scope=everything,
-                                    filters=BeneficiaryFilters(), to_status="active", reason="x",
-                                    effective_date=tomorrow, actor_id=None)
-    with pytest.raises(DomainError, match="cannot be after today"):
+                                    filters=BeneficiaryFilters(), to_status=to_status, reason="x",
+                                    effective_date=effective_date, actor_id=None)
+    with pytest.raises(DomainError, match=match):
         services.close_program(db_session, plan.id, scope=everything, actor_id=None,
-                               effective_date=tomorrow)
+                               effective_date=effective_date)
+
+
+def test_a_status_change_cannot_take_effect_after_today_one_by_one_in_bulk_or_on_closing(
+        db_session, program, person):
+    plan, beneficiary = _in_status(db_session, program, person, "potential")
+    _refused_one_by_one_in_bulk_and_on_closing(
+        db_session, plan, beneficiary, to_status="active", effective_date=today() + timedelta(days=1),
+        match="cannot be after today")
     assert _status(db_session, beneficiary.id) == "potential" and plan.status == "active"
 
 
@@ -491,18 +498,9 @@ def test_a_status_change_cannot_take_effect_before_the_change_it_follows(db_sess
     db_session.flush()
     services.change_status(db_session, beneficiary.id, to_status="active", reason="eligible",
                            effective_date=today() - timedelta(days=30), actor_id=None, scope=everything)
-    earlier = today() - timedelta(days=40)
-    with pytest.raises(DomainError, match=r"before the status change it follows \("
-                                          + (today() - timedelta(days=30)).isoformat()):
-        services.change_status(db_session, beneficiary.id, to_status="suspended", reason="x",
-                               effective_date=earlier, actor_id=None, scope=everything)
-    with pytest.raises(DomainError, match="before the status change it follows"):
-        services.bulk_change_status(db_session, plan.id, scope=everything,
-                                    filters=BeneficiaryFilters(), to_status="suspended", reason="x",
-                                    effective_date=earlier, actor_id=None)
-    with pytest.raises(DomainError, match="before the status change it follows"):
-        services.close_program(db_session, plan.id, scope=everything, actor_id=None,
-                               effective_date=earlier)
+    _refused_one_by_one_in_bulk_and_on_closing(
+        db_session, plan, beneficiary, to_status="suspended", effective_date=today() - timedelta(days=40),
+        match=r"before the status change it follows \(" + (today() - timedelta(days=30)).isoformat())
     assert _status(db_session, beneficiary.id) == "active"
     services.change_status(db_session, beneficiary.id, to_status="suspended", reason="x",
                            effective_date=today() - timedelta(days=30), actor_id=None, scope=everything)
