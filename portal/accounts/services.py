@@ -20,24 +20,20 @@ MIN_PASSWORD = 10
 
 def authenticate(session: Session, email: str, password: str, *, max_failures: int,
                  lock_minutes: int) -> User:
-    """Return the user, or raise with one message for every kind of failure (no user
-    enumeration); lock the account for a while after repeated failures."""
+    """Return the user, or raise with one message for every kind of failure, a locked
+    account's included (a message of its own told anyone which emails have an account);
+    lock the account for a while after repeated failures."""
     user = session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
-    refused = DomainError("Wrong email or password.")
+    refused = DomainError(f"Wrong email or password. After {max_failures} wrong tries an account "
+                          f"is locked for {lock_minutes} minutes.")
     if user is None:
         # Spend the same time as a real check so response times do not reveal accounts.
         User(password_hash="scrypt:32768:8:1$x$00").check_password(password)
         raise refused
-    if user.locked_until and user.locked_until > now():
-        minutes = max(1, int((user.locked_until - now()).total_seconds() // 60) + 1)
-        raise DomainError(f"Too many failed attempts. Try again in {minutes} minute(s).")
+    if _locked(user):
+        raise refused
     if not user.check_password(password):
-        user.failed_logins += 1
-        if user.failed_logins >= max_failures:
-            user.locked_until = now() + timedelta(minutes=lock_minutes)
-            user.failed_logins = 0
-            record(session, action="lock", entity_type="user", entity_id=user.id,
-                   summary=f"{user.email} locked after {max_failures} failed sign-ins")
+        _count_wrong_password(session, user, max_failures=max_failures, lock_minutes=lock_minutes)
         raise refused
     if not user.active:
         raise DomainError("This account is disabled. Ask an administrator.")
@@ -77,8 +73,36 @@ def check_password_strength(password: str) -> None:
         raise DomainError(f"Use at least {MIN_PASSWORD} characters.", field="password")
 
 
-def change_password(session: Session, user: User, current: str, new: str) -> None:
+def _locked(user: User) -> bool:
+    return bool(user.locked_until and user.locked_until > now())
+
+
+def _count_wrong_password(session: Session, user: User, *, max_failures: int, lock_minutes: int) -> bool:
+    """One more wrong password; the last one allowed locks the account for a while.
+    Returns whether it did."""
+    user.failed_logins += 1
+    if user.failed_logins < max_failures:
+        return False
+    user.locked_until = now() + timedelta(minutes=lock_minutes)
+    user.failed_logins = 0
+    record(session, action="lock", entity_type="user", entity_id=user.id,
+           summary=f"{user.email} locked after {max_failures} wrong passwords")
+    return True
+
+
+def change_password(session: Session, user: User, current: str, new: str, *, max_failures: int,
+                    lock_minutes: int) -> None:
+    """Wrong current passwords count as failed sign-ins do: a session left open on a shared
+    tablet must not let anyone try passwords without end. The try that locks the account
+    also ends every session of it (raised without a field: the caller signs the user out)."""
+    if _locked(user):
+        user.session_version += 1
+        raise DomainError("This account is locked after too many wrong passwords: sign in again later.")
     if not user.check_password(current):
+        if _count_wrong_password(session, user, max_failures=max_failures, lock_minutes=lock_minutes):
+            user.session_version += 1
+            raise DomainError(f"Too many wrong passwords: you are signed out, and the account is "
+                              f"locked for {lock_minutes} minutes.")
         raise DomainError("The current password is not right.", field="current")
     check_password_strength(new)
     user.set_password(new)
@@ -154,9 +178,10 @@ def check_role_change(before: list[Role], after: list[Role], *, actor_permission
 
 def save_user(session: Session, user: User | None, *, email: str, name: str, password: str,
               roles: list[Role], locations: list[Location], all_locations: bool,
-              scope: Scope, actor_permissions: frozenset[str] | None = None) -> User:
-    """Create or change a user. ``actor_permissions`` are those of the user doing it; None
-    only where nobody is (first admin, demo data, test fixtures)."""
+              scope: Scope, actor_permissions: frozenset[str] | None = None,
+              actor_id: int | None = None) -> User:
+    """Create or change a user. ``actor_permissions`` are those of the user doing it (and
+    ``actor_id`` who it is); None only where nobody is (first admin, demo data, test fixtures)."""
     email = email.strip().lower()
     if all_locations and not scope.everything:
         raise DomainError("Only a user who sees all locations may grant all locations.",
@@ -167,6 +192,11 @@ def save_user(session: Session, user: User | None, *, email: str, name: str, pas
         if user is not None:
             check_may_manage(user, actor_permissions=actor_permissions)
         check_role_change(list(user.roles) if user else [], roles, actor_permissions=actor_permissions)
+    if user is not None and user.id == actor_id and password:
+        raise DomainError("Change your own password on your account page, which asks for the "
+                          "current one.", field="password")
+    if user is not None and _manages_users(user.roles) and not _manages_users(roles):
+        _check_someone_else_manages_users(session, user)
     clash = session.scalar(select(User.id).where(func.lower(User.email) == email,
                                                  User.id != (user.id if user else -1)))
     if clash:
@@ -187,6 +217,22 @@ def save_user(session: Session, user: User | None, *, email: str, name: str, pas
     user.all_locations = all_locations
     session.flush()
     return user
+
+
+def _manages_users(roles) -> bool:
+    return any("user.manage" in role.permissions for role in roles)
+
+
+def _check_someone_else_manages_users(session: Session, user: User) -> None:
+    """Refuse to take user management from the last active user who has it: nobody could
+    then fix users, roles or locations from the portal."""
+    others = session.scalar(
+        select(func.count(func.distinct(User.id))).join(user_role, user_role.c.user_id == User.id)
+        .join(RolePermission, RolePermission.role_id == user_role.c.role_id)
+        .where(RolePermission.permission == "user.manage", User.active.is_(True), User.id != user.id))
+    if not others:
+        raise DomainError(f"{user.name or user.email} is the only active user who manages users: "
+                          "give someone else that role first.", field="roles")
 
 
 def check_may_manage(user: User, *, actor_permissions: frozenset[str]) -> None:

@@ -58,9 +58,16 @@ def change_password():
     form = PasswordForm()
     if form.validate_on_submit():
         try:
-            services.change_password(db.session, current_user, form.current.data, form.password.data)
+            services.change_password(db.session, current_user, form.current.data, form.password.data,
+                                     max_failures=current_app.config["LOGIN_MAX_FAILURES"],
+                                     lock_minutes=current_app.config["LOGIN_LOCK_MINUTES"])
         except DomainError as exc:
-            getattr(form, exc.field or "password").errors.append(exc.message)
+            db.session.commit()  # keep the count of wrong passwords
+            if exc.field is None:  # locked: every session of the account has ended
+                logout_user()
+                flash(exc.message, "error")
+                return redirect(url_for("accounts.login"))
+            getattr(form, exc.field).errors.append(exc.message)
         else:
             db.session.commit()
             login_user(current_user)  # the session version changed: renew this session only
@@ -122,7 +129,7 @@ def _edit_user(user: User | None):
                 db.session, user, email=form.email.data, name=form.name.data,
                 password=form.password.data or "", roles=roles, locations=locations,
                 all_locations=form.all_locations.data, scope=scope(),
-                actor_permissions=current_user.permissions)
+                actor_permissions=current_user.permissions, actor_id=current_user.id)
         except DomainError as exc:
             form_refusal(form, exc, "email")
         else:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from sqlalchemy import select
 
@@ -206,3 +208,69 @@ def test_a_user_manager_who_sees_everything_cannot_give_their_own_role_a_permiss
             in response.get_data(as_text=True))
     db_session.expire_all()
     assert db_session.get(Role, managers.id).permissions == {"user.manage", "individual.view"}
+
+
+
+def _sign_in_message(client, email: str, password: str) -> str:
+    page = client.post("/login", data={"email": email, "password": password}).get_data(as_text=True)
+    found = re.search(r'<p class="flash flash-error" role="alert">(.*?)</p>', page)
+    return found.group(1) if found else ""
+
+
+def test_the_last_administrator_cannot_take_the_admin_role_away_from_themselves(
+        client, login, db_session):
+    admin_role = db_session.scalar(select(Role).where(Role.name == "admin"))
+    viewer = db_session.scalar(select(Role).where(Role.name == "viewer"))
+    me = login("admin")
+    assert db_session.scalars(select(User).where(User.roles.contains(admin_role),
+                                                 User.id != me.id)).all() == []
+    response = client.post(f"/admin/users/{me.id}", data={
+        "email": me.email, "name": me.name, "roles": [str(viewer.id)], "all_locations": "y"})
+    assert response.status_code < 500
+    db_session.expire_all()
+    # Nobody else may manage users or roles: the portal would have no administrator left.
+    assert [r.name for r in db_session.get(User, me.id).roles] == ["admin"]
+
+
+def test_a_locked_account_and_an_unknown_email_get_the_same_sign_in_message(
+        app, client, make_user, db_session):
+    user = make_user("viewer")
+    db_session.commit()
+    tries = app.config["LOGIN_MAX_FAILURES"]
+    for _ in range(tries):
+        _sign_in_message(client, user.email, "wrong-password")
+        _sign_in_message(client, "nobody-here@example.org", "wrong-password")
+    known = _sign_in_message(client, user.email, "wrong-password")
+    unknown = _sign_in_message(client, "nobody-here@example.org", "wrong-password")
+    # Otherwise anyone can tell which emails have an account by trying a few passwords.
+    assert known == unknown
+
+
+def test_guessing_the_current_password_on_the_password_form_is_limited_like_signing_in(
+        app, client, login, db_session):
+    user = login("viewer")
+    tries = app.config["LOGIN_MAX_FAILURES"]
+    for n in range(tries):
+        response = client.post("/account/password", data={
+            "current": f"guess-number-{n}", "password": "new-password-1", "confirm": "new-password-1"})
+        if n < tries - 1:
+            assert response.status_code == 422 and "not right" in response.get_data(as_text=True)
+    assert response.status_code == 302 and response.headers["Location"].endswith("/login")
+    again = client.post("/account/password", data={
+        "current": PASSWORD, "password": "new-password-1", "confirm": "new-password-1"})
+    assert again.status_code == 302 and "/login" in again.headers["Location"]  # signed out
+    db_session.expire_all()
+    # A session left open on a shared tablet must not be an unlimited password oracle.
+    assert db_session.get(User, user.id).check_password(PASSWORD)
+    assert db_session.get(User, user.id).locked_until is not None
+
+
+def test_an_administrator_cannot_reset_their_own_password_without_the_current_one(client, login, db_session):
+    me = login("admin")
+    admin_role = db_session.scalar(select(Role).where(Role.name == "admin"))
+    response = client.post(f"/admin/users/{me.id}", data={
+        "email": me.email, "name": me.name, "roles": [str(admin_role.id)], "all_locations": "y",
+        "password": "a-brand-new-password"})
+    assert response.status_code == 422 and "account page" in response.get_data(as_text=True)
+    db_session.expire_all()
+    assert db_session.get(User, me.id).check_password(PASSWORD)
