@@ -15,7 +15,8 @@ from typing import Iterable
 
 from flask import Response, stream_with_context
 
-DANGEROUS_START = ("=", "+", "-", "@", "\t", "\r")
+# Excel also starts a formula at the full-width ＝ ＋ － ＠ an East Asian input method types.
+DANGEROUS_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 XLSX_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CSV_BATCH = 500
 
