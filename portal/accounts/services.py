@@ -5,7 +5,7 @@ import secrets
 from datetime import timedelta
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session, joinedload, lazyload
+from sqlalchemy.orm import Session, joinedload, lazyload, object_session
 
 from portal.accounts.models import Role, RolePermission, User, user_location, user_role
 from portal.accounts.permissions import DEFAULT_ROLES, PERMISSIONS
@@ -146,6 +146,11 @@ def set_role_permissions(role: Role, permissions: list[str], *,
                               + ", ".join(sorted(beyond)) + ".")
     if role.name == "admin" and "user.manage" not in permissions:
         raise DomainError("The administrator role must keep user.manage, or nobody could fix roles.")
+    session = object_session(role)
+    if ("user.manage" in role.permissions and "user.manage" not in permissions and session is not None
+            and not _user_managers_left(session, without_role=role.id)):
+        raise DomainError(f"Nobody active would manage users without the role {role.label}: "
+                          "give another role's user that permission first.")
     keep = [g for g in role.grants if g.permission in permissions]
     have = {g.permission for g in keep}
     role.grants = keep + [RolePermission(permission=p) for p in sorted(set(permissions) - have)]
@@ -223,14 +228,19 @@ def _manages_users(roles) -> bool:
     return any("user.manage" in role.permissions for role in roles)
 
 
-def _check_someone_else_manages_users(session: Session, user: User) -> None:
-    """Refuse to take user management from the last active user who has it: nobody could
-    then fix users, roles or locations from the portal."""
-    others = session.scalar(
+def _user_managers_left(session: Session, *, without_user: int = -1, without_role: int = -1) -> int:
+    """Active users who would still manage users without this user, or without this role's
+    grant of user.manage: the portal must keep one, or nobody could fix users, roles or
+    locations from it."""
+    return session.scalar(
         select(func.count(func.distinct(User.id))).join(user_role, user_role.c.user_id == User.id)
         .join(RolePermission, RolePermission.role_id == user_role.c.role_id)
-        .where(RolePermission.permission == "user.manage", User.active.is_(True), User.id != user.id))
-    if not others:
+        .where(RolePermission.permission == "user.manage", User.active.is_(True),
+               User.id != without_user, user_role.c.role_id != without_role))
+
+
+def _check_someone_else_manages_users(session: Session, user: User) -> None:
+    if not _user_managers_left(session, without_user=user.id):
         raise DomainError(f"{user.name or user.email} is the only active user who manages users: "
                           "give someone else that role first.", field="roles")
 

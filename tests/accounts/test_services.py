@@ -90,6 +90,21 @@ def test_the_admin_role_keeps_every_permission_and_cannot_lose_user_management(d
         services.set_role_permissions(viewer, ["money.print"])
 
 
+def test_the_role_of_the_last_active_user_managers_keeps_user_management(db_session, make_user):
+    manager = db_session.scalar(select(Role).where(Role.name == "program_manager"))
+    services.set_role_permissions(manager, sorted(manager.permissions | {"user.manage"}))
+    make_user("program_manager")
+    disabled_admin = make_user("admin")
+    disabled_admin.active = False
+    db_session.flush()
+    with pytest.raises(DomainError, match="Nobody active would manage users"):
+        services.set_role_permissions(manager, sorted(manager.permissions - {"user.manage"}))
+    assert "user.manage" in manager.permissions
+    make_user("admin")
+    services.set_role_permissions(manager, sorted(manager.permissions - {"user.manage"}))
+    assert "user.manage" not in manager.permissions
+
+
 def test_a_user_manager_limited_to_a_district_sees_and_assigns_only_that_district(db_session, make_user, country):
     north = Scope.for_user(make_user("admin", [country["ND"]]))
     inside = make_user("field_officer", [country["NV1"]])
