@@ -46,6 +46,17 @@ class FileProblem(DomainError):
     """The file cannot be read as a table of people."""
 
 
+def cell_problem(cell: str) -> str | None:
+    """Why a cell cannot be kept, from a file or typed in the grid: a spreadsheet or a
+    screen could not show it (a control character), or no field holds that much."""
+    if len(cell) > CELL_MAX:
+        return f"holds {len(cell):,} characters; a cell may hold at most {CELL_MAX:,}"
+    found = CONTROL.search(cell)
+    if found:
+        return f"contains an invisible control character (U+{ord(found.group()):04X})"
+    return None
+
+
 @dataclass
 class Table:
     format: str
@@ -171,14 +182,11 @@ def _checked(rows, headers, max_rows: int):
                               "accepted in one upload. Split it into smaller files.")
         if len(joined) > CELL_MAX or CONTROL.search(joined):
             for i, cell in enumerate(cells):
-                where = f"Row {number}, column {headers[i] if i < width and headers[i] else _letter(i)}"
-                if len(cell) > CELL_MAX:
-                    raise FileProblem(f"{where} holds {len(cell):,} characters; a cell may hold at "
-                                      f"most {CELL_MAX:,}. Is this the right file?")
-                found = CONTROL.search(cell)
-                if found:
-                    raise FileProblem(f"{where} contains an invisible control character "
-                                      f"(U+{ord(found.group()):04X}). Remove it and upload again.")
+                problem = cell_problem(cell)
+                if problem:
+                    where = f"Row {number}, column {headers[i] if i < width and headers[i] else _letter(i)}"
+                    advice = "Is this the right file?" if len(cell) > CELL_MAX else "Remove it and upload again."
+                    raise FileProblem(f"{where} {problem}. {advice}")
         if len(cells) < width:
             cells = cells + [""] * (width - len(cells))
         yield number, cells

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import hmac
 import os
 import re
 import time
@@ -38,7 +39,7 @@ from portal.imports.duplicates import (IN_FILE_ALL_PAIRS, ProbableDuplicates, cr
                                       twin_row, twin_warning)
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
 from portal.imports.reader_process import ReaderProcess
-from portal.imports.reading import FileProblem, open_table, read_head
+from portal.imports.reading import FileProblem, cell_problem, open_table, read_head
 from portal.locations.models import Location
 from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import PII_FIELDS, mask
@@ -1167,14 +1168,22 @@ def _unmasked(raw: dict, values: dict) -> dict:
 def row_version(row: UploadRow) -> str:
     """What a form or a row's buttons carry of the row they showed (its cells and its
     probable-duplicate warning), to tell a stale save, drop or confirmation."""
-    return _digest([row.raw, row.warning])
+    return _sealed([row.raw, row.warning])
 
 
 def cells_version(raw: dict) -> str:
     """What the download of rows to fix carries of each row's cells, to tell when the file
     comes back which rows were edited since. Only the cells: a fix of other rows may change
     this row's warning meanwhile. The "v" keeps a spreadsheet from reading it as a number."""
-    return "v" + _digest(raw)
+    return "v" + _sealed(raw)
+
+
+def _sealed(value) -> str:
+    """A short fingerprint keyed with the app's secret. The rows' versions go to people who
+    see national IDs masked: a plain hash of the cells would let them try the hidden digits
+    one by one until it matched."""
+    return hmac.new(current_app.config["SECRET_KEY"].encode(),
+                    orjson.dumps(value, option=orjson.OPT_SORT_KEYS), hashlib.sha256).hexdigest()[:16]
 
 
 def _unchanged_since_seen(row: UploadRow, seen: str | None, doing: str) -> None:
@@ -1203,6 +1212,11 @@ def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str,
     for key, value in _unmasked(row.raw, values).items():
         if key in raw or key in upload.mapping.values():
             raw[key] = (value or "").strip()
+            problem = cell_problem(raw[key])
+            if problem:
+                column = next((h for h, f in upload.mapping.items() if f == key), key)
+                raise DomainError(f"Row {row.row_number}, column {column} {problem}. "
+                                  "Correct it and save again.", field="cell")
     changes = _cell_changes(row.raw, raw)
     row.raw = raw
     others = recheck_rows(session, upload, [row], scope=scope) - {row.id}
@@ -1264,6 +1278,9 @@ def _replacement(upload: Upload, *, field: str, find: str, replace: str, whole_c
         raise DomainError("Choose a column of this file.")
     if not whole_cell and not find.strip():
         raise DomainError("Write the text to find within the cells.")
+    problem = cell_problem(replace)
+    if problem:
+        raise DomainError(f"The replacement text {problem}.")
     target = find.strip().lower()
     part = re.compile(re.escape(find.strip()), re.IGNORECASE)
 

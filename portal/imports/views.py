@@ -282,10 +282,11 @@ def edit_row(upload_id: int, row_number: int):
             others = services.edit_row(db.session, upload, item, values, scope=scope(),
                                        seen=request.form.get("seen"))
         except DomainError as exc:
-            if exc.field != "seen":
+            if exc.field not in ("seen", "cell"):
                 flash_refusal(exc)
                 return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
-            # The form again, with what was typed, made from the row as it is now.
+            # The form again, with what was typed (and why it was refused), made from the row
+            # as it is now.
             db.session.rollback()
             item = _row(upload, row_number)
             # Identifiers sent masked are shown as the row masks them now: sent again as they

@@ -1,10 +1,12 @@
 """Uploads in the hard cases: stale forms, fixes uploaded back, jobs that stopped midway,
 households with a row left out, and what the audit log and the downloads must hold."""
 import csv
+import hashlib
 import io
 import itertools
 import re
 
+import orjson
 import pytest
 from sqlalchemy import func, select
 
@@ -18,12 +20,13 @@ HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household
 _n = itertools.count()
 
 
-def _validated(db_session, tmp_path, user, text, *, policy="error", program_id=None, scope=EVERYTHING):
+def _validated(db_session, tmp_path, user, text, *, policy="error", program_id=None, scope=EVERYTHING,
+               area=None):
     path = tmp_path / f"review{next(_n)}.csv"
     path.write_text(text, encoding="utf-8")
     upload = services.receive_upload(db_session, path=path, file_name="people.csv",
                                      duplicate_policy=policy, day_first=None, program_id=program_id,
-                                     enrol_status="potential" if program_id else None, area_id=None,
+                                     enrol_status="potential" if program_id else None, area_id=area,
                                      actor_id=user.id if user else None, max_rows=10_000)
     services.validate_upload(db_session, upload, scope=scope, progress=lambda *a, **k: None)
     db_session.commit()
@@ -680,3 +683,48 @@ def test_a_household_whose_head_is_skipped_as_registered_says_so(db_session, tmp
     assert rows[3].errors["household"] == (
         "Household H1 is imported with its head and primary recipient: row 2 is someone already "
         "registered, whom this upload skips (upload these rows with 'update' to add them).")
+
+
+def test_a_grid_edit_or_replacement_with_a_control_character_is_refused_and_the_rows_still_download(
+        client, login, db_session, tmp_path, country):
+    # A file with a control character is refused when read; typed in the grid it would be
+    # kept, and the XLSX of the rows to fix (openpyxl refuses such a cell) would fail.
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,Q,1990-05-17,,NV1,,,\n")
+    page = client.htmx("post", f"/imports/{upload.id}/rows/2/edit",
+                       data={"first_name": "Ju\x0bma", "sex": "M"}).get_data(as_text=True)
+    assert "Row 2, column First name contains an invisible control character (U+000B)" in page
+    assert 'value="M"' in page  # what was typed is still in the form
+    client.post(f"/imports/{upload.id}/replace", data={"field": "first_name", "match": "part",
+                                                       "find": "u", "replace": "\x07"})
+    assert client.get(f"/imports/{upload.id}/rows").status_code == 200
+    assert _rows(db_session, upload)[2].raw["first_name"] == "Juma"
+    assert _rows(db_session, upload)[2].raw["sex"] == "Q"
+    assert client.get(f"/imports/{upload.id}/problems.xlsx").status_code == 200
+
+
+def _hash_anyone_can_make(value) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def test_the_row_versions_do_not_give_away_a_national_id_shown_masked(
+        client, login, db_session, tmp_path, country, make_user):
+    # A colleague of the same area without individual.view_pii sees ••••7733 beside the
+    # row's versions; were those a plain hash of the cells, trying the 10,000 possible
+    # hidden digits would find the ID.
+    uploader = make_user("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, uploader, HEADER + "Juma,Banda,Q,1990-05-17,90417733,NV1,,,\n",
+                        area=country["N"].id)
+    login("field_officer", [country["N"]])
+    downloaded = client.get(f"/imports/{upload.id}/problems.csv").get_data().decode("utf-8-sig")
+    header, row = list(csv.reader(io.StringIO(downloaded)))
+    shown = dict(zip(header, row))
+    assert shown["National ID"] == "••••7733"
+    seen = set(re.findall(r'"seen": "(\w+)"', client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)))
+    assert seen and shown["Row version"]
+    cells = {field: shown[label] for label, field in upload.mapping.items()}
+    staged = _rows(db_session, upload)[2]
+    for guess in (f"{n:04d}7733" for n in range(10_000)):
+        guessed = {**cells, "national_id": guess}
+        assert "v" + _hash_anyone_can_make(guessed) != shown["Row version"], guess
+        assert _hash_anyone_can_make([guessed, staged.warning]) not in seen, guess

@@ -389,7 +389,10 @@ def test_overlong_codes_and_roles_are_errors_on_their_row_and_fixable_in_place(d
     assert row.status == "error"
     assert row.errors["household_code"] == "A household code has at most 40 characters."
     assert "national_id" in row.errors and "role" in row.errors
-    services.edit_row(db_session, upload, row, {"household_code": "X" * 10_000}, scope=EVERYTHING)
+    with pytest.raises(DomainError, match="holds 10,000 characters; a cell may hold at most 2,000"):
+        services.edit_row(db_session, upload, row, {"household_code": "X" * 10_000}, scope=EVERYTHING)
+    assert row.raw["household_code"] == long
+    services.edit_row(db_session, upload, row, {"household_code": "X" * 100}, scope=EVERYTHING)
     assert row.errors["household_code"] == "A household code has at most 40 characters."
     services.edit_row(db_session, upload, row, {"household_code": "HH-1", "role": "head",
                                                 "national_id": ""}, scope=EVERYTHING)
