@@ -20,7 +20,9 @@ class ProgramForm(FlaskForm):
                                                  "suspended beneficiaries take a place.")
     institution_id = SelectField("Institution", coerce=int, validate_choice=False)
     scheme_id = SelectField("Scheme", coerce=int, validate_choice=False)
-    amount = DecimalField("Default benefit amount", places=2, validators=[Optional(), NumberRange(min=0)])
+    # Checked by the service (a number, zero or more, under 10 billion): WTForms' NumberRange
+    # fails on a signalling NaN ("sNaN") instead of refusing it.
+    amount = DecimalField("Default benefit amount", places=2, validators=[Optional()])
     currency = StringField("Currency", validators=[Length(max=3)], description="e.g. MWK")
     version = HiddenField()  # the program's version the form was made from
 

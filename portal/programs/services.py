@@ -146,8 +146,12 @@ def _amount(value) -> Decimal | None:
         amount = Decimal(str(value).strip().replace(",", ""))
     except InvalidOperation:
         raise DomainError("The amount must be a number.", field="amount") from None
-    if not amount.is_finite() or amount < 0 or amount >= Decimal("1e10"):
+    if not amount.is_finite():
+        raise DomainError("The amount must be a number.", field="amount")
+    if amount < 0:
         raise DomainError("The amount must be zero or more.", field="amount")
+    if amount >= Decimal("1e10"):
+        raise DomainError("The amount must be under 10,000,000,000.", field="amount")
     return amount.quantize(Decimal("0.01"))
 
 
@@ -180,9 +184,10 @@ def save_program(session: Session, program: Program | None, *, code: str, name: 
     currency = (currency or "").strip().upper()
     if currency and not re.fullmatch(r"[A-Z]{3}", currency):
         raise DomainError("A currency is a three-letter code such as MWK.", field="currency")
-    if institution_id and session.get(Institution, institution_id) is None:
+    # (An id no column could hold is looked up as none: the query would fail on it.)
+    if institution_id and session.get(Institution, parse_id(institution_id) or 0) is None:
         raise DomainError("That institution does not exist.", field="institution_id")
-    if scheme_id and session.get(Scheme, scheme_id) is None:
+    if scheme_id and session.get(Scheme, parse_id(scheme_id) or 0) is None:
         raise DomainError("That scheme does not exist.", field="scheme_id")
     if program is not None and program.id:
         has_any = session.scalar(select(Beneficiary.id).where(

@@ -115,6 +115,12 @@ def _choice_values(field: CustomField) -> list[str]:
     return [v for v in values if v]
 
 
+# A custom number is kept in JSON and compared in queries: past 15 digits a float (JSON's
+# number) loses digits, and past 19 no integer parameter holds it (the query would fail).
+NUMBER_DIGITS = 15
+NUMBER_MAX = 10**NUMBER_DIGITS - 1
+
+
 def _typed(field: CustomField, raw):
     """One custom value, typed for JSON; ValueError with the reason when it is not valid."""
     text = _text(raw)
@@ -127,6 +133,8 @@ def _typed(field: CustomField, raw):
             value = int(text.replace(",", "").replace(" ", ""))
         except ValueError:
             raise ValueError("must be a whole number") from None
+        if abs(value) > NUMBER_MAX:
+            raise ValueError(f"must be a whole number of at most {NUMBER_DIGITS} digits")
     elif field.type == "decimal":
         try:
             number = Decimal(text.replace(",", "").replace(" ", ""))
@@ -134,6 +142,8 @@ def _typed(field: CustomField, raw):
             raise ValueError("must be a number") from None
         if not number.is_finite():
             raise ValueError("must be a number")
+        if abs(number) > NUMBER_MAX:
+            raise ValueError(f"must be a number of at most {NUMBER_DIGITS} digits before the point")
         value = float(number)
     elif field.type == "boolean":
         if isinstance(raw, bool):
