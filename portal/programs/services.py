@@ -561,8 +561,11 @@ def _person_conditions(session: Session, criteria: Criteria, person=Individual) 
 
 
 def _household_size():
+    """Members not deleted: a deleted person stays a member on record, but no longer lives
+    in the household that criteria size up."""
     return (select(func.count()).select_from(GroupMember)
-            .where(GroupMember.group_id == Group.id).scalar_subquery())
+            .join(Individual, Individual.id == GroupMember.individual_id)
+            .where(GroupMember.group_id == Group.id, Individual.deleted_at.is_(None)).scalar_subquery())
 
 
 def criteria_query(session: Session, program: Program, *, scope: Scope, criteria: Criteria):
@@ -597,7 +600,10 @@ def criteria_query(session: Session, program: Program, *, scope: Scope, criteria
         query = query.where(*_person_conditions(session, criteria))
         if size_wanted:
             member = aliased(GroupMember)
+            counted = aliased(Individual)  # (the size as _household_size counts it)
             sizes = (select(GroupMember.group_id, func.count().label("size"))
+                     .join(counted, counted.id == GroupMember.individual_id)
+                     .where(counted.deleted_at.is_(None))
                      .group_by(GroupMember.group_id).subquery())
             query = (query.join(member, and_(member.individual_id == Individual.id,
                                              member.group_kind == "household"))

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.audit.models import AuditEntry
-from portal.clock import today
+from portal.clock import now, today
 from portal.errors import DomainError
 from portal.locations.services import Scope
 from portal.programs import services
@@ -766,3 +766,21 @@ def test_filtering_households_by_recipient_age_or_sex_ignores_payees_outside_the
     rows, _ = services.search_beneficiaries(db_session, homes, scope=everything,
                                             filters=BeneficiaryFilters(age_min=80, sex="F"))
     assert [s.id for _b, s in rows] == [northern_home.id]
+
+
+def test_household_size_criteria_count_only_members_who_are_not_deleted(db_session, program,
+                                                                        household, everything):
+    home = household(3)
+    gone = next(m for m in home.members if m.role != "head").individual
+    gone.deleted_at = now()  # deleted: hidden from the registry, no longer one of the household
+    db_session.flush()
+    homes = program(beneficiary_kind="group")
+    people = program()
+    assert services.preview_criteria(db_session, homes, scope=everything,
+                                     criteria=Criteria(household_min=3))["matching"] == 0
+    assert services.preview_criteria(db_session, people, scope=everything,
+                                     criteria=Criteria(household_min=3))["matching"] == 0
+    assert services.preview_criteria(db_session, homes, scope=everything,
+                                     criteria=Criteria(household_min=2, household_max=2))["matching"] == 1
+    assert services.preview_criteria(db_session, people, scope=everything,
+                                     criteria=Criteria(household_min=2, household_max=2))["matching"] == 2
