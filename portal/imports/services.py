@@ -1506,8 +1506,9 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
     for chunk in _batched(islice(table.rows, state["read"], None), FIX_CHUNK):
         numbers = {}
         for _line, cells in chunk:
-            try:
-                number = int(float(cells[row_col]))
+            try:  # (a spreadsheet may give the row as 2.0; a row 2.5 is no row)
+                value = float(cells[row_col])
+                number = int(value) if value.is_integer() else 0
             except (ValueError, IndexError, OverflowError):
                 number = 0
             if 1 < number <= ID_MAX:  # what the row_number column holds

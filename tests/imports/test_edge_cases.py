@@ -49,7 +49,7 @@ FIX_HEADER = ("Row,First name,Last name,Sex,Birth date,National ID,Village code,
               "Primary recipient,Errors\n")
 
 
-@pytest.mark.parametrize("row_cell", ["inf", "99999999999999999999"])
+@pytest.mark.parametrize("row_cell", ["inf", "99999999999999999999", "2.5", "nan"])
 def test_a_fixed_file_with_a_nonsense_row_number_is_answered_with_a_message(
         client, login, db_session, tmp_path, country, row_cell):
     user = login("field_officer", [country["N"]])
