@@ -1203,6 +1203,10 @@ def edit_row(session: Session, upload: Upload, row: UploadRow, values: dict[str,
     made from; a row changed since (another tab, another user) is refused with
     ``field="seen"``, so that one save does not silently undo the other. Returns the ids
     of the other rows checked again with it, whose grid rows may need showing anew."""
+    # The row as last committed, locked until the commit: two saves of one row at the same
+    # moment then compare with each other's version, not both with the page's (PostgreSQL;
+    # SQLite's writers queue anyway). So in drop_row and confirm_row.
+    lock_row(session, row)
     check_row_editable(upload, row)
     if seen is not None and seen != row_version(row):
         raise DomainError(f"Row {row.row_number} was changed after you opened it (in another tab or by "
@@ -1230,6 +1234,7 @@ def drop_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scope,
              seen: str | None = None) -> set[int]:
     """Leave a row out of the import, unless it changed since the ``row_version`` the user
     saw; returns the ids of the other rows checked again."""
+    lock_row(session, row)
     check_row_editable(upload, row, "dropped")
     _unchanged_since_seen(row, seen, "dropped")
     row.status = "dropped"
@@ -1253,6 +1258,7 @@ def confirm_row(session: Session, upload: Upload, row: UploadRow, *, scope: Scop
     """The user says a probable duplicate is a different person (the one of the warning they
     saw: ``seen`` is its ``row_version``); returns the ids of the other rows of its
     household checked again."""
+    lock_row(session, row)
     _editable(upload)
     if row.status != "duplicate":
         raise DomainError(f"Row {row.row_number} is not a probable duplicate.")
