@@ -297,10 +297,13 @@ def export(program_id: int):
     program = _program_or_404(program_id)
     if not can("program.view"):
         abort(403)
-    filters, _errors = _beneficiary_filters(request.args)
+    filters, errors = _beneficiary_filters(request.args)
     fmt = request.args.get("format", "csv")
     if fmt not in ("csv", "xlsx"):
         abort(404)
+    if errors:  # a filter left out would export more people than the user asked for
+        flash("Nothing was exported: correct the filters marked below first.", "error")
+        return redirect(url_for("programs.beneficiaries", program_id=program.id, **_filter_args(request.args)))
     header, rows = services.export_rows(db.session, program, scope=scope(), filters=filters,
                                         show_pii=can("individual.view_pii"))
     return export_response(fmt, f"{program.code}-beneficiaries", header, rows)

@@ -150,6 +150,19 @@ def test_the_export_is_plain_for_a_manager_and_comes_as_xlsx_too(client, login, 
     assert xlsx.status_code == 200 and xlsx.get_data()[:2] == b"PK"
 
 
+def test_an_export_with_a_filter_it_cannot_read_exports_nothing_and_shows_the_filters_to_correct(
+        client, login, db_session, program, person):
+    plan = program()
+    _enrol(db_session, plan, [person(), person()])
+    login("program_manager")
+    response = client.get(f"/programs/{plan.id}/beneficiaries/export?format=csv&location=NOWHERE&age_min=abc")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith(f"/programs/{plan.id}/beneficiaries?")
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Nothing was exported: correct the filters marked below first." in page
+    assert "No location has the code NOWHERE." in page and "Enter a whole number." in page
+
+
 def test_enrolling_a_person_from_the_program_page(client, login, db_session, program, person):
     plan = program(max_beneficiaries=1)
     mercy = person(first_name="Mercy", last_name="Tembo")
