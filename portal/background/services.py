@@ -64,6 +64,9 @@ def create_job(session: Session, *, kind: str, entry_point: str, params: dict | 
                  created_by_id=actor_id, lock_key=lock_key, total=total, done=0, message="Waiting for a worker")
     session.add(run)
     session.flush()
+    # (Job rows are not audited models: what the job goes on to write is audited itself.)
+    record_many(session, action="queue", entity_type="job_run", actor_id=actor_id, entries=[
+        (run.id, f"Job #{run.id} queued: {kind}", {"params": params or {}})])
     return run
 
 

@@ -340,6 +340,21 @@ def test_importing_is_queued_from_the_summary(client, login, db_session, tmp_pat
     assert db_session.get(Upload, upload.id).status == "importing"
 
 
+def test_queuing_an_import_is_in_the_audit_log_with_who_asked_and_for_which_upload(
+        client, login, db_session, tmp_path, country):
+    from portal.audit.models import AuditEntry
+
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n")
+    assert client.post(f"/imports/{upload.id}/import").status_code == 303
+    db_session.expire_all()
+    run_id = db_session.get(Upload, upload.id).job_run_id
+    [entry] = db_session.scalars(select(AuditEntry).where(AuditEntry.action == "queue"))
+    assert (entry.entity_type, entry.entity_id, entry.actor_id) == ("job_run", str(run_id), user.id)
+    assert entry.summary == f"Job #{run_id} queued: upload_import"
+    assert entry.changes["params"]["upload_id"] == upload.id
+
+
 def test_an_upload_that_enrols_into_a_program_is_imported_only_by_someone_who_may_enrol(
         client, login, db_session, tmp_path, country, make_user):
     from portal.programs.models import Program
