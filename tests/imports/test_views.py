@@ -352,7 +352,7 @@ def test_queuing_an_import_is_in_the_audit_log_with_who_asked_and_for_which_uplo
     [entry] = db_session.scalars(select(AuditEntry).where(AuditEntry.action == "queue"))
     assert (entry.entity_type, entry.entity_id, entry.actor_id) == ("job_run", str(run_id), user.id)
     assert entry.summary == f"Job #{run_id} queued: upload_import"
-    assert entry.changes["params"]["upload_id"] == upload.id
+    assert entry.changes == {"upload_id": upload.id}
 
 
 def test_an_upload_that_enrols_into_a_program_is_imported_only_by_someone_who_may_enrol(
