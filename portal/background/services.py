@@ -65,9 +65,9 @@ def create_job(session: Session, *, kind: str, entry_point: str, params: dict | 
     session.add(run)
     session.flush()
     # (Job rows are not audited models: what the job goes on to write is audited itself.)
-    # Only the records it works on: a fix's find-and-replace text may be a national ID,
-    # which the audit log would show unmasked inside the params.
-    records = {k: v for k, v in (params or {}).items() if k.endswith("_id")}
+    # Only the records or file it works on: a fix's find-and-replace text may be a national
+    # ID, which the audit log would show unmasked inside the params.
+    records = {k: v for k, v in (params or {}).items() if k.endswith("_id") or k == "file_name"}
     record_many(session, action="queue", entity_type="job_run", actor_id=actor_id, entries=[
         (run.id, f"Job #{run.id} queued: {kind}", records)])
     return run
