@@ -328,7 +328,7 @@ class RowChecker:
         answers: dict[str, bool | None] = {}  # yes/no texts repeat: each is read once
         results = []
         for raw, (cleaned, errors) in zip(raws, people):
-            code = (raw.get("household_code") or "").strip()
+            code = (raw.get("household_code") or "").strip().upper()  # as the registry writes codes
             role = (raw.get("role") or "").strip()
             said = raw.get("primary_recipient") or ""
             primary = answers[said] if said in answers else answers.setdefault(said, parse_yes_no(said))

@@ -39,3 +39,41 @@ def test_migration_0011_names_the_row_of_each_look_alike_warning_already_staged(
             assert connection.execute(text("SELECT row_number, twin_row FROM upload_row ORDER BY row_number")
                                       ).all() == [(3, 2), (4, None)]
         db.engine.dispose()
+
+
+def test_migration_0012_puts_household_codes_in_capitals_where_the_code_is_free(tmp_path, redis_url):
+    from flask_migrate import upgrade
+    from sqlalchemy import text
+
+    from portal import create_app
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
+                      "REDIS_URL": redis_url})
+    with app.app_context():
+        upgrade(revision="0011")
+        with db.engine.begin() as connection:
+            connection.execute(text("INSERT INTO location (id, code, name, kind, path) "
+                                    "VALUES (1, 'V1', 'Village', 'village', '/1/')"))
+            for group_id, code in ((1, "hh-low"), (2, "hh-taken"), (3, "HH-TAKEN")):
+                connection.execute(text(
+                    "INSERT INTO \"group\" (id, code, name, kind, location_id, version) "
+                    "VALUES (:id, :code, 'Home', 'household', 1, 1)"), {"id": group_id, "code": code})
+            connection.execute(text(
+                "INSERT INTO upload (id, file_name, stored_path, sha256, size, format, status, message, "
+                "duplicate_policy, headers, mapping, counts) VALUES (1, 'people.csv', 'x', 'x', 1, 'csv', "
+                "'validated', '', 'error', '[]', '{}', '{}')"))
+            for number, status in ((2, "valid"), (3, "imported")):
+                connection.execute(text(
+                    "INSERT INTO upload_row (upload_id, row_number, raw, cleaned, errors, status, "
+                    "\"primary\", household_code) VALUES (1, :number, '{}', "
+                    "'{\"household_code\": \"hh-new\", \"first_name\": \"Amina\"}', '{}', :status, 0, 'hh-new')"),
+                    {"number": number, "status": status})
+        upgrade(revision="0012")
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT id, code FROM \"group\" ORDER BY id")).all() == [
+                (1, "HH-LOW"), (2, "hh-taken"), (3, "HH-TAKEN")]
+            assert connection.execute(text(
+                "SELECT row_number, household_code, json_extract(cleaned, '$.household_code'), "
+                "json_extract(cleaned, '$.first_name') FROM upload_row ORDER BY row_number")).all() == [
+                (2, "HH-NEW", "HH-NEW", "Amina"), (3, "hh-new", "hh-new", "Amina")]
+        db.engine.dispose()
