@@ -565,9 +565,15 @@ def delete_individual(session: Session, person: Individual, *, scope, actor_id: 
         group = member.group
         others = session.scalar(select(func.count()).where(GroupMember.group_id == group.id,
                                                           GroupMember.id != member.id))
+        heads = group.kind == "household" and member.role == "head"
+        if not others and (heads or group.primary_recipient_id == person.id):
+            named = (f"{group.kind} {group.code}" if visible
+                     else OUTSIDE_HOUSEHOLD if group.kind == "household" else OUTSIDE_GROUP)
+            raise DomainError(f"{person.full_name} is the only member of {named}, which would be "
+                              "led or paid by a deleted person: remove them from it first.")
         if not others:
             continue
-        if group.kind == "household" and member.role == "head":
+        if heads:
             named = f"household {group.code}" if visible else OUTSIDE_HOUSEHOLD
             raise DomainError(f"{person.full_name} heads {named}: choose another head first.")
         if group.primary_recipient_id == person.id:
@@ -806,6 +812,8 @@ def create_group(session: Session, *, code: str, name: str, kind: str, location_
     code, name = code.strip().upper(), name.strip()
     if not code or not name:
         raise DomainError("Code and name are required.", field="code" if not code else "name")
+    if len(code) > Group.code.type.length:  # ("ß" is "SS" in capitals)
+        raise DomainError(f"A code has at most {Group.code.type.length} characters.", field="code")
     if kind not in GROUP_KINDS:
         raise DomainError("Choose household, cooperative or other.", field="kind")
     if session.scalar(select(Group.id).where(Group.code == code)):
@@ -826,8 +834,6 @@ def create_group(session: Session, *, code: str, name: str, kind: str, location_
     if head is not None:
         add_member(session, group, head.id, role="head" if kind == "household" else "member",
                    scope=scope, actor_id=actor_id)
-        if kind == "household":
-            group.primary_recipient_id = head.id
     session.flush()
     return group
 
@@ -853,10 +859,15 @@ def add_member(session: Session, group: Group, individual_id: int, *, role: str,
                      else OUTSIDE_HOUSEHOLD)
             raise DomainError(f"{person.full_name} already belongs to {named}; move them instead.",
                               field="individual")
-        if role == "head" and _head(session, group) is not None:
+        head = _head(session, group)
+        if role == "head" and head is not None:
             raise DomainError("The household already has a head; change the head instead.", field="role")
+        if role != "head" and head is None:  # (its last member, the head, was removed)
+            raise DomainError(f"Household {group.code} has no head: add its head first.", field="role")
     member = GroupMember(group_id=group.id, individual_id=person.id, group_kind=group.kind, role=role)
     session.add(member)
+    if group.kind == "household" and role == "head" and group.primary_recipient_id is None:
+        group.primary_recipient_id = person.id  # as a new household's head is
     session.flush()
     session.expire(group, ["members"])
     return member
@@ -928,10 +939,14 @@ def change_role(session: Session, group: Group, member_id: int, role: str, *, sc
 
 
 def set_head(session: Session, group: Group, member_id: int, *, scope,
-             former_head_role: str = "other_relative", actor_id: int | None) -> GroupMember:
-    """Make a member the head; the former head takes ``former_head_role``."""
+             former_head_role: str | None = None, actor_id: int | None) -> GroupMember:
+    """Make a member the head; the former head takes ``former_head_role``, by default
+    other_relative (or, if an admin switched that off, the first role still in use)."""
     _lock_groups(session, group)
     member = _living_member(session, group, member_id, scope, "the head")
+    if former_head_role is None:
+        roles = [code for code, _label in member_roles(session) if code != "head"]
+        former_head_role = "other_relative" if "other_relative" in roles else next(iter(roles), "")
     former_head_role = _check_role(session, former_head_role)
     if former_head_role == "head":
         raise DomainError("The former head needs another role.", field="role")

@@ -10,13 +10,13 @@ from sqlalchemy import select
 from portal.audit.services import search_entries
 from portal.errors import DomainError
 from portal.extensions import db
-from portal.ids import form_version
+from portal.ids import form_version, parse_id
 from portal.privacy import mask
 from portal.registry import bp, services
 from portal.registry.exports import export_response
 from portal.registry.forms import (CustomFieldForm, GroupForm, MemberForm, MemberRoleForm,
                                    MoveForm, RoleForm, individual_form)
-from portal.registry.models import GROUP_KINDS, SEXES, CustomField, Group
+from portal.registry.models import GROUP_KINDS, SEXES, CustomField, Group, GroupMember
 from portal.registry.validation import active_custom_fields
 from portal.web import (can, flash_refusal, form_refusal, htmx_redirect, int_arg, is_fragment_request,
                         render, require, scope)
@@ -354,9 +354,13 @@ def _members_response(group, *, error=None, status=200, **kwargs):
                   kinds=GROUP_KINDS, **_members_context(group, error=error, **kwargs))
 
 
-def _member_change(group, action, success: str):
-    """Run one membership change; 422 with the reason when a rule refuses it."""
+def _member_change(group, action, success: str, member_id: int | None = None):
+    """Run one membership change; 422 with the reason when a rule refuses it. ``member_id``:
+    the membership a button of the page names, refused unless it still holds the person the
+    page showed (SQLite gives a removed member's id to the next one added)."""
     try:
+        if member_id is not None:
+            _still_the_member_shown(group, member_id)
         action()
     except DomainError as exc:
         db.session.rollback()
@@ -366,6 +370,16 @@ def _member_change(group, action, success: str):
     if not is_fragment_request():
         return htmx_redirect(url_for("registry.group", group_id=group.id))
     return _members_response(group)
+
+
+def _still_the_member_shown(group, member_id: int) -> None:
+    sent = request.form.get("person")
+    if sent is None:  # (a page from before the buttons named their person)
+        return
+    member = db.session.get(GroupMember, member_id)
+    if member is None or member.group_id != group.id or member.individual_id != parse_id(sent):
+        raise DomainError("That person is no longer a member of this group (the page was out of "
+                          "date), so nothing was changed: look at the members again.")
 
 
 @bp.route("/groups/<int:group_id>/members", methods=["POST"])
@@ -400,17 +414,18 @@ def member_role(group_id: int, member_id: int):
     if not form.validate_on_submit():
         return _members_response(group, error="Choose a role.", status=422)
     return _member_change(group, lambda: services.change_role(db.session, group, member_id, form.role.data,
-                                                              scope=scope(), actor_id=current_user.id), "Role changed.")
+                                                              scope=scope(), actor_id=current_user.id), "Role changed.",
+                          member_id)
 
 
 @bp.route("/groups/<int:group_id>/members/<int:member_id>/head", methods=["POST"])
 @require("group.edit")
 def make_head(group_id: int, member_id: int):
     group = _group_or_404(group_id)
-    former = request.form.get("former_role", "other_relative")
+    former = request.form.get("former_role") or None
     return _member_change(group, lambda: services.set_head(db.session, group, member_id, scope=scope(),
                                                            former_head_role=former,
-                                                           actor_id=current_user.id), "Head changed.")
+                                                           actor_id=current_user.id), "Head changed.", member_id)
 
 
 @bp.route("/groups/<int:group_id>/members/<int:member_id>/recipient", methods=["POST"])
@@ -419,7 +434,7 @@ def make_recipient(group_id: int, member_id: int):
     group = _group_or_404(group_id)
     return _member_change(group, lambda: services.set_primary_recipient(db.session, group, member_id,
                                                                         scope=scope(), actor_id=current_user.id),
-                          "Primary recipient changed.")
+                          "Primary recipient changed.", member_id)
 
 
 @bp.route("/groups/<int:group_id>/members/<int:member_id>/remove", methods=["POST"])
@@ -427,7 +442,8 @@ def make_recipient(group_id: int, member_id: int):
 def remove_member(group_id: int, member_id: int):
     group = _group_or_404(group_id)
     return _member_change(group, lambda: services.remove_member(db.session, group, member_id,
-                                                                scope=scope(), actor_id=current_user.id), "Member removed.")
+                                                                scope=scope(), actor_id=current_user.id), "Member removed.",
+                          member_id)
 
 
 @bp.route("/groups/<int:group_id>/members/<int:member_id>/move", methods=["POST"])
@@ -448,5 +464,5 @@ def move_member(group_id: int, member_id: int):
             raise DomainError(f"No household {form.target.data} in your locations.")
         services.move_member(db.session, group, member_id, target, role=form.role.data, scope=scope(),
                              actor_id=current_user.id)
-    return _member_change(group, action, f"Moved to {form.target.data.strip().upper()}.")
+    return _member_change(group, action, f"Moved to {form.target.data.strip().upper()}.", member_id)
 
