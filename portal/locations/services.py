@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, false, func, or_, select, true, update
@@ -101,15 +102,20 @@ def _check_parent(kind: str, parent: Location | None) -> None:
 
 
 _CODE_MAX, _NAME_MAX = Location.code.type.length, Location.name.type.length
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # (as a people upload refuses them)
 
 
-def _too_long(code: str, name: str) -> str | None:
+def _unfit(code: str, name: str) -> str | None:
     """What is wrong with a code or name longer than its column (PostgreSQL would refuse the
-    whole import with a database error)."""
+    whole import with a database error), or holding a control character (a people upload,
+    which refuses those, could never name the place; a NUL no form can send back)."""
     if len(code) > _CODE_MAX:
         return f"the code is {len(code)} characters long; at most {_CODE_MAX} are allowed."
     if len(name) > _NAME_MAX:
         return f"the name is {len(name)} characters long; at most {_NAME_MAX} are allowed."
+    for what, text in (("code", code), ("name", name)):
+        if found := _CONTROL.search(text):
+            return f"the {what} contains an invisible control character (U+{ord(found.group()):04X})."
     return None
 
 
@@ -118,6 +124,8 @@ def create_location(session: Session, *, code: str, name: str, kind: str,
     code, name = code.strip(), name.strip()
     if not code or not name:
         raise DomainError("Code and name are required.")
+    if unfit := _unfit(code, name):
+        raise DomainError(unfit[0].upper() + unfit[1:])
     _check_parent(kind, parent)
     if parent is not None and not scope.allows(parent) or parent is None and not scope.everything:
         raise DomainError("You may only add locations inside your own area.", field="parent")
@@ -135,6 +143,8 @@ def update_location(session: Session, location: Location, *, code: str, name: st
     code, name = code.strip(), name.strip()
     if not code or not name:
         raise DomainError("Code and name are required.")
+    if unfit := _unfit(code, name):
+        raise DomainError(unfit[0].upper() + unfit[1:])
     if not scope.allows(location):
         raise DomainError("This location is outside your area.")
     _check_parent(location.kind, parent)
@@ -268,8 +278,8 @@ def import_locations(session: Session, rows: list[dict], *, scope: Scope, progre
     for row in rows:
         if not row["code"] or not row["name"]:
             errors.append(f"Line {row['line']}: code and name are required.")
-        elif too_long := _too_long(row["code"], row["name"]):
-            errors.append(f"Line {row['line']}: {too_long}")
+        elif unfit := _unfit(row["code"], row["name"]):
+            errors.append(f"Line {row['line']}: {unfit}")
         elif row["kind"] not in KINDS:
             errors.append(f"Line {row['line']}: type '{row['kind']}' is not one of {', '.join(KINDS)}.")
         elif row["code"] in by_code:

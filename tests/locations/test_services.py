@@ -111,3 +111,17 @@ def test_a_file_without_the_needed_columns_is_refused_with_the_expected_header()
 def test_windows_1252_files_are_decoded():
     assert services.decode_text("code,name\nX,Bété".encode("cp1252")).endswith("Bété")
     assert services.decode_text("\ufeffcode".encode("utf-8")) == "code"
+
+
+@pytest.mark.parametrize("code,name", [("NV\x079", "Bell village"), ("NV9", "Null\x00village")])
+def test_a_locations_file_with_a_control_character_in_a_code_or_name_is_refused_by_line(
+        db_session, country, code, name):
+    text = f'code,name,type,parent code\n{code},"{name}",village,NW\n'
+    rows, errors = services.parse_location_csv(text)
+    assert errors == []
+    with pytest.raises(DomainError) as refused:
+        services.import_locations(db_session, rows, scope=Scope(everything=True))
+    assert "Line 2" in refused.value.message
+    assert db_session.scalar(select(func.count()).select_from(Location).where(
+        Location.name == name)) == 0
+
