@@ -20,6 +20,7 @@ from portal.background.models import JobRun
 from portal.clock import now
 from portal.errors import DomainError
 from portal.locations.services import Scope
+from portal.privacy import PII_FIELDS
 
 QUEUE_NAME = "portal"
 MAX_ATTEMPTS = 3
@@ -92,21 +93,32 @@ def sweep_stale_jobs(session: Session, queue: Queue | None, *, stale_after: int)
     stale = list(session.scalars(select(JobRun).where(
         JobRun.status == "running", JobRun.heartbeat_at < limit)))
     for run in stale:
-        if queue is not None and run.attempts < MAX_ATTEMPTS:
-            run.status = "queued"
-            run.message = (f"The worker stopped during attempt {run.attempts}; "
-                           "queued again, it resumes where it left off.")
-            session.flush()
-            enqueue(queue, run)
-        else:
-            run.status = "failed"
-            run.finished_at = now()
-            run.message = ("The worker stopped while running this job and it was not retried "
-                           f"after {run.attempts} attempt(s). Start it again: nothing is duplicated.")
+        if queue is not None and run.attempts < MAX_ATTEMPTS and _queued_again(session, queue, run):
+            continue
+        run.status = "failed"
+        run.finished_at = now()
+        run.message = ("The worker stopped while running this job and it was not retried "
+                       f"after {run.attempts} attempt(s). Start it again: nothing is duplicated.")
     record_many(session, action="sweep", entity_type="job_run", actor_id=None, entries=[
         (run.id, f"Worker stopped during attempt {run.attempts}: job {run.status}",
          {"status": ["running", run.status]}) for run in stale])
     return stale
+
+
+def _queued_again(session: Session, queue: Queue, run: JobRun) -> bool:
+    """Hand a job whose worker died to the queue again; False when the queue cannot be
+    reached (a page's poll must not fail on it, nor leave the job running for ever)."""
+    run.status = "queued"
+    run.message = (f"The worker stopped during attempt {run.attempts}; "
+                   "queued again, it resumes where it left off.")
+    session.flush()
+    try:
+        enqueue(queue, run)
+    except redis.RedisError:
+        if has_app_context():
+            current_app.logger.exception("job %s could not be queued again", run.id)
+        return False
+    return True
 
 
 # --- who sees and starts again which job ----------------------------------------------------
@@ -191,7 +203,8 @@ def retry_job(session: Session, run: JobRun, *, actor_id: int, permissions: froz
                               "wait for it to finish.")
     if run.kind in _UPLOAD_AFTER_FAILURE:
         _upload_waiting_for(session, run, actor_id=actor_id, scope=scope,
-                            may_enrol="beneficiary.enrol" in permissions)
+                            may_enrol="beneficiary.enrol" in permissions,
+                            sees_pii="individual.view_pii" in permissions)
     run.status, run.message, run.finished_at = "queued", "Queued again", None
     record(session, action="retry", entity_type="job_run", entity_id=run.id,
            summary=f"Started job #{run.id} ({run.kind.replace('_', ' ')}) again",
@@ -219,7 +232,7 @@ def scope_from_params(params: dict) -> Scope:
 
 
 def _upload_waiting_for(session: Session, run: JobRun, *, actor_id: int, scope: Scope,
-                        may_enrol: bool) -> None:
+                        may_enrol: bool, sees_pii: bool) -> None:
     """The upload this job is about is still where the job left it; mark it busy again, as
     starting the job did. An upload imported, validated again or given another job since
     is not handed to an old job that would undo it (a validation clears imported rows)."""
@@ -245,4 +258,10 @@ def _upload_waiting_for(session: Session, run: JobRun, *, actor_id: int, scope: 
     if run.kind == "upload_fix" and run.params.get("fix", {}).get("kind") != "replace":
         raise DomainError("This fix stopped before it was done, and its file of fixes is not "
                           "kept: upload the file of fixes again.")
+    if (run.kind == "upload_fix" and run.params["fix"].get("field") in PII_FIELDS
+            and not sees_pii):
+        # As the page offers the column: how many cells matched would tell whether an ID
+        # holds the text.
+        raise DomainError("This replaces within national IDs or phones, which your role sees "
+                          "masked, so it was not started again.")
     upload.status, upload.message = _UPLOAD_WHILE_RUNNING[run.kind], ""

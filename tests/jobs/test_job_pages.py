@@ -1,15 +1,19 @@
 """The jobs pages: who sees which job, and what starting a failed job again takes."""
 import itertools
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from portal.audit.models import AuditEntry
 from portal.background.models import JobRun
+from portal.clock import now
 from portal.imports import services as imports
 from portal.imports.models import Upload, UploadRow
 from portal.locations.services import Scope
+from tests.factories import validated_upload
 
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # nothing listens there
 HEADER = "First name,Last name,Sex,Birth date,National ID,Village code,Household code,Role,Primary recipient\n"
 ONE_PERSON = HEADER + "Amina,Banda,F,1990-05-17,NX1,NV1,,,\n"
 _files = itertools.count()
@@ -198,3 +202,48 @@ def test_a_job_of_a_kind_with_no_known_permission_is_not_started_again(client, l
     run = _failed_job(db_session, admin, kind=kind)
     assert "Run again" not in client.get(f"/jobs/{run.id}").get_data(as_text=True)
     _retry_refused(client, db_session, run, "This kind of job cannot be started again from here")
+
+
+def test_polling_a_job_whose_worker_died_while_the_queue_is_unreachable_fails_the_job_instead_of_the_page(
+        app, client, login, db_session, monkeypatch):
+    admin = login("admin")
+    run = JobRun(kind="location_import", status="running", created_by_id=admin.id, attempts=1,
+                 heartbeat_at=now() - timedelta(minutes=5), message="Checking 10 locations",
+                 params={"entry_point": "jobs.locations.import_locations", "everything": True, "paths": []})
+    db_session.add(run)
+    db_session.commit()
+    monkeypatch.setitem(app.config, "REDIS_URL", UNREACHABLE_REDIS)
+    monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", False)  # answer as in production
+
+    response = client.htmx("get", f"/jobs/{run.id}")
+
+    assert response.status_code == 200, "the progress fragment of a stale job answered 500"
+    db_session.refresh(run)
+    assert run.status == "failed"  # not left "running" for ever, polled into a 500 every second
+    assert "Start it again: nothing is duplicated." in run.message
+
+
+def test_a_find_and_replace_on_national_ids_is_not_started_again_by_its_owner_who_now_sees_them_masked(
+        client, login, db_session, tmp_path, country):
+    from portal.accounts.models import Role
+    from portal.accounts.services import set_role_permissions
+    from portal.imports import services as imports
+
+    manager = login("program_manager")
+    upload = validated_upload(db_session, tmp_path, "Amina,Banda,F,1990-05-17,NX1234,NV1,,,\n"
+                                                    "Juma,Phiri,Q,1991-02-03,NX5678,NV1,,,\n", uploader=manager)
+    run = imports.start_fix(db_session, upload, {"kind": "replace", "field": "national_id", "find": "NX12",
+                                                 "replace": "NX12", "whole_cell": False},
+                            scope=Scope.for_user(manager), actor_id=manager.id)
+    run.status, run.message = "failed", "The fix stopped: database is locked"
+    role = db_session.scalar(select(Role).where(Role.name == "program_manager"))
+    set_role_permissions(role, sorted(role.permissions - {"individual.view_pii"}))
+    db_session.commit()
+    # A new start would be refused: the page offers national_id only to roles that see it.
+
+    response = client.post(f"/jobs/{run.id}/retry", follow_redirects=True)
+
+    assert response.status_code == 200
+    db_session.refresh(run)
+    assert run.status == "failed"  # the count it reports would tell whether an ID holds the text
+    assert "which your role sees masked, so it was not started again" in response.get_data(as_text=True)
