@@ -55,6 +55,8 @@ def load() -> dict:
         "INSTANCE_DIR": str(INSTANCE_DIR),
         "UPLOAD_DIR": os.environ.get("UPLOAD_DIR", str(INSTANCE_DIR / "uploads")),
         "MAX_CONTENT_LENGTH": _int("MAX_UPLOAD_MB", 50) * 1024 * 1024,
+        # Any body but a file upload (a form, a grid of edits) is refused beyond this.
+        "MAX_FORM_BYTES": _int("MAX_FORM_KB", 1024) * 1024,
         "UPLOAD_MAX_ROWS": _int("UPLOAD_MAX_ROWS", 500_000),
         # Rows imported per transaction: fewer, larger batches write each index page less often.
         "UPLOAD_IMPORT_BATCH": _int("UPLOAD_IMPORT_BATCH", 100_000),
@@ -74,7 +76,9 @@ def load() -> dict:
         "PERMANENT_SESSION_LIFETIME": timedelta(minutes=_int("SESSION_IDLE_MINUTES", 120)),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
-        "SESSION_COOKIE_SECURE": os.environ.get("SESSION_COOKIE_SECURE", "0") == "1",
+        # Production is served over HTTPS; a development server on plain HTTP is not.
+        "SESSION_COOKIE_SECURE": os.environ.get(
+            "SESSION_COOKIE_SECURE", "0" if env in ("development", "test") else "1") == "1",
         "REMEMBER_COOKIE_DURATION": timedelta(days=1),
         "LOGIN_MAX_FAILURES": _int("LOGIN_MAX_FAILURES", 5),
         "LOGIN_LOCK_MINUTES": _int("LOGIN_LOCK_MINUTES", 15),

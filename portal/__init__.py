@@ -18,7 +18,9 @@ DOMAINS = ("accounts", "locations", "audit", "background", "home", "registry", "
 
 
 def create_app(overrides: dict | None = None) -> Flask:
-    app = Flask(__name__, template_folder=str(ROOT / "templates"),
+    from portal import web
+
+    app = web.PortalFlask(__name__, template_folder=str(ROOT / "templates"),
                 static_folder=str(ROOT / "static"), static_url_path="/static",
                 instance_path=config.INSTANCE_DIR.as_posix())
     app.config.from_mapping(config.load())
@@ -37,11 +39,12 @@ def create_app(overrides: dict | None = None) -> Flask:
     login_manager.login_view = "accounts.login"
     login_manager.login_message = "Please sign in to continue."
     login_manager.session_protection = "basic"
+    login_manager.unauthorized_handler(web.sign_in_first)
+    app.session_interface = web.PortalSessionInterface()
+    app.url_defaults(web.static_version)
     csrf.init_app(app)
     htmx.init_app(app)
     compress.init_app(app)
-
-    from portal import web
 
     for name in _present(DOMAINS):
         if not (ROOT / "portal" / name / "views.py").exists():

@@ -4,7 +4,13 @@ from __future__ import annotations
 from functools import wraps
 from typing import Callable
 
-from flask import abort, current_app, flash, make_response, render_template, request, url_for
+import hashlib
+import os
+import re
+from urllib.parse import urlsplit
+
+from flask import Flask, Request, abort, current_app, flash, make_response, redirect, render_template, request, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 
@@ -166,9 +172,18 @@ def _error_page(status: int, message: str | None = None):
                   title=title, message=message or default, code=status)
 
 
+def _error_answer(exc, status: int):
+    if status == 413 and request.mimetype != "multipart/form-data":
+        return _error_page(413, "What was sent is far larger than any form of the portal; nothing was saved.")
+    response = _error_page(status)
+    if getattr(exc, "valid_methods", None):  # HTTP requires it on a 405
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
 def register_error_handlers(app) -> None:
     for status in _MESSAGES:
-        app.register_error_handler(status, lambda exc, s=status: _error_page(s))
+        app.register_error_handler(status, lambda exc, s=status: _error_answer(exc, s))
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
@@ -191,7 +206,7 @@ def register_hooks(app) -> None:
 
     @app.before_request
     def name_the_actor():
-        if current_user.is_authenticated:
+        if request.endpoint != "static" and current_user.is_authenticated:
             set_actor(db.session, current_user.id)
 
     @app.after_request
@@ -203,6 +218,10 @@ def register_hooks(app) -> None:
             "Content-Security-Policy",
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
             "script-src 'self'; frame-ancestors 'none'")
+        # Pages and files of a signed-in user may hold national IDs: a shared tablet's browser
+        # keeps none of them on disk (htmx's own history is in tab-scoped sessionStorage).
+        if request.endpoint != "static" and current_user.is_authenticated:
+            response.headers["Cache-Control"] = "no-store"
         # An htmx request whose session expired must reload the whole page onto sign-in.
         if htmx and response.status_code == 302 and "/login" in response.headers.get("Location", ""):
             response.status_code = 204
@@ -212,6 +231,79 @@ def register_hooks(app) -> None:
     @app.context_processor
     def template_helpers():
         return {"can": can, "menu_items": menu_items, "outside_area": OUTSIDE_PERSON}
+
+
+def sign_in_first():
+    """Send a signed-out request to sign in, and back afterwards. A POST's own address only
+    takes POSTs, so after one the user comes back to the page it was sent from instead."""
+    if request.method == "GET":
+        back = request.full_path.rstrip("?")
+    else:
+        sent_from = urlsplit(htmx.current_url or request.referrer or "")
+        same_site = sent_from.netloc == request.host
+        back = sent_from.path + (f"?{sent_from.query}" if sent_from.query else "") if same_site else ""
+    flash(current_app.login_manager.login_message, "message")
+    back = local_path(back)
+    return redirect(url_for("accounts.login", next=back) if back else url_for("accounts.login"))
+
+
+# Names that carry their version already (htmx-2.0.11.min.js): cached as they are.
+_VERSIONED_NAME = re.compile(r"-\d+\.\d+\.\d+")
+_ONE_YEAR = 365 * 24 * 3600
+
+
+class PortalFlask(Flask):
+    def get_send_file_max_age(self, filename):
+        """A static file whose address names its version is cached for a year: on a slow link a
+        page then costs only its HTML. Any other file is revalidated each time."""
+        if request.endpoint == "static" and (request.args.get("v") or _VERSIONED_NAME.search(filename or "")):
+            return _ONE_YEAR
+        return super().get_send_file_max_age(filename)
+
+
+class PortalRequest(Request):
+    @property
+    def max_content_length(self):
+        """Only a file upload needs the upload limit; any other body (a form) is refused with
+        413 past ``MAX_FORM_BYTES`` before it is parsed, so no one can keep a worker busy."""
+        limit = super().max_content_length
+        if self.mimetype == "multipart/form-data" or not current_app:
+            return limit
+        return min(limit or current_app.config["MAX_FORM_BYTES"], current_app.config["MAX_FORM_BYTES"])
+
+
+PortalFlask.request_class = PortalRequest
+
+
+class PortalSessionInterface(SecureCookieSessionInterface):
+    def save_session(self, app, session, response):
+        """A static file neither renews the session nor varies by it, so any cache may keep it."""
+        if request.endpoint != "static":
+            super().save_session(app, session, response)
+
+
+def static_version(endpoint: str, values: dict) -> None:
+    """``url_for('static', ...)`` adds ``?v=`` and a hash of the file, so a long cache never
+    keeps an old script or style after a release."""
+    if endpoint != "static" or "v" in values or not values.get("filename"):
+        return
+    path = os.path.join(current_app.static_folder, values["filename"])
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return
+    values["v"] = _file_hash(path, stamp)
+
+
+_HASHES: dict[tuple[str, int], str] = {}
+
+
+def _file_hash(path: str, stamp: int) -> str:
+    key = (path, stamp)
+    if key not in _HASHES:
+        with open(path, "rb") as file:
+            _HASHES[key] = hashlib.sha256(file.read()).hexdigest()[:10]
+    return _HASHES[key]
 
 
 def form_refusal(form, exc, default: str, field: str | None = None) -> None:

@@ -104,12 +104,18 @@ class Client(FlaskClient):
         if method != "GET" and kwargs.pop("csrf", True):
             headers = {"X-CSRFToken": self.token(), **dict(headers)}
         response = super().open(*args, headers=headers, **kwargs)
+        if method == "POST" and response.status_code in (302, 303) and \
+                str(args[0] if args else kwargs.get("path", "")).split("?")[0] in ("/login", "/logout"):
+            self.csrf = None  # signing in or out starts a new session, with a new secret
         return response
 
     def token(self) -> str:
         if self.csrf is None:
-            page = super().open("/login", method="GET").get_data(as_text=True)
-            self.csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+            page = super().open("/login", method="GET")
+            if page.status_code == 302:  # signed in: any page with a form holds the token
+                page = super().open("/account/password", method="GET")
+            self.csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"',
+                                  page.get_data(as_text=True)).group(1)
         return self.csrf
 
     def htmx(self, method: str, url: str, **kwargs):

@@ -1,4 +1,4 @@
-from flask import current_app, flash, redirect, request, url_for
+from flask import current_app, flash, redirect, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 from sqlalchemy import select
 
@@ -35,8 +35,9 @@ def login():
             error = exc.message
         else:
             db.session.commit()
-            from flask import session
-
+            # A new session: nothing from before sign-in (a CSRF secret someone planted or
+            # read) carries over into the signed-in one.
+            session.clear()
             session.permanent = True
             login_user(user)
             return redirect(next_url("home.index"))
@@ -48,6 +49,7 @@ def login():
 @require(AUTHENTICATED)
 def logout():
     logout_user()
+    session.clear()  # the CSRF secret too: the next user of this browser starts afresh
     flash("You are signed out.", "info")
     return redirect(url_for("accounts.login"))
 
@@ -70,7 +72,7 @@ def change_password():
             getattr(form, exc.field).errors.append(exc.message)
         else:
             db.session.commit()
-            login_user(current_user)  # the session version changed: renew this session only
+            login_user(current_user._get_current_object())  # the session version changed: renew this session only
             flash("Your password is changed. Other sessions are signed out.", "success")
             return redirect(url_for("home.index"))
     return render("accounts/password.html", form=form, status=422 if form.errors else 200)

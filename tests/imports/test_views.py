@@ -575,3 +575,15 @@ def test_a_file_of_fixes_downloaded_before_a_grid_edit_leaves_that_row_as_the_gr
         db_session.refresh(row)
     assert (rows[2].status, rows[2].raw["sex"], rows[2].raw["national_id"]) == ("valid", "M", "AB999999")
     assert (rows[3].status, rows[3].raw["sex"]) == ("valid", "M")
+
+
+def test_a_file_larger_than_any_form_may_be_is_still_uploaded(app, client, login, db_session):
+    login("field_officer")
+    limit = app.config["MAX_FORM_BYTES"]
+    app.config["MAX_FORM_BYTES"] = 2000  # the file below is ten times that
+    try:
+        response = _post_file(client, (HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n" * 600).encode(), "big.csv")
+    finally:
+        app.config["MAX_FORM_BYTES"] = limit
+    assert response.status_code in (302, 303), response.status_code
+    assert db_session.scalar(select(Upload.id)) is not None
