@@ -45,7 +45,7 @@ from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import PII_FIELDS, mask
 from portal.registry.exports import without_guard
 from portal.registry.models import Group, GroupMember, Individual, full_name
-from portal.registry.validation import similar_names
+from portal.registry.validation import name_key, similar_names
 
 BATCH = 5000
 # What a row of people takes in a file, to guess its rows before it is read (the bench's
@@ -376,19 +376,20 @@ class RowChecker:
                 if first != row["row_number"]:
                     row["errors"][name] = f"{field.label} {value} is also on row {first}."
 
-    def registered(self, national_ids) -> dict[str, tuple[int, str, str]]:
-        """national ID -> (person id, full name, location path) of living registered people."""
+    def registered(self, national_ids) -> dict[str, tuple[int, str, str, int]]:
+        """national ID -> (person id, full name, location path, version) of living registered
+        people."""
         ids = sorted(n for n in set(national_ids) if n)
-        found: dict[str, tuple[int, str, str]] = {}
+        found: dict[str, tuple[int, str, str, int]] = {}
         if not ids:
             return found
-        for nid, pid, first, last, path in self.session.execute(
+        for nid, pid, first, last, path, version in self.session.execute(
                 select(Individual.national_id, Individual.id, Individual.first_name,
-                       Individual.last_name, Location.path)
+                       Individual.last_name, Location.path, Individual.version)
                 .join(Location, Location.id == Individual.location_id)
                 .where(_one_of(self.session, Individual.national_id, ids, String),
                        Individual.deleted_at.is_(None))):
-            found[nid] = (pid, f"{first} {last}", path)
+            found[nid] = (pid, f"{first} {last}", path, version)
         return found
 
     def in_scope(self, path: str) -> bool:
@@ -467,7 +468,7 @@ class RowChecker:
         registered people found for its batch: (action, the registered person's id, error)."""
         if national_id not in registered:
             return "new", None, None
-        pid, name, path = registered[national_id]
+        pid, name, path, _version = registered[national_id]
         policy = self.upload.duplicate_policy
         if not self.in_scope(path):
             return "new", None, f"Already registered to person #{pid}, who lives outside your area."
@@ -487,6 +488,9 @@ class RowChecker:
             row["action"], row["individual_id"], error = self.registry_action(nid, registered)
             if error:
                 errors["national_id"] = error
+        cleaned.pop("person_version", None)
+        if row["action"] == "update":
+            cleaned["person_version"] = registered[nid][3]  # (see _update_people)
         if not errors and row["action"] == "new":
             key = identity_key(cleaned)
             if row.get("checked_as") == key:  # names, birth date and village as last checked
@@ -685,7 +689,10 @@ def _settled(checker: RowChecker, upload_id: int, batch: list[tuple],
     records, candidates = [], []
     for row, action, pid in decided:
         errors = row.errors
-        records.append((upload_id, row.row_number, row.raw, row.cleaned,
+        cleaned = row.cleaned
+        if action == "update":  # the version checked, which the import expects to find (JSON text here)
+            cleaned = _json({**orjson.loads(cleaned), "person_version": registered[row.national_id][3]})
+        records.append((upload_id, row.row_number, row.raw, cleaned,
                         _json(errors) if errors else "{}", None, row_status(errors, action, None),
                         action, row.national_id, row.household_code, row.role, row.primary,
                         row.birth_date, pid))
@@ -761,17 +768,18 @@ def _check_households(session: Session, upload: Upload, scope: Scope, codes: set
         households.setdefault(row.household_code, []).append(row)
     if not households:
         return set()
-    # code -> (group id, kind, has head, in the upload's area)
-    existing: dict[str, tuple[int, str, bool, bool]] = {}
+    # code -> (group id, kind, its head's person id or None, in the upload's area)
+    existing: dict[str, tuple[int, str, int | None, bool]] = {}
     names = list(households)
+    head = (select(GroupMember.individual_id).where(GroupMember.group_id == Group.id,
+                                                     GroupMember.role == "head")
+            .limit(1).correlate(Group).scalar_subquery())
     for start in range(0, len(names), 1000):
         chunk = names[start:start + 1000]
-        heads = select(GroupMember.group_id).where(GroupMember.role == "head").scalar_subquery()
-        for gid, code, kind, has_head, visible in session.execute(
-                select(Group.id, Group.code, Group.kind, Group.id.in_(heads),
-                       scope.covers(Group.location_id))
+        for gid, code, kind, head_id, visible in session.execute(
+                select(Group.id, Group.code, Group.kind, head, scope.covers(Group.location_id))
                 .where(Group.code.in_(chunk), Group.deleted_at.is_(None))):
-            existing[code] = (gid, kind, bool(has_head), bool(visible))
+            existing[code] = (gid, kind, head_id, bool(visible))
     # person -> (group id, code, in the upload's area) of their household
     members: dict[int, tuple[int, str, bool]] = {}
     people = [r.individual_id for rows in households.values() for r in rows if r.individual_id]
@@ -823,10 +831,12 @@ def _check_household(code: str, group: tuple | None, rows: list, members: dict,
             flag(r, f"{code} is the code of a {group[1]}, not of a household.")
     if group and group[2]:
         for r in heads:
-            flag(r, f"Household {code} already has a head in the registry.")
-    elif not heads and not group:
+            if r.individual_id != group[2]:  # (its registered head, uploaded again, is no second)
+                flag(r, f"Household {code} already has a head in the registry.")
+    elif not heads:
+        where = " in the registry" if group else ""
         for r in rows:
-            flag(r, f"Household {code} has no head: give one member the role head.")
+            flag(r, f"Household {code}{where} has no head: give one member the role head.")
     else:
         for r in heads[1:]:
             flag(r, f"Household {code} has more than one head (rows {heads[0].row_number} "
@@ -1072,11 +1082,11 @@ def _look_alikes_in_file(session: Session, upload: Upload, checker: RowChecker, 
     whole = sorted({date.fromisoformat(item["cleaned"]["birth_date"]) for item in looking
                     if item["row_number"] not in asked_for})
     found = list(session.execute(fields.where(_one_of(session, UploadRow.birth_date, whole, Date)))) if whole else []
-    name_key = cleaned["name_key"].as_string()  # "surname first middle", folded
+    folded_names = cleaned["name_key"].as_string()  # "surname first middle", folded
     for item in crowded:
         values = item["cleaned"]
         same_day = fields.where(UploadRow.birth_date == date.fromisoformat(values["birth_date"]))
-        found += session.execute(same_day.where(or_(*(name_key.startswith(" ".join(key), autoescape=True)
+        found += session.execute(same_day.where(or_(*(folded_names.startswith(" ".join(key), autoescape=True)
                                                       for key in crowd_keys(values.get("first_name"),
                                                                             values.get("last_name"))))))
         # ... and the earliest of the day in its area, which validation compares with each row
@@ -1865,8 +1875,10 @@ def _insert_new_people(session: Session, upload_id: int, row_ids: list[int]) -> 
 
 
 def _with_cleaned(session: Session, row_ids: list[int]) -> list:
-    """The staged rows with these ids and their cleaned values, in id order."""
-    return session.execute(select(UploadRow.id, UploadRow.cleaned, UploadRow.individual_id)
+    """The staged rows with these ids and their cleaned values, in id order, and the ID type
+    as the file had it (cleaning fills a blank one in, which an update must not write)."""
+    return session.execute(select(UploadRow.id, UploadRow.cleaned, UploadRow.individual_id,
+                                  UploadRow.raw["national_id_type"].as_string().label("id_type_given"))
                            .where(_one_of(session, UploadRow.id, row_ids))
                            .order_by(UploadRow.id)).all()
 
@@ -1921,11 +1933,24 @@ def _update_people(session: Session, rows, scope: Scope) -> list[dict]:
             marks.append({"id": row.id, "status": "error", "individual_id": None, "errors": {
                 "national_id": "The person to update moved outside your area meanwhile."}})
             continue
+        if row.cleaned.get("person_version", person["version"]) != person["version"]:
+            # Written over, what someone saved since the check would be lost unseen.
+            marks.append({"id": row.id, "status": "error", "individual_id": None, "errors": {
+                "national_id": "This person was changed in the registry after this row was checked; "
+                               "check the upload again to compare, then import."}})
+            continue
         marks.append({"id": row.id, "status": "imported", "individual_id": person["id"]})
         values = _individual_values(row.cleaned)
+        if not (row.id_type_given or "").strip():
+            values.pop("national_id_type", None)  # a blank ID type keeps the registered one
+        values.pop("name_key", None)  # made from the names the person ends with, below
         custom = {**(person["custom"] or {}), **(values.pop("custom", {}) or {})}
         changes = {key: (person[key], value) for key, value in values.items()
                    if value is not None and value != "" and person[key] != value}
+        names = [changes[k][1] if k in changes else person[k] for k in ("first_name", "middle_name", "last_name")]
+        key = name_key(*names)
+        if key != person["name_key"]:
+            changes["name_key"] = (person["name_key"], key)
         if custom != (person["custom"] or {}):
             changes["custom"] = (person["custom"], custom)
         if not changes:
@@ -1981,15 +2006,6 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
             UploadRow.upload_id == upload.id, UploadRow.status == "imported", UploadRow.primary.is_(True),
             UploadRow.household_code.notin_(outside))))
     before = {gid: payee for gid, _name, payee in session.execute(payees)}
-    if before:  # (an upload of new households only has none, and skips two passes over its rows)
-        session.execute(sql(
-            'UPDATE "group" SET version = version + 1, primary_recipient_id = (SELECT min(p.individual_id) '
-            'FROM upload_row p WHERE p.upload_id = :upload AND p.status = \'imported\' AND p."primary" '
-            'AND p.household_code = "group".code) '
-            f'WHERE code IN (SELECT household_code FROM upload_row WHERE {imported} AND "primary")'), params)
-        record_changes(session, entity_type="group", changed=[
-            (gid, name, {"primary_recipient_id": (before[gid], payee)})
-            for gid, name, payee in session.execute(payees) if before[gid] != payee])
     # Households registered before this run: who joins them is audited person by person,
     # as adding a member by hand is (an upload of new households only has none).
     known = dict(session.execute(select(Group.id, Group.code).where(
@@ -2023,6 +2039,19 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         "AND NOT (r.role = 'head' AND EXISTS (SELECT 1 FROM group_member h WHERE h.group_id = g.id "
         "AND h.role = 'head' AND h.group_kind = 'household')) ORDER BY r.row_number"
         + (" RETURNING id, group_id, individual_id, role" if known else "")), params)
+    if before:  # (an upload of new households only has none, and skips two passes over its rows)
+        # After the members: a payee left out of the household (a second head registered
+        # meanwhile, say) is not made its payee.
+        payee = ("SELECT min(p.individual_id) FROM upload_row p JOIN group_member m ON "
+                 'm.individual_id = p.individual_id AND m.group_id = "group".id WHERE p.upload_id = :upload '
+                 'AND p.status = \'imported\' AND p."primary" AND p.household_code = "group".code')
+        session.execute(text(
+            f'UPDATE "group" SET version = version + 1, primary_recipient_id = ({payee}) '
+            f"WHERE id IN :changing AND ({payee}) IS NOT NULL").bindparams(
+                bindparam("changing", expanding=True, type_=Integer)), {**params, "changing": list(before)})
+        record_changes(session, entity_type="group", changed=[
+            (gid, name, {"primary_recipient_id": (before[gid], payee)})
+            for gid, name, payee in session.execute(payees) if before.get(gid, payee) != payee])
     if known:
         added = result.all()
         joined = len(added)
@@ -2068,9 +2097,12 @@ def enrol_imported(session: Session, upload: Upload, *, scope: Scope, actor_id: 
         return None
     total = {"enrolled": 0, "skipped": 0}
     if program.beneficiary_kind == "group":
+        # (A household registered outside the area meanwhile was left alone, and said so.)
         query = select(Group.id).where(Group.code.in_(
             select(UploadRow.household_code).where(UploadRow.upload_id == upload.id,
-                                                   UploadRow.status == "imported"))).order_by(Group.id)
+                                                   UploadRow.status == "imported")),
+            Group.kind == "household", Group.deleted_at.is_(None),
+            scope.covers(Group.location_id)).order_by(Group.id)
     else:
         query = select(UploadRow.individual_id).where(
             UploadRow.upload_id == upload.id, UploadRow.status == "imported").order_by(UploadRow.id)

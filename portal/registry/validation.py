@@ -121,7 +121,17 @@ NUMBER_DIGITS = 15
 NUMBER_MAX = 10**NUMBER_DIGITS - 1
 
 
-def _typed(field: CustomField, raw):
+# Commas that group thousands (1,250.5); any other comma is a decimal comma (2,5), which is
+# refused rather than read as a number ten times larger.
+_GROUPED = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
+
+
+def _number_text(text: str) -> str:
+    text = text.replace(" ", "")
+    return text.replace(",", "") if _GROUPED.fullmatch(text) else text
+
+
+def _typed(field: CustomField, raw, day_first: bool | None = None):
     """One custom value, typed for JSON; ValueError with the reason when it is not valid."""
     text = _text(raw)
     if field.type == "text":
@@ -130,16 +140,17 @@ def _typed(field: CustomField, raw):
         if isinstance(raw, float) and not raw.is_integer():
             raise ValueError("must be a whole number")
         try:
-            value = int(text.replace(",", "").replace(" ", ""))
+            value = int(_number_text(text))
         except ValueError:
             raise ValueError("must be a whole number") from None
         if abs(value) > NUMBER_MAX:
             raise ValueError(f"must be a whole number of at most {NUMBER_DIGITS} digits")
     elif field.type == "decimal":
         try:
-            number = Decimal(text.replace(",", "").replace(" ", ""))
+            number = Decimal(_number_text(text))
         except InvalidOperation:
-            raise ValueError("must be a number") from None
+            raise ValueError("must be a number, with a point before any decimals (2.5)" if "," in text
+                             else "must be a number") from None
         if not number.is_finite():
             raise ValueError("must be a number")
         if abs(number) > NUMBER_MAX:
@@ -156,7 +167,7 @@ def _typed(field: CustomField, raw):
             raise ValueError("must be yes or no")
     elif field.type == "date":
         try:
-            value = parse_date(raw).isoformat()
+            value = parse_date(raw, day_first=day_first).isoformat()
         except ValueError as exc:
             raise ValueError(f"must be a date ({exc})") from None
     elif field.type == "choice":
@@ -180,12 +191,13 @@ def _typed(field: CustomField, raw):
 _EMPTY = object()  # a custom value left out: empty and not required
 
 
-def custom_value(field: CustomField, raw_value) -> tuple[object, str | None]:
-    """One active custom field's typed value (``_EMPTY`` when left out) and its error."""
+def custom_value(field: CustomField, raw_value, day_first: bool | None = None) -> tuple[object, str | None]:
+    """One active custom field's typed value (``_EMPTY`` when left out) and its error; a date
+    is read in ``day_first`` order, as the birth date beside it."""
     if raw_value is None or _text(raw_value) == "":
         return _EMPTY, (f"{field.label} is required." if field.required else None)
     try:
-        return _typed(field, raw_value), None
+        return _typed(field, raw_value, day_first), None
     except ValueError as exc:
         return _EMPTY, f"{field.label} {exc}."
 
@@ -362,9 +374,8 @@ class PersonRules:
             return location.id, f"{location.name} is a {location.kind}; choose a village."
         return location.id, None
 
-    @staticmethod
-    def _custom(raw, field: CustomField) -> tuple[object, str | None]:
-        return custom_value(field, raw)
+    def _custom(self, raw, field: CustomField) -> tuple[object, str | None]:
+        return custom_value(field, raw, self.day_first)
 
     def clean(self, raw: dict) -> tuple[dict, dict[str, str]]:
         """Values ready for ``Individual(**values)`` and errors {field: message}; custom
