@@ -4,6 +4,7 @@ one head and a payee who is a member, and values are read as the upload said."""
 import itertools
 from datetime import date
 
+import pytest
 from sqlalchemy import select
 
 from portal.imports import services
@@ -79,10 +80,16 @@ def test_an_update_that_leaves_the_middle_name_blank_keeps_the_name_key_of_the_r
     assert person.name_key == name_key(person.first_name, person.middle_name, person.last_name)
 
 
+@pytest.fixture
+def amina(make_individual, country):
+    """Registered with national ID A100 in NV1."""
+    return make_individual("Amina", "Banda", national_id="A100", sex="F",
+                           birth_date=date(1990, 5, 17), location=country["NV1"])
+
+
 def test_an_update_does_not_undo_a_change_someone_saved_to_the_person_after_validation(
-        db_session, tmp_path, country, make_individual):
-    person = make_individual("Amina", "Banda", national_id="A100", sex="F",
-                             birth_date=date(1990, 5, 17), location=country["NV1"])
+        db_session, tmp_path, amina):
+    person = amina
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,A100,NV1,,,\n",
                         policy="update")
     person.last_name, person.name_key = "Mwale", "mwale amina"  # married: saved in the registry
@@ -95,9 +102,8 @@ def test_an_update_does_not_undo_a_change_someone_saved_to_the_person_after_vali
 
 
 def test_a_row_checked_again_after_the_registry_changed_updates_the_person(
-        db_session, tmp_path, country, make_individual):
-    person = make_individual("Amina", "Banda", national_id="A100", sex="F",
-                             birth_date=date(1990, 5, 17), location=country["NV1"])
+        db_session, tmp_path, country, amina):
+    person = amina
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,A100,NV2,,,\n",
                         policy="update")
     person.phone = "+265991234567"  # saved in the registry since the check
