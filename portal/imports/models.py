@@ -67,12 +67,12 @@ class Upload(db.Model):
 class UploadRow(db.Model):
     __tablename__ = "upload_row"
     __table_args__ = (
+        # Rows of an upload are read by row number. No index holds status or individual_id,
+        # so marking a row imported rewrites it in place (migration 0013); a person is never
+        # deleted outright, so ON DELETE SET NULL on individual_id needs no index.
         UniqueConstraint("upload_id", "row_number"),
-        Index("ix_upload_row_upload_id_status", "upload_id", "status"),
         Index("ix_upload_row_upload_id_national_id", "upload_id", "national_id"),
         Index("ix_upload_row_upload_id_household_code", "upload_id", "household_code"),
-        # Deleting a person looks here (ON DELETE SET NULL).
-        Index("ix_upload_row_individual_id", "individual_id"),
         # The rows flagged as looking like a row that changed are found again.
         Index("ix_upload_row_upload_id_twin_row", "upload_id", "twin_row",
               sqlite_where=text("twin_row IS NOT NULL"), postgresql_where=text("twin_row IS NOT NULL")),
