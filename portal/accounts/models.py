@@ -100,3 +100,18 @@ class User(Audited, UserMixin, db.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class SignIn(db.Model):
+    """One signed-in session, known to the server so that signing out ends it there too: a
+    copy of the cookie taken before (a shared tablet's browser profile, a proxy's log) signs
+    nobody in afterwards. The cookie holds the token; this table only its hash. Not audited:
+    like ``last_login_at``, it is bookkeeping of sessions, not a change to anyone's data."""
+    __tablename__ = "sign_in"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+

@@ -1,13 +1,14 @@
 """Sign-in, users and roles."""
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, delete, exists, func, select, update
 from sqlalchemy.orm import Session, joinedload, lazyload, object_session
 
-from portal.accounts.models import Role, RolePermission, User, user_location, user_role
+from portal.accounts.models import Role, RolePermission, SignIn, User, user_location, user_role
 from portal.accounts.permissions import DEFAULT_ROLES, PERMISSIONS
 from portal.audit.services import record
 from portal.clock import now
@@ -49,20 +50,51 @@ def authenticate(session: Session, email: str, password: str, *, max_failures: i
 _granted = (select(func.aggregate_strings(RolePermission.permission, ","))
             .join(user_role, user_role.c.role_id == RolePermission.role_id)
             .where(user_role.c.user_id == User.id).scalar_subquery())
-_SIGNED_IN_USER = (select(User, _granted).where(User.id == bindparam("user_id"))
+_live = exists().where(SignIn.user_id == User.id, SignIn.token_hash == bindparam("sign_in"),
+                       SignIn.ended_at.is_(None), SignIn.started_at >= bindparam("since"))
+_SIGNED_IN_USER = (select(User, _granted, _live).where(User.id == bindparam("user_id"))
                    .options(joinedload(User.locations), lazyload(User.roles)))
 
+# A sign-in lasts at most this long, however busy (each request renews only the idle limit).
+SIGN_IN_DAYS = 7
 
-def load_user(session: Session, token: str) -> User | None:
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_sign_in(session: Session, user: User) -> str:
+    """Record a new signed-in session of ``user`` and return its token for the cookie. The
+    sign-ins past their last day go at the same time."""
+    session.execute(delete(SignIn).where(SignIn.started_at < now() - timedelta(days=SIGN_IN_DAYS)))
+    token = secrets.token_urlsafe(32)
+    session.add(SignIn(user_id=user.id, token_hash=_token_hash(token), started_at=now()))
+    return token
+
+
+def end_sign_in(session: Session, token: str | None) -> None:
+    """Signing out: the session with this token signs nobody in again, whoever holds a copy."""
+    if token:
+        session.execute(update(SignIn).where(SignIn.token_hash == _token_hash(token),
+                                             SignIn.ended_at.is_(None)).values(ended_at=now()))
+
+
+def load_user(session: Session, token: str, sign_in: str | None) -> User | None:
+    """The user of a session: its cookie names the user and their session version
+    (``token``) and the sign-in (``sign_in``), which must not have ended."""
     try:
         user_id, version = (int(part) for part in token.split(":"))
     except ValueError:
         return None
-    row = session.execute(_SIGNED_IN_USER, {"user_id": user_id}).unique().first()
+    if not sign_in:
+        return None
+    row = session.execute(_SIGNED_IN_USER, {
+        "user_id": user_id, "sign_in": _token_hash(sign_in),
+        "since": now() - timedelta(days=SIGN_IN_DAYS)}).unique().first()
     if row is None:
         return None
-    user, granted = row
-    if user.session_version != version or not user.active:
+    user, granted, live = row
+    if user.session_version != version or not user.active or not live:
         return None
     user.granted_permissions = frozenset(granted.split(",")) if granted else frozenset()
     return user

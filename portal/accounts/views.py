@@ -14,7 +14,7 @@ from portal.web import (AUTHENTICATED, PUBLIC, form_refusal, htmx_redirect, next
 
 @login_manager.user_loader
 def _load_user(token: str):
-    return services.load_user(db.session, token)
+    return services.load_user(db.session, token, session.get("sign_in"))
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -34,11 +34,13 @@ def login():
             db.session.commit()  # keep the failure count
             error = exc.message
         else:
+            sign_in = services.start_sign_in(db.session, user)
             db.session.commit()
             # A new session: nothing from before sign-in (a CSRF secret someone planted or
             # read) carries over into the signed-in one.
             session.clear()
             session.permanent = True
+            session["sign_in"] = sign_in
             login_user(user)
             return redirect(next_url("home.index"))
     status = 422 if error or form.errors else 200
@@ -48,6 +50,8 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @require(AUTHENTICATED)
 def logout():
+    services.end_sign_in(db.session, session.get("sign_in"))
+    db.session.commit()
     logout_user()
     session.clear()  # the CSRF secret too: the next user of this browser starts afresh
     flash("You are signed out.", "info")

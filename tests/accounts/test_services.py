@@ -63,10 +63,22 @@ def test_an_admin_cannot_disable_their_own_account(make_user):
 
 def test_changing_the_password_invalidates_older_sessions(db_session, make_user):
     user = make_user("viewer")
+    sign_in = services.start_sign_in(db_session, user)
     old_token = user.get_id()
     _change_password(db_session, user, PASSWORD, "a-much-better-password")
-    assert services.load_user(db_session, old_token) is None
-    assert services.load_user(db_session, user.get_id()) is user
+    assert services.load_user(db_session, old_token, sign_in) is None
+    assert services.load_user(db_session, user.get_id(), sign_in) is user
+
+
+def test_a_session_without_a_sign_in_or_with_an_ended_one_loads_nobody(db_session, make_user):
+    user = make_user("viewer")
+    sign_in = services.start_sign_in(db_session, user)
+    db_session.flush()
+    assert services.load_user(db_session, user.get_id(), None) is None
+    assert services.load_user(db_session, user.get_id(), "made-up") is None
+    assert services.load_user(db_session, user.get_id(), sign_in) is user
+    services.end_sign_in(db_session, sign_in)
+    assert services.load_user(db_session, user.get_id(), sign_in) is None
 
 
 def test_short_passwords_and_a_wrong_current_password_are_refused(db_session, make_user):
@@ -136,11 +148,12 @@ def test_loading_the_signed_in_user_with_roles_and_locations_takes_one_statement
     from portal.accounts.services import load_user
 
     user = make_user("field_officer", [country["ND"]])
+    sign_in = services.start_sign_in(db_session, user)
     db_session.commit()
     token = user.get_id()
     db_session.expire_all()
     with count_queries() as statements:
-        loaded = load_user(db_session, token)
+        loaded = load_user(db_session, token, sign_in)
         assert loaded.can("individual.view") and not loaded.can("user.manage")
         assert [place.code for place in loaded.locations] == ["ND"]
     assert statements() == 1

@@ -1,8 +1,10 @@
 """Web-level security and robustness: sessions, cookies, caching of personal data, big bodies,
 error answers and static files, as a careful operator on shared tablets expects them."""
 import re
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 import config
 from tests.conftest import PASSWORD
@@ -170,3 +172,42 @@ def test_a_form_sent_from_another_site_while_signed_out_signs_in_to_the_home_pag
     response = client.post("/account/password", headers={"Referer": "https://elsewhere.example/x"},
                            data={"current": "x"})
     assert response.headers["Location"] == "/login"
+
+
+def test_a_session_cookie_copied_before_sign_out_signs_nobody_in_after_it(app, make_user, db_session):
+    user = make_user("viewer")
+    db_session.commit()
+    browser = app.test_client()
+    browser.post("/login", data={"email": user.email, "password": PASSWORD})
+    assert browser.get("/").status_code == 200
+    copied = browser.get_cookie("session").value
+    browser.post("/logout")
+    browser.set_cookie("session", copied)
+    assert browser.get("/").status_code == 302
+
+
+def test_signing_out_in_one_browser_leaves_the_users_other_sessions_signed_in(app, make_user, db_session):
+    user = make_user("viewer")
+    db_session.commit()
+    tablet, desk = app.test_client(), app.test_client()
+    for browser in (tablet, desk):
+        assert browser.post("/login", data={"email": user.email, "password": PASSWORD}).status_code == 302
+    tablet.post("/logout")
+    assert tablet.get("/").status_code == 302
+    assert desk.get("/").status_code == 200
+
+
+def test_a_sign_in_ends_after_its_last_day_however_busy(app, make_user, db_session):
+    from portal.accounts.models import SignIn
+    from portal.accounts.services import SIGN_IN_DAYS
+    from portal.clock import now
+
+    user = make_user("viewer")
+    db_session.commit()
+    browser = app.test_client()
+    browser.post("/login", data={"email": user.email, "password": PASSWORD})
+    assert browser.get("/").status_code == 200
+    for sign_in in db_session.scalars(select(SignIn).where(SignIn.user_id == user.id)):
+        sign_in.started_at = now() - timedelta(days=SIGN_IN_DAYS, minutes=1)
+    db_session.commit()
+    assert browser.get("/").status_code == 302
