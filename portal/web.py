@@ -1,15 +1,15 @@
 """HTTP helpers shared by every domain: rendering page-or-fragment, permissions, errors."""
 from __future__ import annotations
 
-from functools import wraps
-from typing import Callable
-
 import hashlib
 import os
 import re
+from functools import wraps
+from typing import Callable
 from urllib.parse import urlsplit
 
-from flask import Flask, Request, abort, current_app, flash, make_response, redirect, render_template, request, url_for
+from flask import (Flask, Request, abort, current_app, flash, make_response, redirect, render_template,
+                   request, url_for)
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
