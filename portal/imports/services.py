@@ -1600,16 +1600,18 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
         UploadRow.upload_id == upload.id, UploadRow.status == "imported"))
     if not done:
         _refuse_if_same_file_imported_since(session, upload)  # (also when run again, or at once)
-        held = _households_changed_since_validation(session, upload, scope)
+        # People first: a head's row held back holds back their new household's other rows.
+        stale = _people_changed_since_validation(session, upload, scope)
+        held = len(stale) + _households_changed_since_validation(session, upload, scope, also=stale)
         if held:
             total -= held
-            _tell(upload, f"{held} row(s) were held back: their household changed in the registry "
-                          "since validation. Fix them and import again.")
+            _tell(upload, f"{held} row(s) were held back: their person or household changed in the "
+                          "registry since validation. Fix them and import again.")
         if held and only_if_clean:
             # The rows' new errors are kept (committed here), so the grid shows what to fix.
-            progress(done, total, "Households changed since validation")
-            raise DomainError(f"{held} row(s) need fixing again: their household changed in the "
-                              "registry since validation. Nothing was imported.")
+            progress(done, total, "Registry changed since validation")
+            raise DomainError(f"{held} row(s) need fixing again: their person or household changed "
+                              "in the registry since validation. Nothing was imported.")
     progress(done, total, "Importing people")
     # Each batch updates pages all over the registry's indexes; fewer, larger batches
     # write each page fewer times.
@@ -1729,16 +1731,57 @@ def _record_rows(session: Session, upload_id: int, rows: list, people: list[int]
            changes={"individual_ids": people})
 
 
-def _households_changed_since_validation(session: Session, upload: Upload, scope: Scope) -> int:
+_CHANGED_SINCE_CHECK = ("This person was changed in the registry after this row was checked; "
+                        "check the upload again to compare, then import.")
+_DELETED_SINCE_CHECK = "The person to update was deleted meanwhile."
+_MOVED_SINCE_CHECK = "The person to update moved outside your area meanwhile."
+
+
+def _people_changed_since_validation(session: Session, upload: Upload, scope: Scope) -> dict[int, str | None]:
+    """Turn into errors the valid update rows whose person was deleted, moved out of ``scope``
+    or otherwise changed in the registry since the row was checked (the version the check
+    read is in the row): the file would write over what someone saved, unseen. Before anyone
+    is created, so that a head's row held back holds back their new household (see
+    ``_households_changed_since_validation``). Returns the rows' ids and household codes."""
+    seen = UploadRow.cleaned["person_version"].as_integer()
+    rows = session.execute(
+        select(UploadRow.id, UploadRow.errors, UploadRow.household_code, seen.label("seen"),
+               Individual.version, Individual.deleted_at, Individual.id.label("person"),
+               scope.covers(Individual.location_id).label("in_area"))
+        .join(Individual, Individual.id == UploadRow.individual_id, isouter=True)
+        .where(UploadRow.upload_id == upload.id, UploadRow.status == "valid", UploadRow.action == "update")).all()
+    held = {}
+    for row in rows:
+        if row.person is None or row.deleted_at is not None:
+            message = _DELETED_SINCE_CHECK
+        elif not row.in_area:
+            message = _MOVED_SINCE_CHECK
+        elif row.seen is not None and row.seen != row.version:
+            message = _CHANGED_SINCE_CHECK
+        else:
+            continue
+        held[row.id] = (row, message)
+    if held:
+        session.execute(update(UploadRow), [
+            {"id": row_id, "status": "error", "errors": {**(row.errors or {}), "national_id": message}}
+            for row_id, (row, message) in held.items()])
+    return {row_id: row.household_code for row_id, (row, _message) in held.items()}
+
+
+def _households_changed_since_validation(session: Session, upload: Upload, scope: Scope,
+                                         also: dict[int, str | None]) -> int:
     """Check again the households the registry may have changed since validation (those
-    registered now, and those of registered people) and return how many valid rows that
-    turned into errors: a head registered meanwhile, a person moved into another household,
-    a code now a cooperative's would otherwise stop the import after its people exist."""
+    registered now, those of registered people, and those of the rows ``also`` just held
+    back: id -> household code) and return how many valid rows that turned into errors: a
+    head registered meanwhile, a person moved into another household, a code now a
+    cooperative's would otherwise stop the import after its people exist, and a new
+    household whose head's row was held back would be led by whoever came first."""
     valid = (UploadRow.upload_id == upload.id) & (UploadRow.status == "valid")
     codes = set(session.scalars(select(Group.code).join(
         UploadRow, valid & (UploadRow.household_code == Group.code)).distinct()))
     codes.update(session.scalars(select(UploadRow.household_code).where(
         valid, UploadRow.individual_id.isnot(None), UploadRow.household_code.isnot(None)).distinct()))
+    codes.update(code for code in also.values() if code)
     if not codes:
         return 0
     ready = set(session.scalars(select(UploadRow.id).where(
@@ -1930,19 +1973,19 @@ def _update_people(session: Session, rows, scope: Scope) -> list[dict]:
     marks, changed, by_fields = [], [], {}
     for row in rows:
         person = registered.get(row.individual_id)
+        # (_people_changed_since_validation held these back a moment ago; in between, a
+        # change made at that very moment still ends here.)
         if person is None or person["deleted_at"] is not None:
+            message = _DELETED_SINCE_CHECK
+        elif not person["in_area"]:
+            message = _MOVED_SINCE_CHECK
+        elif row.cleaned.get("person_version", person["version"]) != person["version"]:
+            message = _CHANGED_SINCE_CHECK
+        else:
+            message = None
+        if message:
             marks.append({"id": row.id, "status": "error", "individual_id": None,
-                          "errors": {"national_id": "The person to update was deleted meanwhile."}})
-            continue
-        if not person["in_area"]:
-            marks.append({"id": row.id, "status": "error", "individual_id": None, "errors": {
-                "national_id": "The person to update moved outside your area meanwhile."}})
-            continue
-        if row.cleaned.get("person_version", person["version"]) != person["version"]:
-            # Written over, what someone saved since the check would be lost unseen.
-            marks.append({"id": row.id, "status": "error", "individual_id": None, "errors": {
-                "national_id": "This person was changed in the registry after this row was checked; "
-                               "check the upload again to compare, then import."}})
+                          "errors": {"national_id": message}})
             continue
         marks.append({"id": row.id, "status": "imported", "individual_id": person["id"]})
         values = _individual_values(row.cleaned)

@@ -143,6 +143,27 @@ def test_members_cannot_join_a_registered_household_that_has_no_head_without_one
     assert row.status == "error" and "has no head" in row.errors.get("household", "")
 
 
+def test_a_new_household_whose_heads_update_fails_at_import_is_not_made_headless_and_paid_to_a_child(
+        db_session, tmp_path, country, make_individual):
+    """The head's row is held back before anyone is created, and with it the rest of the new
+    household: not made from the child alone."""
+    head = make_individual("Amina", "Banda", national_id="A100", sex="F",
+                           birth_date=date(1990, 5, 17), location=country["NV1"])
+    upload = _validated(db_session, tmp_path, HEADER
+                        + "Amina,Banda,F,1990-05-17,A100,NV1,HH-NEW,head,yes\n"
+                        + "Baby,Banda,F,2020-01-02,,NV1,HH-NEW,child,no\n", policy="update")
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[3].status) == ("valid", "valid"), (rows[2].errors, rows[3].errors)
+    head.phone = "+265991234567"  # saved in the registry after the check
+    db_session.flush()
+    _imported(db_session, upload)
+    rows = _rows(db_session, upload)
+    assert rows[2].status == "error" and "changed in the registry" in rows[2].errors["national_id"]
+    assert rows[3].status == "error" and "imported with its head" in rows[3].errors["household"]
+    assert db_session.scalar(select(Group).where(Group.code == "HH-NEW")) is None
+    assert "2 row(s) were held back" in upload.message
+
+
 # --- custom fields --------------------------------------------------------------------------
 
 def test_a_custom_date_is_read_in_the_day_month_order_chosen_for_the_upload(db_session, tmp_path, country):

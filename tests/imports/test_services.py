@@ -293,7 +293,7 @@ def test_a_household_registered_outside_the_area_between_validation_and_import_h
     held = _rows(db_session, upload)[2]
     assert held.status == "error"
     assert held.errors["household"] == "The code HH-NEW belongs to a group outside your area; use another code."
-    assert upload.message == ("1 row(s) were held back: their household changed in the registry since "
+    assert upload.message == ("1 row(s) were held back: their person or household changed in the registry since "
                               "validation. Fix them and import again.")
 
 
