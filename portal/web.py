@@ -235,10 +235,11 @@ def register_hooks(app) -> None:
 
 def sign_in_first():
     """Send a signed-out request to sign in, and back afterwards. A POST's own address only
-    takes POSTs, so after one the user comes back to the page it was sent from instead."""
-    if request.method == "GET":
-        back = request.full_path.rstrip("?")
-    else:
+    takes POSTs, and an htmx request's answers with a fragment, so after one of those the
+    user comes back to the page it was sent from instead."""
+    if request.method in ("GET", "HEAD") and not htmx:
+        back = request.path + (f"?{request.query_string.decode()}" if request.query_string else "")
+    else:  # (an htmx request's own address is a fragment, not a page)
         sent_from = urlsplit(htmx.current_url or request.referrer or "")
         same_site = sent_from.netloc == request.host
         back = sent_from.path + (f"?{sent_from.query}" if sent_from.query else "") if same_site else ""
@@ -261,13 +262,23 @@ class PortalFlask(Flask):
         return super().get_send_file_max_age(filename)
 
 
+def accepts_files(view):
+    """Mark a view whose form carries a file: only such a view takes a body up to the upload
+    limit (``PortalRequest``)."""
+    view.accepts_files = True
+    return view
+
+
 class PortalRequest(Request):
     @property
     def max_content_length(self):
-        """Only a file upload needs the upload limit; any other body (a form) is refused with
-        413 past ``MAX_FORM_BYTES`` before it is parsed, so no one can keep a worker busy."""
+        """Only the views that take a file (``accepts_files``) need the upload limit; any other
+        body is refused with 413 past ``MAX_FORM_BYTES`` before it is parsed, whatever it calls
+        itself, so no one can keep a worker busy."""
         limit = super().max_content_length
-        if self.mimetype == "multipart/form-data" or not current_app:
+        if not current_app:
+            return limit
+        if getattr(current_app.view_functions.get(self.endpoint or ""), "accepts_files", False):
             return limit
         return min(limit or current_app.config["MAX_FORM_BYTES"], current_app.config["MAX_FORM_BYTES"])
 

@@ -14,8 +14,8 @@ from portal.imports import bp, columns, services
 from portal.imports.forms import ImportForm, MappingForm, ReplaceForm, ReuploadForm, UploadForm
 from portal.imports.models import DUPLICATE_POLICIES
 from portal.privacy import PII_FIELDS, mask
-from portal.web import (can, flash_refusal, form_refusal, htmx_redirect, int_arg, is_fragment_request,
-                        queue_job, render, require, scope, sweep_if_running)
+from portal.web import (accepts_files, can, flash_refusal, form_refusal, htmx_redirect, int_arg,
+                        is_fragment_request, queue_job, render, require, scope, sweep_if_running)
 
 EXTENSIONS = (".csv", ".xlsx", ".txt", ".tsv")
 # Other rows a fix changed (a household waiting on its head, a row sharing a national ID or
@@ -102,6 +102,7 @@ def template(fmt: str):
 
 
 @bp.route("/new", methods=["GET", "POST"])
+@accepts_files
 @require("upload.create")
 def new():
     form = UploadForm()
@@ -409,6 +410,7 @@ def problems(upload_id: int, fmt: str):
 
 
 @bp.route("/<int:upload_id>/reupload", methods=["POST"])
+@accepts_files
 @require("upload.create")
 def reupload(upload_id: int):
     upload = _upload(upload_id)

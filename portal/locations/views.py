@@ -11,7 +11,7 @@ from portal.extensions import db
 from portal.locations import bp, services
 from portal.locations.forms import LocationForm, LocationImportForm
 from portal.locations.models import Location
-from portal.web import form_refusal, int_arg, queue_job, render, require, scope
+from portal.web import accepts_files, form_refusal, int_arg, queue_job, render, require, scope
 
 
 @bp.route("/")
@@ -90,6 +90,7 @@ def edit(location_id: int):
 
 
 @bp.route("/import", methods=["GET", "POST"])
+@accepts_files
 @require("location.manage")
 def import_csv():
     form = LocationImportForm()

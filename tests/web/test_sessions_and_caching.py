@@ -1,5 +1,6 @@
 """Web-level security and robustness: sessions, cookies, caching of personal data, big bodies,
 error answers and static files, as a careful operator on shared tablets expects them."""
+import io
 import re
 from datetime import timedelta
 
@@ -211,3 +212,33 @@ def test_a_sign_in_ends_after_its_last_day_however_busy(app, make_user, db_sessi
         sign_in.started_at = now() - timedelta(days=SIGN_IN_DAYS, minutes=1)
     db_session.commit()
     assert browser.get("/").status_code == 302
+
+
+def test_signing_in_after_an_htmx_cancel_button_whose_session_had_ended_lands_on_a_page_not_a_bare_table_row(
+        client, login, country, db_session, tmp_path):
+    """An htmx GET (the grid's Cancel button fetches one ``<tr>``) returns after sign-in to the
+    page it came from, not to the address it fetched, which is no page."""
+    from portal.accounts.models import User
+
+    me = login("admin")
+    upload = validated_upload(db_session, tmp_path, "Amina,Banda,X,1990-05-17,,NV1,,,\n", uploader=me)
+    db_session.get(User, me.id).set_password(PASSWORD)  # the session ends, as a change on another device does
+    db_session.commit()
+    page = f"http://localhost/imports/{upload.id}/rows"
+    response = client.htmx("get", f"/imports/{upload.id}/rows/2", headers={"HX-Current-URL": page})
+    sign_in = response.headers["HX-Redirect"]
+    again = client.post(sign_in, data={"email": me.email, "password": PASSWORD})
+    assert again.status_code == 302
+    landing = client.get(again.headers["Location"])
+    body = landing.get_data(as_text=True)
+    assert landing.status_code == 200
+    assert "<html" in body.lower(), (again.headers["Location"], body[:200])
+
+
+def test_a_sign_in_form_of_megabytes_sent_as_multipart_is_refused_with_413_too(client):
+    """Only the views that take a file take a body up to the upload limit, whatever a body
+    calls itself."""
+    response = client.post("/login", content_type="multipart/form-data", data={
+        "email": "nobody@example.org", "password": "x",
+        "padding": (io.BytesIO(b"a" * (3 * 1024 * 1024)), "padding.bin")})
+    assert response.status_code == 413, response.status_code
