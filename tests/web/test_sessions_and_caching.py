@@ -175,12 +175,18 @@ def test_a_form_sent_from_another_site_while_signed_out_signs_in_to_the_home_pag
     assert response.headers["Location"] == "/login"
 
 
+def _signed_in(app, user):
+    """A browser of its own, signed in through the form."""
+    browser = app.test_client()
+    assert browser.post("/login", data={"email": user.email, "password": PASSWORD}).status_code == 302
+    assert browser.get("/").status_code == 200
+    return browser
+
+
 def test_a_session_cookie_copied_before_sign_out_signs_nobody_in_after_it(app, make_user, db_session):
     user = make_user("viewer")
     db_session.commit()
-    browser = app.test_client()
-    browser.post("/login", data={"email": user.email, "password": PASSWORD})
-    assert browser.get("/").status_code == 200
+    browser = _signed_in(app, user)
     copied = browser.get_cookie("session").value
     browser.post("/logout")
     browser.set_cookie("session", copied)
@@ -190,9 +196,7 @@ def test_a_session_cookie_copied_before_sign_out_signs_nobody_in_after_it(app, m
 def test_signing_out_in_one_browser_leaves_the_users_other_sessions_signed_in(app, make_user, db_session):
     user = make_user("viewer")
     db_session.commit()
-    tablet, desk = app.test_client(), app.test_client()
-    for browser in (tablet, desk):
-        assert browser.post("/login", data={"email": user.email, "password": PASSWORD}).status_code == 302
+    tablet, desk = _signed_in(app, user), _signed_in(app, user)
     tablet.post("/logout")
     assert tablet.get("/").status_code == 302
     assert desk.get("/").status_code == 200
@@ -205,9 +209,7 @@ def test_a_sign_in_ends_after_its_last_day_however_busy(app, make_user, db_sessi
 
     user = make_user("viewer")
     db_session.commit()
-    browser = app.test_client()
-    browser.post("/login", data={"email": user.email, "password": PASSWORD})
-    assert browser.get("/").status_code == 200
+    browser = _signed_in(app, user)
     for sign_in in db_session.scalars(select(SignIn).where(SignIn.user_id == user.id)):
         sign_in.started_at = now() - timedelta(days=SIGN_IN_DAYS, minutes=1)
     db_session.commit()
