@@ -55,7 +55,7 @@ def load() -> dict:
         "INSTANCE_DIR": str(INSTANCE_DIR),
         "UPLOAD_DIR": os.environ.get("UPLOAD_DIR", str(INSTANCE_DIR / "uploads")),
         "MAX_CONTENT_LENGTH": _int("MAX_UPLOAD_MB", 50) * 1024 * 1024,
-        # Any body but a file upload (a form, a grid of edits) is refused beyond this.
+        # Any body sent to a page that takes no file (a form, a grid of edits) is refused beyond this.
         "MAX_FORM_BYTES": _int("MAX_FORM_KB", 1024) * 1024,
         "UPLOAD_MAX_ROWS": _int("UPLOAD_MAX_ROWS", 500_000),
         # Rows imported per transaction: fewer, larger batches write each index page less often.

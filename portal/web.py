@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from functools import wraps
+from functools import lru_cache, wraps
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -306,15 +306,11 @@ def static_version(endpoint: str, values: dict) -> None:
     values["v"] = _file_hash(path, stamp)
 
 
-_HASHES: dict[tuple[str, int], str] = {}
-
-
+@lru_cache(maxsize=256)
 def _file_hash(path: str, stamp: int) -> str:
-    key = (path, stamp)
-    if key not in _HASHES:
-        with open(path, "rb") as file:
-            _HASHES[key] = hashlib.sha256(file.read()).hexdigest()[:10]
-    return _HASHES[key]
+    """The file's hash, read once for each version of it (``stamp``: its modification time)."""
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()[:10]
 
 
 def form_refusal(form, exc, default: str, field: str | None = None) -> None:

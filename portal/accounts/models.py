@@ -114,4 +114,3 @@ class SignIn(db.Model):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime)
-

@@ -76,7 +76,8 @@ def change_password():
             getattr(form, exc.field).errors.append(exc.message)
         else:
             db.session.commit()
-            login_user(current_user._get_current_object())  # the session version changed: renew this session only
+            # The session version changed: renew this session only (the user, not the proxy).
+            login_user(current_user._get_current_object())
             flash("Your password is changed. Other sessions are signed out.", "success")
             return redirect(url_for("home.index"))
     return render("accounts/password.html", form=form, status=422 if form.errors else 200)

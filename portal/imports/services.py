@@ -1737,6 +1737,18 @@ _DELETED_SINCE_CHECK = "The person to update was deleted meanwhile."
 _MOVED_SINCE_CHECK = "The person to update moved outside your area meanwhile."
 
 
+def _stale_update(deleted: bool, in_area: bool, seen: int | None, version: int | None) -> str | None:
+    """Why an update row may not write to its person any more (None: it may): deleted, moved
+    out of the area, or changed since the row was checked (``seen``, the version read then)."""
+    if deleted:
+        return _DELETED_SINCE_CHECK
+    if not in_area:
+        return _MOVED_SINCE_CHECK
+    if seen is not None and seen != version:
+        return _CHANGED_SINCE_CHECK
+    return None
+
+
 def _people_changed_since_validation(session: Session, upload: Upload, scope: Scope) -> dict[int, str | None]:
     """Turn into errors the valid update rows whose person was deleted, moved out of ``scope``
     or otherwise changed in the registry since the row was checked (the version the check
@@ -1752,15 +1764,10 @@ def _people_changed_since_validation(session: Session, upload: Upload, scope: Sc
         .where(UploadRow.upload_id == upload.id, UploadRow.status == "valid", UploadRow.action == "update")).all()
     held = {}
     for row in rows:
-        if row.person is None or row.deleted_at is not None:
-            message = _DELETED_SINCE_CHECK
-        elif not row.in_area:
-            message = _MOVED_SINCE_CHECK
-        elif row.seen is not None and row.seen != row.version:
-            message = _CHANGED_SINCE_CHECK
-        else:
-            continue
-        held[row.id] = (row, message)
+        message = _stale_update(row.person is None or row.deleted_at is not None, row.in_area,
+                                row.seen, row.version)
+        if message:
+            held[row.id] = (row, message)
     if held:
         session.execute(update(UploadRow), [
             {"id": row_id, "status": "error", "errors": {**(row.errors or {}), "national_id": message}}
@@ -1975,14 +1982,9 @@ def _update_people(session: Session, rows, scope: Scope) -> list[dict]:
         person = registered.get(row.individual_id)
         # (_people_changed_since_validation held these back a moment ago; in between, a
         # change made at that very moment still ends here.)
-        if person is None or person["deleted_at"] is not None:
-            message = _DELETED_SINCE_CHECK
-        elif not person["in_area"]:
-            message = _MOVED_SINCE_CHECK
-        elif row.cleaned.get("person_version", person["version"]) != person["version"]:
-            message = _CHANGED_SINCE_CHECK
-        else:
-            message = None
+        message = (_DELETED_SINCE_CHECK if person is None else _stale_update(
+            person["deleted_at"] is not None, person["in_area"], row.cleaned.get("person_version"),
+            person["version"]))
         if message:
             marks.append({"id": row.id, "status": "error", "individual_id": None,
                           "errors": {"national_id": message}})
