@@ -6,13 +6,16 @@ checking the next batch in Python, so it takes the machine's other core instead 
 time. The connection only reads the registry and writes temporary tables of its own, which
 are gone with it; SQLite's WAL lets it read beside the job's open write transaction.
 
-Two ways to find the people born the same day in the same area, chosen by the file's size:
-- a few rows: each new person's birth date is looked up in the registry's birth-date index,
-  which holds every person born that day in the country (about 34 in a million people);
-- many rows: the registry's (birth date, area, person) are read once into a temporary table
-  keyed that way, and each new person is one lookup in it. Past some 40,000 rows, walking
-  each row's day costs more than reading the registry (a million people born over 29,000
-  days), and the read starts while the file is still being loaded.
+How the people born the same day in the same area are found:
+- PostgreSQL joins each search's new people (25,000 at a time) to the registry by hashing,
+  one pass over the registry a search. (Reading the registry into a temporary table keyed by
+  birth date and area, as SQLite does, cost 1-1.5 s more of the server's CPU for 100,000 rows.)
+- SQLite, a few rows: each new person's birth date is looked up in the registry's birth-date
+  index, which holds every person born that day in the country (about 34 in a million people);
+- SQLite, many rows: the registry's (birth date, area, person) are read once into a temporary
+  table keyed that way, and each new person is one lookup in it. Past some 40,000 rows,
+  walking each row's day costs more than reading the registry (a million people born over
+  29,000 days), and the read starts while the file is still being loaded.
 """
 from __future__ import annotations
 
@@ -48,9 +51,9 @@ _NEW_PEOPLE = {
 # New people searched together: each search walks the registry's birth-date index (SQLite)
 # or scans the registry once (PostgreSQL's hash join, 0.3 s over a million people), so
 # PostgreSQL's searches are fewer and larger; the last one is what validation waits for.
-# With the registry read once, a search is one lookup a row on either database.
+# With the registry read once (SQLite), a search is one lookup a row.
 SEARCH_ROWS = {False: 5000, True: 25000}
-# From this many rows on, the registry's birth dates and areas are read once (see above).
+# From this many rows on, SQLite reads the registry's birth dates and areas once (see above).
 READ_REGISTRY_ROWS = 40_000
 # The join matches birth date and area together: each village's area comes from the
 # temporary table, and the registry's names are read only for the pairs that match. The join
@@ -64,19 +67,14 @@ _SAME_DAY = (
     "CROSS JOIN temp_village_area v WHERE i.birth_date = n.birth_date AND i.deleted_at IS NULL "
     "AND v.village_id = i.location_id AND v.area = n.area ORDER BY n.row_number, i.id")
 _SAME_DAY_INDEX = {False: " INDEXED BY ix_individual_birth_sex", True: ""}
-# The registry read once, in its key's order (SQLite appends to its table, WITHOUT ROWID).
-_REGISTRY = {
-    False: ("CREATE TEMPORARY TABLE temp_registry_day (birth_date DATE, area VARCHAR(120), "
-            "person_id INTEGER, PRIMARY KEY (birth_date, area, person_id)) WITHOUT ROWID",
-            "INSERT INTO temp_registry_day SELECT i.birth_date, v.area, i.id FROM individual i "
-            "INDEXED BY ix_individual_birth_sex CROSS JOIN temp_village_area v "
-            "WHERE i.deleted_at IS NULL AND v.village_id = i.location_id ORDER BY 1, 2, 3"),
-    True: ("CREATE TEMPORARY TABLE temp_registry_day AS SELECT i.birth_date, v.area, "
-           "i.id AS person_id FROM individual i JOIN temp_village_area v "
-           "ON v.village_id = i.location_id WHERE i.deleted_at IS NULL",
-           "CREATE INDEX ON temp_registry_day (birth_date, area)",
-           "ANALYZE temp_registry_day"),
-}
+# SQLite's registry read once, in its key's order (appended to its table, WITHOUT ROWID).
+_REGISTRY = (
+    "CREATE TEMPORARY TABLE temp_registry_day (birth_date DATE, area VARCHAR(120), "
+    "person_id INTEGER, PRIMARY KEY (birth_date, area, person_id)) WITHOUT ROWID",
+    "INSERT INTO temp_registry_day SELECT i.birth_date, v.area, i.id FROM individual i "
+    "INDEXED BY ix_individual_birth_sex CROSS JOIN temp_village_area v "
+    "WHERE i.deleted_at IS NULL AND v.village_id = i.location_id ORDER BY 1, 2, 3",
+)
 _SAME_DAY_READ = (
     "SELECT n.row_number, n.first_name, n.last_name, n.birth_date, i.id, i.first_name, "
     "i.last_name, i.location_id FROM temp_new_person n CROSS JOIN temp_registry_day r "
@@ -132,7 +130,7 @@ class ProbableDuplicates:
                  expected_rows: int = 0, visible: set[int] | None = None):
         self._visible = visible
         self._postgres = bind.dialect.name == "postgresql"
-        self._registry_read = expected_rows >= READ_REGISTRY_ROWS
+        self._registry_read = expected_rows >= READ_REGISTRY_ROWS and not self._postgres
         if isinstance(bind, Engine):
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probable-duplicates")
             self._connection, self._own = None, True
@@ -191,7 +189,7 @@ class ProbableDuplicates:
         if self._postgres:
             cursor.execute("ANALYZE temp_village_area")
         if self._registry_read:
-            for statement in _REGISTRY[self._postgres]:
+            for statement in _REGISTRY:
                 cursor.execute(statement)
 
     def _collect(self, rows: list[tuple]) -> None:
