@@ -27,6 +27,7 @@ from sqlalchemy import (ARRAY, Date, Integer, String, bindparam, and_, case, del
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from portal.audit.models import AuditEntry
 from portal.audit.services import record, record_changes, record_many
 from portal.background.models import JobRun
 from portal.background.services import create_job, lock_row, scope_params
@@ -1644,12 +1645,13 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
             _record_rows(session, upload.id, [r for r in batch if r.action == "update"], people)
         done += len(batch)
         progress(done, total, f"Imported {done:,} of {total:,} people")
-    members = import_households(session, upload, scope)
+    import_households(session, upload, scope, commit_part=commit_part)
+    members = _members_added(session, upload.id)
     progress(done, total, f"Households done: {members:,} members added")
     enrolled = enrol_imported(session, upload, scope=scope, actor_id=actor_id,
                               progress=lambda message: progress(done, total, message))
     counts = summary_counts(session, upload, households=False)
-    counts["members_added"] = counts.get("members_added", 0) + members
+    counts["members_added"] = members
     # Counted from the rows, so that an import resumed after a failure counts what the
     # attempt before it created too.
     imported = dict(session.execute(select(UploadRow.action, func.count()).where(
@@ -2026,15 +2028,17 @@ def _update_people(session: Session, rows, scope: Scope) -> list[dict]:
     return marks
 
 
-def import_households(session: Session, upload: Upload, scope: Scope) -> int:
+def import_households(session: Session, upload: Upload, scope: Scope, *,
+                      commit_part: Callable[[Session], None] | None = None) -> int:
     """Create the households named by imported rows and add their members, in the database
     itself; what exists already (from an earlier run) is left as it is, so a resumed import
     adds nothing twice. A household registered outside ``scope`` after validation gets no
-    members and no payee from here (the upload's message names it). Returns the members added."""
-    if session.get_bind().dialect.name == "postgresql":
-        last_name, location = "r.cleaned->>'last_name'", "CAST(r.cleaned->>'location_id' AS integer)"
-    else:
-        last_name, location = "json_extract(r.cleaned, '$.last_name')", "json_extract(r.cleaned, '$.location_id')"
+    members and no payee from here (the upload's message names it). Returns the members added.
+
+    With ``commit_part``, PostgreSQL shares a large upload's households out by code among
+    connections (``UPLOAD_IMPORT_CONNECTIONS``), each share committed with its audit entries,
+    as the people's shares are: 100,000 members took 2.5-3.5 s on one connection and 1.6 s
+    on two."""
     outside = [] if scope.everything else sorted(session.scalars(select(Group.code).where(
         Group.code.in_(select(UploadRow.household_code).where(
             UploadRow.upload_id == upload.id, UploadRow.status == "imported")),
@@ -2043,12 +2047,6 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         _tell(upload, "Not added to households registered outside your area meanwhile: "
                       + ", ".join(outside))
     params = {"upload": upload.id, "outside": outside}
-
-    def sql(statement: str):
-        return text(statement).bindparams(bindparam("outside", expanding=True, type_=String))
-
-    imported = ("upload_id = :upload AND status = 'imported' AND household_code IS NOT NULL "
-                "AND household_code NOT IN :outside")
     # A primary recipient named for a household that is registered already (audited: who
     # is paid changes).
     payees = select(Group.id, Group.name, Group.primary_recipient_id).where(Group.code.in_(
@@ -2062,33 +2060,13 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         Group.kind == "household", Group.code.in_(select(UploadRow.household_code).where(
             UploadRow.upload_id == upload.id, UploadRow.status == "imported",
             UploadRow.household_code.notin_(outside))))).all())
-    # New households: named after the head (or the first member), paid to the primary
-    # recipient (or the head).
-    created = list(session.scalars(sql(
-        'INSERT INTO "group" (code, kind, name, location_id, primary_recipient_id, version) '
-        f"SELECT h.household_code, 'household', substr(coalesce({last_name}, h.household_code) "
-        f"|| ' household', 1, 120), {location}, coalesce(p.individual_id, r.individual_id), 1 "
-        "FROM (SELECT household_code, coalesce(min(CASE WHEN role = 'head' THEN row_number END), "
-        'min(row_number)) AS lead, min(CASE WHEN "primary" THEN row_number END) AS payee '
-        f"FROM upload_row WHERE {imported} GROUP BY household_code) h "
-        "JOIN upload_row r ON r.upload_id = :upload AND r.row_number = h.lead "
-        "LEFT JOIN upload_row p ON p.upload_id = :upload AND p.row_number = h.payee "
-        'WHERE NOT EXISTS (SELECT 1 FROM "group" g WHERE g.code = h.household_code) '
-        "ORDER BY h.household_code RETURNING id"), params))
-    # A person already in a household (this one, from an earlier run, or another one since
-    # validation), a second head, or a code that became a cooperative's is left out rather
-    # than failing the import for good; the upload's message names the rows.
-    result = session.execute(sql(
-        "INSERT INTO group_member (group_id, individual_id, group_kind, role) "
-        "SELECT g.id, r.individual_id, 'household', coalesce(r.role, 'member') "
-        'FROM upload_row r JOIN "group" g ON g.code = r.household_code '
-        "WHERE r.upload_id = :upload AND r.status = 'imported' AND r.household_code IS NOT NULL "
-        "AND r.household_code NOT IN :outside AND r.individual_id IS NOT NULL "
-        "AND g.kind = 'household' AND NOT EXISTS (SELECT 1 FROM group_member m WHERE "
-        "m.individual_id = r.individual_id AND m.group_kind = 'household') "
-        "AND NOT (r.role = 'head' AND EXISTS (SELECT 1 FROM group_member h WHERE h.group_id = g.id "
-        "AND h.role = 'head' AND h.group_kind = 'household')) ORDER BY r.row_number"
-        + (" RETURNING id, group_id, individual_id, role" if known else "")), params)
+    could_join = session.scalar(_household_sql(
+        f"SELECT count(*) FROM upload_row WHERE {_IMPORTED_WITH_HOUSEHOLD} AND individual_id IS NOT NULL"), params)
+    parts = _parts(session, could_join, commit_part)
+    if parts > 1:
+        joined = _add_households_at_once(session, params, known, parts, commit_part)
+    else:
+        joined = _add_households(session, params, known)
     if before:  # (an upload of new households only has none, and skips two passes over its rows)
         # After the members: a payee left out of the household (a second head registered
         # meanwhile, say) is not made its payee.
@@ -2102,22 +2080,9 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         record_changes(session, entity_type="group", changed=[
             (gid, name, {"primary_recipient_id": (before[gid], payee)})
             for gid, name, payee in session.execute(payees) if before.get(gid, payee) != payee])
-    if known:
-        added = result.all()
-        joined = len(added)
-        record_many(session, action="create", entity_type="groupmember",
-                    actor_id=session.info.get("actor_id"), entries=[
-                        (m.id, f"Joined household {known[m.group_id]} from upload #{upload.id}",
-                         {"group_id": [None, m.group_id], "individual_id": [None, m.individual_id],
-                          "group_kind": [None, "household"], "role": [None, m.role]})
-                        for m in added if m.group_id in known])
-    else:
-        joined = result.rowcount
     # Rows left out are looked for only when fewer joined than could (in one run of a new
     # upload all do): the look is a join over every row, 0.2-0.4 s for 100,000.
-    could_join = session.scalar(sql(
-        f"SELECT count(*) FROM upload_row WHERE {imported} AND individual_id IS NOT NULL"), params)
-    left_out = [] if joined == could_join else list(session.scalars(sql(
+    left_out = [] if joined == could_join else list(session.scalars(_household_sql(
         'SELECT r.row_number FROM upload_row r JOIN "group" g ON g.code = r.household_code '
         "WHERE r.upload_id = :upload AND r.status = 'imported' AND r.household_code IS NOT NULL "
         "AND r.household_code NOT IN :outside AND r.individual_id IS NOT NULL AND NOT EXISTS "
@@ -2127,11 +2092,100 @@ def import_households(session: Session, upload: Upload, scope: Scope) -> int:
         rows = ", ".join(map(str, left_out[:20])) + (" and more" if len(left_out) > 20 else "")
         _tell(upload, f"Imported but not added to their household, which changed in the registry "
                       f"during the import: rows {rows}.")
-    if created or joined:
-        record(session, action="import", entity_type="upload", entity_id=upload.id,
-               summary=f"{len(created)} households created, {joined} members added",
-               changes={"group_ids": created})
     return joined
+
+
+_IMPORTED_WITH_HOUSEHOLD = ("upload_id = :upload AND status = 'imported' AND household_code IS NOT NULL "
+                            "AND household_code NOT IN :outside")
+
+
+def _household_sql(statement: str):
+    return text(statement).bindparams(bindparam("outside", expanding=True, type_=String))
+
+
+def _add_households(session: Session, params: dict, known: dict[int, str], *,
+                    share: str = "") -> int:
+    """Create the new households of the upload's imported rows and add the rows' people to
+    them (``share``: only the households that condition on ``household_code`` picks), with
+    the audit entries; returns the members added."""
+    if session.get_bind().dialect.name == "postgresql":
+        last_name, location = "r.cleaned->>'last_name'", "CAST(r.cleaned->>'location_id' AS integer)"
+    else:
+        last_name, location = "json_extract(r.cleaned, '$.last_name')", "json_extract(r.cleaned, '$.location_id')"
+    # New households: named after the head (or the first member), paid to the primary
+    # recipient (or the head).
+    created = list(session.scalars(_household_sql(
+        'INSERT INTO "group" (code, kind, name, location_id, primary_recipient_id, version) '
+        f"SELECT h.household_code, 'household', substr(coalesce({last_name}, h.household_code) "
+        f"|| ' household', 1, 120), {location}, coalesce(p.individual_id, r.individual_id), 1 "
+        "FROM (SELECT household_code, coalesce(min(CASE WHEN role = 'head' THEN row_number END), "
+        'min(row_number)) AS lead, min(CASE WHEN "primary" THEN row_number END) AS payee '
+        f"FROM upload_row WHERE {_IMPORTED_WITH_HOUSEHOLD}{share} GROUP BY household_code) h "
+        "JOIN upload_row r ON r.upload_id = :upload AND r.row_number = h.lead "
+        "LEFT JOIN upload_row p ON p.upload_id = :upload AND p.row_number = h.payee "
+        'WHERE NOT EXISTS (SELECT 1 FROM "group" g WHERE g.code = h.household_code) '
+        "ORDER BY h.household_code RETURNING id"), params))
+    # A person already in a household (this one, from an earlier run, or another one since
+    # validation), a second head, or a code that became a cooperative's is left out rather
+    # than failing the import for good; the upload's message names the rows.
+    result = session.execute(_household_sql(
+        "INSERT INTO group_member (group_id, individual_id, group_kind, role) "
+        "SELECT g.id, r.individual_id, 'household', coalesce(r.role, 'member') "
+        'FROM upload_row r JOIN "group" g ON g.code = r.household_code '
+        "WHERE r.upload_id = :upload AND r.status = 'imported' AND r.household_code IS NOT NULL "
+        f"AND r.household_code NOT IN :outside{share.replace('household_code', 'r.household_code')} "
+        "AND r.individual_id IS NOT NULL AND g.kind = 'household' AND NOT EXISTS (SELECT 1 FROM "
+        "group_member m WHERE m.individual_id = r.individual_id AND m.group_kind = 'household') "
+        "AND NOT (r.role = 'head' AND EXISTS (SELECT 1 FROM group_member h WHERE h.group_id = g.id "
+        "AND h.role = 'head' AND h.group_kind = 'household')) ORDER BY r.row_number"
+        + (" RETURNING id, group_id, individual_id, role" if known else "")), params)
+    if known:
+        added = result.all()
+        joined = len(added)
+        record_many(session, action="create", entity_type="groupmember",
+                    actor_id=session.info.get("actor_id"), entries=[
+                        (m.id, f"Joined household {known[m.group_id]} from upload #{params['upload']}",
+                         {"group_id": [None, m.group_id], "individual_id": [None, m.individual_id],
+                          "group_kind": [None, "household"], "role": [None, m.role]})
+                        for m in added if m.group_id in known])
+    else:
+        joined = result.rowcount
+    if created or joined:
+        record(session, action="import", entity_type="upload", entity_id=params["upload"],
+               summary=f"{len(created)} households created, {joined} members added",
+               changes={"group_ids": created, "members_added": joined})
+    return joined
+
+
+def _members_added(session: Session, upload_id: int) -> int:
+    """The members the upload's imports added, from their audit entries: the shares of an
+    attempt that failed may have committed some of them."""
+    return sum((changes or {}).get("members_added", 0) for changes in session.scalars(
+        select(AuditEntry.changes).where(
+            AuditEntry.entity_type == "upload", AuditEntry.entity_id == str(upload_id),
+            AuditEntry.action == "import", AuditEntry.summary.like("% households created, %"))))
+
+
+def _add_households_at_once(session: Session, params: dict, known: dict[int, str], parts: int,
+                            commit_part: Callable[[Session], None]) -> int:
+    """``_add_households`` in ``parts`` shares by household code at once, each on a
+    connection and in a transaction of its own, committed by ``commit_part``. A household's
+    rows all fall in one share, so no two shares add to the same household; a share that
+    fails leaves its households for the next run, which adds nothing twice."""
+    app = current_app._get_current_object()
+    engine = session.get_bind()
+    actor = session.info.get("actor_id")
+
+    def share(number: int) -> int:
+        with app.app_context(), Session(engine, expire_on_commit=False) as own:
+            own.info["actor_id"] = actor
+            joined = _add_households(own, {**params, "parts": parts, "share": number}, known,
+                                     share=" AND (hashtext(household_code) & 1023) % :parts = :share")
+            commit_part(own)
+            return joined
+
+    with ThreadPoolExecutor(parts) as pool:
+        return sum(pool.map(share, range(parts)))  # (raises what a share raised, once all have ended)
 
 
 def enrol_imported(session: Session, upload: Upload, *, scope: Scope, actor_id: int | None,

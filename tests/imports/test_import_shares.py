@@ -118,6 +118,89 @@ def test_a_batch_of_new_and_registered_people_records_the_shares_and_the_updates
         assert _row_audits(db_session, upload) == ["Rows 2-41: 40 people imported"]
 
 
+def _household_audits(db_session, upload) -> list[str]:
+    return sorted(db_session.scalars(select(AuditEntry.summary).where(
+        AuditEntry.action == "import", AuditEntry.entity_id == str(upload.id),
+        AuditEntry.summary.like("% households created, %"))))
+
+
+def _households(db_session) -> dict[str, list[tuple[str, str]]]:
+    """Each household's members (national ID, role), heads first."""
+    found: dict[str, list] = {}
+    for code, national_id, role in db_session.execute(
+            select(Group.code, Individual.national_id, GroupMember.role)
+            .join(GroupMember, GroupMember.group_id == Group.id)
+            .join(Individual, Individual.id == GroupMember.individual_id)
+            .order_by(Group.code, GroupMember.role != "head", Individual.national_id)):
+        found.setdefault(code, []).append((national_id, role))
+    return found
+
+
+def _expected_households(rows: int) -> dict[str, list[tuple[str, str]]]:
+    return {f"SHH{h}": [(f"SH{i:05d}", "head" if i % 4 == 0 else "child")
+                        for i in range(4 * h, min(4 * h + 4, rows))] for h in range((rows + 3) // 4)}
+
+
+def test_a_large_imports_households_are_created_in_shares_by_code_each_once_with_its_members_and_an_audit_entry_per_share(
+        db_session, tmp_path, country, shares):
+    upload = _validated(db_session, tmp_path, 40)
+    counts = _import(db_session, upload)
+    assert counts["members_added"] == 40
+    assert _households(db_session) == _expected_households(40)
+    payees = dict(db_session.execute(select(Group.code, Individual.national_id).join(
+        Individual, Individual.id == Group.primary_recipient_id)).all())
+    assert payees == {f"SHH{h}": f"SH{4 * h:05d}" for h in range(10)}
+    audits = _household_audits(db_session, upload)
+    if db_session.get_bind().dialect.name == "postgresql":
+        assert len(audits) == 2  # one a share, which together created all ten and their members
+        created = [int(a.split()[0]) for a in audits]
+        added = [int(a.split(", ")[1].split()[0]) for a in audits]
+        assert sum(created) == 10 and sum(added) == 40 and min(created) > 0
+    else:
+        assert audits == ["10 households created, 40 members added"]
+
+
+def test_a_registered_household_joined_from_a_share_audits_each_member_who_joins(
+        db_session, tmp_path, country, shares):
+    db_session.add(Group(code="SHH2", name="Registered household", kind="household",
+                         location_id=country["NV1"].id))
+    db_session.commit()
+    upload = _validated(db_session, tmp_path, 40)
+    _import(db_session, upload)
+    assert _households(db_session) == _expected_households(40)
+    joined = sorted(db_session.scalars(select(AuditEntry.summary).where(
+        AuditEntry.entity_type == "groupmember", AuditEntry.action == "create")))
+    assert joined == [f"Joined household SHH2 from upload #{upload.id}"] * 4
+
+
+def test_a_household_share_that_fails_leaves_its_households_to_the_next_run_which_adds_no_one_twice(
+        db_session, tmp_path, country, shares):
+    upload = _validated(db_session, tmp_path, 40)
+
+    def failing(conn, cursor, statement, parameters, *args):
+        """The second share's members fail once, as a lost connection would."""
+        if (statement.startswith("INSERT INTO group_member") and isinstance(parameters, dict)
+                and parameters.get("share") == 1 and not failing.done):
+            failing.done = True
+            raise RuntimeError("connection lost")
+    failing.done = False
+
+    if db_session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite adds households in the import's one transaction")
+    event.listen(db.engine, "before_cursor_execute", failing)
+    try:
+        with pytest.raises(RuntimeError, match="connection lost"):
+            _import(db_session, upload)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", failing)
+    db_session.rollback()
+    partly = _households(db_session)
+    assert 0 < sum(map(len, partly.values())) < 40  # the first share's households are in
+    assert _import(db_session, upload)["members_added"] == 40
+    assert _households(db_session) == _expected_households(40)
+    assert db_session.scalar(select(func.count()).select_from(Group)) == 10
+
+
 def test_an_import_taken_over_while_its_shares_work_commits_neither_share_and_the_next_attempt_imports_everyone_once(
         db_session, tmp_path, country, shares):
     if db_session.get_bind().dialect.name != "postgresql":
