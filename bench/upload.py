@@ -103,6 +103,8 @@ def _cleanup(engine, upload_id: int) -> None:
         "DELETE FROM upload_row WHERE upload_id = {0}",
         "DELETE FROM upload WHERE id = {0}",
         "DELETE FROM job_run WHERE lock_key = 'upload:{0}'",
+        # SQLite gives the next upload this one's id: it must not inherit these.
+        "DELETE FROM audit_entry WHERE entity_type = 'upload' AND entity_id = '{0}'",
     ]
     raw = engine.raw_connection()
     try:

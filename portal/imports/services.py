@@ -1599,6 +1599,7 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
         UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "imported"))))
     done = session.scalar(select(func.count()).where(
         UploadRow.upload_id == upload.id, UploadRow.status == "imported"))
+    resumed = bool(done)
     if not done:
         _refuse_if_same_file_imported_since(session, upload)  # (also when run again, or at once)
         # People first: a head's row held back holds back their new household's other rows.
@@ -1645,8 +1646,9 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
             _record_rows(session, upload.id, [r for r in batch if r.action == "update"], people)
         done += len(batch)
         progress(done, total, f"Imported {done:,} of {total:,} people")
-    import_households(session, upload, scope, commit_part=commit_part)
-    members = _members_added(session, upload.id)
+    members = import_households(session, upload, scope, commit_part=commit_part)
+    if resumed:  # an attempt before this one may have added some
+        members = _members_added(session, upload.id)
     progress(done, total, f"Households done: {members:,} members added")
     enrolled = enrol_imported(session, upload, scope=scope, actor_id=actor_id,
                               progress=lambda message: progress(done, total, message))
@@ -1701,8 +1703,7 @@ def _import_new_rows_at_once(session: Session, upload: Upload, rows: list, parts
     A PostgreSQL backend works on one core: 100,000 people took 8.7 s on one connection and
     4.6 s on two. Each share commits alone, which the import allows (a row is imported in the
     transaction that creates its person); a share that fails leaves its rows valid for the
-    next run. (Households shared out by code gained nothing: their shares write the same
-    index pages.)"""
+    next run. (Households are shared out by code afterwards: ``import_households``.)"""
     app = current_app._get_current_object()
     engine = session.get_bind()
     actor = session.info.get("actor_id")
@@ -2158,8 +2159,9 @@ def _add_households(session: Session, params: dict, known: dict[int, str], *,
 
 
 def _members_added(session: Session, upload_id: int) -> int:
-    """The members the upload's imports added, from their audit entries: the shares of an
-    attempt that failed may have committed some of them."""
+    """The members the upload's import attempts added, from their audit entries: the shares
+    of an attempt that failed may have committed some of them. (Upload ids are never reused:
+    uploads are kept for their history.)"""
     return sum((changes or {}).get("members_added", 0) for changes in session.scalars(
         select(AuditEntry.changes).where(
             AuditEntry.entity_type == "upload", AuditEntry.entity_id == str(upload_id),
