@@ -105,8 +105,8 @@ class User(Audited, UserMixin, db.Model):
 class SignIn(db.Model):
     """One signed-in session, known to the server so that signing out ends it there too: a
     copy of the cookie taken before (a shared tablet's browser profile, a proxy's log) signs
-    nobody in afterwards. The cookie holds the token; this table only its hash. Not audited:
-    like ``last_login_at``, it is bookkeeping of sessions, not a change to anyone's data."""
+    nobody in afterwards. The cookie holds the token; this table only its hash. Signing in
+    and out is in the audit log as entries on the user (``start_sign_in``, ``end_sign_in``)."""
     __tablename__ = "sign_in"
 
     id: Mapped[int] = mapped_column(primary_key=True)

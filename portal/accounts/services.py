@@ -69,14 +69,21 @@ def start_sign_in(session: Session, user: User) -> str:
     session.execute(delete(SignIn).where(SignIn.started_at < now() - timedelta(days=SIGN_IN_DAYS)))
     token = secrets.token_urlsafe(32)
     session.add(SignIn(user_id=user.id, token_hash=_token_hash(token), started_at=now()))
+    record(session, action="sign_in", entity_type="user", entity_id=user.id,
+           summary=f"{user.email} signed in", actor_id=user.id)
     return token
 
 
 def end_sign_in(session: Session, token: str | None) -> None:
     """Signing out: the session with this token signs nobody in again, whoever holds a copy."""
-    if token:
-        session.execute(update(SignIn).where(SignIn.token_hash == _token_hash(token),
-                                             SignIn.ended_at.is_(None)).values(ended_at=now()))
+    if not token:
+        return
+    ended = session.scalars(update(SignIn).where(
+        SignIn.token_hash == _token_hash(token), SignIn.ended_at.is_(None))
+        .values(ended_at=now()).returning(SignIn.user_id)).all()
+    for user_id in ended:
+        record(session, action="sign_out", entity_type="user", entity_id=user_id,
+               summary="Signed out", actor_id=user_id)
 
 
 def load_user(session: Session, token: str, sign_in: str | None) -> User | None:

@@ -21,9 +21,10 @@ def set_actor(session: Session, user_id: int | None) -> None:
 
 
 def record(session: Session, *, action: str, entity_type: str, entity_id, summary: str = "",
-           changes: dict | None = None) -> None:
+           changes: dict | None = None, actor_id: int | None = None) -> None:
+    """One entry, made by ``actor_id`` or else by the session's actor (``set_actor``)."""
     session.add(AuditEntry(
-        at=now(), actor_id=session.info.get("actor_id"), action=action, entity_type=entity_type,
+        at=now(), actor_id=actor_id or session.info.get("actor_id"), action=action, entity_type=entity_type,
         entity_id=str(entity_id), summary=summary[:255], changes=changes or {}))
 
 

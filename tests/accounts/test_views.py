@@ -19,6 +19,28 @@ def test_signing_in_and_out_through_the_pages(client, make_user, db_session):
     assert client.get("/").status_code == 302
 
 
+def test_signing_in_and_out_is_in_the_audit_log_as_the_user_and_a_wrong_password_is_not_a_sign_in(
+        client, make_user, db_session):
+    user = make_user("viewer")
+    db_session.commit()
+
+    def entries():
+        db_session.expire_all()
+        return [(e.action, e.actor_id, e.summary) for e in db_session.scalars(
+            select(AuditEntry).where(AuditEntry.entity_type == "user", AuditEntry.entity_id == str(user.id),
+                                     AuditEntry.action != "create")  # (the user's creation)
+            .order_by(AuditEntry.id))]
+
+    client.post("/login", data={"email": user.email, "password": "not the password"})
+    assert entries() == []
+    client.post("/login", data={"email": user.email, "password": PASSWORD})
+    assert entries() == [("sign_in", user.id, f"{user.email} signed in")]
+    client.post("/logout")
+    assert entries()[1:] == [("sign_out", user.id, "Signed out")]
+    client.post("/logout")  # signed out already: nothing more to record
+    assert len(entries()) == 2
+
+
 def test_a_wrong_password_shows_the_form_again_with_a_message(client, make_user, db_session):
     user = make_user("viewer")
     db_session.commit()

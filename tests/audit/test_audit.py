@@ -89,3 +89,10 @@ def test_creating_a_user_records_the_roles_and_locations_granted(db_session, cou
     assert create.action == "create" and create.actor_id == actor.id
     assert create.changes["roles"] == {"added": ["Field officer"], "removed": []}
     assert create.changes["locations"] == {"added": ["Place ND (ND)", "Place SV1 (SV1)"], "removed": []}
+
+
+def test_the_audit_page_lists_sign_ins_by_their_action(client, login):
+    admin = login("admin")
+    page = client.get("/admin/audit/?action=sign_in").get_data(as_text=True)
+    assert f"{admin.email} signed in" in page and '<option selected>sign_in</option>' in page
+    assert "signed in" not in client.get("/admin/audit/?action=sign_out").get_data(as_text=True)
