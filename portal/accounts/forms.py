@@ -1,7 +1,8 @@
-from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, PasswordField, SelectMultipleField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
+
+from portal.forms import Form
 
 
 class MultiCheckboxField(SelectMultipleField):
@@ -9,18 +10,18 @@ class MultiCheckboxField(SelectMultipleField):
     option_widget = CheckboxInput()
 
 
-class LoginForm(FlaskForm):
+class LoginForm(Form):
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=200)])
 
 
-class PasswordForm(FlaskForm):
+class PasswordForm(Form):
     current = PasswordField("Current password", validators=[DataRequired()])
     password = PasswordField("New password", validators=[DataRequired(), Length(min=10, max=200)])
     confirm = PasswordField("Repeat new password", validators=[EqualTo("password", "The passwords differ.")])
 
 
-class UserForm(FlaskForm):
+class UserForm(Form):
     email = EmailField("Email", validators=[DataRequired(), Email(check_deliverability=False), Length(max=254)])
     name = StringField("Name", validators=[DataRequired(), Length(max=120)])
     password = PasswordField("Password", validators=[Optional(), Length(min=10, max=200)],
@@ -30,6 +31,8 @@ class UserForm(FlaskForm):
     locations = StringField("Location codes", validators=[Length(max=2000)],
                             description="Codes separated by commas; the user sees these and everything below.")
 
+from portal.forms import Form
 
-class RoleForm(FlaskForm):
+
+class RoleForm(Form):
     permissions = MultiCheckboxField("Permissions")

@@ -1,8 +1,8 @@
-from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, RadioField, SelectField, StringField
 from wtforms.validators import Length, Optional
 
+from portal.forms import Form
 from portal.imports.models import DUPLICATE_POLICIES
 
 DATE_ORDERS = [("", "Year first only (YYYY-MM-DD), or unambiguous dates"),
@@ -10,7 +10,7 @@ DATE_ORDERS = [("", "Year first only (YYYY-MM-DD), or unambiguous dates"),
 ENROL_STATUSES = [("potential", "Potential"), ("active", "Active")]
 
 
-class UploadForm(FlaskForm):
+class UploadForm(Form):
     file = FileField("File (.csv or .xlsx)", validators=[FileRequired("Choose a file to upload.")])
     duplicate_policy = RadioField(
         "A person whose national ID is already registered",
@@ -21,11 +21,11 @@ class UploadForm(FlaskForm):
     enrol_status = SelectField("with the status", choices=ENROL_STATUSES, default="potential")
 
 
-class ReuploadForm(FlaskForm):
+class ReuploadForm(Form):
     file = FileField("File of fixed rows", validators=[FileRequired("Choose the fixed file.")])
 
 
-class ReplaceForm(FlaskForm):
+class ReplaceForm(Form):
     field = SelectField("Column", choices=[])
     match = SelectField("Find", choices=[("cell", "Cells equal to"), ("part", "Text within cells")],
                         default="cell")
@@ -34,12 +34,12 @@ class ReplaceForm(FlaskForm):
     replace = StringField("Replace with", validators=[Length(max=200)])
 
 
-class MappingForm(FlaskForm):
+class MappingForm(Form):
     """The column selects are added per file header by the view."""
 
     save_as = StringField("Save this mapping as", validators=[Length(max=80)],
                           description="Files with the same columns will use it next time.")
 
 
-class ImportForm(FlaskForm):
+class ImportForm(Form):
     only_if_clean = BooleanField("Only if no row is left to fix")

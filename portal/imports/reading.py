@@ -26,11 +26,11 @@ from typing import Iterator
 
 from portal.errors import DomainError
 from portal.registry.exports import without_guard
+from portal.registry.validation import CONTROL, control_character
 
 CELL_MAX = 2000  # characters in one cell
 UNZIPPED_MAX = 400 * 1024 * 1024  # bytes of XML an .xlsx may expand to
 RATIO_MAX = 100  # compression ratio of one member above 1 MB: a zip bomb, not a workbook
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NOT_SPREADSHEET = {
     b"%PDF": "a PDF document", b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image",
     b"GIF8": "a GIF image", b"\x1f\x8b": "a gzip archive", b"Rar!": "a RAR archive",
@@ -51,10 +51,7 @@ def cell_problem(cell: str) -> str | None:
     screen could not show it (a control character), or no field holds that much."""
     if len(cell) > CELL_MAX:
         return f"holds {len(cell):,} characters; a cell may hold at most {CELL_MAX:,}"
-    found = CONTROL.search(cell)
-    if found:
-        return f"contains an invisible control character (U+{ord(found.group()):04X})"
-    return None
+    return control_character(cell)
 
 
 @dataclass

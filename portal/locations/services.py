@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, false, func, or_, select, true, update
@@ -11,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from portal.errors import DomainError
 from portal.locations.models import KINDS, Location
+from portal.registry.validation import control_character
 
 PARENT_KIND = {"district": "region", "ward": "district", "village": "ward"}
 # How a person, household or group outside the user's scope is named: by nothing of its own.
@@ -102,7 +102,6 @@ def _check_parent(kind: str, parent: Location | None) -> None:
 
 
 _CODE_MAX, _NAME_MAX = Location.code.type.length, Location.name.type.length
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # (as a people upload refuses them)
 
 
 def _unfit(code: str, name: str) -> str | None:
@@ -114,8 +113,8 @@ def _unfit(code: str, name: str) -> str | None:
     if len(name) > _NAME_MAX:
         return f"the name is {len(name)} characters long; at most {_NAME_MAX} are allowed."
     for what, text in (("code", code), ("name", name)):
-        if found := _CONTROL.search(text):
-            return f"the {what} contains an invisible control character (U+{ord(found.group()):04X})."
+        if problem := control_character(text):
+            return f"the {what} {problem}."
     return None
 
 

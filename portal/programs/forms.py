@@ -1,14 +1,14 @@
-from flask_wtf import FlaskForm
 from wtforms import (BooleanField, DateField, DecimalField, HiddenField, IntegerField, SelectField,
                      StringField, TextAreaField)
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
+from portal.forms import Form
 from portal.ids import ID_MAX
 from portal.programs.models import BENEFICIARY_KINDS, INSTITUTION_KINDS
 from portal.registry.models import FIELD_TYPES
 
 
-class ProgramForm(FlaskForm):
+class ProgramForm(Form):
     code = StringField("Code", validators=[DataRequired(), Length(max=32)])
     name = StringField("Name", validators=[DataRequired(), Length(max=160)])
     description = TextAreaField("Description", validators=[Length(max=4000)])
@@ -27,20 +27,20 @@ class ProgramForm(FlaskForm):
     version = HiddenField()  # the program's version the form was made from
 
 
-class InstitutionForm(FlaskForm):
+class InstitutionForm(Form):
     code = StringField("Code", validators=[DataRequired(), Length(max=32)])
     name = StringField("Name", validators=[DataRequired(), Length(max=160)])
     kind = SelectField("Kind", choices=list(INSTITUTION_KINDS.items()))
     description = TextAreaField("Description", validators=[Length(max=4000)])
 
 
-class SchemeForm(FlaskForm):
+class SchemeForm(Form):
     code = StringField("Code", validators=[DataRequired(), Length(max=32)])
     name = StringField("Name", validators=[DataRequired(), Length(max=160)])
     description = TextAreaField("Description", validators=[Length(max=4000)])
 
 
-class FieldForm(FlaskForm):
+class FieldForm(Form):
     name = StringField("Name", validators=[DataRequired(), Length(max=40)],
                        description="Lower-case letters, digits and _, e.g. school_name.")
     label = StringField("Label", validators=[DataRequired(), Length(max=80)])
@@ -53,17 +53,17 @@ class FieldForm(FlaskForm):
     active = BooleanField("Active", default=True)
 
 
-class CloseForm(FlaskForm):
+class CloseForm(Form):
     reason = StringField("Reason", validators=[Length(max=500)], default="Program closed")
     effective_date = DateField("Effective date", validators=[Optional()])
 
 
-class StatusForm(FlaskForm):
+class StatusForm(Form):
     to_status = SelectField("New status", validate_choice=False)
     reason = StringField("Reason", validators=[DataRequired("Give the reason for the change."),
                                                Length(max=500)])
     effective_date = DateField("Effective date", validators=[Optional()])
 
 
-class EnrolStatusForm(FlaskForm):
+class EnrolStatusForm(Form):
     status = SelectField("Enrol as", choices=[("potential", "Potential"), ("active", "Active")])

@@ -15,6 +15,8 @@ from typing import Iterable
 
 from flask import Response, stream_with_context
 
+from portal.registry.validation import CONTROL
+
 # Excel also starts a formula at the full-width ＝ ＋ － ＠ an East Asian input method types.
 DANGEROUS_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 XLSX_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -25,7 +27,9 @@ def inert(value) -> str:
     """The cell as text, with a leading ' when it would start a formula.
 
     Real numbers stay as they are (-5 is a number, not a formula); text such as "-5+A1",
-    "=1+1", "@SUM(..)" or one starting with a tab or carriage return gets the prefix."""
+    "=1+1", "@SUM(..)" or one starting with a tab or carriage return gets the prefix.
+    Invisible control characters are left out: a workbook cannot hold them, and a record
+    saved before the forms refused them must still export."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -36,7 +40,7 @@ def inert(value) -> str:
         return value.isoformat(sep=" ", timespec="seconds")
     if isinstance(value, date):
         return value.isoformat()
-    text = str(value)
+    text = CONTROL.sub("", str(value))
     if text.startswith(DANGEROUS_START):
         return "'" + text
     return text

@@ -2,11 +2,11 @@
 uploads); these forms render the fields, carry CSRF, and show the errors it returns."""
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
 from wtforms import (BooleanField, HiddenField, IntegerField, SelectField, StringField,
                      TextAreaField)
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
+from portal.forms import Form
 from portal.privacy import PII_FIELDS, mask
 from portal.registry.models import FIELD_TYPES, GROUP_KINDS, SEXES
 from portal.registry.validation import ID_TYPES
@@ -16,7 +16,7 @@ FIELD_TYPE_LABELS = {"text": "Text", "integer": "Whole number", "decimal": "Numb
                      "boolean": "Yes/no", "date": "Date", "choice": "Choice list"}
 
 
-class IndividualForm(FlaskForm):
+class IndividualForm(Form):
     first_name = StringField("First name")
     middle_name = StringField("Middle name")
     last_name = StringField("Last name")
@@ -103,7 +103,7 @@ def individual_form(custom_fields, person=None, *, show_pii: bool, **kwargs) -> 
     return form
 
 
-class CustomFieldForm(FlaskForm):
+class CustomFieldForm(Form):
     name = StringField("Name", validators=[DataRequired(), Length(max=40)],
                        description="Lower case, digits and _; the column name in uploads.")
     label = StringField("Label", validators=[DataRequired(), Length(max=80)])
@@ -117,13 +117,13 @@ class CustomFieldForm(FlaskForm):
     active = BooleanField("Active", default=True)
 
 
-class MemberRoleForm(FlaskForm):
+class MemberRoleForm(Form):
     code = StringField("Code", validators=[DataRequired(), Length(max=30)])
     label = StringField("Label", validators=[DataRequired(), Length(max=60)])
     active = BooleanField("Active", default=True)
 
 
-class GroupForm(FlaskForm):
+class GroupForm(Form):
     code = StringField("Code", validators=[DataRequired(), Length(max=40)])
     name = StringField("Name", validators=[DataRequired(), Length(max=120)])
     kind = SelectField("Type", choices=list(GROUP_KINDS.items()))
@@ -133,15 +133,15 @@ class GroupForm(FlaskForm):
                        description="Required for a household; they also become the primary recipient.")
 
 
-class MemberForm(FlaskForm):
+class MemberForm(Form):
     person = StringField("Person ID or national ID", validators=[DataRequired(), Length(max=40)])
     role = SelectField("Role", choices=[])
 
 
-class RoleForm(FlaskForm):
+class RoleForm(Form):
     role = SelectField("Role", choices=[])
 
 
-class MoveForm(FlaskForm):
+class MoveForm(Form):
     target = StringField("To household (code)", validators=[DataRequired(), Length(max=40)])
     role = SelectField("Role there", choices=[])

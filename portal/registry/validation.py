@@ -30,6 +30,17 @@ FALSE_WORDS = {"false", "no", "n", "0", "off", "f"}
 ID_TYPES = ("national_id", "passport", "birth_certificate", "voter_card", "other")
 PHONE_RE = re.compile(r"^\+?[0-9]{7,15}$")
 MAX_NAME = 80
+# Invisible characters a spreadsheet cannot hold (openpyxl refuses them) and no screen shows;
+# tab, line feed and carriage return are ordinary text.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def control_character(text: str) -> str | None:
+    """Why ``text`` cannot be kept, when it holds an invisible control character."""
+    found = CONTROL.search(text)
+    if found:
+        return f"contains an invisible control character (U+{ord(found.group()):04X})"
+    return None
 
 
 def _text(value) -> str:
@@ -135,6 +146,8 @@ def _typed(field: CustomField, raw, day_first: bool | None = None):
     """One custom value, typed for JSON; ValueError with the reason when it is not valid."""
     text = _text(raw)
     if field.type == "text":
+        if problem := control_character(text):
+            raise ValueError(problem)
         value = text
     elif field.type == "integer":
         if isinstance(raw, float) and not raw.is_integer():
