@@ -2070,13 +2070,15 @@ def import_households(session: Session, upload: Upload, scope: Scope, *,
         joined = _add_households(session, params, known)
     if before:  # (an upload of new households only has none, and skips two passes over its rows)
         # After the members: a payee left out of the household (a second head registered
-        # meanwhile, say) is not made its payee.
+        # meanwhile, say) is not made its payee. A household whose payee stays (one an earlier
+        # attempt created) keeps its version, or an edit open on it would be refused for nothing.
         payee = ("SELECT min(p.individual_id) FROM upload_row p JOIN group_member m ON "
                  'm.individual_id = p.individual_id AND m.group_id = "group".id WHERE p.upload_id = :upload '
                  'AND p.status = \'imported\' AND p."primary" AND p.household_code = "group".code')
         session.execute(text(
             f'UPDATE "group" SET version = version + 1, primary_recipient_id = ({payee}) '
-            f"WHERE id IN :changing AND ({payee}) IS NOT NULL").bindparams(
+            f"WHERE id IN :changing AND ({payee}) IS NOT NULL "
+            f"AND (primary_recipient_id IS NULL OR primary_recipient_id <> ({payee}))").bindparams(
                 bindparam("changing", expanding=True, type_=Integer)), {**params, "changing": list(before)})
         record_changes(session, entity_type="group", changed=[
             (gid, name, {"primary_recipient_id": (before[gid], payee)})

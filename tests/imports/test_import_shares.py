@@ -199,6 +199,8 @@ def test_a_household_share_that_fails_leaves_its_households_to_the_next_run_whic
     assert _import(db_session, upload)["members_added"] == 40
     assert _households(db_session) == _expected_households(40)
     assert db_session.scalar(select(func.count()).select_from(Group)) == 10
+    # the first share's households, whose payees stayed, were not changed again
+    assert set(db_session.scalars(select(Group.version))) == {1}
 
 
 def test_an_import_taken_over_while_its_shares_work_commits_neither_share_and_the_next_attempt_imports_everyone_once(
