@@ -33,6 +33,7 @@ from portal.programs.models import (BENEFICIARY_STATUSES, CAPPED_STATUSES, INSTI
                                     TRANSITIONS, Beneficiary, BeneficiaryStatusChange,
                                     Institution, Program, Scheme)
 from portal.registry.models import FIELD_TYPES, CustomField, Group, GroupMember, Individual
+from portal.registry.validation import control_character
 
 CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 FIELD_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -903,6 +904,8 @@ def _check_change(reason: str, effective_date: date | None, last_enrolled_at: da
         raise DomainError("Give the reason for the change.", field="reason")
     if len(reason) > 500:
         raise DomainError("Keep the reason under 500 characters.", field="reason")
+    if problem := control_character(reason):
+        raise DomainError(f"The reason {problem}, pasted with the text; type it again.", field="reason")
     effective = effective_date or today()
     if effective > today():
         raise DomainError("The change takes effect now, so its date cannot be after today; "

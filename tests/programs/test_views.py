@@ -558,3 +558,15 @@ def test_a_program_edit_sent_without_the_version_it_was_made_from_is_refused_as_
     assert response.status_code == 409 and "reload the page" in response.get_data(as_text=True)
     db_session.expire_all()
     assert db_session.get(Program, plan.id).max_beneficiaries == 500
+
+
+def test_a_bulk_status_change_whose_reason_holds_a_control_character_changes_nobody_and_says_why(
+        client, login, db_session, program, person):
+    plan = program()
+    _enrol(db_session, plan, [person(), person()])
+    login("program_manager")
+    response = client.post(f"/programs/{plan.id}/beneficiaries/status",
+                           data={"to_status": "active", "reason": "Veri\x01fied"})
+    assert response.status_code == 422
+    assert "invisible control character (U+0001)" in response.get_data(as_text=True)
+    assert services.status_counts(db_session, plan, scope=Scope(everything=True))["potential"] == 2
