@@ -13,6 +13,7 @@ from flask import (Flask, Request, abort, current_app, flash, make_response, red
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import IntegrityError
 
 from portal.extensions import db, htmx
 from portal.ids import ID_MAX
@@ -158,6 +159,7 @@ _MESSAGES = {
     403: ("Not allowed", "Your role does not allow this, or it lies outside your locations."),
     404: ("Not found", "There is nothing here, or it lies outside your locations."),
     405: ("Not allowed", "This address does not accept that kind of request."),
+    409: ("Saved by someone else", "Someone saved the same thing at the same moment."),
     413: ("File too large", "The file is larger than the portal accepts."),
     500: ("Something went wrong", "The error was logged. Nothing you entered was half-saved; "
                                   "try again, and tell an administrator if it happens again."),
@@ -189,6 +191,16 @@ def register_error_handlers(app) -> None:
     def csrf_error(exc):
         return _error_page(400, "The form had expired or was sent from elsewhere. "
                                 "Reload the page and send it again; nothing was saved.")
+
+    @app.errorhandler(IntegrityError)
+    def saved_at_the_same_moment(exc):
+        """Two users saving the same code, name or enrolment at the same moment: the check
+        before saving passed for both, and the database's unique index refused the second."""
+        db.session.rollback()
+        current_app.logger.warning("refused by the database: %s", exc.orig)
+        return _error_page(409, "Someone else saved the same code, name or record at the same "
+                                "moment, so yours was refused and nothing of it was saved. Go "
+                                "back, reload the page to see theirs, and try again.")
 
 
 def register_hooks(app) -> None:
