@@ -118,6 +118,24 @@ def _unfit(code: str, name: str) -> str | None:
     return None
 
 
+def _code_in_use(code: str, other: str) -> str:
+    if other == code:
+        return f"The code {code} is already used."
+    return (f"The code {code} is already used as {other}: an upload typing either in any "
+            "capitals could not tell the two places apart.")
+
+
+def _refuse_code_in_use(session: Session, code: str, location_id: int | None = None) -> None:
+    """Codes are unique whatever their capitals: uploads and forms accept a village code
+    typed in any case."""
+    query = select(Location.code).where(func.upper(Location.code) == code.upper())
+    if location_id is not None:
+        query = query.where(Location.id != location_id)
+    other = session.scalar(query.limit(1))
+    if other is not None:
+        raise DomainError(_code_in_use(code, other), field="code")
+
+
 def create_location(session: Session, *, code: str, name: str, kind: str,
                     parent: Location | None, scope: Scope) -> Location:
     code, name = code.strip(), name.strip()
@@ -128,8 +146,7 @@ def create_location(session: Session, *, code: str, name: str, kind: str,
     _check_parent(kind, parent)
     if parent is not None and not scope.allows(parent) or parent is None and not scope.everything:
         raise DomainError("You may only add locations inside your own area.", field="parent")
-    if session.scalar(select(Location.id).where(Location.code == code)):
-        raise DomainError(f"The code {code} is already used.", field="code")
+    _refuse_code_in_use(session, code)
     location = Location(code=code, name=name, kind=kind, parent=parent, path="")
     session.add(location)
     session.flush()
@@ -149,9 +166,7 @@ def update_location(session: Session, location: Location, *, code: str, name: st
     _check_parent(location.kind, parent)
     if parent is not None and parent.path.startswith(location.path):
         raise DomainError("A location cannot move below itself.", field="parent")
-    clash = session.scalar(select(Location.id).where(Location.code == code, Location.id != location.id))
-    if clash:
-        raise DomainError(f"The code {code} is already used.", field="code")
+    _refuse_code_in_use(session, code, location.id)
     location.code, location.name = code, name
     if parent is not location.parent:
         if parent is not None and not scope.allows(parent):
@@ -274,6 +289,7 @@ def import_locations(session: Session, rows: list[dict], *, scope: Scope, progre
     """
     errors: list[str] = []
     by_code: dict[str, dict] = {}
+    in_file: dict[str, dict] = {}  # the same rows, by the code in capitals
     for row in rows:
         if not row["code"] or not row["name"]:
             errors.append(f"Line {row['line']}: code and name are required.")
@@ -281,12 +297,15 @@ def import_locations(session: Session, rows: list[dict], *, scope: Scope, progre
             errors.append(f"Line {row['line']}: {unfit}")
         elif row["kind"] not in KINDS:
             errors.append(f"Line {row['line']}: type '{row['kind']}' is not one of {', '.join(KINDS)}.")
-        elif row["code"] in by_code:
+        elif row["code"].upper() in in_file:
+            first = in_file[row["code"].upper()]
             errors.append(f"Line {row['line']}: code {row['code']} already appears on line "
-                          f"{by_code[row['code']]['line']}.")
+                          f"{first['line']}" + ("." if first["code"] == row["code"] else
+                                                f" as {first['code']} (codes are unique whatever their capitals)."))
         else:
-            by_code[row["code"]] = row
+            by_code[row["code"]] = in_file[row["code"].upper()] = row
     existing = {loc.code: loc for loc in session.scalars(select(Location))}
+    spelled = {code.upper(): code for code in existing}  # the registered code, by its capitals
     created = renamed = done = 0
     # Parents before children, one level at a time: a level's new locations are inserted
     # together and given their paths together (one row at a time took 2 ms a location).
@@ -302,6 +321,8 @@ def import_locations(session: Session, rows: list[dict], *, scope: Scope, progre
                     continue
             current = existing.get(row["code"])
             try:
+                if current is None and spelled.get(row["code"].upper(), row["code"]) != row["code"]:
+                    raise DomainError(_code_in_use(row["code"], spelled[row["code"].upper()]))
                 if current is None:
                     _check_parent(kind, parent)
                     if parent is not None and not scope.allows(parent) or parent is None and not scope.everything:

@@ -126,3 +126,34 @@ def test_a_locations_file_with_a_control_character_in_a_code_or_name_is_refused_
     # Counted, not looked up by name: PostgreSQL refuses a NUL even in a query.
     assert db_session.scalar(select(func.count()).select_from(Location)) == before
 
+
+
+def test_a_code_that_differs_from_another_only_in_capitals_is_refused_when_added_or_renamed(
+        db_session, country):
+    everything = Scope(everything=True)
+    with pytest.raises(DomainError, match="already used as NV1: an upload typing either"):
+        services.create_location(db_session, code="nv1", name="Lower village", kind="village",
+                                 parent=country["NW"], scope=everything)
+    with pytest.raises(DomainError, match="The code nv2 is already used as NV2"):
+        services.update_location(db_session, country["NV1"], code="nv2", name="Place NV1",
+                                 parent=country["NW"], scope=everything)
+    # Its own code in other capitals is no clash with itself.
+    services.update_location(db_session, country["NV1"], code="nv1", name="Place NV1",
+                             parent=country["NW"], scope=everything)
+    assert country["NV1"].code == "nv1"
+
+
+def test_a_locations_file_naming_a_registered_code_in_other_capitals_or_one_code_twice_so_is_refused(
+        db_session, country):
+    text = ("code,name,type,parent code\nnv1,Lower village,village,NW\n"
+            "NV7,Seventh,village,NW\nnv7,Seventh again,village,NW\n")
+    rows, errors = services.parse_location_csv(text)
+    assert errors == []
+    before = db_session.scalar(select(func.count()).select_from(Location))
+    with pytest.raises(DomainError) as refused:
+        services.import_locations(db_session, rows, scope=Scope(everything=True))
+    assert refused.value.message.splitlines() == [
+        "Line 4: code nv7 already appears on line 3 as NV7 (codes are unique whatever their capitals).",
+        "Line 2: The code nv1 is already used as NV1: an upload typing either in any capitals "
+        "could not tell the two places apart."]
+    assert db_session.scalar(select(func.count()).select_from(Location)) == before
