@@ -31,8 +31,6 @@ class UserForm(Form):
     locations = StringField("Location codes", validators=[Length(max=2000)],
                             description="Codes separated by commas; the user sees these and everything below.")
 
-from portal.forms import Form
-
 
 class RoleForm(Form):
     permissions = MultiCheckboxField("Permissions")

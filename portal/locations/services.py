@@ -288,8 +288,7 @@ def import_locations(session: Session, rows: list[dict], *, scope: Scope, progre
     counts, or raises DomainError listing every bad line so nothing is half-imported.
     """
     errors: list[str] = []
-    by_code: dict[str, dict] = {}
-    in_file: dict[str, dict] = {}  # the same rows, by the code in capitals
+    by_code: dict[str, dict] = {}  # the file's rows by their code in capitals
     for row in rows:
         if not row["code"] or not row["name"]:
             errors.append(f"Line {row['line']}: code and name are required.")
@@ -297,13 +296,13 @@ def import_locations(session: Session, rows: list[dict], *, scope: Scope, progre
             errors.append(f"Line {row['line']}: {unfit}")
         elif row["kind"] not in KINDS:
             errors.append(f"Line {row['line']}: type '{row['kind']}' is not one of {', '.join(KINDS)}.")
-        elif row["code"].upper() in in_file:
-            first = in_file[row["code"].upper()]
+        elif row["code"].upper() in by_code:
+            first = by_code[row["code"].upper()]
             errors.append(f"Line {row['line']}: code {row['code']} already appears on line "
                           f"{first['line']}" + ("." if first["code"] == row["code"] else
                                                 f" as {first['code']} (codes are unique whatever their capitals)."))
         else:
-            by_code[row["code"]] = in_file[row["code"].upper()] = row
+            by_code[row["code"].upper()] = row
     existing = {loc.code: loc for loc in session.scalars(select(Location))}
     spelled = {code.upper(): code for code in existing}  # the registered code, by its capitals
     created = renamed = done = 0
@@ -321,9 +320,9 @@ def import_locations(session: Session, rows: list[dict], *, scope: Scope, progre
                     continue
             current = existing.get(row["code"])
             try:
-                if current is None and spelled.get(row["code"].upper(), row["code"]) != row["code"]:
-                    raise DomainError(_code_in_use(row["code"], spelled[row["code"].upper()]))
                 if current is None:
+                    if row["code"].upper() in spelled:  # registered in other capitals
+                        raise DomainError(_code_in_use(row["code"], spelled[row["code"].upper()]))
                     _check_parent(kind, parent)
                     if parent is not None and not scope.allows(parent) or parent is None and not scope.everything:
                         raise DomainError("You may only add locations inside your own area.")
