@@ -2,6 +2,7 @@
 runs them all). Each defaults to a SQLite file under ``instance/bench/``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "instance" / "bench"
@@ -11,6 +12,30 @@ def default_database_url(name: str) -> str:
     """A SQLite file under instance/bench/ for one bench (created on first use)."""
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{BENCH_DIR / (name + '.db')}"
+
+
+# The server settings that move bulk figures most: a figure is only comparable with another
+# measured under the same ones (the README states the bench's).
+_POSTGRESQL_SETTINGS = ("shared_buffers", "max_wal_size", "work_mem", "wal_compression")
+
+
+def measured_on(connection) -> str:
+    """What a run's figures were measured on, printed beside them: the database and, for
+    PostgreSQL, its version and settings, and the machine's load average (other processes
+    inflate wall-clock times)."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        settings = ", ".join(f"{name} {connection.execute(text(f'SHOW {name}')).scalar()}"
+                             for name in _POSTGRESQL_SETTINGS)
+        database = f"PostgreSQL {connection.execute(text('SHOW server_version')).scalar().split()[0]} ({settings})"
+    else:
+        import sqlite3
+
+        database = f"SQLite {sqlite3.sqlite_version}"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    machine = f"; load average {load:.2f} on {os.cpu_count()} cores" if load is not None else ""
+    return f"measured on {database}{machine}"
 
 
 def sqlalchemy_url(url: str) -> str:

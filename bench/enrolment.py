@@ -132,6 +132,7 @@ def main(argv=None) -> int:
         ensure_population(args.database_url)
     app = _app(args.database_url)
 
+    from bench import measured_on
     from portal.extensions import db
     from portal.locations.services import Scope
     from portal.programs import services
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
             return 1
         criteria, matching = picked
         dialect = db.engine.dialect.name
-        print(f"database: {dialect}; criteria: {criteria.describe()} match {matching:,} people")
+        print(f"database: {dialect}; criteria: {criteria.describe()} match {matching:,} people; "
+              f"{measured_on(session.connection())}")
 
         started = time.perf_counter()
         preview = services.preview_criteria(session, program, scope=everything, criteria=criteria)

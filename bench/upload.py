@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("PORTAL_ENV", "development")
 
-from bench import BENCH_DIR, default_database_url, received_upload  # noqa: E402
+from bench import BENCH_DIR, default_database_url, measured_on, received_upload  # noqa: E402
 
 DEFAULT_URL = default_database_url("upload")
 COLUMNS = ["First name", "Middle name", "Last name", "Sex", "Birth date", "National ID", "Phone",
@@ -265,6 +265,7 @@ def main(argv=None) -> int:
                                         .order_by(Location.id).limit(500)))
         registered = session.scalar(select(func.count()).select_from(Individual)
                                     .where(Individual.deleted_at.is_(None)))
+        measured = measured_on(session.connection())  # (before the run: its load not counted)
         session.commit()
         # A new connection, as the job's: the count's pages are not in its cache (or its memory).
         session.close()
@@ -315,7 +316,7 @@ def main(argv=None) -> int:
         cpu_imported = _cpu_seconds(url)
         peak = _rss_mb()
         dialect = db.engine.dialect.name
-        print(f"database: {dialect}, registry before: {registered:,} people")
+        print(f"database: {dialect}, registry before: {registered:,} people; {measured}")
         print(f"receive (type, header and first-row check): {t1 - t0:6.2f} s")
         print(f"parse + validate + stage {counts['rows']:,} rows: {t2 - t1:6.2f} s  "
               f"(valid {counts['valid']:,}, errors {counts['errors']:,}, "

@@ -19,7 +19,7 @@ from datetime import date, timedelta
 
 os.environ.setdefault("PORTAL_ENV", "development")
 
-from bench import BENCH_DIR, received_upload, remove_upload  # noqa: E402
+from bench import BENCH_DIR, measured_on, received_upload, remove_upload  # noqa: E402
 from bench.upload import DEFAULT_URL, FIRST, LAST  # noqa: E402
 
 
@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         t3 = time.perf_counter()
         after = services.status_counts(session, upload.id)
         print(f"database: {db.engine.dialect.name}; {args.rows:,} new people, every village code "
-              f"with a stray prefix (validated in {t1 - t0:.2f} s: errors {counts['errors']:,})")
+              f"with a stray prefix (validated in {t1 - t0:.2f} s: errors {counts['errors']:,}); "
+              f"{measured_on(session.connection())}")
         print(f"find-and-replace of {result['changed']:,} cells as the fix job makes it: {t3 - t2:6.2f} s "
               f"({1000 * (t3 - t2) / max(result['changed'], 1):.2f} ms a row; after it: valid "
               f"{after.get('valid', 0):,}, probable duplicates {after.get('duplicate', 0):,}, "

@@ -16,7 +16,7 @@ import time
 
 os.environ.setdefault("PORTAL_ENV", "development")
 
-from bench import BENCH_DIR, received_upload, remove_upload  # noqa: E402
+from bench import BENCH_DIR, measured_on, received_upload, remove_upload  # noqa: E402
 from bench.upload import DEFAULT_URL  # noqa: E402
 
 RESTORED = ("phone", "location_id", "name_key", "version", "updated_at")
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         entries = session.scalar(select(func.count()).where(
             AuditEntry.id > audit_before, AuditEntry.entity_type == "individual"))
         print(f"database: {db.engine.dialect.name}; {len(people):,} registered people re-uploaded "
-              "with a new phone each, one in ten moved")
+              f"with a new phone each, one in ten moved; {measured_on(session.connection())}")
         print(f"receive + validate: {t1 - t0:6.2f} s  (updates {counts['updates']:,}, "
               f"errors {counts['errors']:,})")
         print(f"import: {t3 - t2:6.2f} s  (people updated {result.get('people_updated', 0):,}, "
