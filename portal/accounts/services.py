@@ -32,6 +32,9 @@ def authenticate(session: Session, email: str, password: str, *, max_failures: i
         User(password_hash="scrypt:32768:8:1$x$00").check_password(password)
         raise refused
     if _locked(user):
+        # Checked all the same: answering a locked account at once told anyone, by the time
+        # it took, that the email has an account (lock it with five tries, time the sixth).
+        user.check_password(password)
         raise refused
     if not user.check_password(password):
         _count_wrong_password(session, user, max_failures=max_failures, lock_minutes=lock_minutes)
@@ -183,20 +186,24 @@ def set_role_permissions(role: Role, permissions: list[str], *,
         if beyond:
             raise DomainError("You can only give or take away permissions you have yourself: "
                               + ", ".join(sorted(beyond)) + ".")
-    if role.name == "admin" and "user.manage" not in permissions:
-        raise DomainError("The administrator role must keep user.manage, or nobody could fix roles.")
+    if role.name == "admin" and set(PERMISSIONS) - set(permissions):
+        # A permission taken away could not be given back from the portal (only who holds it
+        # may give it), and ``ensure_roles`` gives it back at the next start anyway.
+        raise DomainError("The administrator role keeps every permission, so that someone can "
+                          "always fix roles, users and locations: make a role of your own instead.")
     session = object_session(role)
     if ("user.manage" in role.permissions and "user.manage" not in permissions and session is not None
             and not _user_managers_left(session, without_role=role.id)):
-        raise DomainError(f"Nobody active would manage users without the role {role.label}: "
-                          "give another role's user that permission first.")
+        raise DomainError(f"Nobody active would manage users from all locations without the role "
+                          f"{role.label}: give another role's user that permission first.")
     keep = [g for g in role.grants if g.permission in permissions]
     have = {g.permission for g in keep}
     role.grants = keep + [RolePermission(permission=p) for p in sorted(set(permissions) - have)]
 
 
 def resolve_locations(session: Session, codes: list[str], scope: Scope) -> list[Location]:
-    codes = [c.strip() for c in codes if c.strip()]
+    """The locations of these codes, each once (a code typed twice is no error)."""
+    codes = list(dict.fromkeys(c.strip() for c in codes if c.strip()))
     if not codes:
         return []
     found = {loc.code: loc for loc in session.scalars(select(Location).where(Location.code.in_(codes)))}
@@ -239,7 +246,8 @@ def save_user(session: Session, user: User | None, *, email: str, name: str, pas
     if user is not None and user.id == actor_id and password:
         raise DomainError("Change your own password on your account page, which asks for the "
                           "current one.", field="password")
-    if user is not None and _manages_users(user.roles) and not _manages_users(roles):
+    if user is not None and _manages_users_everywhere(user) and not (
+            _manages_users(roles) and all_locations):
         _check_someone_else_manages_users(session, user)
     clash = session.scalar(select(User.id).where(func.lower(User.email) == email,
                                                  User.id != (user.id if user else -1)))
@@ -255,6 +263,8 @@ def save_user(session: Session, user: User | None, *, email: str, name: str, pas
         if password:
             check_password_strength(password)
             user.set_password(password)
+            # The administrator's reset is how a user locked out by wrong tries gets back in.
+            user.failed_logins, user.locked_until = 0, None
             _record_password_change(session, user, f"Password of {user.email} reset by an administrator")
     user.roles = roles
     user.locations = locations
@@ -267,21 +277,27 @@ def _manages_users(roles) -> bool:
     return any("user.manage" in role.permissions for role in roles)
 
 
+def _manages_users_everywhere(user: User) -> bool:
+    return user.active and user.all_locations and _manages_users(user.roles)
+
+
 def _user_managers_left(session: Session, *, without_user: int = -1, without_role: int = -1) -> int:
-    """Active users who would still manage users without this user, or without this role's
-    grant of user.manage: the portal must keep one, or nobody could fix users, roles or
-    locations from it."""
+    """Active users who see all locations and would still manage users without this user,
+    or without this role's grant of user.manage. The portal must keep one: only they may
+    change roles or grant all locations, and a user manager limited to a district cannot
+    fix that (nor can ``flask setup``, which finds an administrator and stops)."""
     return session.scalar(
         select(func.count(func.distinct(User.id))).join(user_role, user_role.c.user_id == User.id)
         .join(RolePermission, RolePermission.role_id == user_role.c.role_id)
         .where(RolePermission.permission == "user.manage", User.active.is_(True),
-               User.id != without_user, user_role.c.role_id != without_role))
+               User.all_locations.is_(True), User.id != without_user,
+               user_role.c.role_id != without_role))
 
 
 def _check_someone_else_manages_users(session: Session, user: User) -> None:
     if not _user_managers_left(session, without_user=user.id):
-        raise DomainError(f"{user.name or user.email} is the only active user who manages users: "
-                          "give someone else that role first.", field="roles")
+        raise DomainError(f"{user.name or user.email} is the only active user who manages users and "
+                          "sees all locations: give someone else both first.", field="roles")
 
 
 def check_may_manage(user: User, *, actor_permissions: frozenset[str]) -> None:

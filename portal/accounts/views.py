@@ -127,7 +127,7 @@ def edit_user(user_id: int):
 def _edit_user(user: User | None):
     form = _user_form(user)
     if form.validate_on_submit():
-        roles = [db.session.get(Role, rid) for rid in form.roles.data]
+        roles = [db.session.get(Role, rid) for rid in dict.fromkeys(form.roles.data)]  # each once
         try:
             if user is None and not form.password.data:
                 raise DomainError("A new user needs a password.", field="password")

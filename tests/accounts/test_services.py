@@ -102,6 +102,32 @@ def test_the_admin_role_keeps_every_permission_and_cannot_lose_user_management(d
         services.set_role_permissions(viewer, ["money.print"])
 
 
+def test_no_permission_can_be_taken_from_the_admin_role_even_by_an_administrator(db_session):
+    admin = db_session.scalar(select(Role).where(Role.name == "admin"))
+    everything = frozenset(admin.permissions)
+    with pytest.raises(DomainError, match="keeps every permission"):
+        services.set_role_permissions(admin, sorted(everything - {"individual.view_pii"}),
+                                      actor_permissions=everything)
+    # (Taken away, only someone who has it could give it back: no administrator would.)
+    assert admin.permissions == everything
+
+
+def test_a_locked_account_still_has_its_password_checked_so_its_answer_takes_as_long(
+        db_session, make_user, monkeypatch):
+    from portal.accounts.models import User
+
+    user = make_user("viewer")
+    user.locked_until = now() + timedelta(minutes=10)
+    checked = []
+    real = User.check_password
+    monkeypatch.setattr(User, "check_password", lambda self, password: checked.append(self) or real(self, password))
+    with pytest.raises(DomainError, match="Wrong email or password"):
+        _auth(db_session, user.email, PASSWORD)
+    # Answered without the slow hash check, the lock told anyone by the time that the email
+    # has an account.
+    assert checked == [user]
+
+
 def test_the_role_of_the_last_active_user_managers_keeps_user_management(db_session, make_user):
     manager = db_session.scalar(select(Role).where(Role.name == "program_manager"))
     services.set_role_permissions(manager, sorted(manager.permissions | {"user.manage"}))

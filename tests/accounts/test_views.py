@@ -296,3 +296,63 @@ def test_an_administrator_cannot_reset_their_own_password_without_the_current_on
     assert response.status_code == 422 and "account page" in response.get_data(as_text=True)
     db_session.expire_all()
     assert db_session.get(User, me.id).check_password(PASSWORD)
+
+
+def test_the_only_administrator_who_sees_all_locations_cannot_limit_themselves_to_a_district(
+        client, login, db_session, country):
+    me = login("admin")
+    response = client.post(f"/admin/users/{me.id}", data={
+        "email": me.email, "name": me.name, "roles": [str(r.id) for r in me.roles], "locations": "N"})
+    assert response.status_code == 422
+    assert "only active user who manages users and sees all locations" in response.get_data(as_text=True)
+    db_session.expire_all()
+    # Only such a user may change roles or grant all locations: nobody could undo it.
+    assert db_session.get(User, me.id).all_locations
+
+
+def test_a_national_administrator_cannot_leave_only_district_administrators_to_manage_users(
+        client, login, make_user, db_session, country):
+    viewer = db_session.scalar(select(Role).where(Role.name == "viewer"))
+    make_user("admin", [country["N"]])
+    db_session.commit()
+    me = login("admin")
+    response = client.post(f"/admin/users/{me.id}", data={
+        "email": me.email, "name": me.name, "roles": [str(viewer.id)], "all_locations": "y"})
+    assert response.status_code == 422
+    db_session.expire_all()
+    assert [r.name for r in db_session.get(User, me.id).roles] == ["admin"]
+    make_user("admin")  # a second national administrator: now the first may step down
+    db_session.commit()
+    response = client.post(f"/admin/users/{me.id}", data={
+        "email": me.email, "name": me.name, "roles": [str(viewer.id)], "all_locations": "y"})
+    assert response.status_code == 302, response.get_data(as_text=True)
+
+
+def test_a_location_code_or_a_role_given_twice_in_the_user_form_is_saved_once(client, login, db_session, country):
+    login("admin")
+    role = db_session.scalar(select(Role).where(Role.name == "field_officer"))
+    response = client.post("/admin/users/new", data={
+        "email": "twice@example.org", "name": "Twice", "password": "long-enough-pw",
+        "roles": [str(role.id), str(role.id)], "locations": "ND, ND"})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    user = db_session.scalar(select(User).where(User.email == "twice@example.org"))
+    assert [r.name for r in user.roles] == ["field_officer"]
+    assert [loc.code for loc in user.locations] == ["ND"]
+
+
+def test_an_administrator_resetting_the_password_of_a_locked_account_unlocks_it(
+        app, client, login, make_user, db_session):
+    locked = make_user("viewer")
+    db_session.commit()
+    for _ in range(app.config["LOGIN_MAX_FAILURES"]):
+        _sign_in_message(client, locked.email, "wrong-password")
+    db_session.expire_all()
+    assert db_session.get(User, locked.id).locked_until is not None
+    login("admin")
+    response = client.post(f"/admin/users/{locked.id}", data={
+        "email": locked.email, "name": locked.name, "password": "a-new-password",
+        "roles": [str(r.id) for r in locked.roles], "all_locations": "y"})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    client.post("/logout")
+    response = client.post("/login", data={"email": locked.email, "password": "a-new-password"})
+    assert response.status_code == 302
