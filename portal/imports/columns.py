@@ -127,6 +127,17 @@ def missing_required(mapping: dict[str, str], cols: list[Column]) -> list[Column
     return [c for c in cols if c.required and c.name not in mapped]
 
 
+def apply_saved(mapping: dict[str, str], saved: dict[str, str], cols: list[Column]) -> dict[str, str] | None:
+    """A saved mapping applied to a file's headers, each found as the signature finds it
+    (whatever its case and spacing: a "TELEPHONE" column once saved as "Telephone" keeps its
+    field); a header it lacks keeps ``mapping``'s match. None when the saved mapping names a
+    field that no longer exists: the user maps the columns again."""
+    by_key = {normalise_header(h): name for h, name in saved.items()}
+    names = {c.name for c in cols}
+    chosen = {h: by_key.get(normalise_header(h), name) for h, name in mapping.items()}
+    return None if any(name and name not in names for name in chosen.values()) else chosen
+
+
 def headers_signature(headers: list[str]) -> str:
     keys = sorted(normalise_header(h) for h in headers if normalise_header(h))
     return hashlib.sha256("\x1f".join(keys).encode()).hexdigest()

@@ -127,8 +127,10 @@ def receive_upload(session: Session, *, path: Path, file_name: str, duplicate_po
         SavedMapping.signature == cols_mod.headers_signature(headers)))
     ready = not cols_mod.missing_required(mapping, available) and all(mapping.values())
     if saved is not None and not ready:
-        mapping = {h: saved.mapping.get(h, "") for h in mapping}
-        ready = not cols_mod.missing_required(mapping, available)
+        chosen = cols_mod.apply_saved(mapping, saved.mapping, available)
+        if chosen is not None:
+            mapping = chosen
+            ready = not cols_mod.missing_required(mapping, available)
     upload = Upload(file_name=file_name[:255], stored_path=str(path), sha256=sha, size=size,
                     format=table.format, status="uploaded" if ready else "mapping",
                     headers=headers, mapping=mapping, duplicate_policy=duplicate_policy,

@@ -567,6 +567,33 @@ def test_unknown_headers_ask_for_a_mapping_which_is_saved_for_the_next_file(db_s
     assert again.status == "uploaded" and again.mapping["Given"] == "first_name"
 
 
+def test_a_saved_mapping_keeps_its_fields_when_next_weeks_headers_differ_in_capitals(db_session, tmp_path, country):
+    week1 = _receive(db_session, tmp_path, "Given,Family,Gender,DOB,Village,Telephone,NIN\n"
+                                           "Amina,Banda,F,1990-05-17,NV1,+265991234567,A100\n")
+    services.set_mapping(db_session, week1, {
+        "Given": "first_name", "Family": "last_name", "Gender": "sex", "DOB": "birth_date",
+        "Village": "location", "Telephone": "phone", "NIN": "national_id"}, save_as="Survey", actor_id=None)
+    week2 = _receive(db_session, tmp_path, "Given,Family,Gender,DOB,Village,TELEPHONE,nin\n"
+                                           "Juma,Phiri,M,1985-01-02,NV1,+265991234568,A101\n")
+    # Found by the same headers whatever their capitals, and applied the same way: the phone
+    # numbers and national IDs were left out of the file without a word.
+    assert week2.status == "uploaded"
+    assert week2.mapping["TELEPHONE"] == "phone" and week2.mapping["nin"] == "national_id"
+
+
+def test_a_saved_mapping_naming_a_field_that_is_gone_asks_for_the_columns_again(db_session, tmp_path, country):
+    text = "Given,Family,Gender,DOB,Village,Clan\nAmina,Banda,F,1990-05-17,NV1,Nkhoma\n"
+    week1 = _receive(db_session, tmp_path, text)
+    services.set_mapping(db_session, week1, {"Given": "first_name", "Family": "last_name", "Gender": "sex",
+                                             "DOB": "birth_date", "Village": "location"},
+                         save_as="Survey", actor_id=None)
+    saved = db_session.scalar(select(SavedMapping))
+    saved.mapping = {**saved.mapping, "Clan": "custom_clan"}  # a custom field removed since
+    db_session.flush()
+    again = _receive(db_session, tmp_path, text)
+    assert again.status == "mapping" and again.mapping["Clan"] == ""
+
+
 def test_a_file_whose_content_was_already_imported_is_recognised(db_session, tmp_path, country):
     text = HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\n"
     first = _validated(db_session, tmp_path, text)
