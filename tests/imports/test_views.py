@@ -340,6 +340,43 @@ def test_importing_is_queued_from_the_summary(client, login, db_session, tmp_pat
     assert db_session.get(Upload, upload.id).status == "importing"
 
 
+class _WorkerGone(BaseException):
+    """The worker's process ending between two steps (killed, out of memory)."""
+
+
+def test_an_import_that_stopped_after_its_people_is_finished_from_the_summary(
+        client, login, db_session, tmp_path, country):
+    from portal.registry.models import Group
+
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Amina,Banda,F,1990-05-17,,NV1,H1,head,yes\n"
+                        "Juma,Banda,M,2015-01-02,,NV1,H1,child,no\n")
+    scope = Scope(everything=True)
+    run = services.start_import(db_session, upload, only_if_clean=False, scope=scope,
+                                actor_id=user.id, may_enrol=True)
+
+    def progress(done, total, message):
+        db_session.commit()
+        if message.startswith("Imported 2 of 2"):  # the people committed, not their household
+            raise _WorkerGone
+
+    with pytest.raises(_WorkerGone):
+        services.import_upload(db_session, upload, scope=scope, actor_id=user.id, progress=progress)
+    run.status, run.message = "failed", "The worker stopped while running this job."  # as the sweep gives up
+    services.reconcile(db_session, upload)
+    db_session.commit()
+    assert (upload.status, upload.counts["valid"], upload.counts["imported"]) == ("validated", 0, 2)
+    page = client.get(f"/imports/{upload.id}").get_data(as_text=True)
+    # Else the two people stayed without their household, and nobody could go on.
+    assert "Finish the import" in page and f"/imports/{upload.id}/import" in page
+    assert client.post(f"/imports/{upload.id}/import").status_code == 303
+    db_session.expire_all()
+    upload = db_session.get(Upload, upload.id)
+    assert upload.status == "importing"
+    services.import_upload(db_session, upload, scope=scope, actor_id=user.id, progress=lambda *a: None)
+    assert db_session.scalar(select(Group).where(Group.code == "H1")) is not None
+
+
 def test_queuing_an_import_is_in_the_audit_log_with_who_asked_and_for_which_upload(
         client, login, db_session, tmp_path, country):
     from portal.audit.models import AuditEntry
