@@ -833,9 +833,18 @@ def _check_household(code: str, group: tuple | None, rows: list, members: dict,
         for r in rows:
             flag(r, f"{code} is the code of a {group[1]}, not of a household.")
     if group and group[2]:
-        for r in heads:
-            if r.individual_id != group[2]:  # (its registered head, uploaded again, is no second)
-                flag(r, f"Household {code} already has a head in the registry.")
+        # (Its registered head, uploaded again, is no second.)
+        other_heads = [r for r in heads if r.individual_id != group[2]]
+        for r in other_heads:
+            flag(r, f"Household {code} already has a head in the registry.")
+        # A file whose household has a head of its own describes another family under the
+        # same code (two files that both took the template's example code, say): its
+        # other members would join the registered family without their head.
+        for r in rows:
+            if other_heads and r not in other_heads:
+                flag(r, f"Household {code} in the registry has another head than row "
+                        f"{other_heads[0].row_number}: this may be another family. Fix the "
+                        "household code, or that row's role.")
     elif not heads:
         where = " in the registry" if group else ""
         for r in rows:
