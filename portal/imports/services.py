@@ -1401,7 +1401,7 @@ def start_fix(session: Session, upload: Upload, fix: dict, *, scope: Scope, acto
         _replacement(upload, field=fix["field"], find=fix["find"], replace=fix["replace"],
                      whole_cell=fix["whole_cell"])
     else:
-        fix = {**fix, "rows": _fixes_file_checked(Path(fix["path"]))}
+        fix = {**fix, "rows": _fixes_file_checked(session, upload, Path(fix["path"]))}
     run = create_job(session, kind="upload_fix", entry_point="jobs.imports.fix_upload",
                      params={"upload_id": upload.id, "fix": fix,
                              **scope_params(checking_scope(upload, scope))},
@@ -1477,16 +1477,35 @@ def problem_rows_for_download(session: Session, upload: Upload):
         last = rows[-1][0]
 
 
-def _fixes_file_checked(path: Path) -> int:
+def _fixes_file_checked(session: Session, upload: Upload, path: Path) -> int:
     """The whole file read once before a job changes anything: a file it cannot read, or
-    without its Row column, leaves every row as it was (the job commits as it goes).
-    Returns its rows."""
+    without its Row column or any of the upload's fields, leaves every row as it was (the
+    job commits as it goes). Returns its rows."""
     table = open_table(path, max_rows=_max_rows())
     try:
         _row_column(table.headers)
+        _fixes_columns(session, upload, table.headers)
         return sum(1 for _row in table.rows)
     finally:
         table.rows.close()
+
+
+def _fixes_columns(session: Session, upload: Upload, headers: list[str]) -> tuple[list, list[str]]:
+    """A file of fixes' columns that hold the upload's fields, (index, field) each, and the
+    names of the others, which are not read. The upload's own headers (mapped by hand, say
+    "Sexe") are read as at first: a file of fixes made from the original file is as good as
+    the download. A file with none of the upload's fields is refused."""
+    available = cols_mod.columns(session)
+    mapping = cols_mod.match_headers(headers, available)
+    mapping = cols_mod.apply_saved(mapping, upload.mapping or {}, available) or mapping
+    wanted = set(upload.mapping.values()) - {""}
+    index = {h: i for i, h in enumerate(headers)}
+    fields = [(index[h], name) for h, name in mapping.items() if name in wanted]
+    if not fields:
+        raise FileProblem("None of the file's columns is a field of this upload: upload the rows "
+                          "to fix as they were downloaded, with their column names.")
+    own = {"row", "row number", "errors", VERSION_HEADER.lower()}
+    return fields, [h for h in headers if h and mapping.get(h) not in wanted and h.strip().lower() not in own]
 
 
 VERSION_HEADER = "Row version"  # the download's last column: see problem_rows_for_download
@@ -1500,6 +1519,10 @@ def corrections_message(result: dict) -> str:
                      f"as they are (rows {rows}): download the rows to fix again")
     if result.get("unknown"):
         notes.append(f"{result['unknown']:,} row(s) did not match a row to fix")
+    if result.get("unchanged"):
+        notes.append(f"{result['unchanged']:,} row(s) were as they are already")
+    if result.get("not_read"):
+        notes.append("not read, as no field of this upload: the column(s) " + ", ".join(result["not_read"]))
     return f"{result['updated']:,} row(s) updated and checked again" + "".join(f"; {n}" for n in notes) + "."
 
 
@@ -1521,21 +1544,18 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
     rows are then done, and a job run again goes on from ``resume`` (that state)."""
     _editable(upload, by_job=checkpoint is not None)
     table = open_table(path, max_rows=_max_rows())
-    available = cols_mod.columns(session)
-    mapping = cols_mod.match_headers(table.headers, available)
-    index = {h: i for i, h in enumerate(table.headers)}
     try:
         row_col = _row_column(table.headers)
+        fields, not_read = _fixes_columns(session, upload, table.headers)
     except FileProblem:
         table.rows.close()
         raise
-    wanted = set(upload.mapping.values()) - {""}
-    fields = [(index[h], name) for h, name in mapping.items() if name in wanted]
     # A file downloaded before a row was edited in the grid must not put its old cells back
     # (a file without the column, made by hand, is matched by row number alone).
     version_col = next((i for i, h in enumerate(table.headers)
                         if (h or "").strip().lower() == VERSION_HEADER.lower()), None)
-    state = {"read": 0, "updated": 0, "unknown": 0, "changed": 0, "changed_rows": [], **(resume or {})}
+    state = {"read": 0, "updated": 0, "unchanged": 0, "unknown": 0, "changed": 0, "changed_rows": [],
+             **(resume or {})}
     for chunk in _batched(islice(table.rows, state["read"], None), FIX_CHUNK):
         numbers = {}
         for _line, cells in chunk:
@@ -1568,15 +1588,18 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
             row.raw = raw
         if rows:
             recheck_rows(session, upload, rows, scope=scope)
+        fixed = [entry for entry in entries if entry[2]]
         record_many(session, action="fixes", entity_type="upload", actor_id=session.info.get("actor_id"),
-                    entries=[entry for entry in entries if entry[2]])
-        state["updated"] += len(rows)
+                    entries=fixed)
+        state["updated"] += len(fixed)
+        state["unchanged"] += len(rows) - len(fixed)
         state["read"] += len(chunk)
         if checkpoint:
             checkpoint(dict(state))
     if checkpoint is None:  # (a job's file stays until its last commit: see forget_fixes_file)
         path.unlink(missing_ok=True)
-    return {key: state[key] for key in ("updated", "unknown", "changed", "changed_rows")}
+    return {**{key: state[key] for key in ("updated", "unchanged", "unknown", "changed", "changed_rows")},
+            "not_read": not_read}
 
 
 # --- importing ------------------------------------------------------------------------------

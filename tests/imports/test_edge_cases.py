@@ -209,7 +209,7 @@ def test_a_file_fix_whose_worker_died_after_its_last_chunk_is_finished_by_the_ne
     run.attempts = 2
     db_session.commit()
     assert jobs._fix(db_session, run, Progress(db_session, run, 2)) == {
-        "updated": 2, "unknown": 0, "changed": 0, "changed_rows": []}
+        "updated": 2, "unknown": 0, "changed": 0, "changed_rows": [], "unchanged": 0, "not_read": []}
     upload = db_session.get(Upload, upload.id)
     assert (upload.status, upload.message) == ("validated", "2 row(s) updated and checked again.")
     assert [r.status for r in _rows(db_session, upload).values()] == ["valid", "valid"]

@@ -547,6 +547,33 @@ def test_an_update_of_a_person_deleted_after_validation_fails_only_its_row(
     assert counts["people_updated"] == 1 and kept.location_id == country["NV2"].id
 
 
+def test_a_file_of_fixes_made_from_the_original_file_is_read_by_the_uploads_own_mapping(
+        db_session, tmp_path, country):
+    upload = _receive(db_session, tmp_path, "Prenom,Nom,Sexe,Ne le,Village\n"
+                                            "Juma,Banda,Q,2015-01-02,NV1\nZoe,Phiri,Z,1980-03-04,NV1\n")
+    services.set_mapping(db_session, upload, {"Prenom": "first_name", "Nom": "last_name", "Sexe": "sex",
+                                              "Ne le": "birth_date", "Village": "location"}, actor_id=None)
+    services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
+    fixed = _file(tmp_path, "Row,Prenom,Nom,Sexe,Ne le,Village,Remarque\n"
+                            "2,Juma,Banda,M,2015-01-02,NV1,corrige\n3,Zoe,Phiri,Z,1980-03-04,NV1,\n")
+    result = services.apply_corrections(db_session, upload, fixed, scope=EVERYTHING)
+    # The Sexe column was passed over and both rows were said to be updated.
+    assert (result["updated"], result["unchanged"], result["not_read"]) == (1, 1, ["Remarque"])
+    rows = _rows(db_session, upload)
+    assert (rows[2].status, rows[2].raw["sex"], rows[3].status) == ("valid", "M", "error")
+    assert services.corrections_message(result) == (
+        "1 row(s) updated and checked again; 1 row(s) were as they are already; not read, as no "
+        "field of this upload: the column(s) Remarque.")
+
+
+def test_a_file_of_fixes_with_no_column_of_the_upload_is_refused(db_session, tmp_path, country):
+    upload = _validated(db_session, tmp_path, HEADER + "Juma,Banda,?,2015-01-02,,NV1,,,\n")
+    fixed = _file(tmp_path, "Row,Colour\n2,blue\n")
+    with pytest.raises(FileProblem, match="None of the file's columns is a field of this upload"):
+        services.apply_corrections(db_session, upload, fixed, scope=EVERYTHING)
+    assert _rows(db_session, upload)[2].raw["sex"] == "?"
+
+
 def test_importing_only_when_nothing_is_left_to_fix_is_refused_while_rows_have_errors(db_session, tmp_path, country):
     upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,,NV1,,,\nBad,Row,?,,,NV1,,,\n")
     with pytest.raises(DomainError, match="1 row\\(s\\) still need fixing"):
@@ -563,7 +590,8 @@ def test_fixed_rows_uploaded_back_are_matched_by_row_number(db_session, tmp_path
     fixed = _file(tmp_path, "Row,First name,Last name,Sex,Birth date,National ID,Village code,Errors\n"
                             "3,Juma,Banda,M,2015-01-02,,NV1,sex: ...\n99,X,Y,F,2000-01-01,,NV1,\n")
     result = services.apply_corrections(db_session, upload, fixed, scope=EVERYTHING)
-    assert result == {"updated": 1, "unknown": 1, "changed": 0, "changed_rows": []}
+    assert result == {"updated": 1, "unknown": 1, "changed": 0, "changed_rows": [], "unchanged": 0,
+                      "not_read": []}
     rows = _rows(db_session, upload)
     assert rows[3].status == "valid" and rows[4].status == "error"
 

@@ -624,3 +624,19 @@ def test_a_file_larger_than_any_form_may_be_is_still_uploaded(app, client, login
         app.config["MAX_FORM_BYTES"] = limit
     assert response.status_code in (302, 303), response.status_code
     assert db_session.scalar(select(Upload.id)) is not None
+
+
+def test_a_large_file_of_fixes_with_none_of_the_uploads_columns_is_refused_before_any_job(
+        app, client, login, db_session, tmp_path, country, monkeypatch):
+    monkeypatch.setitem(app.config, "UPLOAD_FIX_INLINE_ROWS", 1)  # two rows make a job
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "Juma,Banda,?,2015-01-02,,NV1,,,\n"
+                        + "Zoe,Phiri,?,1980-03-04,,NV1,,,\n")
+    response = client.post(f"/imports/{upload.id}/reupload", content_type="multipart/form-data",
+                           data={"file": (io.BytesIO(b"Row,Colour\n2,blue\n3,red\n"), "fixed.csv")})
+    assert response.status_code == 302
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "None of the file&#39;s columns is a field of this upload" in page
+    db_session.expire_all()
+    upload = db_session.get(Upload, upload.id)
+    assert upload.status == "validated" and upload.job_run_id is None

@@ -51,7 +51,8 @@ def test_a_file_of_fixes_too_long_for_a_page_is_applied_by_the_worker_with_its_p
     db.session.refresh(upload)
     run = _wait(upload, timeout=120)
     assert run.status == "succeeded", run.message
-    assert run.result == {"updated": rows, "unknown": 1, "changed": 0, "changed_rows": []}
+    assert run.result == {"updated": rows, "unknown": 1, "changed": 0, "changed_rows": [],
+                          "unchanged": 0, "not_read": []}
     assert upload.status == "validated" and upload.counts["valid"] == rows and upload.counts["errors"] == 0
     assert upload.message == f"{rows} row(s) updated and checked again; 1 row(s) did not match a row to fix."
     page = client.get(f"/imports/{upload.id}").get_data(as_text=True)
