@@ -210,16 +210,30 @@ def _delimiter(first_line: str) -> str:
     return best if counts[best] else ","
 
 
+def _first_filled_line(fh) -> str:
+    """The first line with something on it (the header, after any blank lines above it),
+    from which the separator is guessed."""
+    for _n, line in zip(range(1000), fh):
+        if line.strip():
+            return line
+    return ""
+
+
 def _open_csv(path: Path) -> Table:
     encoding = _encoding(path)
     fh = open(path, encoding=encoding, errors="replace", newline="")
-    first = fh.readline()
+    first = _first_filled_line(fh)
     fh.seek(0)
     reader = csv.reader(fh, delimiter=_delimiter(first))
+    # Rows are numbered by record, as a spreadsheet shows the file: a cell with a line break
+    # in it is on one row there, so the physical line would name the wrong person after it.
+    number = 0
     try:
         headers = next(reader, None)
+        number += 1
         while headers is not None and not "".join(headers).strip():
             headers = next(reader, None)
+            number += 1
     except csv.Error as exc:
         fh.close()
         raise FileProblem(f"The file could not be read as CSV: {exc}.") from exc
@@ -228,9 +242,11 @@ def _open_csv(path: Path) -> Table:
         raise FileProblem("The file is empty.")
 
     def rows():
+        record = number
         try:
             for values in reader:
-                yield reader.line_num, [v.strip() for v in values]
+                record += 1
+                yield record, [v.strip() for v in values]
         except csv.Error as exc:
             raise FileProblem(f"Line {reader.line_num} could not be read as CSV: {exc}.") from exc
         finally:

@@ -35,6 +35,19 @@ def _read(path, max_rows=100):
 
 # --- files that are accepted ------------------------------------------------------------------
 
+def test_a_semicolon_csv_with_blank_lines_above_its_header_is_read_by_its_separator(tmp_path):
+    path = _write(tmp_path, "a.csv", b"\r\n\r\nFirst name;Last name\r\nZoe;Phiri\r\n")
+    headers, rows = _read(path)
+    assert headers == ["First name", "Last name"] and rows == [(4, ["Zoe", "Phiri"])]
+
+
+def test_a_csv_row_after_a_cell_with_a_line_break_keeps_the_number_a_spreadsheet_shows(tmp_path):
+    path = _write(tmp_path, "a.csv", b'First name,Note\nAmina,"two\nlines"\nJuma,one line\n')
+    headers, rows = _read(path)
+    # Excel shows Juma on row 3; the file's fourth line would send the user to the wrong person.
+    assert [(number, cells[0]) for number, cells in rows] == [(2, "Amina"), (3, "Juma")]
+
+
 def test_a_utf8_csv_with_a_bom_and_semicolons_is_read(tmp_path):
     path = _write(tmp_path, "a.csv", "\ufeffPrénom;Nom\r\nZoë;Ngúnì\r\n".encode("utf-8"))
     headers, rows = _read(path)
