@@ -46,6 +46,9 @@ class Upload(db.Model):
     # file header -> field name ("" ignores the column)
     mapping: Mapped[dict] = mapped_column(JSON, default=dict)
     counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    # The registry's highest person id when validation began looking for probable
+    # duplicates: the import looks again among the people registered after it.
+    registry_checked_through: Mapped[int | None] = mapped_column(Integer)
     validate_seconds: Mapped[float | None] = mapped_column(Float)
     import_seconds: Mapped[float | None] = mapped_column(Float)
     job_run_id: Mapped[int | None] = mapped_column(ForeignKey("job_run.id", ondelete="SET NULL"))

@@ -570,6 +570,9 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     forked process while this one stages the batches it has already checked."""
     started = time.monotonic()
     session.execute(delete(UploadRow).where(UploadRow.upload_id == upload.id))
+    # Whoever is registered after this is looked at again by the import (see
+    # _look_alikes_registered_since_validation).
+    upload.registry_checked_through = session.scalar(select(func.max(Individual.id))) or 0
     checker = RowChecker(session, upload, scope)
     areas = checker.areas()
     checked = _read_and_check(upload, checker)
@@ -1638,16 +1641,22 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
         _refuse_if_same_file_imported_since(session, upload)  # (also when run again, or at once)
         # People first: a head's row held back holds back their new household's other rows.
         stale = _people_changed_since_validation(session, upload, scope)
-        held = len(stale) + _households_changed_since_validation(session, upload, scope, also=stale)
-        if held:
-            total -= held
-            _tell(upload, f"{held} row(s) were held back: their person or household changed in the "
+        look_alikes = _look_alikes_registered_since_validation(session, upload, scope)
+        changed = len(stale) + _households_changed_since_validation(session, upload, scope,
+                                                                    also={**stale, **look_alikes})
+        if changed:
+            _tell(upload, f"{changed} row(s) were held back: their person or household changed in the "
                           "registry since validation. Fix them and import again.")
+        if look_alikes:
+            _tell(upload, f"{len(look_alikes)} row(s) look like people registered since validation: "
+                          "confirm or fix them, and import again.")
+        held = changed + len(look_alikes)
+        total -= held
         if held and only_if_clean:
             # The rows' new errors are kept (committed here), so the grid shows what to fix.
             progress(done, total, "Registry changed since validation")
-            raise DomainError(f"{held} row(s) need fixing again: their person or household changed "
-                              "in the registry since validation. Nothing was imported.")
+            raise DomainError(f"{held} row(s) need fixing again: the registry changed since "
+                              "validation. Nothing was imported.")
     progress(done, total, "Importing people")
     # Each batch updates pages all over the registry's indexes; fewer, larger batches
     # write each page fewer times.
@@ -1812,6 +1821,54 @@ def _people_changed_since_validation(session: Session, upload: Upload, scope: Sc
             {"id": row_id, "status": "error", "errors": {**(row.errors or {}), "national_id": message}}
             for row_id, (row, message) in held.items()])
     return {row_id: row.household_code for row_id, (row, _message) in held.items()}
+
+
+def _look_alikes_registered_since_validation(session: Session, upload: Upload,
+                                             scope: Scope) -> dict[int, str | None]:
+    """Hold back as probable duplicates the valid new rows that look like someone registered
+    since validation searched the registry (a similar name, born the same day in the same
+    district): two versions of one file, both validated before either was imported, would
+    otherwise register everyone without a national ID twice. Only the people added since are
+    read, by id, so an import with nobody registered meanwhile pays one look at the index.
+    A row the user confirmed is no duplicate stays as confirmed. Returns the rows' ids and
+    household codes."""
+    since = upload.registry_checked_through
+    if since is None:  # (validated before the portal kept this)
+        return {}
+    recent = session.execute(
+        select(Individual.id, Individual.first_name, Individual.last_name, Individual.birth_date,
+               Individual.location_id, Location.path)
+        .join(Location, Location.id == Individual.location_id)
+        .where(Individual.id > since, Individual.deleted_at.is_(None)).order_by(Individual.id)).all()
+    if not recent:
+        return {}
+    born: dict[date, list] = {}
+    for person in recent:
+        born.setdefault(person.birth_date, []).append(person)
+    rows = session.execute(select(UploadRow.id, UploadRow.cleaned, UploadRow.errors, UploadRow.household_code,
+                                  UploadRow.not_duplicate)
+                           .where(UploadRow.upload_id == upload.id, UploadRow.status == "valid",
+                                  UploadRow.action == "new",
+                                  _one_of(session, UploadRow.birth_date, sorted(born), Date))).all()
+    checker = RowChecker(session, upload, scope)
+    areas = checker.areas_of({row.cleaned.get("location_id") for row in rows})
+    held: dict[int, tuple] = {}
+    for row in rows:
+        cleaned, area = row.cleaned, areas.get(row.cleaned.get("location_id"))
+        if not area or row.not_duplicate == identity_key(cleaned):
+            continue
+        similar = [p for p in born.get(date.fromisoformat(cleaned["birth_date"]), ())
+                   if p.path.startswith(area) and similar_names(
+                       cleaned.get("first_name") or "", cleaned.get("last_name") or "", p.first_name, p.last_name)]
+        if similar:
+            person = next((p for p in similar if checker.in_scope(p.path)), similar[0])
+            held[row.id] = (row, duplicate_warning(
+                person.id, f"{person.first_name} {person.last_name}", person.birth_date.isoformat(),
+                len(similar) - 1, outside=not checker.in_scope(person.path)))
+    if held:
+        session.execute(update(UploadRow), [{"id": row_id, "status": "duplicate", "warning": warning}
+                                            for row_id, (_row, warning) in held.items()])
+    return {row_id: row.household_code for row_id, (row, _warning) in held.items()}
 
 
 def _households_changed_since_validation(session: Session, upload: Upload, scope: Scope,

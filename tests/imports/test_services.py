@@ -277,6 +277,38 @@ def test_a_household_registered_since_validation_under_the_same_code_takes_in_no
         Individual.last_name == "Tembo")) == 0
 
 
+def test_two_versions_of_one_file_validated_before_either_is_imported_register_nobody_twice(
+        db_session, tmp_path, country):
+    # The corrected version is uploaded anew while the first waits; both are imported.
+    first = _validated(db_session, tmp_path, HEADER + "Juma,Banda,M,2015-01-02,,NV1,,,\n")
+    second = _validated(db_session, tmp_path, HEADER + "Juma,Bandah,M,2015-01-02,,NV1,,,\n"
+                        + "Zoe,Phiri,F,1980-03-04,,NV1,,,\n")
+    assert second.counts["duplicates"] == 0  # nobody like Juma was registered then
+    _imported(db_session, first)
+    counts = _imported(db_session, second)
+    rows = _rows(db_session, second)
+    juma = db_session.scalar(select(Individual).where(Individual.first_name == "Juma"))
+    assert (rows[2].status, rows[3].status) == ("duplicate", "imported")
+    assert rows[2].warning == f"Probably the same person as #{juma.id} Juma Banda, born 2015-01-02."
+    assert counts["people_created"] == 1
+    assert "1 row(s) look like people registered since validation" in second.message
+    assert db_session.scalar(select(func.count()).select_from(Individual).where(
+        Individual.first_name == "Juma")) == 1
+
+
+def test_a_row_confirmed_as_no_duplicate_stays_confirmed_when_a_look_alike_is_registered_meanwhile(
+        db_session, tmp_path, country, make_individual):
+    make_individual("Juma", "Banda", birth_date=date(2015, 1, 2), location=country["NV1"])
+    upload = _validated(db_session, tmp_path, HEADER + "Juma,Banda,M,2015-01-02,,NV1,,,\n")
+    row = _rows(db_session, upload)[2]
+    assert row.status == "duplicate"
+    services.confirm_row(db_session, upload, row, scope=EVERYTHING)
+    make_individual("Juma", "Bandah", birth_date=date(2015, 1, 2), location=country["NV2"])
+    counts = _imported(db_session, upload)
+    db_session.expire_all()
+    assert counts["people_created"] == 1 and _rows(db_session, upload)[2].status == "imported"
+
+
 def test_a_household_code_registered_outside_the_uploaders_area_is_an_error_that_tells_nothing_more(
         db_session, tmp_path, country, make_household):
     household = make_household(2, location=country["SV1"], code="HH-S")
