@@ -532,10 +532,11 @@ def update_individual(session: Session, person: Individual, raw: dict, *, scope,
             errors["national_id"] = f"National ID {values['national_id']} is already registered."
     if errors:
         return person, errors
-    # Custom fields the form did not show (inactive ones) keep their values.
-    values["custom"] = {**(person.custom or {}), **values["custom"]}
-    for name in [f.name for f in fields if f.name not in values["custom"]]:
-        values["custom"].pop(name, None)
+    # Custom fields the form did not show (inactive ones) keep their values; one it showed
+    # and was cleared is removed.
+    shown = {f.name for f in fields}
+    values["custom"] = {**{k: v for k, v in (person.custom or {}).items() if k not in shown},
+                        **values["custom"]}
     name = person.full_name
     try:
         with session.begin_nested():  # (which flushes what was pending before it)

@@ -215,6 +215,22 @@ def test_inline_edit_returns_the_form_then_the_saved_card(client, login, people,
     assert bad.status_code == 422 and "Date of birth is in the future." in bad.get_data(as_text=True)
 
 
+def test_clearing_an_optional_custom_value_in_the_edit_form_removes_it_and_keeps_a_hidden_fields(
+        client, login, people, db_session):
+    db_session.add_all([CustomField(name="school", label="School", type="text"),
+                        CustomField(name="old_code", label="Old code", type="text", active=False)])
+    banda = people["banda"]
+    banda.custom = {"school": "Old school", "old_code": "X1"}
+    db_session.commit()
+    login("admin")
+    data = {**PERSON, "national_id": "MW1000001", "first_name": banda.first_name,
+            "last_name": banda.last_name, "version": str(banda.version), "cf_school": ""}
+    assert client.htmx("post", f"/registry/individuals/{banda.id}/edit", data=data).status_code == 200
+    db_session.expire_all()
+    # The page said "saved" and the wrong school stayed, matching enrolment criteria.
+    assert db_session.get(Individual, banda.id).custom == {"old_code": "X1"}
+
+
 def test_two_people_editing_the_same_person_do_not_silently_overwrite_each_other(client, login, people, db_session):
     login("admin")
     banda = people["banda"]
