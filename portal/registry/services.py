@@ -478,8 +478,9 @@ def create_individual(session: Session, values: dict, *, actor_id: int | None) -
     try:
         with session.begin_nested():
             session.flush()
-    except Exception as exc:  # the unique index on live national IDs, under a race
-        if "national_id" in str(exc).lower() or "unique" in str(exc).lower():
+    except IntegrityError as exc:  # the unique index on live national IDs, under a race
+        # (The database's own message: the statement in str(exc) names national_id always.)
+        if "national_id" in str(exc.orig).lower():
             raise DomainError(f"National ID {values.get('national_id')} is already registered.",
                               field="national_id") from None
         raise

@@ -69,9 +69,14 @@ def fold(text: str) -> str:
     return " ".join(plain.lower().split())
 
 
+_NAME_KEY_LENGTH = Individual.name_key.type.length
+
+
 def name_key(first: str | None, middle: str | None, last: str | None) -> str:
-    """'Chikondi', '', 'Banda' -> 'banda chikondi': indexed prefix search by surname first."""
-    return " ".join(p for p in (fold(last), fold(first), fold(middle)) if p)
+    """'Chikondi', '', 'Banda' -> 'banda chikondi': indexed prefix search by surname first.
+    Cut to its column: folding can lengthen a name (one ligature character unfolds into
+    eighteen), and a prefix search reads no further anyway."""
+    return " ".join(p for p in (fold(last), fold(first), fold(middle)) if p)[:_NAME_KEY_LENGTH]
 
 
 def parse_date(value, *, day_first: bool | None = None) -> date:

@@ -231,6 +231,25 @@ def test_clearing_an_optional_custom_value_in_the_edit_form_removes_it_and_keeps
     assert db_session.get(Individual, banda.id).custom == {"old_code": "X1"}
 
 
+def test_a_name_whose_search_form_unfolds_past_its_column_is_saved_on_enrolment_and_on_edit(
+        client, login, people, db_session):
+    # One ligature character unfolds into eighteen: 20 of them fit the name, not the search key.
+    name = "\ufdfa" * 20
+    login("admin")
+    response = client.post("/registry/individuals/new", data={
+        **PERSON, "first_name": name, "last_name": name, "national_id": "NK0001"})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    person = db_session.scalar(select(Individual).where(Individual.national_id == "NK0001"))
+    assert person.first_name == name and len(person.name_key) == 250
+    banda = people["banda"]
+    response = client.htmx("post", f"/registry/individuals/{banda.id}/edit", data={
+        **PERSON, "national_id": "MW1000001", "first_name": name, "last_name": "Banda",
+        "version": str(banda.version)})
+    assert response.status_code == 200
+    db_session.expire_all()
+    assert db_session.get(Individual, banda.id).first_name == name
+
+
 def test_two_people_editing_the_same_person_do_not_silently_overwrite_each_other(client, login, people, db_session):
     login("admin")
     banda = people["banda"]
