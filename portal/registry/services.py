@@ -973,8 +973,14 @@ def move_member(session: Session, source: Group, member_id: int, target: Group, 
                 actor_id: int | None) -> GroupMember:
     """Move a member of ``source`` to another household, keeping both valid. Both households
     must lie in scope: taking someone out of a household is a change to it."""
+    # The person, then the households, as adding a member and a delete take them: the other
+    # way round, a move and a delete of the same person each held what the other waited for.
+    person = _member(session, source, member_id, scope).individual
+    lock_row(session, person)
+    if person.deleted_at is not None:
+        raise DomainError(f"{person.full_name} was deleted meanwhile; restore them first.")
     _lock_groups(session, source, target)
-    member = _member(session, source, member_id, scope)
+    member = _member(session, source, member_id, scope)  # as it is now, under the locks
     if source.id == target.id:
         raise DomainError("The person is already in this household.", field="target")
     if source.kind != "household" or target.kind != "household":

@@ -99,6 +99,36 @@ def _blocked_call(action):
 
 @pytest.mark.skipif("sqlite" in _database_url(), reason="SQLite takes its write lock at BEGIN: "
                     "two writing requests never interleave there")
+def test_moving_a_member_while_someone_deletes_them_refuses_the_move_with_a_message_not_a_deadlock(
+        country, make_individual, db_session):
+    from portal.background.services import lock_row
+
+    head, child, other_head = (make_individual(location=country["NV1"]) for _ in range(3))
+    source, target = _household(db_session, "HH-FROM", head, child), _household(db_session, "HH-TO", other_head)
+    db_session.commit()
+    member_id = next(m.id for m in source.members if m.individual_id == child.id)
+    everything = Scope(everything=True)
+    with Session(db.engine) as deleting, Session(db.engine) as moving:
+        person = deleting.get(Individual, child.id)
+        lock_row(deleting, person)  # the delete's first lock, as it takes it
+        thread, outcome = _blocked_call(lambda: services.move_member(
+            moving, moving.get(Group, source.id), member_id, moving.get(Group, target.id), role="child",
+            scope=everything, actor_id=None))
+        thread.join(1)  # the move waits for the person
+        # The delete goes on to the person's household, which a move that took the
+        # households first held while it waited: each waited for the other (a 500 for one).
+        services.delete_individual(deleting, person, scope=everything, actor_id=None)
+        deleting.commit()
+        thread.join(10)
+        assert isinstance(outcome[0], DomainError) and "was deleted meanwhile" in outcome[0].message
+        moving.rollback()
+    db_session.expire_all()
+    assert db_session.get(Individual, child.id).deleted_at is not None
+    assert db_session.scalar(select(GroupMember.group_id).where(GroupMember.individual_id == child.id)) == source.id
+
+
+@pytest.mark.skipif("sqlite" in _database_url(), reason="SQLite takes its write lock at BEGIN: "
+                    "two writing requests never interleave there")
 def test_two_households_taking_the_same_person_at_once_refuse_the_second_with_a_message(
         country, make_individual, db_session):
     first_head, second_head, person = (make_individual(location=country["NV1"]) for _ in range(3))
