@@ -746,8 +746,11 @@ def search_groups(session: Session, *, scope, filters: dict, sort: str = "name",
     rows = rows[:per_page]
     inner = select(Group.id).where(*conditions).limit(COUNT_CAP + 1).subquery()
     n = session.scalar(select(func.count()).select_from(inner))
+    # Living members, as enrolment's household size counts them: a deleted person stays a
+    # member (history kept) but no longer makes the household larger.
     sizes = dict(session.execute(
-        select(GroupMember.group_id, func.count()).where(GroupMember.group_id.in_([g.id for g in rows]))
+        select(GroupMember.group_id, func.count()).join(Individual, Individual.id == GroupMember.individual_id)
+        .where(GroupMember.group_id.in_([g.id for g in rows]), Individual.deleted_at.is_(None))
         .group_by(GroupMember.group_id)).all()) if rows else {}
     return SearchResult(rows=rows, count=min(n, COUNT_CAP), capped=n > COUNT_CAP, page=page,
                         per_page=per_page, has_more=has_more, households=sizes)

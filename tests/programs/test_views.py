@@ -316,6 +316,22 @@ def test_a_group_program_shows_the_households_primary_recipient(client, login, d
     assert rows[1][rows[0].index("Recipient national ID")] == home.primary_recipient.national_id
 
 
+def test_a_group_beneficiarys_page_counts_the_households_living_members(client, login, db_session, program,
+                                                                           household):
+    from portal.registry import services as registry
+
+    plan = program(beneficiary_kind="group")
+    home = household(3)
+    services.enrol(db_session, plan.id, group_ids=[home.id], actor_id=None, scope=Scope(everything=True))
+    child = next(m.individual for m in home.members if m.role != "head")
+    registry.delete_individual(db_session, child, scope=Scope(everything=True), actor_id=None)
+    db_session.commit()
+    beneficiary = db_session.scalar(select(Beneficiary).where(Beneficiary.group_id == home.id))
+    login("viewer")
+    page = client.get(f"/programs/beneficiaries/{beneficiary.id}").get_data(as_text=True)
+    assert "<dt>Members</dt><dd>2</dd>" in page
+
+
 def test_a_payee_who_lives_outside_the_officers_area_is_not_named_on_page_list_or_export(
         client, login, db_session, program, household, person, country):
     plan = program(beneficiary_kind="group")

@@ -349,6 +349,25 @@ def test_group_search_keeps_to_the_scope(client, login, country, people, make_ho
     assert "HH-SOUTH" in body and "HH-NORTH" not in body
 
 
+def test_a_deleted_member_is_not_counted_in_the_household_size_shown_but_is_marked_in_its_list(
+        client, login, country, make_household, db_session):
+    from portal.locations.services import Scope
+    from portal.registry import services as registry
+
+    household = make_household(size=3, code="HH-SIZE", location=country["NV1"])
+    child = next(m.individual for m in household.members if m.role != "head")
+    registry.delete_individual(db_session, child, scope=Scope(everything=True), actor_id=None)
+    db_session.commit()
+    login("admin")
+    listed = client.htmx("get", "/registry/groups?q=hh-size").get_data(as_text=True)
+    row = re.search(r"HH-SIZE</a>.*?</tr>", listed, re.S).group(0)
+    # Enrolment's "households of at least 3" leaves it out: the list must not say 3.
+    assert re.findall(r'class="num">(\d+)<', row) == ["2"]
+    page = client.get(f"/registry/groups/{household.id}").get_data(as_text=True)
+    assert '<h2>Members (2) <small class="muted">and 1 deleted</small></h2>' in page
+    assert f'{child.full_name}</a> <span class="badge">deleted</span>' in page
+
+
 def test_the_search_page_takes_the_same_number_of_queries_for_more_results(client, login, country, make_individual,
                                                                        count_queries, db_session):
     login("admin")
