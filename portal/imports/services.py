@@ -766,7 +766,7 @@ def _households_to_check(session: Session, upload: Upload) -> set[str]:
 def _check_households(session: Session, upload: Upload, scope: Scope, codes: set[str]) -> set[int]:
     query = select(UploadRow.id, UploadRow.row_number, UploadRow.household_code, UploadRow.role,
                    UploadRow.primary, UploadRow.errors, UploadRow.status, UploadRow.action,
-                   UploadRow.warning, UploadRow.individual_id).where(
+                   UploadRow.warning, UploadRow.individual_id, UploadRow.national_id).where(
         UploadRow.upload_id == upload.id, UploadRow.status.in_(OPEN_STATUSES),
         UploadRow.household_code.in_(codes))
     households: dict[str, list] = {}
@@ -774,18 +774,23 @@ def _check_households(session: Session, upload: Upload, scope: Scope, codes: set
         households.setdefault(row.household_code, []).append(row)
     if not households:
         return set()
-    # code -> (group id, kind, its head's person id or None, in the upload's area)
-    existing: dict[str, tuple[int, str, int | None, bool]] = {}
+    # code -> (group id, kind, its head's person id or None, in the upload's area, the head's
+    # national ID or None)
+    existing: dict[str, tuple[int, str, int | None, bool, str | None]] = {}
     names = list(households)
+    # (Looked up for each group, in the one-head index: a join would read every head first.)
     head = (select(GroupMember.individual_id).where(GroupMember.group_id == Group.id,
                                                      GroupMember.role == "head")
             .limit(1).correlate(Group).scalar_subquery())
+    head_nid = (select(Individual.national_id).join(GroupMember, GroupMember.individual_id == Individual.id)
+                .where(GroupMember.group_id == Group.id, GroupMember.role == "head")
+                .limit(1).correlate(Group).scalar_subquery())
     for start in range(0, len(names), 1000):
         chunk = names[start:start + 1000]
-        for gid, code, kind, head_id, visible in session.execute(
-                select(Group.id, Group.code, Group.kind, head, scope.covers(Group.location_id))
+        for gid, code, kind, head_id, visible, head_national_id in session.execute(
+                select(Group.id, Group.code, Group.kind, head, scope.covers(Group.location_id), head_nid)
                 .where(Group.code.in_(chunk), Group.deleted_at.is_(None))):
-            existing[code] = (gid, kind, head_id, bool(visible))
+            existing[code] = (gid, kind, head_id, bool(visible), head_national_id)
     # person -> (group id, code, in the upload's area) of their household
     members: dict[int, tuple[int, str, bool]] = {}
     people = [r.individual_id for rows in households.values() for r in rows if r.individual_id]
@@ -836,8 +841,10 @@ def _check_household(code: str, group: tuple | None, rows: list, members: dict,
         for r in rows:
             flag(r, f"{code} is the code of a {group[1]}, not of a household.")
     if group and group[2]:
-        # (Its registered head, uploaded again, is no second.)
-        other_heads = [r for r in heads if r.individual_id != group[2]]
+        # Its registered head uploaded again is no second head, also when the upload refuses
+        # people already registered (the row's own error says so; its ID tells who it is).
+        other_heads = [r for r in heads if r.individual_id != group[2]
+                       and not (r.national_id and r.national_id == group[4])]
         for r in other_heads:
             flag(r, f"Household {code} already has a head in the registry.")
         # A file whose household has a head of its own describes another family under the

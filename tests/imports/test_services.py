@@ -259,6 +259,22 @@ def test_a_look_alike_outside_the_uploaders_villages_is_not_named(
     everything = _rows(db_session, _validated(db_session, tmp_path, text))[2]
     assert "Amina Banda" in everything.warning and "outside" not in everything.warning
 
+def test_a_new_child_joins_a_registered_household_whose_head_the_file_lists_again_under_the_default_policy(
+        db_session, tmp_path, country, make_individual, make_household):
+    head = make_individual("Amina", "Banda", national_id="MW7000001", location=country["NV1"],
+                           birth_date=date(1990, 5, 17))
+    household = make_household(1, head=head, code="HH-KNOWN")
+    upload = _validated(db_session, tmp_path, HEADER + "Amina,Banda,F,1990-05-17,MW7000001,NV1,HH-KNOWN,head,yes\n"
+                        + "Baby,Banda,F,2024-01-02,,NV1,HH-KNOWN,child,no\n")
+    rows = _rows(db_session, upload)
+    # The head is refused as already registered (this upload refuses them), but is the
+    # household's own head: the child is no member of another family.
+    assert "refuses people already registered" in rows[2].errors["national_id"]
+    assert "household" not in rows[2].errors and rows[3].status == "valid"
+    _imported(db_session, upload)
+    assert db_session.scalar(select(func.count()).where(GroupMember.group_id == household.id)) == 2
+
+
 def test_a_household_registered_since_validation_under_the_same_code_takes_in_none_of_another_familys_rows(
         db_session, tmp_path, country):
     # Two files that both kept the template's example code, checked before either is imported.
