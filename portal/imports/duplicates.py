@@ -108,6 +108,15 @@ def twin_warning(row_number: int, name: str, born: str) -> str:
     return f"Probably the same person as row {row_number} {name}, born {born}."[:500]
 
 
+_LOOK_ALIKE = re.compile(r"Probably the same person as #(\d+)\b")
+
+
+def look_alike(warning: str | None) -> int | None:
+    """The registered person a ``duplicate_warning`` names first (None for any other)."""
+    found = _LOOK_ALIKE.match(warning or "")
+    return int(found.group(1)) if found else None
+
+
 _TWIN_ROW = re.compile(r"Probably the same person as row (\d+) ")
 
 

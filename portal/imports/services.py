@@ -37,7 +37,7 @@ from portal.ids import ID_MAX
 from portal.imports import columns as cols_mod
 from portal.imports.columns import parse_yes_no
 from portal.imports.duplicates import (IN_FILE_ALL_PAIRS, ProbableDuplicates, crowd_keys, duplicate_warning,
-                                      twin_row, twin_warning)
+                                      look_alike, twin_row, twin_warning)
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
 from portal.imports.reader_process import ReaderProcess
 from portal.imports.reading import FileProblem, cell_problem, open_table, read_head
@@ -841,10 +841,13 @@ def _check_household(code: str, group: tuple | None, rows: list, members: dict,
         for r in rows:
             flag(r, f"{code} is the code of a {group[1]}, not of a household.")
     if group and group[2]:
-        # Its registered head uploaded again is no second head, also when the upload refuses
-        # people already registered (the row's own error says so; its ID tells who it is).
+        # Its registered head uploaded again is no second head: known by the person the row
+        # updates, by national ID (also when the upload refuses people already registered:
+        # the row's own error says so), or, without either, as the look-alike its row's
+        # probable-duplicate warning names (to confirm or drop there).
         other_heads = [r for r in heads if r.individual_id != group[2]
-                       and not (r.national_id and r.national_id == group[4])]
+                       and not (r.national_id and r.national_id == group[4])
+                       and look_alike(r.warning) != group[2]]
         for r in other_heads:
             flag(r, f"Household {code} already has a head in the registry.")
         # A file whose household has a head of its own describes another family under the
