@@ -40,7 +40,7 @@ from portal.imports.duplicates import (IN_FILE_ALL_PAIRS, ProbableDuplicates, cr
                                       look_alike, twin_row, twin_warning)
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
 from portal.imports.reader_process import ReaderProcess
-from portal.imports.reading import FileProblem, cell_problem, open_table, read_head
+from portal.imports.reading import FileProblem, cell_problem, normalise_header, open_table, read_head
 from portal.locations.models import Location
 from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import PII_FIELDS, mask
@@ -1507,10 +1507,15 @@ def _fixes_columns(session: Session, upload: Upload, headers: list[str]) -> tupl
     """A file of fixes' columns that hold the upload's fields, (index, field) each, and the
     names of the others, which are not read. The upload's own headers (mapped by hand, say
     "Sexe") are read as at first: a file of fixes made from the original file is as good as
-    the download. A file with none of the upload's fields is refused."""
-    available = cols_mod.columns(session)
-    mapping = cols_mod.match_headers(headers, available)
-    mapping = cols_mod.apply_saved(mapping, upload.mapping or {}, available) or mapping
+    the download. A column the original file had and the upload left out does not hide the
+    download's column of the same name (an ignored "Role" beside a "Relation" mapped to the
+    role), and a field a column of the original gives is not read twice. A file with none
+    of the upload's fields is refused."""
+    automatic = cols_mod.match_headers(headers, cols_mod.columns(session))
+    by_key = {normalise_header(h): name for h, name in (upload.mapping or {}).items() if name}
+    own = {h: by_key.get(normalise_header(h), "") for h in automatic}
+    taken = set(own.values())
+    mapping = {h: own[h] or ("" if automatic[h] in taken else automatic[h]) for h in automatic}
     wanted = set(upload.mapping.values()) - {""}
     index = {h: i for i, h in enumerate(headers)}
     fields = [(index[h], name) for h, name in mapping.items() if name in wanted]

@@ -631,6 +631,23 @@ def test_a_file_of_fixes_made_from_the_original_file_is_read_by_the_uploads_own_
         "field of this upload: the column(s) Remarque.")
 
 
+def test_the_downloaded_rows_to_fix_are_read_whole_when_the_original_left_out_a_column_of_a_fields_name(
+        db_session, tmp_path, country):
+    # The original's "Role" (the person's job) was left out; its "Relation" gives the role.
+    upload = _receive(db_session, tmp_path, "First name,Last name,Sex,Birth date,Village code,Household code,"
+                                            "Relation,Role\nAmina,Banda,F,1990-05-17,NV1,HH-9,boss,farmer\n"
+                                            "Juma,Banda,M,2015-01-02,NV1,HH-9,child,pupil\n")
+    services.set_mapping(db_session, upload, {**upload.mapping, "Relation": "role", "Role": ""}, actor_id=None)
+    services.validate_upload(db_session, upload, scope=EVERYTHING, progress=lambda *a, **k: None)
+    # The download names its columns by the fields' labels: the role is under "Role".
+    fixed = _file(tmp_path, "Row,First name,Last name,Sex,Birth date,Village code,Household code,Role,Errors\n"
+                            "2,Amina,Banda,F,1990-05-17,NV1,HH-9,head,\n")
+    result = services.apply_corrections(db_session, upload, fixed, scope=EVERYTHING)
+    assert (result["updated"], result["not_read"]) == (1, [])
+    rows = _rows(db_session, upload)
+    assert rows[2].raw["role"] == "head" and rows[2].status == "valid"
+
+
 def test_a_file_of_fixes_with_no_column_of_the_upload_is_refused(db_session, tmp_path, country):
     upload = _validated(db_session, tmp_path, HEADER + "Juma,Banda,?,2015-01-02,,NV1,,,\n")
     fixed = _file(tmp_path, "Row,Colour\n2,blue\n")
