@@ -23,6 +23,9 @@ from pathlib import Path
 from sqlalchemy import delete, func, insert, select
 
 os.environ.setdefault("PORTAL_ENV", "development")
+
+from bench import measured_on  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = f"sqlite:///{ROOT / 'instance' / 'bench' / 'enrolment.db'}"
 FIRST = ["Chikondi", "Mphatso", "Thandiwe", "Kondwani", "Chisomo", "Blessings", "Mercy", "Tiyamike",
@@ -132,7 +135,6 @@ def main(argv=None) -> int:
         ensure_population(args.database_url)
     app = _app(args.database_url)
 
-    from bench import measured_on
     from portal.extensions import db
     from portal.locations.services import Scope
     from portal.programs import services

@@ -428,17 +428,22 @@ class RowChecker:
                     .order_by(Individual.id)):
                 born.setdefault(person.birth_date.isoformat(), []).append(person)
         for key, cleaned in wanted.items():
-            area = areas.get(cleaned["location_id"])
-            first, last = cleaned.get("first_name") or "", cleaned.get("last_name") or ""
-            similar = [p for p in born.get(cleaned["birth_date"], ()) if area and p.path.startswith(area)
-                       and similar_names(first, last, p.first_name, p.last_name)]
-            warning = None
-            if similar:
-                person = next((p for p in similar if self.in_scope(p.path)), similar[0])
-                warning = duplicate_warning(person.id, f"{person.first_name} {person.last_name}",
-                                            person.birth_date.isoformat(), len(similar) - 1,
-                                            outside=not self.in_scope(person.path))
-            self._searched[key] = warning
+            self._searched[key] = self.look_alike_warning(
+                cleaned, areas.get(cleaned["location_id"]), born.get(cleaned["birth_date"], ()))
+
+    def look_alike_warning(self, cleaned: dict, area: str | None, born_that_day) -> str | None:
+        """The probable-duplicate warning of a cleaned row among registered people born the
+        same day (rows with id, names, birth_date and their location's path): those in the
+        row's ``area`` with a similar name; the first the uploader sees is named."""
+        first, last = cleaned.get("first_name") or "", cleaned.get("last_name") or ""
+        similar = [p for p in born_that_day if area and p.path.startswith(area)
+                   and similar_names(first, last, p.first_name, p.last_name)]
+        if not similar:
+            return None
+        person = next((p for p in similar if self.in_scope(p.path)), similar[0])
+        return duplicate_warning(person.id, f"{person.first_name} {person.last_name}",
+                                 person.birth_date.isoformat(), len(similar) - 1,
+                                 outside=not self.in_scope(person.path))
 
     def locations_in_scope(self) -> set[int] | None:
         """The ids of the locations the uploader sees (None: all of them)."""
@@ -1522,8 +1527,9 @@ def _fixes_columns(session: Session, upload: Upload, headers: list[str]) -> tupl
     if not fields:
         raise FileProblem("None of the file's columns is a field of this upload: upload the rows "
                           "to fix as they were downloaded, with their column names.")
-    own = {"row", "row number", "errors", VERSION_HEADER.lower()}
-    return fields, [h for h in headers if h and mapping.get(h) not in wanted and h.strip().lower() not in own]
+    bookkeeping = {"row", "row number", "errors", VERSION_HEADER.lower()}
+    return fields, [h for h in headers if h and mapping.get(h) not in wanted
+                    and h.strip().lower() not in bookkeeping]
 
 
 VERSION_HEADER = "Row version"  # the download's last column: see problem_rows_for_download
@@ -1860,7 +1866,7 @@ def _look_alikes_registered_since_validation(session: Session, upload: Upload,
     born: dict[date, list] = {}
     for person in recent:
         born.setdefault(person.birth_date, []).append(person)
-    rows = session.execute(select(UploadRow.id, UploadRow.cleaned, UploadRow.errors, UploadRow.household_code,
+    rows = session.execute(select(UploadRow.id, UploadRow.cleaned, UploadRow.household_code,
                                   UploadRow.not_duplicate)
                            .where(UploadRow.upload_id == upload.id, UploadRow.status == "valid",
                                   UploadRow.action == "new",
@@ -1869,17 +1875,12 @@ def _look_alikes_registered_since_validation(session: Session, upload: Upload,
     areas = checker.areas_of({row.cleaned.get("location_id") for row in rows})
     held: dict[int, tuple] = {}
     for row in rows:
-        cleaned, area = row.cleaned, areas.get(row.cleaned.get("location_id"))
-        if not area or row.not_duplicate == identity_key(cleaned):
+        if row.not_duplicate == identity_key(row.cleaned):
             continue
-        similar = [p for p in born.get(date.fromisoformat(cleaned["birth_date"]), ())
-                   if p.path.startswith(area) and similar_names(
-                       cleaned.get("first_name") or "", cleaned.get("last_name") or "", p.first_name, p.last_name)]
-        if similar:
-            person = next((p for p in similar if checker.in_scope(p.path)), similar[0])
-            held[row.id] = (row, duplicate_warning(
-                person.id, f"{person.first_name} {person.last_name}", person.birth_date.isoformat(),
-                len(similar) - 1, outside=not checker.in_scope(person.path)))
+        warning = checker.look_alike_warning(row.cleaned, areas.get(row.cleaned.get("location_id")),
+                                             born.get(date.fromisoformat(row.cleaned["birth_date"]), ()))
+        if warning:
+            held[row.id] = (row, warning)
     if held:
         session.execute(update(UploadRow), [{"id": row_id, "status": "duplicate", "warning": warning}
                                             for row_id, (_row, warning) in held.items()])
