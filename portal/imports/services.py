@@ -25,7 +25,7 @@ from flask import current_app
 from sqlalchemy import (ARRAY, Date, Integer, String, bindparam, and_, case, delete, func, literal_column, or_, select,
                         text, update)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from portal.audit.models import AuditEntry
 from portal.audit.services import record, record_changes, record_many
@@ -81,10 +81,16 @@ def list_uploads(session: Session, *, scope: Scope, actor_id: int, page: int = 1
 
 def checking_scope(upload: Upload, acting: Scope) -> Scope:
     """The area an upload's rows are checked and imported in: the uploader's, narrowed to the
-    acting user's. What a check stores (warnings, errors, the people rows update) is read by
-    the uploader, so a wider user's check must not bring in people outside the uploader's area."""
+    acting user's, and to the upload's own area when it has one. What a check stores
+    (warnings, errors, the people rows update) is read by everyone who sees the upload: the
+    uploader, and the colleagues of its area. So neither a wider user's check nor an uploader
+    given more places since may bring in people from outside that area."""
     uploader = upload.created_by
-    return acting if uploader is None else Scope.for_user(uploader).within(acting)
+    scope = acting if uploader is None else Scope.for_user(uploader).within(acting)
+    if upload.location_id is not None:
+        area = object_session(upload).get(Location, upload.location_id)
+        scope = scope.within(Scope(paths=(area.path,)))
+    return scope
 
 
 def uploader_area(user) -> int | None:

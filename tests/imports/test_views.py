@@ -640,3 +640,34 @@ def test_a_large_file_of_fixes_with_none_of_the_uploads_columns_is_refused_befor
     db_session.expire_all()
     upload = db_session.get(Upload, upload.id)
     assert upload.status == "validated" and upload.job_run_id is None
+
+
+def test_an_upload_is_checked_only_in_its_own_area_after_its_uploader_is_given_another(
+        client, login, db_session, tmp_path, country, make_individual, make_user):
+    """The upload belongs to North, where the uploader worked, and North's officers read its
+    rows: a check made after the uploader was also given South must not name South's people."""
+    from datetime import date
+
+    from tests.factories import UPLOAD_HEADER
+
+    make_individual("Zeldah", "Outsider", location=country["SV1"], birth_date=date(1977, 7, 7),
+                    national_id="ZZ9990001")
+    uploader = make_user("field_officer", [country["ND"]])
+    db_session.commit()
+    path = tmp_path / "a.csv"
+    path.write_text(UPLOAD_HEADER + "Zelda,Outsider,F,1977-07-07,,SV1,,,\n")
+    upload = services.receive_upload(db_session, path=path, file_name="a.csv", duplicate_policy="error",
+                                     day_first=None, program_id=None, enrol_status=None,
+                                     area_id=services.uploader_area(uploader), actor_id=uploader.id,
+                                     max_rows=100)
+    uploader.locations = [country["ND"], country["SD"]]
+    db_session.commit()
+    scope = services.checking_scope(upload, Scope(everything=True))  # an administrator checks it
+    services.validate_upload(db_session, upload, scope=scope, progress=lambda *a, **k: None)
+    db_session.commit()
+
+    row = db_session.scalar(select(UploadRow).where(UploadRow.upload_id == upload.id))
+    assert row.status == "error" and "outside your locations" in row.errors["location"]
+    login("field_officer", [country["ND"]])
+    page = client.get(f"/imports/{upload.id}/rows").get_data(as_text=True)
+    assert "Zeldah" not in page
