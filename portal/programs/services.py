@@ -805,6 +805,24 @@ def region_counts(session: Session, program: Program, *, scope: Scope) -> list[t
                   key=lambda item: (-item[1], item[0]))
 
 
+def _lock_beneficiary(session: Session, beneficiary_id: int, *,
+                      scope: Scope) -> tuple[Program, Beneficiary]:
+    """The beneficiary and its program, locked in the order every write here takes them
+    (the program row, then the beneficiary's) and read again under the locks: another manager
+    may have removed it, or changed its status, since this request first read it."""
+    beneficiary = get_beneficiary(session, beneficiary_id, scope=scope)
+    if beneficiary is None:
+        raise DomainError("That beneficiary does not exist or lies outside your locations.")
+    program = lock_program(session, beneficiary.program_id)
+    beneficiary = session.scalar(select(Beneficiary).where(Beneficiary.id == beneficiary_id)
+                                 .with_for_update(of=Beneficiary)
+                                 .execution_options(populate_existing=True))
+    if beneficiary is None:
+        raise DomainError("This beneficiary was removed from the program meanwhile, by someone "
+                          "else; nothing was changed.")
+    return program, beneficiary
+
+
 def get_beneficiary(session: Session, beneficiary_id: int, *, scope: Scope) -> Beneficiary | None:
     """The beneficiary, or None when it does not exist or lies outside the scope."""
     beneficiary = session.get(Beneficiary, beneficiary_id)
@@ -868,10 +886,8 @@ def export_rows(session: Session, program: Program, *, scope: Scope, filters: Be
 def update_beneficiary_custom(session: Session, beneficiary_id: int, raw: dict, *, scope: Scope,
                               actor_id: int | None) -> Beneficiary:
     """Set the program's extra field values of one beneficiary (validated, audited)."""
-    beneficiary = get_beneficiary(session, beneficiary_id, scope=scope)
-    if beneficiary is None:
-        raise DomainError("That beneficiary does not exist or lies outside your locations.")
-    _writable(beneficiary.program)
+    program, beneficiary = _lock_beneficiary(session, beneficiary_id, scope=scope)
+    _writable(program)
     values = clean_program_custom(session, beneficiary.program, raw)
     # Fields the form did not show (inactive ones) keep their values, as in the registry.
     active = {f.name for f in program_fields(session, beneficiary.program_id, active_only=True)}
@@ -941,12 +957,8 @@ def change_status(session: Session, beneficiary_id: int, *, to_status: str, reas
                   scope: Scope) -> Beneficiary | None:
     """Move one beneficiary along an allowed transition; "removed" deletes a potential one
     (returns None). Activation re-checks the cap under the program lock."""
-    beneficiary = get_beneficiary(session, beneficiary_id, scope=scope)
-    if beneficiary is None:
-        raise DomainError("That beneficiary does not exist or lies outside your locations.")
-    program = lock_program(session, beneficiary.program_id)
+    program, beneficiary = _lock_beneficiary(session, beneficiary_id, scope=scope)
     _writable(program)
-    session.refresh(beneficiary)
     _check_transition(beneficiary.status, to_status)
     reason, effective = _check_change(reason, effective_date, beneficiary.enrolled_at,
                                       _last_change(session, [beneficiary.id]))

@@ -342,10 +342,22 @@ def beneficiary(beneficiary_id: int):
     return _beneficiary_page(record, _status_form(record))
 
 
+def _removed_meanwhile():
+    """A post about a beneficiary that is gone (a second click on Remove, or another manager
+    removed it): say so and go back to the program's list, rather than 'not found'."""
+    flash("That beneficiary is no longer in the program: it was removed, perhaps meanwhile by "
+          "someone else (or lies outside your locations). Nothing was changed.", "error")
+    program_id = parse_id(request.form.get("program_id"))
+    return htmx_redirect(url_for("programs.beneficiaries", program_id=program_id) if program_id
+                         else url_for("programs.index"))
+
+
 @bp.route("/beneficiaries/<int:beneficiary_id>/status", methods=["POST"])
 @require("beneficiary.status")
 def change_status(beneficiary_id: int):
-    record = _beneficiary_or_404(beneficiary_id)
+    record = services.get_beneficiary(db.session, beneficiary_id, scope=scope())
+    if record is None:
+        return _removed_meanwhile()
     program_id = record.program_id
     form = _status_form(record)
     if form.validate_on_submit():
@@ -355,7 +367,9 @@ def change_status(beneficiary_id: int):
                 effective_date=form.effective_date.data, actor_id=current_user.id, scope=scope())
         except DomainError as exc:
             form_refusal(form, exc, "to_status")
-            record = _beneficiary_or_404(beneficiary_id)
+            record = services.get_beneficiary(db.session, beneficiary_id, scope=scope())
+            if record is None:
+                return _removed_meanwhile()
         else:
             db.session.commit()
             if changed is None:
@@ -369,13 +383,17 @@ def change_status(beneficiary_id: int):
 @bp.route("/beneficiaries/<int:beneficiary_id>/fields", methods=["POST"])
 @require("beneficiary.enrol")
 def beneficiary_fields(beneficiary_id: int):
-    record = _beneficiary_or_404(beneficiary_id)
+    record = services.get_beneficiary(db.session, beneficiary_id, scope=scope())
+    if record is None:
+        return _removed_meanwhile()
     try:
         services.update_beneficiary_custom(db.session, record.id, _program_custom_raw(record.program),
                                            scope=scope(), actor_id=current_user.id)
     except DomainError as exc:
         flash_refusal(exc)
-        record = _beneficiary_or_404(beneficiary_id)
+        record = services.get_beneficiary(db.session, beneficiary_id, scope=scope())
+        if record is None:
+            return _removed_meanwhile()
         return _beneficiary_page(record, _status_form(record), status=422, partial=False)
     db.session.commit()
     flash("Saved the program fields.", "success")
