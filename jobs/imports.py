@@ -64,7 +64,7 @@ def _validate(session, job, progress):
         services.clear_rows(session, upload)
         upload.status = "failed"
         upload.message = (exc.message if isinstance(exc, FileProblem) else
-                          f"Validation stopped: {type(exc).__name__}: {exc}")[:2000]
+                          f"Validation stopped: {runtime.failure_text(exc)}")[:2000]
         progress.commit()  # not if another attempt has taken over: its rows stay
         raise
 
@@ -86,7 +86,7 @@ def _import(session, job, progress):
         session.rollback()
         upload = session.get(Upload, job.params["upload_id"])
         services.stopped_import(session, upload)
-        upload.message = f"The import stopped: {getattr(exc, 'message', None) or exc}"[:2000]
+        upload.message = f"The import stopped: {runtime.failure_text(exc)}"[:2000]
         progress.commit()  # not if another attempt has taken over
         raise
 
@@ -116,8 +116,7 @@ def _fix(session, job, progress):
         # What was fixed and committed stays fixed; the rows can be fixed again by hand.
         session.rollback()
         upload = session.get(Upload, job.params["upload_id"])
-        services.end_failed_fix(session, upload, "The fix stopped: " + (
-            getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"))
+        services.end_failed_fix(session, upload, f"The fix stopped: {runtime.failure_text(exc)}")
         progress.commit()  # not if another attempt has taken over (nor is the file taken then)
         services.forget_fixes_file(fix)
         raise

@@ -119,7 +119,7 @@ def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) ->
         except Exception as exc:
             session.rollback()
             log.error("job %s failed:\n%s", run_id, traceback.format_exc())
-            _finish(session, run_id, attempt, "failed", f"Unexpected error: {type(exc).__name__}: {exc}")
+            _finish(session, run_id, attempt, "failed", f"Unexpected error: {failure_text(exc)}")
             raise
         job.result = result
         job.status = "succeeded"
@@ -129,6 +129,21 @@ def run(run_id: int, work: Callable[[object, JobRun, Progress], dict | None]) ->
             job.message = "Done"
         session.commit()
         return result
+
+
+def failure_text(exc: BaseException) -> str:
+    """What users read of a job's failure: a rule's message, or a stopped reading process's,
+    as it is; of anything else only its kind. An exception's own text can hold people's data
+    that its readers may not see (a database error quotes its statement's values, national
+    IDs among them), and everyone who sees the job or its upload reads the message; the
+    worker's log has the whole error."""
+    from portal.imports.reader_process import ReaderStopped
+
+    if isinstance(exc, DomainError):
+        return exc.message
+    if isinstance(exc, ReaderStopped):
+        return str(exc)
+    return f"{type(exc).__name__} (the worker's log has the details)"
 
 
 def _finish(session, run_id: int, attempt: int, status: str, message: str) -> None:

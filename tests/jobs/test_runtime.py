@@ -98,3 +98,38 @@ def test_the_failure_clean_up_of_an_attempt_taken_over_is_not_committed_and_fail
     assert db.session.scalar(select(func.count()).select_from(Location)) == 0
     job = db.session.get(JobRun, run_id)
     assert (job.status, job.attempts) == ("running", 2)
+
+
+def test_a_job_that_fails_on_a_database_error_tells_its_kind_but_not_the_values_the_statement_held(
+        job_app, db_session):
+    """A database error's text quotes its statement's values (a national ID, say), and
+    everyone who sees the job reads its message."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    run_id = _job(db_session)
+
+    def work(session, job, progress):
+        session.execute(text("INSERT INTO location (code, name, kind, path) VALUES (:code, NULL, 'region', '/x/')"),
+                        {"code": "NID-4417-SECRET"})
+
+    with pytest.raises(IntegrityError):
+        runtime.run(run_id, work)
+    db.session.remove()
+    job = db.session.get(JobRun, run_id)
+    assert job.status == "failed"
+    assert "IntegrityError" in job.message and "NID-4417-SECRET" not in job.message
+
+
+def test_a_job_refused_by_a_rule_shows_the_rules_message_as_it_is(job_app, db_session):
+    from portal.errors import DomainError
+
+    run_id = _job(db_session)
+
+    def work(session, job, progress):
+        raise DomainError("The file has column names but no rows of people.")
+
+    with pytest.raises(DomainError):
+        runtime.run(run_id, work)
+    db.session.remove()
+    assert db.session.get(JobRun, run_id).message == "The file has column names but no rows of people."
