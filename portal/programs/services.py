@@ -377,6 +377,40 @@ def _visible_subjects(program: Program, scope: Scope):
     return select(model.id).where(model.deleted_at.is_(None), scope.covers(model.location_id))
 
 
+def _lived_in(group=Group):
+    """Condition on ``group``: someone not deleted is still a member. A household whose last
+    member left or was deleted has nobody to pay."""
+    member, person = aliased(GroupMember), aliased(Individual)  # (never the outer query's)
+    return exists(select(member.id).join(person, person.id == member.individual_id)
+                  .where(member.group_id == group.id, person.deleted_at.is_(None)))
+
+
+def _payable(program: Program):
+    """Condition on Beneficiary: there is still someone to pay, so it may be made active. A
+    person deleted from the registry, or a household nobody lives in any more, keeps the
+    record (its payment history) but is never activated again."""
+    if program.is_group:
+        household = aliased(Group)
+        return exists(select(household.id).where(household.id == Beneficiary.group_id,
+                                                 household.deleted_at.is_(None),
+                                                 _lived_in(household)))
+    person = aliased(Individual)
+    return exists(select(person.id).where(person.id == Beneficiary.individual_id,
+                                          person.deleted_at.is_(None)))
+
+
+def _check_paid_period(program: Program) -> None:
+    """Active beneficiaries are paid, so nobody becomes active outside the coverage: not after
+    it ended, nor before it starts (potential beneficiaries can be enrolled ahead of it)."""
+    if not program.covers(today()):
+        raise DomainError(f"The coverage of {program.name} ended on "
+                          f"{program.date_to.isoformat()}: nobody can be made active any more.")
+    if program.date_from is not None and program.date_from > today():
+        raise DomainError(f"The coverage of {program.name} starts on "
+                          f"{program.date_from.isoformat()}: until then beneficiaries are enrolled "
+                          f"as potential, and made active from that day.")
+
+
 def _check_enrolment(session: Session, program: Program, status: str) -> None:
     _writable(program)
     if not program.covers(today()):
@@ -384,6 +418,8 @@ def _check_enrolment(session: Session, program: Program, status: str) -> None:
                           f"{program.date_to.isoformat()}: nobody can be enrolled any more.")
     if status not in ENROL_STATUSES:
         raise DomainError("People are enrolled as potential or active beneficiaries.")
+    if status == "active":
+        _check_paid_period(program)
 
 
 def _places_left(session: Session, program: Program) -> int | None:
@@ -439,6 +475,13 @@ def enrol(session: Session, program_id: int, *, individual_ids=(), group_ids=(),
         missing = len(ids) - visible
         raise DomainError(f"{missing} of those {'groups' if program.is_group else 'people'} "
                           f"do not exist or lie outside your locations; nobody was enrolled.")
+    if program.is_group:
+        empty = session.scalar(select(func.count()).select_from(Group).where(
+            Group.id.in_(ids), ~_lived_in())) or 0
+        if empty:
+            raise DomainError(f"{empty} of those households {'has' if empty == 1 else 'have'} "
+                              f"nobody living in {'it' if empty == 1 else 'them'} any more (every "
+                              f"member left or was deleted); nobody was enrolled.")
     new = [i for i in ids if i not in already]
     _refuse_over_cap(program, len(new), _places_left(session, program))
     if new:
@@ -583,6 +626,7 @@ def criteria_query(session: Session, program: Program, *, scope: Scope, criteria
             select(Location.id).where(Location.path.startswith(place.path, autoescape=True))))
     size_wanted = criteria.household_min is not None or criteria.household_max is not None
     if program.is_group:
+        query = query.where(_lived_in())
         people = _person_conditions(session, criteria)
         if people:
             # Only members the user may see count: a household of one's area matched on a
@@ -956,30 +1000,37 @@ def change_status(session: Session, beneficiary_id: int, *, to_status: str, reas
                   effective_date: date | None = None, actor_id: int | None,
                   scope: Scope) -> Beneficiary | None:
     """Move one beneficiary along an allowed transition; "removed" deletes a potential one
-    (returns None). Activation re-checks the cap under the program lock."""
+    (returns None). Activation re-checks, under the locks, the cap, the coverage and that
+    someone is left to pay. The audit entry says why and from when, as a bulk change's does."""
     program, beneficiary = _lock_beneficiary(session, beneficiary_id, scope=scope)
     _writable(program)
     _check_transition(beneficiary.status, to_status)
     reason, effective = _check_change(reason, effective_date, beneficiary.enrolled_at,
                                       _last_change(session, [beneficiary.id]))
+    one = select(Beneficiary.id).where(Beneficiary.id == beneficiary.id)
+    if to_status == "active":
+        _check_paid_period(program)
+        if session.scalar(one.where(_payable(program))) is None:
+            raise DomainError("Nobody lives in this household any more (every member left or was "
+                              "deleted): it cannot be made active." if program.is_group else
+                              "This person was deleted from the registry: they cannot be made "
+                              "active. The record stays for its history.")
+        if program.max_beneficiaries is not None:
+            taken = taken_places(session, program.id)
+            if taken > program.max_beneficiaries:
+                raise DomainError(f"{program.name} is over its maximum of "
+                                  f"{program.max_beneficiaries} ({taken} hold places): 0 places left.")
+    from_status = beneficiary.status
+    _set_status(session, program, one, to_status=to_status, reason=reason,
+                effective_date=effective, actor_id=actor_id)
     if to_status == "removed":
-        _record_removals(session, program, [(beneficiary.id, beneficiary.individual_id,
-                                             beneficiary.group_id, beneficiary.status)],
-                         reason=reason, effective_date=effective, actor_id=actor_id)
-        session.delete(beneficiary)
-        session.flush()
         return None
-    if to_status == "active" and program.max_beneficiaries is not None:
-        taken = taken_places(session, program.id)
-        if taken > program.max_beneficiaries:
-            raise DomainError(f"{program.name} is over its maximum of "
-                              f"{program.max_beneficiaries} ({taken} hold places): 0 places left.")
-    session.add(BeneficiaryStatusChange(
-        beneficiary_id=beneficiary.id, from_status=beneficiary.status, to_status=to_status,
-        reason=reason, effective_date=effective, actor_id=actor_id, at=now()))
-    beneficiary.status = to_status
+    record(session, action="status", entity_type="beneficiary", entity_id=beneficiary_id,
+           summary=f"{from_status} -> {to_status} in {program.name}: {reason}",
+           changes={"status": [from_status, to_status], "reason": reason,
+                    "effective_date": effective.isoformat()}, actor_id=actor_id)
     session.flush()
-    return beneficiary
+    return session.get(Beneficiary, beneficiary_id)
 
 
 def _set_status(session: Session, program: Program, ids_query, *, to_status: str,
@@ -1017,14 +1068,20 @@ def bulk_status_preview(session: Session, program: Program, *, scope: Scope,
     who would change (their number and the sum of their ids), so that a confirm can tell
     that the people are still those the preview showed."""
     query = beneficiary_query(session, program, scope=scope, filters=filters, subject=False)
-    sub = query.with_only_columns(Beneficiary.id, Beneficiary.status).subquery()
-    by_status = {status: (count, ids) for status, count, ids in session.execute(
-        select(sub.c.status, func.count(), func.sum(sub.c.id)).group_by(sub.c.status))}
+    total = session.scalar(select(func.count()).select_from(
+        query.with_only_columns(Beneficiary.id).subquery())) or 0
+    sub = _changing(program, query, to_status).subquery()
+    change, ids = session.execute(select(func.count(), func.sum(sub.c.id))).one()
+    return {"change": change, "not_allowed": total - change, "total": total,
+            "mark": f"{change}-{ids or 0}"}
+
+
+def _changing(program: Program, query, to_status: str):
+    """The ids, of a selection of beneficiaries, that ``to_status`` applies to: allowed from
+    their status and, for an activation, with someone left to pay."""
     sources = [s for s, targets in TRANSITIONS.items() if to_status in targets]
-    change = sum(count for s, (count, _ids) in by_status.items() if s in sources)
-    total = sum(count for count, _ids in by_status.values())
-    ids = sum(ids for s, (_count, ids) in by_status.items() if s in sources)
-    return {"change": change, "not_allowed": total - change, "total": total, "mark": f"{change}-{ids}"}
+    query = query.with_only_columns(Beneficiary.id).where(Beneficiary.status.in_(sources))
+    return query.where(_payable(program)) if to_status == "active" else query
 
 
 def bulk_change_status(session: Session, program_id: int, *, scope: Scope,
@@ -1044,12 +1101,13 @@ def bulk_change_status(session: Session, program_id: int, *, scope: Scope,
     if expected is not None and preview["mark"] != expected:
         raise DomainError("The selection changed since the preview (enrolments or status changes "
                           "meanwhile); nothing was changed. Check the new preview and confirm again.")
-    sources = [s for s, targets in TRANSITIONS.items() if to_status in targets]
-    query = (beneficiary_query(session, program, scope=scope, filters=filters, subject=False)
-             .with_only_columns(Beneficiary.id).where(Beneficiary.status.in_(sources)))
+    query = _changing(program, beneficiary_query(session, program, scope=scope, filters=filters,
+                                                 subject=False), to_status)
     last_enrolled_at = session.scalar(select(func.max(Beneficiary.enrolled_at))
                                       .where(Beneficiary.id.in_(query)))
     reason, effective = _check_change(reason, effective_date, last_enrolled_at, _last_change(session, query))
+    if to_status == "active":
+        _check_paid_period(program)
     if to_status == "active" and program.max_beneficiaries is not None:
         taken = taken_places(session, program.id)
         if taken > program.max_beneficiaries:
