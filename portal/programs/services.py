@@ -650,8 +650,13 @@ def criteria_query(session: Session, program: Program, *, scope: Scope, criteria
                      .join(counted, counted.id == GroupMember.individual_id)
                      .where(counted.deleted_at.is_(None))
                      .group_by(GroupMember.group_id).subquery())
+            # Only a household of the user's area is sized, as in group programs: matching on
+            # the size of one registered elsewhere would tell the user its size.
+            home = aliased(Group)
             query = (query.join(member, and_(member.individual_id == Individual.id,
                                              member.group_kind == "household"))
+                     .join(home, and_(home.id == member.group_id, home.deleted_at.is_(None),
+                                      scope.covers(home.location_id)))
                      .join(sizes, sizes.c.group_id == member.group_id))
             if criteria.household_min is not None:
                 query = query.where(sizes.c.size >= criteria.household_min)
