@@ -73,6 +73,9 @@ def load() -> dict:
         # a row), and a page must answer within a web server's 30-second timeout. (Its old
         # name, from when larger fixes were refused, is still read.)
         "UPLOAD_FIX_INLINE_ROWS": _int("UPLOAD_FIX_INLINE_ROWS", _int("UPLOAD_FIX_MAX_ROWS", 5_000)),
+        # PostgreSQL: how long a page waits for rows that another save or a job has locked
+        # before it answers "busy, try again" (a web server gives a page 30 seconds).
+        "DB_LOCK_TIMEOUT_SECONDS": float(os.environ.get("DB_LOCK_TIMEOUT_SECONDS", "10")),
         "PERMANENT_SESSION_LIFETIME": timedelta(minutes=_int("SESSION_IDLE_MINUTES", 120)),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -52,15 +52,24 @@ sqlite_immediate_everywhere = False
 
 
 @event.listens_for(Engine, "begin")
-def _sqlite_begin(conn):
-    """A transaction that will write takes SQLite's write lock when it starts (BEGIN
+def _begin(conn):
+    """SQLite: a transaction that will write takes the write lock when it starts (BEGIN
     IMMEDIATE), so it waits its turn (busy_timeout) instead of failing with 'database is
     locked' when its read turns into a write after another process committed. Page reads
-    (GET) stay deferred: under WAL they never block and are never blocked."""
+    (GET) stay deferred: under WAL they never block and are never blocked.
+
+    PostgreSQL: a page's transaction waits at most ``DB_LOCK_TIMEOUT_SECONDS`` for a row
+    another save or job holds, then is refused with a message (see web.py), instead of
+    hanging until the web server kills it. Jobs wait as long as they must."""
+    from flask import current_app, has_request_context, request
+
+    if conn.dialect.name == "postgresql":
+        if has_request_context():
+            milliseconds = int(current_app.config["DB_LOCK_TIMEOUT_SECONDS"] * 1000)
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}")
+        return
     if conn.dialect.name != "sqlite":
         return
-    from flask import has_request_context, request
-
     writes = sqlite_immediate_everywhere or (
         has_request_context() and request.method not in ("GET", "HEAD", "OPTIONS"))
     conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")

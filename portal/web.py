@@ -13,7 +13,7 @@ from flask import (Flask, Request, abort, current_app, flash, make_response, red
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from portal.extensions import db, htmx
 from portal.ids import ID_MAX
@@ -201,6 +201,28 @@ def register_error_handlers(app) -> None:
         return _error_page(409, "Someone else saved the same code, name or record at the same "
                                 "moment, so yours was refused and nothing of it was saved. Go "
                                 "back, reload the page to see theirs, and try again.")
+
+    @app.errorhandler(OperationalError)
+    def busy_database(exc):
+        """Another save or a job held the rows this request needed (a deadlock, or longer than
+        the lock timeout): nothing was saved, and trying again is the answer."""
+        db.session.rollback()
+        if not _database_busy(exc):
+            current_app.logger.error("database error", exc_info=exc)
+            return _error_page(500)
+        current_app.logger.warning("database busy: %s", exc.orig)
+        return _error_page(409, "Someone else, or a job running in the background, was saving "
+                                "the same records at that moment, so nothing of yours was saved. "
+                                "Try again in a moment.")
+
+
+# PostgreSQL's deadlock, serialization failure and lock timeout: the other transaction won.
+_BUSY_STATES = {"40P01", "40001", "55P03"}
+
+
+def _database_busy(exc: OperationalError) -> bool:
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) in _BUSY_STATES or "database is locked" in str(orig)
 
 
 def register_hooks(app) -> None:
