@@ -126,13 +126,36 @@ def taken_places(session: Session, program_id: int) -> int:
         Beneficiary.program_id == program_id, Beneficiary.status.in_(CAPPED_STATUSES))) or 0
 
 
-def taken_by_program(session: Session, program_ids: list[int]) -> dict[int, int]:
-    if not program_ids:
+def places_by_program(session: Session, programs: list[Program], *,
+                      scope: Scope) -> dict[int, dict]:
+    """What a user may see of each program's places: {"taken", "left", "area"}. Someone who
+    sees every location sees the places taken nationally. Someone limited to an area sees
+    only their area's count ("area" true) and, under a cap, the places left, which they need
+    to enrol and which enrolment tells them anyway; without a cap nothing national."""
+    ids = [p.id for p in programs]
+    if not ids:
         return {}
-    rows = session.execute(select(Beneficiary.program_id, func.count()).where(
-        Beneficiary.program_id.in_(program_ids), Beneficiary.status.in_(CAPPED_STATUSES))
-        .group_by(Beneficiary.program_id))
-    return dict(rows.all())
+    national = dict(session.execute(select(Beneficiary.program_id, func.count()).where(
+        Beneficiary.program_id.in_(ids), Beneficiary.status.in_(CAPPED_STATUSES))
+        .group_by(Beneficiary.program_id)).all())
+    shown = national if scope.everything else _taken_in_scope(session, ids, scope)
+    return {p.id: {"taken": shown.get(p.id, 0), "area": not scope.everything,
+                   "left": None if p.max_beneficiaries is None
+                   else max(p.max_beneficiaries - national.get(p.id, 0), 0)}
+            for p in programs}
+
+
+def _taken_in_scope(session: Session, program_ids: list[int], scope: Scope) -> dict[int, int]:
+    """Places taken by people or groups of the scope's locations, by program."""
+    taken: dict[int, int] = {}
+    for model, column in ((Individual, Beneficiary.individual_id), (Group, Beneficiary.group_id)):
+        for program_id, count in session.execute(
+                select(Beneficiary.program_id, func.count()).join(model, model.id == column)
+                .where(Beneficiary.program_id.in_(program_ids),
+                       Beneficiary.status.in_(CAPPED_STATUSES), scope.covers(model.location_id))
+                .group_by(Beneficiary.program_id)):
+            taken[program_id] = taken.get(program_id, 0) + count
+    return taken
 
 
 def _writable(program: Program) -> None:

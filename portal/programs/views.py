@@ -86,9 +86,9 @@ def index():
     status = status if status in PROGRAM_STATUSES else ""
     programs = services.list_programs(db.session, text=q, status=status,
                                       sort=request.args.get("sort", "name"))
-    taken = services.taken_by_program(db.session, [p.id for p in programs])
+    places = services.places_by_program(db.session, programs, scope=scope())
     return render("programs/index.html", partial="programs/_program_rows.html", programs=programs,
-                  taken=taken, q=q, chosen=status, statuses=PROGRAM_STATUSES)
+                  places=places, q=q, chosen=status, statuses=PROGRAM_STATUSES)
 
 
 def _program_form(program: Program | None) -> ProgramForm:
@@ -153,9 +153,9 @@ def show(program_id: int):
     sc = scope()
     counts = services.status_counts(db.session, program, scope=sc)
     regions = services.region_counts(db.session, program, scope=sc)
-    taken = services.taken_places(db.session, program.id)
+    places = services.places_by_program(db.session, [program], scope=sc)[program.id]
     return render("programs/show.html", program=program, counts=counts, regions=regions,
-                  taken=taken, statuses=BENEFICIARY_STATUSES, may_close=services.may_close(sc),
+                  places=places, statuses=BENEFICIARY_STATUSES, may_close=services.may_close(sc),
                   fields=services.program_fields(db.session, program.id))
 
 
@@ -592,7 +592,8 @@ def _org_page(kind: str, org_id: int):
     org = db.get_or_404(ORGS[kind]["model"], org_id)
     programs = services.list_programs(db.session, **{f"{kind}_id": org.id})
     return render("programs/org.html", kind=kind, plural=ORGS[kind]["plural"], org=org,
-                  programs=programs, taken=services.taken_by_program(db.session, [p.id for p in programs]))
+                  programs=programs,
+                  places=services.places_by_program(db.session, programs, scope=scope()))
 
 
 def _org_form(kind: str, org_id: int | None):

@@ -66,3 +66,59 @@ def test_criteria_on_household_size_still_size_a_household_of_the_area(
     body = client.get(f"/programs/{plan.id}/enrol/criteria?hh_min=3&hh_max=3").get_data(as_text=True)
 
     assert _matched(body) == "3"
+
+
+def _places_cell(listing: str, code: str) -> str:
+    row = re.search(rf"{code}.*?</tr>", listing, re.S).group(0)
+    return re.search(r'<td class="num">(.*?)</td>', row, re.S).group(1)
+
+
+def test_program_pages_count_for_an_officer_only_the_places_taken_in_their_area(
+        client, login, db_session, country, program, person):
+    plan = program()
+    _enrol(db_session, plan, [person("NV1"), person("SV1"), person("SV2")])
+    login("field_officer", [country["ND"]])
+
+    page = client.get(f"/programs/{plan.id}").get_data(as_text=True)
+    listing = client.get("/programs/").get_data(as_text=True)
+
+    assert "1 places taken in your locations; no maximum." in page
+    assert "3 places" not in page
+    assert _places_cell(listing, plan.code).startswith("1 <small")
+
+
+def test_under_a_cap_an_officer_also_sees_the_places_left_in_the_program(
+        client, login, db_session, country, program, person):
+    plan = program(max_beneficiaries=10)
+    _enrol(db_session, plan, [person("NV1"), person("SV1"), person("SV2")])
+    login("field_officer", [country["ND"]])
+
+    page = client.get(f"/programs/{plan.id}").get_data(as_text=True)
+
+    assert "1 places taken in your locations; 7 of 10 places left in the program." in page
+
+
+def test_institution_and_scheme_pages_count_for_an_officer_only_their_area(
+        client, login, db_session, country, program, person):
+    ministry = services.save_institution(db_session, None, code="MOG", name="Ministry of Gender")
+    scheme = services.save_scheme(db_session, None, code="NSSP", name="Safety net")
+    plan = program(institution_id=ministry.id, scheme_id=scheme.id)
+    _enrol(db_session, plan, [person("SV1"), person("SV2")])
+    login("field_officer", [country["ND"]])
+
+    for url in (f"/programs/institutions/{ministry.id}", f"/programs/schemes/{scheme.id}"):
+        cell = _places_cell(client.get(url).get_data(as_text=True), plan.code)
+        assert cell.startswith("0 <small") and "in your locations" in cell, url
+
+
+def test_a_user_who_sees_every_location_sees_the_national_places(
+        client, login, db_session, country, program, person):
+    plan = program(max_beneficiaries=10)
+    _enrol(db_session, plan, [person("NV1"), person("SV1")])
+    login("program_manager")
+
+    page = client.get(f"/programs/{plan.id}").get_data(as_text=True)
+    listing = client.get("/programs/").get_data(as_text=True)
+
+    assert "2 of 10 places taken; 8 left." in page
+    assert _places_cell(listing, plan.code) == "2 / 10"
