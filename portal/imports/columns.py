@@ -17,9 +17,7 @@ from sqlalchemy.orm import Session
 from portal.imports.reading import PEOPLE_SHEET, normalise_header
 from portal.registry.exports import inert
 from portal.registry.models import DEFAULT_MEMBER_ROLES, SEXES, CustomField, MemberRole
-
-YES = {"yes", "y", "true", "1", "x", "oui", "si", "sí"}
-NO = {"no", "n", "false", "0", "non", ""}
+from portal.registry.validation import FALSE_WORDS, TRUE_WORDS
 
 
 @dataclass(frozen=True)
@@ -144,11 +142,12 @@ def headers_signature(headers: list[str]) -> str:
 
 
 def parse_yes_no(text: str) -> bool | None:
-    """True, False, or None when the text is neither."""
+    """True, False, or None when the text is neither: the words of a custom yes/no field,
+    and an empty cell is no."""
     key = (text or "").strip().lower()
-    if key in YES:
+    if key in TRUE_WORDS:
         return True
-    if key in NO:
+    if not key or key in FALSE_WORDS:
         return False
     return None
 

@@ -25,8 +25,10 @@ SEX_WORDS = {
     "m": "M", "male": "M", "man": "M", "boy": "M",
     "o": "O", "other": "O", "x": "O",
 }
-TRUE_WORDS = {"true", "yes", "y", "1", "on", "t"}
-FALSE_WORDS = {"false", "no", "n", "0", "off", "f"}
+# Yes and no as forms, spreadsheets and French or Spanish speakers write them; a custom
+# yes/no field and an upload's primary-recipient column take the same words.
+TRUE_WORDS = {"true", "yes", "y", "1", "on", "t", "x", "oui", "si", "sí"}
+FALSE_WORDS = {"false", "no", "n", "0", "off", "f", "non"}
 ID_TYPES = ("national_id", "passport", "birth_certificate", "voter_card", "other")
 PHONE_RE = re.compile(r"^\+?[0-9]{7,15}$")
 MAX_NAME = 80
@@ -306,6 +308,7 @@ NAME_FIELDS = (("first_name", "First name", True), ("middle_name", "Middle name"
                ("last_name", "Last name", True))
 NATIONAL_ID_RE = re.compile(r"[A-Z0-9/-]+")
 PHONE_NOISE_RE = re.compile(r"[\s().'-]")  # ' also: exports guard "+265..." as "'+265..."
+PHONE_AS_FLOAT_RE = re.compile(r"(\+?[0-9]{7,15})\.0+")  # "265991234567.0", as pandas writes it
 
 
 class PersonRules:
@@ -472,7 +475,11 @@ class PersonRules:
 
     @staticmethod
     def _phone(raw) -> tuple[str | None, str | None]:
-        phone = PHONE_NOISE_RE.sub("", raw if type(raw) is str else _text(raw))
+        phone = raw.strip() if type(raw) is str else _text(raw)
+        if "." in phone:  # a number written as a float by an export: its ".0" is no digit
+            as_float = PHONE_AS_FLOAT_RE.fullmatch(phone)
+            phone = as_float.group(1) if as_float else phone
+        phone = PHONE_NOISE_RE.sub("", phone)
         if phone and not PHONE_RE.match(phone):
             return phone, "Phone must have 7 to 15 digits, optionally starting with +."
         return phone or None, None
