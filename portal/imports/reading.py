@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import re
 import zipfile
 from contextlib import closing
@@ -40,6 +41,7 @@ _ACCEPTED = "Upload a .csv or .xlsx file (in Excel: File > Save As > CSV UTF-8 o
 _DAMAGED = ("The workbook is damaged, encrypted or not a real .xlsx file ({}). Open it in Excel, "
             "remove any password, save it as an Excel Workbook and upload it again.")
 PEOPLE_SHEET = "People"  # the sheet of the XLSX template that holds the people
+TITLE_ROWS_MAX = 5  # rows of one filled cell (a title, a date) that may stand above the header
 
 
 class FileProblem(DomainError):
@@ -114,19 +116,39 @@ def _blank(cells: list[str]) -> bool:
     return not "".join(cells).strip()
 
 
-def _header_row(rows: Iterator[tuple[int, list[str]]], sheet: str) -> tuple[int, list[str]]:
-    """The first row that is not blank names the columns (rows of spaces or of empty
-    formulas above it are skipped). Receiving a workbook and reading it whole both pick the
-    header row by this rule, so a file accepted on upload is read the same way later."""
+def _header_row(rows: Iterator[tuple[int, list[str]]], sheet: str
+                ) -> tuple[int, list[str], Iterator[tuple[int, list[str]]]]:
+    """The row that names the columns, and the rows after it. Blank rows above it are
+    skipped, and so is a title above the table: a row with one filled cell, when one of the
+    next few rows fills two or more (a one-column file keeps its first row). Receiving a
+    file and reading it whole both pick the header row by this rule, so a file accepted on
+    upload is read the same way later."""
+    looked: list[tuple[int, list[str]]] = []  # the filled rows read so far
     for number, cells in rows:
-        if not _blank(cells):
-            return number, cells
-    raise FileProblem(f"The file is empty: the sheet '{sheet}' has no rows.")
+        if _blank(cells):
+            continue
+        if sum(1 for cell in cells if cell.strip()) > 1:
+            return number, cells, rows
+        looked.append((number, cells))
+        if len(looked) == TITLE_ROWS_MAX + 1:
+            break
+    if not looked:
+        raise FileProblem(f"The file is empty: the sheet '{sheet}' has no rows." if sheet
+                          else "The file is empty.")
+    number, cells = looked[0]
+    return number, cells, itertools.chain(looked[1:], rows)
 
 
-def data_sheet(names: list[str]) -> str:
-    """The sheet to read: our template's people sheet when the workbook has one (the
-    template puts its instructions first), else the first sheet."""
+def _visible(sheets: list[tuple[str, bool]]) -> list[str]:
+    """The names of the sheets a person sees (all of them, if a workbook hid every one)."""
+    return [name for name, visible in sheets if visible] or [name for name, _visible in sheets]
+
+
+def data_sheet(sheets: list[tuple[str, bool]]) -> str:
+    """The sheet to read, from the workbook's (name, visible) sheets: our template's people
+    sheet when the workbook has one (the template puts its instructions first), else the
+    first sheet a person sees; a hidden sheet holds lookup lists, not the people."""
+    names = _visible(sheets)
     if not names:
         raise ValueError("a workbook without sheets")
     return next((n for n in names if n.strip().lower() == PEOPLE_SHEET.lower()), names[0])
@@ -191,68 +213,101 @@ def _checked(rows, headers, max_rows: int):
 
 # --- CSV ----------------------------------------------------------------------------------
 
+_SAVE_AS_UTF8 = 'Open it in Excel, save it with File > Save As > "CSV UTF-8", and upload it again.'
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+_NOT_CP1252 = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")  # bytes Windows-1252 leaves undefined
+
+
 def _encoding(path: Path) -> str:
-    """UTF-8 (with or without BOM) when every byte decodes as UTF-8, else Windows-1252."""
+    """UTF-8 (with or without BOM) when every byte decodes as UTF-8, else Windows-1252. A
+    file that is neither, or UTF-8 but for a few bytes (rows added in another editor), is
+    refused: read as Windows-1252, its names would be silently garbled."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     with open(path, "rb") as fh:
         try:
             while chunk := fh.read(1 << 20):
                 decoder.decode(chunk)
             decoder.decode(b"", final=True)
+            return "utf-8-sig"
         except UnicodeDecodeError:
-            return "cp1252"
-    return "utf-8-sig"
+            pass
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.start
+    if _UTF8_SEQUENCE.search(data):
+        raise FileProblem(f"Line {_line_of(data, bad)} of the file has a character that is not in "
+                          f"UTF-8, the encoding of the rest of the file. {_SAVE_AS_UTF8}")
+    undefined = _NOT_CP1252.search(data)
+    if undefined:
+        raise FileProblem(f"Line {_line_of(data, undefined.start())} of the file has a character "
+                          f"that is neither UTF-8 nor Windows text: the file was saved in another encoding. "
+                          f"{_SAVE_AS_UTF8}")
+    return "cp1252"
 
 
-def _delimiter(first_line: str) -> str:
-    counts = {d: first_line.count(d) for d in (",", ";", "\t")}
+def _line_of(data: bytes, position: int) -> int:
+    """The line of the file holding the byte at ``position`` (lines end in LF, CR LF or CR)."""
+    before = data[:position]
+    return (before.count(b"\n") or before.count(b"\r")) + 1
+
+
+_EXCEL_SEPARATOR = re.compile(r"sep=([,;\t|])[\r\n]*")  # Excel's 'sep=;' line, which Excel hides
+
+
+def _delimiter(lines: list[str]) -> str:
+    """The separator used most in the first filled lines (a title above the header may hold
+    none, or a comma of its own)."""
+    text = "".join(lines)
+    counts = {d: text.count(d) for d in (",", ";", "\t")}
     best = max(counts, key=counts.get)
     return best if counts[best] else ","
 
 
-def _first_filled_line(fh) -> str:
-    """The first line with something on it (the header, after any blank lines above it),
-    from which the separator is guessed."""
+def _first_filled_lines(fh) -> list[str]:
+    """The first lines with something on them (the header and a title above it, after any
+    blank lines), from which the separator is guessed."""
+    lines = []
     for _n, line in zip(range(1000), fh):
         if line.strip():
-            return line
-    return ""
+            lines.append(line)
+            if len(lines) > TITLE_ROWS_MAX:
+                break
+    return lines
 
 
 def _open_csv(path: Path) -> Table:
-    encoding = _encoding(path)
-    fh = open(path, encoding=encoding, errors="replace", newline="")
-    first = _first_filled_line(fh)
+    fh = open(path, encoding=_encoding(path), newline="")
+    lines = _first_filled_lines(fh)
+    named = _EXCEL_SEPARATOR.fullmatch(lines[0]) if lines else None
     fh.seek(0)
-    reader = csv.reader(fh, delimiter=_delimiter(first))
-    # Rows are numbered by record, as a spreadsheet shows the file: a cell with a line break
-    # in it is on one row there, so the physical line would name the wrong person after it.
-    number = 0
-    try:
-        headers = next(reader, None)
-        number += 1
-        while headers is not None and not "".join(headers).strip():
-            headers = next(reader, None)
-            number += 1
-    except csv.Error as exc:
-        fh.close()
-        raise FileProblem(f"The file could not be read as CSV: {exc}.") from exc
-    if headers is None:
-        fh.close()
-        raise FileProblem("The file is empty.")
+    if named:  # the separator the line names; the file is read after it
+        delimiter = named.group(1)
+        fh.readline()
+    else:
+        delimiter = _delimiter(lines)
+    reader = csv.reader(fh, delimiter=delimiter)
 
     def rows():
-        record = number
+        # Rows are numbered by record, as a spreadsheet shows the file: a cell with a line
+        # break in it is on one row there, so the physical line would name the wrong person
+        # after it.
         try:
-            for values in reader:
-                record += 1
+            for record, values in enumerate(reader, start=1):
                 yield record, [v.strip() for v in values]
         except csv.Error as exc:
             raise FileProblem(f"Line {reader.line_num} could not be read as CSV: {exc}.") from exc
         finally:
             fh.close()
 
-    return Table("csv", [h.strip() for h in headers], rows())
+    records = rows()
+    try:
+        _number, headers, rest = _header_row(records, "")
+    except FileProblem:
+        records.close()
+        raise
+    return Table("csv", headers, rest)
 
 
 # --- XLSX ---------------------------------------------------------------------------------
@@ -300,28 +355,77 @@ def cell_text(value) -> str:
 
 
 def _open_xlsx(path: Path) -> Table:
-    from python_calamine import CalamineWorkbook
+    from python_calamine import CalamineWorkbook, SheetVisibleEnum
 
     _check_zip(path)
     try:
         workbook = CalamineWorkbook.from_path(str(path))
-        name = data_sheet(workbook.sheet_names)
+        name = data_sheet([(sheet.name, sheet.visible == SheetVisibleEnum.Visible)
+                           for sheet in workbook.sheets_metadata])
         sheet = workbook.get_sheet_by_name(name)
         # iter_rows yields the empty rows above the sheet's range too, so the rows counted
         # from 1 have Excel's numbers.
         last_row = sheet.start[0] + sheet.height if sheet.start else 0
         values = iter(sheet.iter_rows())
+        with zipfile.ZipFile(path) as archive:
+            error = _excel_error(archive, _sheet_part(archive)[1])
     except Exception as exc:  # calamine raises its own errors for damaged or encrypted files
         raise FileProblem(_DAMAGED.format(type(exc).__name__)) from exc
+    if error:
+        raise FileProblem(_excel_error_message(*error))
 
     def cells():
         convert = cell_text
         for number, row in enumerate(values, start=1):
             yield number, [v.strip() if type(v) is str else convert(v) for v in row]
 
-    rows = cells()
-    header_number, headers = _header_row(rows, name)
+    header_number, headers, rows = _header_row(cells(), name)
     return Table("xlsx", headers, rows, total=max(last_row - header_number, 0))
+
+
+_ERROR_TYPE = b't="e"'  # the type of a cell holding an Excel error, as the sheet's XML says it
+
+
+def _excel_error(archive: zipfile.ZipFile, part: str) -> tuple[str, str, int] | None:
+    """The first cell of a sheet holding an Excel error (#N/A, #REF!, ...), its error and
+    how many cells hold one: calamine reads such a cell as an empty one, so a lookup that
+    found nothing would import as a missing ID. One pass of the XML through zlib and a byte
+    search (a twentieth of calamine's read); only a sheet that has them is parsed."""
+    count = 0
+    tail = b""
+    with archive.open(part) as fh:
+        while chunk := fh.read(1 << 20):
+            count += chunk.count(_ERROR_TYPE) + (tail + chunk[:len(_ERROR_TYPE) - 1]).count(_ERROR_TYPE)
+            tail = chunk[1 - len(_ERROR_TYPE):]
+    if not count:
+        return None
+    with _xml(archive, part) as fh:
+        for _event, element in ElementTree.iterparse(fh):
+            if element.tag == f"{_MAIN}c" and element.get("t") == "e":
+                return element.get("r", ""), (element.findtext(f"{_MAIN}v") or "").strip(), count
+            if element.tag == f"{_MAIN}row":
+                element.clear()
+    return None
+
+
+def _excel_error_message(cell: str, error: str, count: int = 1) -> str:
+    others = f", and {count - 1:,} other cells show Excel errors too" if count > 1 else ""
+    return (f"Cell {cell} shows the Excel error {error or '#VALUE!'}{others}: the portal cannot "
+            "read a value from it. Fix the formula or type the value, save the file and upload "
+            "it again.")
+
+
+_NO_SAVED_VALUES = ("This file's formulas have no saved values: open it in Excel or LibreOffice "
+                    "and save it again.")
+_EXCEL_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")  # how Excel writes a character XML cannot hold
+
+
+def _unescaped(text: str) -> str:
+    """Text of the sheet's XML with Excel's _xHHHH_ escapes decoded, as calamine decodes them
+    (_x005F_ is the escape of the underscore, so '_x005F_x000D_' is the text '_x000D_')."""
+    if "_x" not in text:
+        return text
+    return _EXCEL_ESCAPE.sub(lambda found: chr(int(found.group(1), 16)), text)
 
 
 _MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
@@ -342,7 +446,7 @@ def _sheet_part(archive: zipfile.ZipFile) -> tuple[str, str]:
     with _xml(archive, "xl/workbook.xml") as fh:
         sheets = ElementTree.parse(fh).getroot().findall(f"{_MAIN}sheets/{_MAIN}sheet")
     names = [sheet.get("name", "") for sheet in sheets]
-    name = data_sheet(names)
+    name = data_sheet([(sheet.get("name", ""), sheet.get("state", "visible") == "visible") for sheet in sheets])
     sheet = sheets[names.index(name)]
     target = f"worksheets/sheet{names.index(name) + 1}.xml"
     if "xl/_rels/workbook.xml.rels" in archive.namelist():
@@ -364,17 +468,14 @@ def _column(reference: str | None, fallback: int) -> int:
 
 
 def _xlsx_head(path: Path) -> Table:
-    """The header row and the first data row of the sheet to read, streamed from its XML."""
-    last_row = None
+    """The header row and the first data row of the sheet to read, streamed from its XML.
+    The sheet's <dimension> is not taken for its number of rows: cells only formatted (a
+    fill down to the last row) count in it, so the whole read counts the rows."""
 
     def sheet_rows(fh, strings: _SharedStrings):
-        nonlocal last_row
         number = 0
         for _event, element in ElementTree.iterparse(fh):
-            if element.tag == f"{_MAIN}dimension":
-                bounds = re.findall(r"\d+", element.get("ref", ""))
-                last_row = int(bounds[-1]) if len(bounds) == 2 else None
-            elif element.tag == f"{_MAIN}row":
+            if element.tag == f"{_MAIN}row":
                 number = int(element.get("r") or number + 1)
                 texts = {}
                 for position, cell in enumerate(element.iter(f"{_MAIN}c")):
@@ -388,29 +489,36 @@ def _xlsx_head(path: Path) -> Table:
         with zipfile.ZipFile(path) as archive:
             name, part = _sheet_part(archive)
             with _xml(archive, part) as fh, closing(_SharedStrings(archive)) as strings:
-                rows = sheet_rows(fh, strings)
-                header = _header_row(rows, name)
+                source = sheet_rows(fh, strings)
+                header_number, headers, rows = _header_row(source, name)
                 first = next((row for row in rows if not _blank(row[1])), None)
-                rows.close()
+                source.close()
     except DomainError:
         raise
     except Exception as exc:  # whatever a damaged or hand-made workbook throws, it is the file
         raise FileProblem(_DAMAGED.format(type(exc).__name__)) from exc
-    kept = [header] if first is None else [header, first]
+    kept = [(header_number, headers)] if first is None else [(header_number, headers), first]
     used = [i for _n, cells in kept for i, text in enumerate(cells) if text]
     start, end = min(used), max(used) + 1
     as_lists = [(number, (cells + [""] * end)[start:end]) for number, cells in kept]
-    total = None if last_row is None else max(last_row - header[0], 0)
-    return Table("xlsx", as_lists[0][1], iter(as_lists[1:]), total)
+    return Table("xlsx", as_lists[0][1], iter(as_lists[1:]))
 
 
 def _xml_cell_text(cell, strings: _SharedStrings) -> str:
-    """A cell of a worksheet's XML as calamine would give its text (date cells aside)."""
+    """A cell of a worksheet's XML as calamine would give its text (date cells aside); a
+    cell showing an Excel error, or a formula saved without its value, is refused, as
+    calamine would read it as empty."""
     kind = cell.get("t", "n")
     if kind == "inlineStr":
-        return "".join(t.text or "" for t in cell.iter(f"{_MAIN}t")).strip()
+        return _unescaped("".join(t.text or "" for t in cell.iter(f"{_MAIN}t"))).strip()
     value = cell.findtext(f"{_MAIN}v") or ""
+    if kind == "e":
+        raise FileProblem(_excel_error_message(cell.get("r", ""), value.strip()))
     if not value.strip():
+        # Excel saves a formula giving empty text as text with an empty value; a formula
+        # with no value at all was saved by a program that does not calculate.
+        if not value and kind != "str" and cell.find(f"{_MAIN}f") is not None:
+            raise FileProblem(_NO_SAVED_VALUES)
         return ""
     if kind == "s":
         return strings[int(value)].strip()
@@ -418,7 +526,7 @@ def _xml_cell_text(cell, strings: _SharedStrings) -> str:
         return cell_text(value.strip() == "1")
     if kind == "n":
         return cell_text(float(value))
-    return value.strip()
+    return _unescaped(value).strip()
 
 
 class _SharedStrings:
@@ -443,7 +551,7 @@ class _SharedStrings:
             if element.tag == f"{_MAIN}si":
                 # Plain text, or the runs of rich text; phonetic guides (rPh) are not text.
                 parts = element.findall(f"{_MAIN}t") + element.findall(f"{_MAIN}r/{_MAIN}t")
-                self.strings.append("".join(t.text or "" for t in parts))
+                self.strings.append(_unescaped("".join(t.text or "" for t in parts)))
                 element.clear()
         return self.strings[index]
 
