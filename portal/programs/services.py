@@ -13,11 +13,14 @@ Services never commit; they flush and raise ``DomainError`` with a message for t
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import (JSON, Integer, String, and_, delete, exists, func, insert, literal,
                         or_, select, update)
 from sqlalchemy.orm import Session, aliased, selectinload
@@ -43,6 +46,24 @@ CHUNK = 5_000
 
 # --- institutions and schemes -----------------------------------------------------------------
 
+def edit_mark(record) -> str:
+    """A digest of what an edit form shows of ``record``. Institutions, schemes and program
+    fields have no version column; the form sends back the mark it was made from, and a save
+    is refused when the record no longer matches it (see ``_check_unchanged``)."""
+    values = {attr.key: getattr(record, attr.key)
+              for attr in sa_inspect(record).mapper.column_attrs}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_unchanged(record, expected_mark: str | None) -> None:
+    """A form left open must not put back what another manager changed since it was made
+    (None: the caller is no form, as with ``save_program``'s version)."""
+    if record is not None and expected_mark is not None and expected_mark != edit_mark(record):
+        raise ConflictError(f"{record} was changed by someone else while you were editing. Your "
+                            "changes were not saved: reload to see the current version, then "
+                            "edit again.")
+
+
 def _check_code(session: Session, model, code: str, current_id: int | None) -> str:
     code = (code or "").strip()
     if not CODE_RE.match(code):
@@ -55,7 +76,10 @@ def _check_code(session: Session, model, code: str, current_id: int | None) -> s
 
 
 def save_institution(session: Session, institution: Institution | None, *, code: str, name: str,
-                     kind: str = "ministry", description: str = "") -> Institution:
+                     kind: str = "ministry", description: str = "",
+                     expected_mark: str | None = None) -> Institution:
+    """Create or edit an institution; an edit checks ``expected_mark`` (``edit_mark``)."""
+    _check_unchanged(institution, expected_mark)
     code = _check_code(session, Institution, code, institution.id if institution else None)
     if not (name or "").strip():
         raise DomainError("A name is required.", field="name")
@@ -70,7 +94,9 @@ def save_institution(session: Session, institution: Institution | None, *, code:
 
 
 def save_scheme(session: Session, scheme: Scheme | None, *, code: str, name: str,
-                description: str = "") -> Scheme:
+                description: str = "", expected_mark: str | None = None) -> Scheme:
+    """Create or edit a scheme; an edit checks ``expected_mark`` (``edit_mark``)."""
+    _check_unchanged(scheme, expected_mark)
     code = _check_code(session, Scheme, code, scheme.id if scheme else None)
     if not (name or "").strip():
         raise DomainError("A name is required.", field="name")
@@ -332,8 +358,10 @@ def program_fields(session: Session, program_id: int, *, active_only: bool = Fal
 def save_program_field(session: Session, program: Program, custom_field: CustomField | None, *,
                        name: str, label: str, type: str, required: bool = False,
                        pattern: str = "", choices: list[str] | None = None,
-                       active: bool = True) -> CustomField:
+                       active: bool = True, expected_mark: str | None = None) -> CustomField:
+    """Add or edit a program's extra field; an edit checks ``expected_mark`` (``edit_mark``)."""
     _writable(program)
+    _check_unchanged(custom_field, expected_mark)
     name = (name or "").strip().lower()
     if not FIELD_NAME_RE.match(name):
         raise DomainError("A field name is lower-case letters, digits and underscores, "

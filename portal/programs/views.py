@@ -91,6 +91,31 @@ def index():
                   places=places, q=q, chosen=status, statuses=PROGRAM_STATUSES)
 
 
+def _conflict(exc: ConflictError):
+    db.session.rollback()
+    return render("errors/page.html", partial="errors/_message.html", status=409,
+                  title="Changed by someone else", message=exc.message, code=409)
+
+
+def _seen_mark(record) -> str | None:
+    """The ``edit_mark`` an edit form was made from, as sent; an edit without one cannot be
+    told from a stale form, so it is refused as one (the pages always send it)."""
+    mark = request.form.get("seen") or None
+    if record is not None and mark is None:
+        raise ConflictError("This form did not say which version of the record it was made "
+                            "from, so it may be out of date. Nothing was saved: reload the page "
+                            "and make the change again.")
+    return mark
+
+
+def _shown_mark(record) -> str:
+    """The mark a re-shown form keeps: the one it was first made from, so a refusal and a
+    second try cannot slip past another manager's save in between."""
+    if record is None:
+        return ""
+    return request.form.get("seen") or services.edit_mark(record)
+
+
 def _program_form(program: Program | None) -> ProgramForm:
     form = ProgramForm(obj=program)
     form.institution_id.choices = [(0, "—")] + [(i.id, i.name) for i in services.list_institutions(db.session)]
@@ -120,9 +145,7 @@ def _save_program(program: Program | None):
                 currency=form.currency.data, expected_version=version,
                 actor_id=current_user.id)
         except ConflictError as exc:
-            db.session.rollback()
-            return render("errors/page.html", partial="errors/_message.html", status=409,
-                          title="Changed by someone else", message=exc.message, code=409)
+            return _conflict(exc)
         except DomainError as exc:
             form_refusal(form, exc, "code")
             program = db.session.get(Program, program.id) if program else None
@@ -220,7 +243,10 @@ def _save_field(program: Program, custom_field: CustomField | None):
             services.save_program_field(
                 db.session, program, custom_field, name=form.name.data, label=form.label.data,
                 type=form.type.data, required=form.required.data, pattern=form.pattern.data,
-                choices=(form.choices.data or "").split(","), active=form.active.data)
+                choices=(form.choices.data or "").split(","), active=form.active.data,
+                expected_mark=_seen_mark(custom_field))
+        except ConflictError as exc:
+            return _conflict(exc)
         except DomainError as exc:
             form_refusal(form, exc, "name")
         else:
@@ -228,6 +254,7 @@ def _save_field(program: Program, custom_field: CustomField | None):
             flash("Field saved.", "success")
             return redirect(url_for("programs.fields", program_id=program.id))
     return render("programs/field_form.html", form=form, program=program, field=custom_field,
+                  seen=_shown_mark(custom_field),
                   status=422 if form.errors else 200)
 
 
@@ -603,7 +630,9 @@ def _org_form(kind: str, org_id: int | None):
     if form.validate_on_submit():
         values = {k: v for k, v in form.data.items() if k != "csrf_token"}
         try:
-            saved = spec["save"](db.session, org, **values)
+            saved = spec["save"](db.session, org, **values, expected_mark=_seen_mark(org))
+        except ConflictError as exc:
+            return _conflict(exc)
         except DomainError as exc:
             form_refusal(form, exc, "code")
         else:
@@ -611,6 +640,7 @@ def _org_form(kind: str, org_id: int | None):
             flash(f"Saved {saved}.", "success")
             return redirect(url_for(f"programs.{kind}", org_id=saved.id))
     return render("programs/org_form.html", kind=kind, plural=spec["plural"], org=org, form=form,
+                  seen=_shown_mark(org),
                   status=422 if form.errors else 200)
 
 

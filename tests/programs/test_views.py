@@ -586,3 +586,64 @@ def test_a_bulk_status_change_whose_reason_holds_a_control_character_changes_nob
     assert response.status_code == 422
     assert "invisible control character (U+0001)" in response.get_data(as_text=True)
     assert services.status_counts(db_session, plan, scope=Scope(everything=True))["potential"] == 2
+
+
+def test_an_institution_form_left_open_while_another_manager_saved_is_refused_with_409(
+        client, login, db_session):
+    from portal.programs.models import Institution
+
+    ministry = services.save_institution(db_session, None, code="MOG", name="Ministry of Gender")
+    db_session.commit()
+    login("program_manager")
+    opened = client.get(f"/programs/institutions/{ministry.id}/edit").get_data(as_text=True)
+    seen = re.search(r'name="seen" value="([^"]+)"', opened).group(1)
+    services.save_institution(db_session, ministry, code="MOG", name="Ministry of Gender",
+                              description="Runs the SCTP since 2006")
+    db_session.commit()
+
+    stale = client.post(f"/programs/institutions/{ministry.id}/edit", data={
+        "code": "MOG", "name": "Ministry of Gender and Welfare", "kind": "ministry",
+        "description": "", "seen": seen})
+
+    db_session.expire_all()
+    assert stale.status_code == 409
+    assert db_session.get(Institution, ministry.id).description == "Runs the SCTP since 2006"
+
+
+def test_an_institution_form_sent_as_it_was_made_is_saved(client, login, db_session):
+    from portal.programs.models import Institution
+
+    ministry = services.save_institution(db_session, None, code="MOG", name="Ministry of Gender")
+    db_session.commit()
+    login("program_manager")
+    opened = client.get(f"/programs/institutions/{ministry.id}/edit").get_data(as_text=True)
+    seen = re.search(r'name="seen" value="([^"]+)"', opened).group(1)
+
+    client.post(f"/programs/institutions/{ministry.id}/edit", data={
+        "code": "MOG", "name": "Ministry of Gender and Welfare", "kind": "ministry",
+        "description": "", "seen": seen})
+
+    db_session.expire_all()
+    assert db_session.get(Institution, ministry.id).name == "Ministry of Gender and Welfare"
+
+
+def test_a_program_field_form_that_does_not_say_what_it_was_made_from_is_refused(
+        client, login, db_session, program):
+    from portal.registry.models import CustomField
+
+    plan = program()
+    field = services.save_program_field(db_session, plan, None, name="school", label="School",
+                                        type="choice", choices=["A", "B"])
+    db_session.commit()
+    login("program_manager")
+    services.save_program_field(db_session, plan, field, name="school", label="School",
+                                type="choice", choices=["A", "B", "C"])
+    db_session.commit()
+
+    stale = client.post(f"/programs/{plan.id}/fields/{field.id}", data={
+        "name": "school", "label": "School attended", "type": "choice", "choices": "A, B",
+        "active": "y"})
+
+    db_session.expire_all()
+    assert stale.status_code == 409
+    assert db_session.get(CustomField, field.id).choices == ["A", "B", "C"]
