@@ -20,7 +20,7 @@ import re
 import zipfile
 from contextlib import closing
 from xml.etree import ElementTree
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Iterator
@@ -62,6 +62,9 @@ class Table:
     headers: list[str]
     rows: Iterator[tuple[int, list[str]]]
     total: int | None = None  # data rows, when the format tells before reading
+    # Cells showing an Excel error, which calamine reads as empty: row number -> {column
+    # index, as the rows' lists count them: (the cell's reference, the error)}.
+    excel_errors: dict[int, dict[int, tuple[str, str]]] = field(default_factory=dict)
 
 
 def detect_format(path: Path) -> str:
@@ -368,11 +371,9 @@ def _open_xlsx(path: Path) -> Table:
         last_row = sheet.start[0] + sheet.height if sheet.start else 0
         values = iter(sheet.iter_rows())
         with zipfile.ZipFile(path) as archive:
-            error = _excel_error(archive, _sheet_part(archive)[1])
+            errors = _excel_errors(archive, _sheet_part(archive)[1], first_column=sheet.start[1] if sheet.start else 0)
     except Exception as exc:  # calamine raises its own errors for damaged or encrypted files
         raise FileProblem(_DAMAGED.format(type(exc).__name__)) from exc
-    if error:
-        raise FileProblem(_excel_error_message(*error))
 
     def cells():
         convert = cell_text
@@ -380,39 +381,62 @@ def _open_xlsx(path: Path) -> Table:
             yield number, [v.strip() if type(v) is str else convert(v) for v in row]
 
     header_number, headers, rows = _header_row(cells(), name)
-    return Table("xlsx", headers, rows, total=max(last_row - header_number, 0))
+    if header_number in errors:
+        raise FileProblem(_excel_error_message(*next(iter(errors[header_number].values()))))
+    return Table("xlsx", headers, rows, total=max(last_row - header_number, 0),
+                 excel_errors={n: cells for n, cells in errors.items() if n > header_number})
 
 
 _ERROR_TYPE = b't="e"'  # the type of a cell holding an Excel error, as the sheet's XML says it
 
 
-def _excel_error(archive: zipfile.ZipFile, part: str) -> tuple[str, str, int] | None:
-    """The first cell of a sheet holding an Excel error (#N/A, #REF!, ...), its error and
-    how many cells hold one: calamine reads such a cell as an empty one, so a lookup that
-    found nothing would import as a missing ID. One pass of the XML through zlib and a byte
-    search (a twentieth of calamine's read); only a sheet that has them is parsed."""
+def _excel_errors(archive: zipfile.ZipFile, part: str, *, first_column: int = 0
+                  ) -> dict[int, dict[int, tuple[str, str]]]:
+    """The sheet's cells holding an Excel error (#N/A, #REF!, ...), as ``Table.excel_errors``
+    gives them (``first_column``: the column calamine's rows start at): calamine reads such a
+    cell as an empty one, so a lookup that found nothing would import as a missing ID. One
+    pass of the XML through zlib and a byte search (a twentieth of calamine's read); only a
+    sheet that has them is parsed."""
     count = 0
     tail = b""
     with archive.open(part) as fh:
         while chunk := fh.read(1 << 20):
             count += chunk.count(_ERROR_TYPE) + (tail + chunk[:len(_ERROR_TYPE) - 1]).count(_ERROR_TYPE)
             tail = chunk[1 - len(_ERROR_TYPE):]
+    errors: dict[int, dict[int, tuple[str, str]]] = {}
     if not count:
-        return None
+        return errors
+    number = 0
     with _xml(archive, part) as fh:
         for _event, element in ElementTree.iterparse(fh):
-            if element.tag == f"{_MAIN}c" and element.get("t") == "e":
-                return element.get("r", ""), (element.findtext(f"{_MAIN}v") or "").strip(), count
             if element.tag == f"{_MAIN}row":
+                number = int(element.get("r") or number + 1)
+                for position, cell in enumerate(element.iter(f"{_MAIN}c")):
+                    if cell.get("t") == "e":
+                        reference = cell.get("r") or f"{_letter(position)}{number}"
+                        error = (cell.findtext(f"{_MAIN}v") or "").strip() or "#VALUE!"
+                        errors.setdefault(number, {})[_column(reference, position) - first_column] = (reference, error)
                 element.clear()
-    return None
+    return errors
 
 
-def _excel_error_message(cell: str, error: str, count: int = 1) -> str:
+def _excel_error_message(cell: str, error: str, count: int = 1, column: str = "") -> str:
+    named = f" ({column})" if column else ""
     others = f", and {count - 1:,} other cells show Excel errors too" if count > 1 else ""
-    return (f"Cell {cell} shows the Excel error {error or '#VALUE!'}{others}: the portal cannot "
-            "read a value from it. Fix the formula or type the value, save the file and upload "
-            "it again.")
+    return (f"Cell {cell}{named} shows the Excel error {error or '#VALUE!'}{others}: the portal "
+            "cannot read a value from it. Fix the formula or type the value, save the file and "
+            "upload it again.")
+
+
+def excel_error_in(table: Table, columns: set[int], headers: list[str]) -> str | None:
+    """The message refusing a workbook whose cells in these columns (those the upload reads)
+    show Excel errors; errors in the other columns do not matter."""
+    found = [(number, column, cell) for number, cells in sorted(table.excel_errors.items())
+             for column, cell in sorted(cells.items()) if column in columns]
+    if not found:
+        return None
+    _number, column, (reference, error) = found[0]
+    return _excel_error_message(reference, error, len(found), headers[column])
 
 
 _NO_SAVED_VALUES = ("This file's formulas have no saved values: open it in Excel or LibreOffice "
@@ -472,6 +496,8 @@ def _xlsx_head(path: Path) -> Table:
     The sheet's <dimension> is not taken for its number of rows: cells only formatted (a
     fill down to the last row) count in it, so the whole read counts the rows."""
 
+    errors: dict[int, tuple[str, str]] = {}  # row number -> its first cell showing an Excel error
+
     def sheet_rows(fh, strings: _SharedStrings):
         number = 0
         for _event, element in ElementTree.iterparse(fh):
@@ -479,6 +505,9 @@ def _xlsx_head(path: Path) -> Table:
                 number = int(element.get("r") or number + 1)
                 texts = {}
                 for position, cell in enumerate(element.iter(f"{_MAIN}c")):
+                    if cell.get("t") == "e":  # read as empty, as calamine reads it
+                        errors.setdefault(number, (cell.get("r", ""), (cell.findtext(f"{_MAIN}v") or "").strip()))
+                        continue
                     text = _xml_cell_text(cell, strings)
                     if text:
                         texts[_column(cell.get("r"), position)] = text
@@ -493,6 +522,10 @@ def _xlsx_head(path: Path) -> Table:
                 header_number, headers, rows = _header_row(source, name)
                 first = next((row for row in rows if not _blank(row[1])), None)
                 source.close()
+        # A column named by an error cannot be matched; an error further down matters only in
+        # a column the upload reads, which validation knows (services._read_and_check).
+        if header_number in errors:
+            raise FileProblem(_excel_error_message(*errors[header_number]))
     except DomainError:
         raise
     except Exception as exc:  # whatever a damaged or hand-made workbook throws, it is the file
@@ -506,14 +539,11 @@ def _xlsx_head(path: Path) -> Table:
 
 def _xml_cell_text(cell, strings: _SharedStrings) -> str:
     """A cell of a worksheet's XML as calamine would give its text (date cells aside); a
-    cell showing an Excel error, or a formula saved without its value, is refused, as
-    calamine would read it as empty."""
+    formula saved without its value is refused, as calamine would read it as empty."""
     kind = cell.get("t", "n")
     if kind == "inlineStr":
         return _unescaped("".join(t.text or "" for t in cell.iter(f"{_MAIN}t"))).strip()
     value = cell.findtext(f"{_MAIN}v") or ""
-    if kind == "e":
-        raise FileProblem(_excel_error_message(cell.get("r", ""), value.strip()))
     if not value.strip():
         # Excel saves a formula giving empty text as text with an empty value; a formula
         # with no value at all was saved by a program that does not calculate.

@@ -40,7 +40,8 @@ from portal.imports.duplicates import (IN_FILE_ALL_PAIRS, ProbableDuplicates, cr
                                       look_alike, twin_row, twin_warning)
 from portal.imports.models import DUPLICATE_POLICIES, SavedMapping, Upload, UploadRow
 from portal.imports.reader_process import ReaderProcess
-from portal.imports.reading import FileProblem, cell_problem, normalise_header, open_table, read_head
+from portal.imports.reading import (FileProblem, cell_problem, excel_error_in, normalise_header, open_table,
+                                    read_head)
 from portal.locations.models import Location
 from portal.locations.services import OUTSIDE_HOUSEHOLD, Scope
 from portal.privacy import PII_FIELDS, mask
@@ -653,6 +654,11 @@ def _read_and_check(upload: Upload, checker: RowChecker):
         raise FileProblem(f"The column '{lost[0]}' was not found when the whole file was read. "
                           "Save the file again from Excel and upload it anew.")
     fields = [(index[h], name) for h, name in mapping.items() if name]
+    try:
+        _refuse_excel_errors(table, fields)
+    except FileProblem:
+        table.rows.close()
+        raise
     areas = checker.areas()
     unique = bool(checker.unique_fields)
     seen: dict[str, int] = {}  # national ID -> the first row number that has it
@@ -673,6 +679,15 @@ def _read_and_check(upload: Upload, checker: RowChecker):
                 (number, born, area, cleaned["first_name"], cleaned["last_name"], bool(nid)) if area else None,
                 cleaned["custom"] if unique else None))
         yield batch
+
+
+def _refuse_excel_errors(table, fields: list[tuple[int, str]], *columns: int) -> None:
+    """A workbook whose read columns (the fields', and ``columns``) have cells showing an
+    Excel error is refused: calamine reads them as empty, and a lookup that found nothing
+    would import as a person without an ID, or a fix would blank a cell."""
+    refusal = excel_error_in(table, {i for i, _name in fields} | set(columns), table.headers)
+    if refusal:
+        raise FileProblem(refusal)
 
 
 _CODE_LENGTH = UploadRow.national_id.type.length  # household_code's too
@@ -1507,8 +1522,9 @@ def _fixes_file_checked(session: Session, upload: Upload, path: Path) -> int:
     job commits as it goes). Returns its rows."""
     table = open_table(path, max_rows=_max_rows())
     try:
-        _row_column(table.headers)
-        _fixes_columns(session, upload, table.headers)
+        row_col = _row_column(table.headers)
+        fields, _not_read = _fixes_columns(session, upload, table.headers)
+        _refuse_excel_errors(table, fields, row_col)
         return sum(1 for _row in table.rows)
     finally:
         table.rows.close()
@@ -1577,6 +1593,7 @@ def apply_corrections(session: Session, upload: Upload, path: Path, *, scope: Sc
     try:
         row_col = _row_column(table.headers)
         fields, not_read = _fixes_columns(session, upload, table.headers)
+        _refuse_excel_errors(table, fields, row_col)
     except FileProblem:
         table.rows.close()
         raise

@@ -108,11 +108,38 @@ def _lookups_showing_na(sheet: str, cells=("E2", "F2", "H2")) -> str:
     return sheet
 
 
-def test_a_lookup_showing_na_in_the_first_row_is_refused_on_receiving_naming_the_cell(db_session, tmp_path, country):
+def test_a_lookup_showing_na_in_a_column_the_upload_reads_is_refused_naming_the_cell_and_its_column(
+        db_session, tmp_path, country):
     """Calamine reads an Excel error as an empty cell: imported, the person would have no
     national ID or phone, and nobody would be told."""
     data = _with_sheet(_xlsx([HEADERS, AMINA]), _lookups_showing_na)
-    with pytest.raises(FileProblem, match="Cell E2 shows the Excel error #N/A.*Fix the formula"):
+    upload = _receive(db_session, _write(tmp_path, data, ".xlsx"))
+    with pytest.raises(FileProblem, match=r"Cell E2 \(National ID\) shows the Excel error #N/A, and 2 "
+                                          r"other cells show Excel errors too.*Fix the formula"):
+        _validate(db_session, upload)
+    assert db_session.scalar(select(UploadRow.id).where(UploadRow.upload_id == upload.id)) is None
+
+
+def test_an_excel_error_in_a_column_the_upload_does_not_read_does_not_refuse_the_file(
+        db_session, tmp_path, country):
+    """A working column of the officer's own (an age computed from a bad date, say) is not
+    the portal's business: only the columns it reads must hold values."""
+    data = _with_sheet(_xlsx([HEADERS + ["Notes"], AMINA + ["x"]]), lambda sheet: re.sub(
+        r'<c r="K2"[^>]*>.*?</c>', '<c r="K2" t="e"><f>1/0</f><v>#DIV/0!</v></c>', sheet))
+    upload = _receive(db_session, _write(tmp_path, data, ".xlsx"))
+    if upload.status == "mapping":  # the unknown column is left out
+        services.set_mapping(db_session, upload, {h: n for h, n in (upload.mapping or {}).items()},
+                             actor_id=None)
+    assert not (upload.mapping or {}).get("Notes")
+    _validate(db_session, upload)
+    row = _rows(db_session, upload)[2]
+    assert row.status == "valid" and row.cleaned["national_id"] == "A100"
+
+
+def test_an_excel_error_in_the_header_row_is_refused_on_receiving(db_session, tmp_path, country):
+    data = _with_sheet(_xlsx([HEADERS, AMINA]), lambda sheet: re.sub(
+        r'<c r="E1"[^>]*>.*?</c>', '<c r="E1" t="e"><v>#REF!</v></c>', sheet))
+    with pytest.raises(FileProblem, match="Cell E1 shows the Excel error #REF!"):
         _receive(db_session, _write(tmp_path, data, ".xlsx"))
 
 
@@ -123,7 +150,7 @@ def test_excel_errors_further_down_are_refused_when_the_file_is_read_whole(db_se
     juma = JUMA[:4] + ["X", "X"] + JUMA[6:]
     data = _with_sheet(_xlsx([HEADERS, AMINA, juma]), errors_on_row_3)
     upload = _receive(db_session, _write(tmp_path, data, ".xlsx"))
-    with pytest.raises(FileProblem, match=f"Cell E3 shows the Excel error {re.escape(error)}, and 1 other"):
+    with pytest.raises(FileProblem, match=rf"Cell E3 \(National ID\) shows the Excel error {re.escape(error)}, and 1 other"):
         _validate(db_session, upload)
     assert _person(db_session, "Juma") is None
 
@@ -330,3 +357,16 @@ def test_strict_open_xml_is_refused_as_damaged(db_session, tmp_path):
                             b"http://purl.oclc.org/ooxml/spreadsheetml/main") for k, v in members.items()}
     with pytest.raises(FileProblem, match="damaged"):
         _receive(db_session, _write(tmp_path, _zipped(members), ".xlsx"))
+
+
+def test_a_file_of_fixes_showing_an_excel_error_in_a_column_it_gives_is_refused_and_changes_nothing(
+        db_session, tmp_path, country):
+    """Read as empty, the error would blank the row's national ID when the fix is applied."""
+    upload = _checked(db_session, tmp_path, (HEAD + "Juma,Banda,Q,2015-01-02,J200,,NV1,,,\r\n").encode(), ".csv")
+    fixes = _with_sheet(_xlsx([["Row", "First name", "Last name", "Sex", "Birth date", "National ID", "Village code"],
+                               [2, "Juma", "Banda", "M", "2015-01-02", "J200", "NV1"]]),
+                        lambda sheet: _lookups_showing_na(sheet, ("F2",)))
+    with pytest.raises(FileProblem, match=r"Cell F2 \(National ID\) shows the Excel error #N/A"):
+        services.apply_corrections(db_session, upload, _write(tmp_path, fixes, ".xlsx"), scope=EVERYTHING)
+    row = _rows(db_session, upload)[2]
+    assert (row.raw["sex"], row.raw["national_id"], row.status) == ("Q", "J200", "error")
