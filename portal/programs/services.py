@@ -1118,6 +1118,50 @@ def _set_status(session: Session, program: Program, ids_query, *, to_status: str
     return count
 
 
+def suspend_unpayable(session: Session, *, individual_id: int | None = None, group_ids=(),
+                      actor_id: int | None) -> int:
+    """Suspend the active beneficiaries nobody can be paid for any more: this person, just
+    deleted from the registry, or these groups once no living member is left. Each gets the
+    change and its reason in its history and an audit entry, so no payroll pays them and a
+    manager sees why; the place stays taken until a manager graduates or removes them (a
+    restored person is made active again by hand). Returns how many were suspended."""
+    changes = []
+    if individual_id is not None:
+        reason = "Suspended: the person was deleted from the registry."
+        changes.append((reason, Beneficiary.individual_id == individual_id))
+    if group_ids:
+        reason = "Suspended: nobody is left in the household (every member left or was deleted)."
+        member, person = aliased(GroupMember), aliased(Individual)
+        somebody_left = exists(select(member.id).join(person, person.id == member.individual_id)
+                               .where(member.group_id == Beneficiary.group_id, person.deleted_at.is_(None)))
+        changes.append((reason, and_(Beneficiary.group_id.in_(list(group_ids)), ~somebody_left)))
+    suspended = 0
+    for reason, condition in changes:
+        found = session.execute(select(Beneficiary.id, Program.id, Program.name)
+                                .join(Program, Program.id == Beneficiary.program_id)
+                                .where(condition, Beneficiary.status == "active",
+                                       Program.status != "closed")
+                                .order_by(Beneficiary.id).with_for_update(of=Beneficiary)).all()
+        if not found:
+            continue
+        ids = [beneficiary_id for beneficiary_id, _program, _name in found]
+        stamp = now()
+        session.execute(insert(BeneficiaryStatusChange), [
+            {"beneficiary_id": i, "from_status": "active", "to_status": "suspended", "reason": reason,
+             "effective_date": today(), "actor_id": actor_id, "at": stamp} for i in ids])
+        session.execute(update(Beneficiary).where(Beneficiary.id.in_(ids)).values(status="suspended")
+                        .execution_options(synchronize_session=False))
+        record_many(session, action="status", entity_type="beneficiary", actor_id=actor_id, entries=[
+            (beneficiary_id, f"active -> suspended in {name}: {reason}",
+             {"status": ["active", "suspended"], "program_id": program_id, "reason": reason,
+              "effective_date": today().isoformat()})
+            for beneficiary_id, program_id, name in found])
+        suspended += len(found)
+    if suspended:
+        session.expire_all()
+    return suspended
+
+
 def bulk_status_preview(session: Session, program: Program, *, scope: Scope,
                         filters: BeneficiaryFilters, to_status: str) -> dict:
     """Of the filtered selection, how many would change and how many may not; ``mark`` tells

@@ -36,6 +36,17 @@ try:  # the programs domain is optional for the registry
 except ImportError:  # pragma: no cover
     Beneficiary = Program = None
 
+
+def _stop_payments(session: Session, *, individual_id: int | None = None, group_ids=(),
+                   actor_id: int | None) -> None:
+    """Active beneficiaries of a person just deleted, or of groups left with nobody living
+    in them, are suspended (see programs.services.suspend_unpayable): nobody pays them."""
+    if Beneficiary is None:  # pragma: no cover
+        return
+    from portal.programs.services import suspend_unpayable
+
+    suspend_unpayable(session, individual_id=individual_id, group_ids=group_ids, actor_id=actor_id)
+
 COUNT_CAP = 1000
 PER_PAGE = 25
 BENEFICIARY_STATUSES = ("potential", "active", "suspended", "graduated")
@@ -584,6 +595,8 @@ def delete_individual(session: Session, person: Individual, *, scope, actor_id: 
                               "choose another primary recipient first.")
     person.deleted_at = now()
     session.flush()
+    _stop_payments(session, individual_id=person.id, actor_id=actor_id, group_ids=session.scalars(
+        select(GroupMember.group_id).where(GroupMember.individual_id == person.id)).all())
 
 
 def restore_individual(session: Session, person: Individual, *, show_pii: bool,
@@ -924,6 +937,7 @@ def remove_member(session: Session, group: Group, member_id: int, *, scope,
         group.primary_recipient_id = None
     session.delete(member)
     session.flush()
+    _stop_payments(session, group_ids=[group.id], actor_id=actor_id)
     session.expire(group, ["members"])
 
 

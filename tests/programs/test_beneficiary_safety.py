@@ -292,6 +292,61 @@ def test_a_household_whose_last_member_was_removed_cannot_be_made_active(
         reason="Eligible", actor_id=None) == {"changed": 0, "not_allowed": 1}
 
 
+# --- payments stopped when nobody is left to pay ------------------------------------------------
+
+def _history(db_session, beneficiary_id):
+    from portal.programs.models import BeneficiaryStatusChange
+
+    return [(c.from_status, c.to_status, c.reason) for c in db_session.scalars(
+        select(BeneficiaryStatusChange).where(BeneficiaryStatusChange.beneficiary_id == beneficiary_id)
+        .order_by(BeneficiaryStatusChange.id))]
+
+
+def test_an_active_beneficiary_deleted_from_the_registry_is_suspended_with_the_reason_in_the_history_and_the_log(
+        db_session, program, person, make_user):
+    from portal.audit.models import AuditEntry
+    from portal.registry.services import delete_individual
+
+    officer = make_user("admin")
+    plan, someone, other = program(), person(), person()
+    [bid, kept] = _enrolled(db_session, plan, [someone, other], status="active")
+    delete_individual(db_session, someone, scope=EVERY, actor_id=officer.id)
+
+    assert db_session.get(Beneficiary, bid).status == "suspended"
+    assert db_session.get(Beneficiary, kept).status == "active"
+    assert _history(db_session, bid) == [("active", "suspended", "Suspended: the person was deleted from the registry.")]
+    entry = db_session.scalar(select(AuditEntry).where(AuditEntry.entity_type == "beneficiary",
+                                                       AuditEntry.entity_id == str(bid),
+                                                       AuditEntry.action == "status"))
+    assert entry.actor_id == officer.id and entry.changes["status"] == ["active", "suspended"]
+
+
+def test_an_active_household_whose_last_member_is_removed_is_suspended_and_one_with_members_left_is_not(
+        db_session, program, household):
+    from portal.registry.services import remove_member
+
+    plan = program(beneficiary_kind="group")
+    alone, family = household(1), household(2)
+    services.enrol(db_session, plan.id, group_ids=[alone.id, family.id], status="active",
+                   actor_id=None, scope=EVERY)
+    child = next(m for m in family.members if m.role != "head")
+    remove_member(db_session, family, child.id, scope=EVERY, actor_id=None)
+    remove_member(db_session, alone, alone.members[0].id, scope=EVERY, actor_id=None)
+
+    status = {g: db_session.scalar(select(Beneficiary.status).where(Beneficiary.group_id == g))
+              for g in (alone.id, family.id)}
+    assert status == {alone.id: "suspended", family.id: "active"}
+
+
+def test_a_deleted_persons_potential_place_is_left_as_it_is(db_session, program, person):
+    from portal.registry.services import delete_individual
+
+    plan, someone = program(), person()
+    [bid] = _enrolled(db_session, plan, [someone])
+    delete_individual(db_session, someone, scope=EVERY, actor_id=None)
+    assert db_session.get(Beneficiary, bid).status == "potential" and _history(db_session, bid) == []
+
+
 # --- the audit log ----------------------------------------------------------------------------
 
 def test_a_single_status_change_is_in_the_audit_log_with_its_reason_and_effective_date(
