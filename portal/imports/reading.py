@@ -370,8 +370,11 @@ def _open_xlsx(path: Path) -> Table:
         # from 1 have Excel's numbers.
         last_row = sheet.start[0] + sheet.height if sheet.start else 0
         values = iter(sheet.iter_rows())
+        first_column = sheet.start[1] if sheet.start else 0
         with zipfile.ZipFile(path) as archive:
-            errors = _excel_errors(archive, _sheet_part(archive)[1], first_column=sheet.start[1] if sheet.start else 0)
+            part = _sheet_part(archive)[1]
+            errors = _excel_errors(archive, part, first_column=first_column)
+            padded = _zero_padded_cells(archive, part, first_column=first_column)
     except Exception as exc:  # calamine raises its own errors for damaged or encrypted files
         raise FileProblem(_DAMAGED.format(type(exc).__name__)) from exc
 
@@ -380,11 +383,57 @@ def _open_xlsx(path: Path) -> Table:
         for number, row in enumerate(values, start=1):
             yield number, [v.strip() if type(v) is str else convert(v) for v in row]
 
-    header_number, headers, rows = _header_row(cells(), name)
+    read = _padded(cells(), padded) if padded else cells()
+    header_number, headers, rows = _header_row(read, name)
     if header_number in errors:
         raise FileProblem(_excel_error_message(*next(iter(errors[header_number].values()))))
     return Table("xlsx", headers, rows, total=max(last_row - header_number, 0),
                  excel_errors={n: cells for n, cells in errors.items() if n > header_number})
+
+
+_ZEROS_ONLY = re.compile(r"0{2,}")  # a number format that shows leading zeros: "00000000"
+# A number cell (no type, or t="n") with a style, as Excel writes its attributes.
+_STYLED_NUMBER = re.compile(rb'<c r="([A-Z]{1,3})([0-9]+)" s="([0-9]+)"(?: t="n")?/?>')
+
+
+def _zero_padded_cells(archive: zipfile.ZipFile, part: str, *, first_column: int = 0
+                       ) -> dict[int, dict[int, int]]:
+    """row number -> {column index, as the rows count it: width} of the number cells whose
+    format shows leading zeros ("00000000" shows 1234567 as 01234567, as an officer typed
+    an ID or a phone): calamine gives the number, and the zero would be lost. Only a workbook
+    whose styles have such a format has its sheet searched, by bytes."""
+    if "xl/styles.xml" not in archive.namelist():
+        return {}
+    with _xml(archive, "xl/styles.xml") as fh:
+        styles = ElementTree.parse(fh).getroot()
+    widths = {fmt.get("numFmtId"): len(fmt.get("formatCode", ""))
+              for fmt in styles.iter(f"{_MAIN}numFmt") if _ZEROS_ONLY.fullmatch(fmt.get("formatCode", ""))}
+    formats = styles.find(f"{_MAIN}cellXfs")
+    padding = {str(index).encode(): widths[xf.get("numFmtId")]
+               for index, xf in enumerate(formats if formats is not None else ())
+               if xf.get("numFmtId") in widths}
+    cells: dict[int, dict[int, int]] = {}
+    if not padding:
+        return cells
+    tail = b""
+    with archive.open(part) as fh:
+        while chunk := fh.read(1 << 20):
+            for found in _STYLED_NUMBER.finditer(tail + chunk):
+                width = padding.get(found.group(3))
+                if width:
+                    column = _column(found.group(1).decode(), 0) - first_column
+                    cells.setdefault(int(found.group(2)), {})[column] = width
+            tail = chunk[-100:]  # a cell cut by the chunk's end is found whole next time
+    return cells
+
+
+def _padded(rows, padded: dict[int, dict[int, int]]):
+    """The rows with the numbers of ``_zero_padded_cells`` shown as the workbook shows them."""
+    for number, cells in rows:
+        for column, width in padded.get(number, {}).items():
+            if column < len(cells) and cells[column].isdigit():
+                cells[column] = cells[column].zfill(width)
+        yield number, cells
 
 
 _ERROR_TYPE = b't="e"'  # the type of a cell holding an Excel error, as the sheet's XML says it

@@ -370,3 +370,19 @@ def test_a_file_of_fixes_showing_an_excel_error_in_a_column_it_gives_is_refused_
         services.apply_corrections(db_session, upload, _write(tmp_path, fixes, ".xlsx"), scope=EVERYTHING)
     row = _rows(db_session, upload)[2]
     assert (row.raw["sex"], row.raw["national_id"], row.status) == ("Q", "J200", "error")
+
+
+def test_an_id_and_a_phone_shown_with_leading_zeros_by_their_number_format_keep_them(db_session, tmp_path, country):
+    """Excel keeps 01234567 typed into a cell formatted 00000000 as the number 1234567, and
+    shows it with its zero; the same file saved as CSV gives 01234567. Both must register
+    the same ID."""
+    def zero_padded(wb, ws):
+        ws["E2"].number_format = "00000000"
+        ws["F2"].number_format = "0000000000"
+        ws["E3"].number_format = "0.00"  # another format is left alone
+    amina = AMINA[:4] + [1234567, 991234567] + AMINA[6:]
+    juma = JUMA[:4] + [7654321, ""] + JUMA[6:]
+    upload = _checked(db_session, tmp_path, _xlsx([HEADERS, amina, juma], zero_padded), ".xlsx")
+    rows = _rows(db_session, upload)
+    assert (rows[2].cleaned["national_id"], rows[2].cleaned["phone"]) == ("01234567", "0991234567")
+    assert rows[3].cleaned["national_id"] == "7654321"
