@@ -436,24 +436,28 @@ def _padded(rows, padded: dict[int, dict[int, int]]):
         yield number, cells
 
 
-_ERROR_TYPE = b't="e"'  # the type of a cell holding an Excel error, as the sheet's XML says it
+# How a sheet's XML shows a cell calamine reads as empty although it is not: an Excel error,
+# or a formula saved with no value (by a program that does not calculate; Excel's own empty
+# text result is typed t="str", which the parse below tells apart).
+_UNREAD_MARKS = (b't="e"', b"</f></c>", b"</f><v /></c>", b"</f><v/></c>", b"</f><v></v></c>")
 
 
 def _excel_errors(archive: zipfile.ZipFile, part: str, *, first_column: int = 0
-                  ) -> dict[int, dict[int, tuple[str, str]]]:
-    """The sheet's cells holding an Excel error (#N/A, #REF!, ...), as ``Table.excel_errors``
-    gives them (``first_column``: the column calamine's rows start at): calamine reads such a
-    cell as an empty one, so a lookup that found nothing would import as a missing ID. One
-    pass of the XML through zlib and a byte search (a twentieth of calamine's read); only a
-    sheet that has them is parsed."""
-    count = 0
+                  ) -> dict[int, dict[int, tuple[str, str | None]]]:
+    """The sheet's cells holding an Excel error (#N/A, #REF!, ...), or a formula with no saved
+    value (None), as ``Table.excel_errors`` gives them (``first_column``: the column
+    calamine's rows start at): calamine reads such a cell as an empty one, so a lookup that
+    found nothing would import as a missing ID. One pass of the XML through zlib and a byte
+    search (a twentieth of calamine's read); only a sheet that has them is parsed."""
+    found = False
     tail = b""
     with archive.open(part) as fh:
-        while chunk := fh.read(1 << 20):
-            count += chunk.count(_ERROR_TYPE) + (tail + chunk[:len(_ERROR_TYPE) - 1]).count(_ERROR_TYPE)
-            tail = chunk[1 - len(_ERROR_TYPE):]
-    errors: dict[int, dict[int, tuple[str, str]]] = {}
-    if not count:
+        while not found and (chunk := fh.read(1 << 20)):
+            window = tail + chunk
+            found = any(mark in window for mark in _UNREAD_MARKS)
+            tail = chunk[-20:]
+    errors: dict[int, dict[int, tuple[str, str | None]]] = {}
+    if not found:
         return errors
     number = 0
     with _xml(archive, part) as fh:
@@ -461,25 +465,35 @@ def _excel_errors(archive: zipfile.ZipFile, part: str, *, first_column: int = 0
             if element.tag == f"{_MAIN}row":
                 number = int(element.get("r") or number + 1)
                 for position, cell in enumerate(element.iter(f"{_MAIN}c")):
-                    if cell.get("t") == "e":
-                        reference = cell.get("r") or f"{_letter(position)}{number}"
-                        error = (cell.findtext(f"{_MAIN}v") or "").strip() or "#VALUE!"
-                        errors.setdefault(number, {})[_column(reference, position) - first_column] = (reference, error)
+                    kind, value = cell.get("t"), cell.findtext(f"{_MAIN}v")
+                    if kind == "e":
+                        error = (value or "").strip() or "#VALUE!"
+                    elif not value and kind != "str" and cell.find(f"{_MAIN}f") is not None:
+                        error = None
+                    else:
+                        continue
+                    reference = cell.get("r") or f"{_letter(position)}{number}"
+                    errors.setdefault(number, {})[_column(reference, position) - first_column] = (reference, error)
                 element.clear()
     return errors
 
 
-def _excel_error_message(cell: str, error: str, count: int = 1, column: str = "") -> str:
+def _excel_error_message(cell: str, error: str | None, count: int = 1, column: str = "") -> str:
     named = f" ({column})" if column else ""
-    others = f", and {count - 1:,} other cells show Excel errors too" if count > 1 else ""
-    return (f"Cell {cell}{named} shows the Excel error {error or '#VALUE!'}{others}: the portal "
-            "cannot read a value from it. Fix the formula or type the value, save the file and "
-            "upload it again.")
+    others = f" ({count - 1:,} more cells of the columns read are like it)" if count > 1 else ""
+    if error is None:
+        return (f"Cell {cell}{named} holds a formula with no saved value{others}: the file was "
+                "written by a program that does not calculate. Open it in Excel or LibreOffice, "
+                "save it and upload it again.")
+    return (f"Cell {cell}{named} shows the Excel error {error}{others}, from which the portal "
+            "cannot read a value. Fix the formula or type the value, save the file and upload it "
+            "again.")
 
 
 def excel_error_in(table: Table, columns: set[int], headers: list[str]) -> str | None:
     """The message refusing a workbook whose cells in these columns (those the upload reads)
-    show Excel errors; errors in the other columns do not matter."""
+    show Excel errors or formulas without values; such cells in the other columns do not
+    matter."""
     found = [(number, column, cell) for number, cells in sorted(table.excel_errors.items())
              for column, cell in sorted(cells.items()) if column in columns]
     if not found:
