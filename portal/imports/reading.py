@@ -502,8 +502,7 @@ def excel_error_in(table: Table, columns: set[int], headers: list[str]) -> str |
     return _excel_error_message(reference, error, len(found), headers[column])
 
 
-_NO_SAVED_VALUES = ("This file's formulas have no saved values: open it in Excel or LibreOffice "
-                    "and save it again.")
+
 _EXCEL_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")  # how Excel writes a character XML cannot hold
 
 
@@ -559,7 +558,7 @@ def _xlsx_head(path: Path) -> Table:
     The sheet's <dimension> is not taken for its number of rows: cells only formatted (a
     fill down to the last row) count in it, so the whole read counts the rows."""
 
-    errors: dict[int, tuple[str, str]] = {}  # row number -> its first cell showing an Excel error
+    errors: dict[int, tuple[str, str | None]] = {}  # row number -> its first unreadable cell
 
     def sheet_rows(fh, strings: _SharedStrings):
         number = 0
@@ -568,8 +567,14 @@ def _xlsx_head(path: Path) -> Table:
                 number = int(element.get("r") or number + 1)
                 texts = {}
                 for position, cell in enumerate(element.iter(f"{_MAIN}c")):
-                    if cell.get("t") == "e":  # read as empty, as calamine reads it
-                        errors.setdefault(number, (cell.get("r", ""), (cell.findtext(f"{_MAIN}v") or "").strip()))
+                    kind, value = cell.get("t"), cell.findtext(f"{_MAIN}v")
+                    # An Excel error, or a formula saved with no value (Excel's own empty text
+                    # is typed "str"): read as empty, as calamine reads them.
+                    if kind == "e":
+                        errors.setdefault(number, (cell.get("r", ""), (value or "").strip() or "#VALUE!"))
+                        continue
+                    if not value and kind != "str" and cell.find(f"{_MAIN}f") is not None:
+                        errors.setdefault(number, (cell.get("r", ""), None))
                         continue
                     text = _xml_cell_text(cell, strings)
                     if text:
@@ -601,17 +606,12 @@ def _xlsx_head(path: Path) -> Table:
 
 
 def _xml_cell_text(cell, strings: _SharedStrings) -> str:
-    """A cell of a worksheet's XML as calamine would give its text (date cells aside); a
-    formula saved without its value is refused, as calamine would read it as empty."""
+    """A cell of a worksheet's XML as calamine would give its text (date cells aside)."""
     kind = cell.get("t", "n")
     if kind == "inlineStr":
         return _unescaped("".join(t.text or "" for t in cell.iter(f"{_MAIN}t"))).strip()
     value = cell.findtext(f"{_MAIN}v") or ""
     if not value.strip():
-        # Excel saves a formula giving empty text as text with an empty value; a formula
-        # with no value at all was saved by a program that does not calculate.
-        if not value and kind != "str" and cell.find(f"{_MAIN}f") is not None:
-            raise FileProblem(_NO_SAVED_VALUES)
         return ""
     if kind == "s":
         return strings[int(value)].strip()

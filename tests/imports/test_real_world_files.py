@@ -155,12 +155,20 @@ def test_excel_errors_further_down_are_refused_when_the_file_is_read_whole(db_se
     assert _person(db_session, "Juma") is None
 
 
-def test_formulas_saved_without_their_values_are_refused_on_receiving(db_session, tmp_path, country):
+def test_formulas_saved_without_their_values_are_refused_when_the_file_is_read(db_session, tmp_path, country):
     """A workbook written by a script or a reporting tool (openpyxl, many exporters) keeps the
     formula and no value, which calamine reads as an empty cell."""
     amina = AMINA[:4] + ['=UPPER("a100")', '="+265"&"991234567"'] + AMINA[6:]
-    with pytest.raises(FileProblem, match="formulas have no saved values: open it in Excel or LibreOffice"):
-        _receive(db_session, _write(tmp_path, _xlsx([HEADERS, amina]), ".xlsx"))
+    upload = _receive(db_session, _write(tmp_path, _xlsx([HEADERS, amina]), ".xlsx"))
+    with pytest.raises(FileProblem, match=r"Cell E2 \(National ID\) holds a formula with no saved value \(1 more "
+                                          r"cells of the columns read are like it\): .*Open it in Excel or LibreOffice"):
+        _validate(db_session, upload)
+
+
+def test_a_header_cell_that_is_a_formula_without_its_value_is_refused_on_receiving(db_session, tmp_path, country):
+    data = _xlsx([HEADERS[:4] + ['=UPPER("national id")'] + HEADERS[5:], AMINA])
+    with pytest.raises(FileProblem, match="Cell E1 holds a formula with no saved value"):
+        _receive(db_session, _write(tmp_path, data, ".xlsx"))
 
 
 def test_formatted_but_empty_rows_down_to_excels_last_row_do_not_make_a_small_file_too_big(
