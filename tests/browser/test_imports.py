@@ -32,8 +32,14 @@ def test_an_officer_fixes_a_file_in_the_grid_imports_it_and_finds_the_people(
     expect(grid).to_contain_text("Unknown role 'son'; use one of head, spouse, child")
     expect(grid.locator("#row-2")).to_have_count(0)  # a good row is not shown
 
+    # On the 768 px tablet the row's buttons are in view, not past the grid's right edge.
+    edit = page.locator("#row-3").get_by_role("button", name="Edit").bounding_box()
+    assert edit["x"] + edit["width"] <= 768 and edit["height"] >= 44
+
     # Fix the role inline: the row is checked again at once.
     page.locator("#row-3").get_by_role("button", name="Edit").click()
+    save = page.locator("#row-3").get_by_role("button", name="Save").bounding_box()
+    assert save["x"] + save["width"] <= 768
     page.locator("#row-3 input[name=role]").fill("child")
     page.locator("#row-3").get_by_role("button", name="Save").click()
     expect(page.locator("#row-3")).to_have_attribute("data-status", "valid")

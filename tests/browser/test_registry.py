@@ -48,9 +48,19 @@ def test_inline_edit_saves_in_place(page, browser_login, live_server, country, m
     page.goto(f"{live_server}/registry/individuals/{banda.id}")
     page.get_by_role("link", name="Edit").click()
     page.fill("input[name=phone]", "0999123456")
+    # What the page shows while the save is on its way (read as the request starts).
+    page.evaluate("""() => document.addEventListener('htmx:beforeRequest', (e) => {
+        window.whileSaving = {busy: document.documentElement.classList.contains('busy'),
+                              buttons: Array.from(e.detail.elt.querySelectorAll('button')).map((b) => b.disabled)};
+    })""")
     page.get_by_role("button", name="Save").click()
     page.wait_for_function("() => document.querySelector('#person-card').innerText.includes('0999123456')")
     assert page.locator("#person-card input").count() == 0
+    # A slow link shows the save was taken, and a second tap could not send it again.
+    assert page.evaluate("() => window.whileSaving") == {"busy": True, "buttons": [True]}  # Save
+    assert not page.evaluate("() => document.documentElement.classList.contains('busy')")
+    # The message saying so reaches a page that had none when it loaded.
+    page.wait_for_function("() => document.querySelector('#flash-messages').innerText.includes('Saved')")
 
 
 def test_enrolment_warns_about_a_similar_person_and_saves_anyway(page, browser_login, live_server, country,
