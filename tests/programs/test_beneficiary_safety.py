@@ -81,53 +81,25 @@ def _remove(beneficiary_id):
 
 @pytest.mark.live
 @on_postgresql
-def test_a_second_remove_of_the_same_beneficiary_at_once_is_told_it_was_removed_meanwhile(
-        app, db_session, program, person):
-    plan, someone = program(), person()
-    services.enrol(db_session, plan.id, individual_ids=[someone.id], actor_id=None, scope=EVERY)
-    bid = _beneficiary_id(db_session, someone.id)
-    db_session.commit()
-
-    outcomes = _first_then_second(app, _remove(bid), _remove(bid))
-
-    assert outcomes["first"] == "ok"
-    assert outcomes["second"].startswith("refused: This beneficiary was removed"), outcomes
-
-
-@pytest.mark.live
-@on_postgresql
-def test_activating_a_beneficiary_another_manager_is_removing_is_refused_with_a_message(
-        app, db_session, program, person):
-    plan, someone = program(), person()
-    services.enrol(db_session, plan.id, individual_ids=[someone.id], actor_id=None, scope=EVERY)
-    bid = _beneficiary_id(db_session, someone.id)
-    db_session.commit()
-
-    def activate(session):
-        services.change_status(session, bid, to_status="active", reason="Eligible",
-                               actor_id=None, scope=EVERY)
-
-    outcomes = _first_then_second(app, _remove(bid), activate)
-
-    assert outcomes["second"].startswith("refused: This beneficiary was removed"), outcomes
-
-
-@pytest.mark.live
-@on_postgresql
-def test_saving_the_program_fields_of_a_beneficiary_removed_meanwhile_is_refused_with_a_message(
-        app, db_session, program, person):
+@pytest.mark.parametrize("second", ["remove it too", "activate it", "save its program fields"])
+def test_a_change_to_a_beneficiary_another_manager_is_removing_at_once_is_told_it_was_removed_meanwhile(
+        app, db_session, program, person, second):
     plan, someone = program(), person()
     services.save_program_field(db_session, plan, None, name="school", label="School", type="text")
     services.enrol(db_session, plan.id, individual_ids=[someone.id], actor_id=None, scope=EVERY)
     bid = _beneficiary_id(db_session, someone.id)
     db_session.commit()
+    changes = {
+        "remove it too": _remove(bid),
+        "activate it": lambda session: services.change_status(
+            session, bid, to_status="active", reason="Eligible", actor_id=None, scope=EVERY),
+        "save its program fields": lambda session: services.update_beneficiary_custom(
+            session, bid, {"school": "Chilumba"}, scope=EVERY, actor_id=None),
+    }
 
-    def save_fields(session):
-        services.update_beneficiary_custom(session, bid, {"school": "Chilumba"}, scope=EVERY,
-                                           actor_id=None)
+    outcomes = _first_then_second(app, _remove(bid), changes[second])
 
-    outcomes = _first_then_second(app, _remove(bid), save_fields)
-
+    assert outcomes["first"] == "ok"
     assert outcomes["second"].startswith("refused: This beneficiary was removed"), outcomes
 
 
@@ -165,22 +137,14 @@ def _activate(db_session, beneficiary_id):
                                   reason="Eligible", actor_id=None, scope=EVERY)
 
 
-def test_a_potential_beneficiary_cannot_be_made_active_after_the_coverage_ended(
-        db_session, program, person):
+@pytest.mark.parametrize("suspended_first", [False, True], ids=["potential", "suspended"])
+def test_a_beneficiary_cannot_be_made_active_after_the_coverage_ended(
+        db_session, program, person, suspended_first):
     plan = program()
-    [bid] = _enrolled(db_session, plan, [person()])
-    _end_coverage_yesterday(db_session, plan)
-
-    with pytest.raises(DomainError, match="ended on"):
-        _activate(db_session, bid)
-
-
-def test_a_suspended_beneficiary_cannot_be_reactivated_after_the_coverage_ended(
-        db_session, program, person):
-    plan = program()
-    [bid] = _enrolled(db_session, plan, [person()], status="active")
-    services.change_status(db_session, bid, to_status="suspended", reason="Away", actor_id=None,
-                           scope=EVERY)
+    [bid] = _enrolled(db_session, plan, [person()], status="active" if suspended_first else "potential")
+    if suspended_first:
+        services.change_status(db_session, bid, to_status="suspended", reason="Away", actor_id=None,
+                               scope=EVERY)
     _end_coverage_yesterday(db_session, plan)
 
     with pytest.raises(DomainError, match="ended on"):
