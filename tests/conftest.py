@@ -77,6 +77,8 @@ def app(redis_url):
         from flask_migrate import upgrade
 
         upgrade(revision="heads")
+        if url.startswith("postgresql"):
+            _no_autovacuum()
         _seed_roles()
     return app
 
@@ -151,6 +153,18 @@ def db_session(app, request):
             engines[None] = original
             outer.rollback()
             connection.close()
+
+
+def _no_autovacuum() -> None:
+    """Tests fill tables inside a transaction and empty them between tests. Autovacuum, run
+    just after a table was emptied, records it as holding no rows; a test's queries are then
+    planned as over empty tables (nested loops scanning everything for every row) while its
+    own uncommitted rows fill them, and a demo's enrolment ran for many minutes. Left alone,
+    an emptied table counts as never analysed, and the planner guesses sizes instead."""
+    with db.engine.begin() as conn:
+        for table in db.metadata.sorted_tables:
+            conn.execute(text(f'ALTER TABLE "{table.name}" SET (autovacuum_enabled = false, '
+                              'toast.autovacuum_enabled = false)'))
 
 
 def _empty_tables():

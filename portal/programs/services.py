@@ -450,6 +450,20 @@ def _payable(program: Program):
                                           person.deleted_at.is_(None)))
 
 
+def _still_payable(session: Session, program: Program, beneficiary: Beneficiary) -> bool:
+    """``_payable`` for one beneficiary already read, by its person's or household's key: the
+    correlated form, planned on tables without statistics (a fresh database, a bulk load not
+    yet analysed), scanned every beneficiary and household for each change."""
+    if program.is_group:
+        member, person = aliased(GroupMember), aliased(Individual)
+        return session.scalar(select(Group.id).where(
+            Group.id == beneficiary.group_id, Group.deleted_at.is_(None),
+            exists(select(member.id).join(person, person.id == member.individual_id)
+                   .where(member.group_id == beneficiary.group_id, person.deleted_at.is_(None))))) is not None
+    return session.scalar(select(Individual.id).where(Individual.id == beneficiary.individual_id,
+                                                      Individual.deleted_at.is_(None))) is not None
+
+
 def _check_paid_period(program: Program) -> None:
     """Active beneficiaries are paid, so nobody becomes active outside the coverage: not after
     it ended, nor before it starts (potential beneficiaries can be enrolled ahead of it)."""
@@ -655,12 +669,13 @@ def _person_conditions(session: Session, criteria: Criteria, person=Individual) 
     return conditions
 
 
-def _household_size():
-    """Members not deleted: a deleted person stays a member on record, but no longer lives
-    in the household that criteria size up."""
-    return (select(func.count()).select_from(GroupMember)
-            .join(Individual, Individual.id == GroupMember.individual_id)
-            .where(GroupMember.group_id == Group.id, Individual.deleted_at.is_(None)).scalar_subquery())
+def _living_members():
+    """(group_id, size) of every group somebody lives in: members not deleted. A deleted
+    person stays a member on record, but no longer lives in the household criteria size up."""
+    counted = aliased(Individual)  # (never the outer query's)
+    return (select(GroupMember.group_id, func.count().label("size"))
+            .join(counted, counted.id == GroupMember.individual_id)
+            .where(counted.deleted_at.is_(None)).group_by(GroupMember.group_id))
 
 
 def criteria_query(session: Session, program: Program, *, scope: Scope, criteria: Criteria):
@@ -677,7 +692,11 @@ def criteria_query(session: Session, program: Program, *, scope: Scope, criteria
             select(Location.id).where(Location.path.startswith(place.path, autoescape=True))))
     size_wanted = criteria.household_min is not None or criteria.household_max is not None
     if program.is_group:
-        query = query.where(_lived_in())
+        # Households somebody still lives in, sized once for all of them: a size counted per
+        # household, planned on tables without statistics (a fresh database, rows not yet
+        # analysed), walked every member for every household.
+        living = _living_members().subquery()
+        query = query.join(living, living.c.group_id == Group.id)
         people = _person_conditions(session, criteria)
         if people:
             # Only members the user may see count: a household of one's area matched on a
@@ -686,21 +705,15 @@ def criteria_query(session: Session, program: Program, *, scope: Scope, criteria
                 select(GroupMember.id).join(Individual, Individual.id == GroupMember.individual_id)
                 .where(GroupMember.group_id == Group.id, Individual.deleted_at.is_(None),
                        scope.covers(Individual.location_id), *people)))
-        if size_wanted:
-            size = _household_size()
-            if criteria.household_min is not None:
-                query = query.where(size >= criteria.household_min)
-            if criteria.household_max is not None:
-                query = query.where(size <= criteria.household_max)
+        if criteria.household_min is not None:
+            query = query.where(living.c.size >= criteria.household_min)
+        if criteria.household_max is not None:
+            query = query.where(living.c.size <= criteria.household_max)
     else:
         query = query.where(*_person_conditions(session, criteria))
         if size_wanted:
             member = aliased(GroupMember)
-            counted = aliased(Individual)  # (the size as _household_size counts it)
-            sizes = (select(GroupMember.group_id, func.count().label("size"))
-                     .join(counted, counted.id == GroupMember.individual_id)
-                     .where(counted.deleted_at.is_(None))
-                     .group_by(GroupMember.group_id).subquery())
+            sizes = _living_members().subquery()
             # Only a household of the user's area is sized, as in group programs: matching on
             # the size of one registered elsewhere would tell the user its size.
             home = aliased(Group)
@@ -1066,7 +1079,7 @@ def change_status(session: Session, beneficiary_id: int, *, to_status: str, reas
     one = select(Beneficiary.id).where(Beneficiary.id == beneficiary.id)
     if to_status == "active":
         _check_paid_period(program)
-        if session.scalar(one.where(_payable(program))) is None:
+        if not _still_payable(session, program, beneficiary):
             raise DomainError("Nobody lives in this household any more (every member left or was "
                               "deleted): it cannot be made active." if program.is_group else
                               "This person was deleted from the registry: they cannot be made "
