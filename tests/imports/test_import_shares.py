@@ -3,6 +3,7 @@ each share committed with its audit entry; the same upload imported in one trans
 elsewhere. Live: the shares commit for real, so they see the rows the test committed."""
 import itertools
 import os
+import threading
 
 import pytest
 from sqlalchemy import event, func, select, update
@@ -210,12 +211,18 @@ def test_an_import_taken_over_while_its_shares_work_commits_neither_share_and_th
     upload = _validated(db_session, tmp_path, 40)
     run_id = upload.job_run_id
 
+    taking_over = threading.Lock()
+
     def taken_over(conn, cursor, statement, *args):
-        """What the sweep and a second worker do, as the first share starts its insert."""
-        if statement.startswith("WITH batch") and not taken_over.done:
-            taken_over.done = True
-            with db.engine.begin() as other:
-                other.execute(update(JobRun).where(JobRun.id == run_id).values(attempts=JobRun.attempts + 1))
+        """What the sweep and a second worker do, as the first share starts its insert; the
+        other share's insert waits for it (else it could commit before the takeover did)."""
+        if statement.startswith("WITH batch"):
+            with taking_over:
+                if not taken_over.done:
+                    with db.engine.begin() as other:
+                        other.execute(update(JobRun).where(JobRun.id == run_id)
+                                      .values(attempts=JobRun.attempts + 1))
+                    taken_over.done = True
     taken_over.done = False
 
     event.listen(db.engine, "before_cursor_execute", taken_over)
