@@ -428,12 +428,13 @@ def _visible_subjects(program: Program, scope: Scope):
     return select(model.id).where(model.deleted_at.is_(None), scope.covers(model.location_id))
 
 
-def _lived_in(group=Group):
-    """Condition on ``group``: someone not deleted is still a member. A household whose last
-    member left or was deleted has nobody to pay."""
+def _lived_in(group_id=Group.id):
+    """Condition: someone not deleted is still a member of the group ``group_id`` names (a
+    column, or one group's key). A household whose last member left or was deleted has
+    nobody to pay."""
     member, person = aliased(GroupMember), aliased(Individual)  # (never the outer query's)
     return exists(select(member.id).join(person, person.id == member.individual_id)
-                  .where(member.group_id == group.id, person.deleted_at.is_(None)))
+                  .where(member.group_id == group_id, person.deleted_at.is_(None)))
 
 
 def _payable(program: Program):
@@ -444,7 +445,7 @@ def _payable(program: Program):
         household = aliased(Group)
         return exists(select(household.id).where(household.id == Beneficiary.group_id,
                                                  household.deleted_at.is_(None),
-                                                 _lived_in(household)))
+                                                 _lived_in(household.id)))
     person = aliased(Individual)
     return exists(select(person.id).where(person.id == Beneficiary.individual_id,
                                           person.deleted_at.is_(None)))
@@ -455,11 +456,9 @@ def _still_payable(session: Session, program: Program, beneficiary: Beneficiary)
     correlated form, planned on tables without statistics (a fresh database, a bulk load not
     yet analysed), scanned every beneficiary and household for each change."""
     if program.is_group:
-        member, person = aliased(GroupMember), aliased(Individual)
         return session.scalar(select(Group.id).where(
             Group.id == beneficiary.group_id, Group.deleted_at.is_(None),
-            exists(select(member.id).join(person, person.id == member.individual_id)
-                   .where(member.group_id == beneficiary.group_id, person.deleted_at.is_(None))))) is not None
+            _lived_in(beneficiary.group_id))) is not None
     return session.scalar(select(Individual.id).where(Individual.id == beneficiary.individual_id,
                                                       Individual.deleted_at.is_(None))) is not None
 
@@ -1144,10 +1143,8 @@ def suspend_unpayable(session: Session, *, individual_id: int | None = None, gro
         changes.append((reason, Beneficiary.individual_id == individual_id))
     if group_ids:
         reason = "Suspended: nobody is left in the household (every member left or was deleted)."
-        member, person = aliased(GroupMember), aliased(Individual)
-        somebody_left = exists(select(member.id).join(person, person.id == member.individual_id)
-                               .where(member.group_id == Beneficiary.group_id, person.deleted_at.is_(None)))
-        changes.append((reason, and_(Beneficiary.group_id.in_(list(group_ids)), ~somebody_left)))
+        changes.append((reason, and_(Beneficiary.group_id.in_(list(group_ids)),
+                                     ~_lived_in(Beneficiary.group_id))))
     suspended = 0
     for reason, condition in changes:
         found = session.execute(select(Beneficiary.id, Program.id, Program.name)
