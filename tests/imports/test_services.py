@@ -207,6 +207,24 @@ def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
     assert "more" not in registry_read[3][1]
 
 
+def test_a_file_searched_for_look_alikes_in_several_parts_is_flagged_as_in_one_search(
+        registered_look_alikes, db_session, tmp_path, monkeypatch):
+
+    def warnings():
+        upload = _validated(db_session, tmp_path, LOOK_ALIKES)
+        return {n: (r.status, r.warning) for n, r in _rows(db_session, upload).items()}
+
+    one_search = warnings()
+    # Rows checked two at a time, and the registry searched for every two new people: each
+    # part is searched for its own rows, once.
+    monkeypatch.setattr(services, "BATCH", 2)
+    monkeypatch.setattr(duplicates, "SEARCH_ROWS", {False: 2, True: 2})
+    in_parts = warnings()
+    assert in_parts == one_search
+    assert [n for n, (status, _warning) in in_parts.items() if status == "duplicate"] == [2, 3]
+    assert in_parts[2][1].endswith("born 1990-05-17 and 1 more.")
+
+
 def test_rows_fixed_together_are_searched_in_the_registry_as_validation_searches_them(
         registered_look_alikes, db_session, tmp_path):
     validated = _validated(db_session, tmp_path, LOOK_ALIKES)
