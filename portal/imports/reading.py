@@ -18,6 +18,7 @@ import csv
 import itertools
 import re
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from xml.etree import ElementTree
 from dataclasses import dataclass, field
@@ -362,18 +363,21 @@ def _open_xlsx(path: Path) -> Table:
 
     _check_zip(path)
     try:
-        workbook = CalamineWorkbook.from_path(str(path))
-        name = data_sheet([(sheet.name, sheet.visible == SheetVisibleEnum.Visible)
-                           for sheet in workbook.sheets_metadata])
-        sheet = workbook.get_sheet_by_name(name)
-        # iter_rows yields the empty rows above the sheet's range too, so the rows counted
-        # from 1 have Excel's numbers.
-        last_row = sheet.start[0] + sheet.height if sheet.start else 0
-        values = iter(sheet.iter_rows())
-        first_column = sheet.start[1] if sheet.start else 0
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path) as archive, ThreadPoolExecutor(1) as thread:
             part = _sheet_part(archive)[1]
-            errors = _excel_errors(archive, part, first_column=first_column)
+            # Searched while calamine loads the sheet, which lets go of Python's lock: the
+            # search took a quarter of the load's second, which the job waited for.
+            marked = thread.submit(_has_unread_cells, archive, part)
+            workbook = CalamineWorkbook.from_path(str(path))
+            name = data_sheet([(sheet.name, sheet.visible == SheetVisibleEnum.Visible)
+                               for sheet in workbook.sheets_metadata])
+            sheet = workbook.get_sheet_by_name(name)
+            # iter_rows yields the empty rows above the sheet's range too, so the rows
+            # counted from 1 have Excel's numbers.
+            last_row = sheet.start[0] + sheet.height if sheet.start else 0
+            values = iter(sheet.iter_rows())
+            first_column = sheet.start[1] if sheet.start else 0
+            errors = _excel_errors(archive, part, first_column=first_column) if marked.result() else {}
             padded = _zero_padded_cells(archive, part, first_column=first_column)
     except Exception as exc:  # calamine raises its own errors for damaged or encrypted files
         raise FileProblem(_DAMAGED.format(type(exc).__name__)) from exc
@@ -442,23 +446,26 @@ def _padded(rows, padded: dict[int, dict[int, int]]):
 _UNREAD_MARKS = (b't="e"', b"</f></c>", b"</f><v /></c>", b"</f><v/></c>", b"</f><v></v></c>")
 
 
+def _has_unread_cells(archive: zipfile.ZipFile, part: str) -> bool:
+    """Whether the sheet's XML may hold a cell of ``_excel_errors``: one pass through zlib
+    and a byte search, a quarter of calamine's load; only a sheet that has one is parsed."""
+    tail = b""
+    with archive.open(part) as fh:
+        while chunk := fh.read(1 << 20):
+            window = tail + chunk
+            if any(mark in window for mark in _UNREAD_MARKS):
+                return True
+            tail = chunk[-20:]
+    return False
+
+
 def _excel_errors(archive: zipfile.ZipFile, part: str, *, first_column: int = 0
                   ) -> dict[int, dict[int, tuple[str, str | None]]]:
     """The sheet's cells holding an Excel error (#N/A, #REF!, ...), or a formula with no saved
     value (None), as ``Table.excel_errors`` gives them (``first_column``: the column
     calamine's rows start at): calamine reads such a cell as an empty one, so a lookup that
-    found nothing would import as a missing ID. One pass of the XML through zlib and a byte
-    search (a twentieth of calamine's read); only a sheet that has them is parsed."""
-    found = False
-    tail = b""
-    with archive.open(part) as fh:
-        while not found and (chunk := fh.read(1 << 20)):
-            window = tail + chunk
-            found = any(mark in window for mark in _UNREAD_MARKS)
-            tail = chunk[-20:]
+    found nothing would import as a missing ID."""
     errors: dict[int, dict[int, tuple[str, str | None]]] = {}
-    if not found:
-        return errors
     number = 0
     with _xml(archive, part) as fh:
         for _event, element in ElementTree.iterparse(fh):
