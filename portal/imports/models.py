@@ -71,8 +71,7 @@ class UploadRow(db.Model):
     __tablename__ = "upload_row"
     __table_args__ = (
         # Rows of an upload are read by row number. No index holds status or individual_id,
-        # so marking a row imported rewrites it in place (migration 0013); a person is never
-        # deleted outright, so ON DELETE SET NULL on individual_id needs no index.
+        # so marking a row imported rewrites it in place (migration 0013).
         UniqueConstraint("upload_id", "row_number"),
         Index("ix_upload_row_upload_id_national_id", "upload_id", "national_id"),
         Index("ix_upload_row_upload_id_household_code", "upload_id", "household_code"),
@@ -95,8 +94,9 @@ class UploadRow(db.Model):
     role: Mapped[str | None] = mapped_column(String(30))  # in the household, as checked
     primary: Mapped[bool] = mapped_column(Boolean, default=False)  # the primary recipient
     birth_date: Mapped[date | None] = mapped_column(Date)  # as checked, for the import
-    individual_id: Mapped[int | None] = mapped_column(
-        ForeignKey("individual.id", ondelete="SET NULL"))
+    # The person the row created or updates. No foreign key (migration 0016): like the audit
+    # log's, the record names a person, and a person is never deleted outright.
+    individual_id: Mapped[int | None] = mapped_column(Integer)
     # Confirmed "not a duplicate": the identity_key of the row the user saw when they said so.
     not_duplicate: Mapped[str | None] = mapped_column(String(16))
     # The row of the same file this row's warning says it looks like (duplicates.twin_warning).

@@ -77,3 +77,37 @@ def test_migration_0012_puts_household_codes_in_capitals_where_the_code_is_free(
                 "json_extract(cleaned, '$.first_name') FROM upload_row ORDER BY row_number")).all() == [
                 (2, "HH-NEW", "HH-NEW", "Amina"), (3, "hh-new", "hh-new", "Amina")]
         db.engine.dispose()
+
+
+def test_migration_0016_drops_the_rows_key_to_people_and_going_back_clears_rows_naming_nobody(tmp_path, redis_url):
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import inspect, text
+
+    from portal import create_app
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
+                      "REDIS_URL": redis_url})
+
+    def keys() -> list:
+        return [(k["referred_table"], k["constrained_columns"])
+                for k in inspect(db.engine).get_foreign_keys("upload_row")]
+
+    with app.app_context():
+        upgrade(revision="0015")
+        assert ("individual", ["individual_id"]) in keys()
+        upgrade(revision="0016")
+        assert keys() == [("upload", ["upload_id"])]
+        with db.engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO upload (id, file_name, stored_path, sha256, size, format, status, message, "
+                "duplicate_policy, headers, mapping, counts) VALUES (1, 'people.csv', 'x', 'x', 1, 'csv', "
+                "'imported', '', 'error', '[]', '{}', '{}')"))
+            connection.execute(text(  # a person removed by hand in the database
+                "INSERT INTO upload_row (upload_id, row_number, raw, errors, status, \"primary\", individual_id) "
+                "VALUES (1, 2, '{}', '{}', 'imported', 0, 404)"))
+        downgrade(revision="0015")
+        assert ("individual", ["individual_id"]) in keys()
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT row_number, status, individual_id FROM upload_row")
+                                      ).all() == [(2, "imported", None)]
+        db.engine.dispose()
