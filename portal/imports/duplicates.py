@@ -60,7 +60,7 @@ _SAME_DAY = (
     "SELECT n.row_number, n.first_name, n.last_name, n.birth_date, i.id, i.first_name, "
     "i.last_name, i.location_id FROM temp_new_person n CROSS JOIN individual i{index} "
     "CROSS JOIN temp_village_area v WHERE i.birth_date = n.birth_date AND i.deleted_at IS NULL "
-    "AND v.village_id = i.location_id AND v.area = n.area ORDER BY n.row_number, i.id")
+    "AND v.village_id = i.location_id AND v.area = n.area")
 _SAME_DAY_INDEX = {False: " INDEXED BY ix_individual_birth_sex", True: ""}
 # SQLite's registry read once, in its key's order (appended to its table, WITHOUT ROWID).
 _REGISTRY = (
@@ -74,8 +74,7 @@ _SAME_DAY_READ = (
     "SELECT n.row_number, n.first_name, n.last_name, n.birth_date, i.id, i.first_name, "
     "i.last_name, i.location_id FROM temp_new_person n CROSS JOIN temp_registry_day r "
     "CROSS JOIN individual i "
-    "WHERE r.birth_date = n.birth_date AND r.area = n.area AND i.id = r.person_id "
-    "ORDER BY n.row_number, i.id")
+    "WHERE r.birth_date = n.birth_date AND r.area = n.area AND i.id = r.person_id")
 
 
 def duplicate_warning(person_id: int, name: str, born: str, others: int, *,
@@ -213,12 +212,13 @@ class ProbableDuplicates:
         # Counted: SQLite would otherwise take the batch for a large table and build a Bloom
         # filter over the whole birth-date index each time; PostgreSQL plans its join by it.
         cursor.execute("ANALYZE temp_new_person")
-        cursor.execute(_SAME_DAY_READ if self._registry_read else
-                       _SAME_DAY.format(index=_SAME_DAY_INDEX[self._postgres]))
-        pairs = cursor.fetchall()
+        query = _SAME_DAY_READ if self._registry_read else _SAME_DAY.format(index=_SAME_DAY_INDEX[self._postgres])
+        # The pairs are judged as the join finds them, in no order: the last search's names
+        # are compared while PostgreSQL still scans the registry (0.15 s for 50,000 rows),
+        # instead of after it has sorted them all. (SQLite's cursor is read as it steps.)
+        self._judge(cursor.stream(query, size=2000) if self._postgres else cursor.execute(query))
         cursor.execute("DELETE FROM temp_new_person")
         self._waiting = 0
-        self._judge(pairs)
 
     def _compare_in_file(self, rows: list[tuple]) -> None:
         """The same person twice in the file: a row with the birth date, area and a similar
@@ -259,9 +259,9 @@ class ProbableDuplicates:
             named.setdefault((born, area, *own), []).append(row)
 
     def _judge(self, pairs: list[tuple]) -> None:
-        """Compare the names of a search's pairs (in row order, each row's registered people
-        by id) here on the thread, while validation goes on, not all of them at the end. The
-        first look-alike the uploader sees is the one named, else the first."""
+        """Compare the names of a search's pairs (in any order) here on the thread, while
+        validation goes on, not all of them at the end. The look-alike the uploader sees
+        with the lowest id is the one named, else the lowest id."""
         verdicts, found, visible = self._verdicts, self._found, self._visible
         for number, first, last, born, pid, p_first, p_last, village in pairs:
             names = (first or "", last or "", p_first, p_last)
@@ -273,7 +273,7 @@ class ProbableDuplicates:
                 match = found.get(number)
                 if match is None:
                     found[number] = (pid, p_first, p_last, born, 0, seen)
-                elif seen and not match[5]:
+                elif (not seen, pid) < (not match[5], match[0]):
                     found[number] = (pid, p_first, p_last, born, match[4] + 1, seen)
                 else:
                     found[number] = (*match[:4], match[4] + 1, match[5])
