@@ -948,12 +948,13 @@ def summary_counts(session: Session, upload: Upload, *, households: bool = True)
     }
     previous = upload.counts or {}
     if households:
-        named = select(func.count(UploadRow.household_code.distinct())).where(
+        # One pass: each code once (grouped, which PostgreSQL hashes; its count(DISTINCT)
+        # sorts), and whether the registry has it.
+        named = select(UploadRow.household_code).where(
             UploadRow.upload_id == upload.id, UploadRow.household_code.isnot(None),
-            UploadRow.status.in_(("valid", "imported")))
-        codes = session.scalar(named)
-        known = session.scalar(named.join(Group, (Group.code == UploadRow.household_code)
-                                          & Group.deleted_at.is_(None)))
+            UploadRow.status.in_(("valid", "imported"))).group_by(UploadRow.household_code).subquery()
+        codes, known = session.execute(select(func.count(), func.count(Group.id)).select_from(named).outerjoin(
+            Group, (Group.code == named.c.household_code) & Group.deleted_at.is_(None))).one()
         counts["new_households"] = codes - known
         counts["updated_households"] = known
     else:
