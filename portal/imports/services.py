@@ -1416,6 +1416,13 @@ def replace_in_column(session: Session, upload: Upload, *, field: str, find: str
     return state["changed"]
 
 
+def replaced_message(changed: int) -> str:
+    """What a find-and-replace tells: a search that matched nothing is no success."""
+    if not changed:
+        return "No cell of that column matched, so nothing was replaced."
+    return f"{changed:,} cell(s) replaced and their rows checked again."
+
+
 def fixes_in_background(session: Session, upload: Upload, *, fixes_file: Path | None = None) -> bool:
     """Whether a fix is too large to make while the page waits (each changed row is checked
     again, about a millisecond a row): a find-and-replace in an upload with more rows open
@@ -1471,7 +1478,7 @@ def fix_upload(session: Session, upload: Upload, fix: dict, *, scope: Scope, run
                                     replace=fix["replace"], whole_cell=fix["whole_cell"],
                                     scope=scope, resume=resume, checkpoint=checkpoint)
         result = {"changed": changed}
-        message = f"{changed:,} cell(s) replaced and their rows checked again."
+        message = replaced_message(changed)
     else:
         progress(resume.get("read", 0), fix["rows"], "Reading the file of fixes")
         result = apply_corrections(session, upload, Path(fix["path"]), scope=scope, resume=resume,

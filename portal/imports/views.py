@@ -373,7 +373,7 @@ def replace(upload_id: int):
         flash_refusal(exc)
     else:
         db.session.commit()
-        flash(f"{changed:,} cell(s) replaced and their rows checked again.", "success")
+        flash(services.replaced_message(changed), "success" if changed else "warning")
     return htmx_redirect(url_for("imports.rows", upload_id=upload.id))
 
 

@@ -178,6 +178,18 @@ def test_find_and_replace_in_a_column_fixes_many_rows(client, login, db_session,
     assert "2 cell(s) replaced" in page and "No row is left to fix." in page
 
 
+def test_a_find_and_replace_that_matches_no_cell_says_so_as_a_warning_not_a_success(
+        client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user, HEADER + "A,B,F,1990-05-17,,north-1,,,\n")
+    response = client.post(f"/imports/{upload.id}/replace", data={"field": "location", "find": "south-9",
+                                                                  "replace": "NV1"})
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert ('<p class="flash flash-warning" role="status">No cell of that column matched, '
+            "so nothing was replaced.</p>") in page
+    assert "cell(s) replaced" not in page and "flash-success" not in page
+
+
 @pytest.fixture
 def one_row_per_page_fix(app, monkeypatch):
     monkeypatch.setitem(app.config, "UPLOAD_FIX_INLINE_ROWS", 1)
@@ -187,6 +199,24 @@ def _fix_job(db_session, upload) -> JobRun:
     db_session.expire_all()
     assert db_session.get(Upload, upload.id).status == "fixing"
     return db_session.get(JobRun, db_session.get(Upload, upload.id).job_run_id)
+
+
+def test_a_find_and_replace_made_by_a_worker_that_matches_no_cell_says_so_as_a_warning(
+        one_row_per_page_fix, client, login, db_session, tmp_path, country):
+    user = login("field_officer", [country["N"]])
+    upload = _validated(db_session, tmp_path, user,
+                        HEADER + "A,B,F,1990-05-17,,north-1,,,\n" + "C,D,F,1990-05-17,,North-1,,,\n")
+    client.post(f"/imports/{upload.id}/replace", data={"field": "location", "find": "south-9", "replace": "NV1"})
+    run = _fix_job(db_session, upload)
+    upload = db_session.get(Upload, upload.id)
+    run.result = services.fix_upload(db_session, upload, run.params["fix"], scope=Scope.for_user(user),
+                                     run=run, progress=lambda *_args: None)
+    run.status = "succeeded"  # as the worker ends it
+    db_session.commit()
+    page = client.get(f"/imports/{upload.id}").get_data(as_text=True)
+    assert ('<p class="flash flash-warning" role="alert">No cell of that column matched, '
+            "so nothing was replaced.</p>") in page
+    assert "cell(s) replaced" not in page
 
 
 def test_a_find_and_replace_in_an_upload_with_more_open_rows_than_a_page_checks_is_queued_for_a_worker(
