@@ -102,6 +102,16 @@ def open_table(path: str | Path, *, max_rows: int) -> Table:
 def read_head(path: str | Path, *, max_rows: int) -> Table:
     """The file's format and headers, its size limit and its first data row checked; the
     returned table has no rows left to read."""
+    return _head(path, max_rows)[0]
+
+
+def first_row(path: str | Path, *, max_rows: int) -> list[str]:
+    """The cells of the first data row, read as ``read_head`` reads them (a workbook from
+    its head alone), for the mapping page to show beside each header."""
+    return _head(path, max_rows)[1]
+
+
+def _head(path: str | Path, max_rows: int) -> tuple[Table, list[str]]:
     path = Path(path)
     if detect_format(path) == "xlsx":
         _check_zip(path)
@@ -112,7 +122,7 @@ def read_head(path: str | Path, *, max_rows: int) -> Table:
     table.rows.close()
     if first is None:
         raise FileProblem("The file has column names but no rows of people.")
-    return table
+    return table, first[1]
 
 
 def _blank(cells: list[str]) -> bool:

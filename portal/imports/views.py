@@ -10,7 +10,7 @@ from flask_login import current_user
 
 from portal.errors import DomainError
 from portal.extensions import db
-from portal.imports import bp, columns, services
+from portal.imports import bp, columns, samples, services
 from portal.imports.forms import ImportForm, MappingForm, ReplaceForm, ReuploadForm, UploadForm
 from portal.imports.models import DUPLICATE_POLICIES
 from portal.privacy import PII_FIELDS, mask
@@ -164,7 +164,9 @@ def mapping(upload_id: int):
         else:
             queue_job(run)
             return redirect(url_for("imports.show", upload_id=upload.id))
-    return render("imports/mapping.html", upload=upload, form=form, cols=cols,
+    shown = samples.mapping_samples(upload, proposed, show_pii=can("individual.view_pii"),
+                                    max_rows=current_app.config["UPLOAD_MAX_ROWS"])
+    return render("imports/mapping.html", upload=upload, form=form, cols=cols, samples=shown,
                   proposed=proposed, error=error, status=422 if error or form.errors else 200)
 
 

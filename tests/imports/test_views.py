@@ -2,6 +2,7 @@
 import csv
 import io
 import itertools
+import re
 
 from pathlib import Path
 
@@ -102,6 +103,51 @@ def test_unrecognised_columns_are_mapped_before_validation(client, login, db_ses
         "col-4": "location", "save_as": "Survey"})
     assert answer.status_code == 302
     assert db_session.scalar(select(Upload.status)) == "validating"
+
+
+def test_the_mapping_page_shows_each_columns_first_value_greyed_shortened_and_escaped(
+        client, login, db_session, country):
+    login("program_manager")
+    long_name = "Village of the " + "very " * 10 + "long name"
+    response = _post_file(client, ("Given;Family;Gender;DOB;Place;Note\n"
+                                   f"Amina;Banda;F;1990-05-17;{long_name};<b>bold</b>\n"
+                                   "Juma;Phiri;M;1980-01-01;NV1;\n").encode(), "p.csv")
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert '<td class="muted">Amina</td>' in page and "Juma" not in page
+    assert f'<td class="muted">{long_name[:39]}…</td>' in page
+    assert '<td class="muted">&lt;b&gt;bold&lt;/b&gt;</td>' in page and "<b>bold" not in page
+
+
+def test_the_mapping_page_reads_the_first_value_of_a_workbook_column_by_column(
+        client, login, db_session, country):
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append([None, "Given", "Family", "Gender", "DOB", "Place"])  # from column B
+    sheet.append([None, "Amina", "Banda", "F", "1990-05-17", "NV1"])
+    data = io.BytesIO()
+    workbook.save(data)
+    login("program_manager")
+    response = _post_file(client, data.getvalue(), "p.xlsx")
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert re.search(r'for="col-0">Given</label></td>\s*<td class="muted">Amina</td>', page)
+    assert re.search(r'for="col-4">Place</label></td>\s*<td class="muted">NV1</td>', page)
+
+
+@pytest.mark.parametrize("role, shown", [("field_officer", "•••••6789"), ("program_manager", "123456789")])
+def test_the_mapping_page_masks_a_sample_national_id_unless_the_role_sees_them(
+        client, login, db_session, country, role, shown):
+    login(role)
+    response = _post_file(client, b"Given;Family;Gender;DOB;Village;NRC no;Col7\n"
+                                  b"Amina;Banda;F;1990-05-17;NV1;123456789;+265880000001\n", "p.csv")
+    upload = db_session.scalar(select(Upload))
+    assert upload.mapping["Village"] == "location" and upload.mapping["NRC no"] == ""
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert f'<td class="muted">{shown}</td>' in page
+    # A column only chosen as an identifier, its name telling nothing, is masked once chosen.
+    answer = client.post(response.headers["Location"], data={"col-6": "phone"}).get_data(as_text=True)
+    assert ("+265880000001" in answer) is (role == "program_manager")
 
 
 def test_the_error_grid_shows_only_rows_with_problems_and_marks_each_bad_cell(
