@@ -646,7 +646,15 @@ def _custom_condition(custom_field: CustomField, op: str, raw: str):
             ">=": column >= value}[op]
 
 
+def check_age_range(age_min: int | None, age_max: int | None) -> None:
+    """An age range given upside down would match nobody without saying why."""
+    if age_min is not None and age_max is not None and age_min > age_max:
+        raise DomainError(f"Age to ({age_max}) is less than age from ({age_min}), so nobody "
+                          f"could match: swap them.", field="age_max")
+
+
 def _person_conditions(session: Session, criteria: Criteria, person=Individual) -> list:
+    check_age_range(criteria.age_min, criteria.age_max)
     conditions = []
     if criteria.sex:
         if criteria.sex not in ("F", "M", "O"):

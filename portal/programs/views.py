@@ -71,6 +71,14 @@ def _int(args, name: str, errors: dict) -> int | None:
     return value
 
 
+def _age_range(age_min: int | None, age_max: int | None, errors: dict) -> None:
+    """An age range upside down is marked on its field, like any other filter to correct."""
+    try:
+        services.check_age_range(age_min, age_max)
+    except DomainError as exc:
+        errors[exc.field] = exc.message
+
+
 def _program_custom_raw(program: Program) -> dict:
     return {f.name: request.form.get(f"pf_{f.name}", "")
             for f in services.program_fields(db.session, program.id, active_only=True)}
@@ -286,6 +294,7 @@ def _beneficiary_filters(args) -> tuple[BeneficiaryFilters, dict]:
                                  sex=sex if sex in SEXES else "",
                                  age_min=_int(args, "age_min", errors),
                                  age_max=_int(args, "age_max", errors))
+    _age_range(filters.age_min, filters.age_max, errors)
     return filters, errors
 
 
@@ -554,6 +563,7 @@ def _criteria(source) -> tuple[Criteria, dict]:
                         age_min=_int(source, "age_min", errors), age_max=_int(source, "age_max", errors),
                         household_min=_int(source, "hh_min", errors),
                         household_max=_int(source, "hh_max", errors), custom=custom)
+    _age_range(criteria.age_min, criteria.age_max, errors)
     return criteria, errors
 
 

@@ -287,6 +287,20 @@ def test_age_bounds_are_inclusive(db_session, program, person, everything):
     assert preview["matching"] == 1 and preview["sample"][0].id == exactly_60.id
 
 
+def test_criteria_with_age_from_above_age_to_are_refused_instead_of_matching_nobody(
+        db_session, program, person, everything):
+    plan = program()
+    person(birth_date=date(1950, 1, 1))
+    upside_down = Criteria(age_min=90, age_max=10)
+    with pytest.raises(DomainError, match=r"Age to \(10\) is less than age from \(90\)") as refused:
+        services.preview_criteria(db_session, plan, scope=everything, criteria=upside_down)
+    assert refused.value.field == "age_max"
+    with pytest.raises(DomainError, match="swap them"):
+        services.enrol_by_criteria(db_session, plan.id, scope=everything, criteria=upside_down,
+                                   actor_id=None)
+    assert services.taken_places(db_session, plan.id) == 0
+
+
 def test_enrolment_by_criteria_refuses_more_than_the_places_left(db_session, program, person,
                                                                  everything):
     plan = program(max_beneficiaries=2)

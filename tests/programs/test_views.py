@@ -206,6 +206,32 @@ def test_an_unknown_location_in_the_criteria_is_an_error_not_a_crash(client, log
     assert "No location has the code NOPE" in response.get_data(as_text=True)
 
 
+def test_criteria_with_age_from_above_age_to_are_a_form_error_and_enrol_nobody(
+        client, login, db_session, program, person):
+    plan = program()
+    person(birth_date=date(1950, 1, 1))
+    login("program_manager")
+    message = "Age to (10) is less than age from (90), so nobody could match: swap them."
+    preview = client.htmx("get", f"/programs/{plan.id}/enrol/criteria?age_min=90&age_max=10")
+    assert message in preview.get_data(as_text=True)
+    assert "match" not in preview.get_data(as_text=True).replace(message, "")
+    response = client.post(f"/programs/{plan.id}/enrol/criteria",
+                           data={"age_min": "90", "age_max": "10", "status": "potential"})
+    assert response.status_code == 422 and message in response.get_data(as_text=True)
+    assert services.taken_places(db_session, plan.id) == 0
+
+
+def test_beneficiary_filters_with_age_from_above_age_to_say_so_and_export_nothing(
+        client, login, db_session, program, person):
+    plan = program()
+    _enrol(db_session, plan, [person()])
+    login("program_manager")
+    page = client.get(f"/programs/{plan.id}/beneficiaries?age_min=90&age_max=10").get_data(as_text=True)
+    assert "Age to (10) is less than age from (90), so nobody could match: swap them." in page
+    export = client.get(f"/programs/{plan.id}/beneficiaries/export?format=csv&age_min=90&age_max=10")
+    assert export.status_code == 302
+
+
 def test_a_status_change_from_the_beneficiary_page_shows_in_the_timeline(client, login, db_session,
                                                                          program, person):
     plan = program()
