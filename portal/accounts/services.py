@@ -309,7 +309,7 @@ def check_may_manage(user: User, *, actor_permissions: frozenset[str]) -> None:
 
 def set_active(user: User, active: bool, *, actor: User) -> None:
     if user.id == actor.id and not active:
-        raise DomainError("You cannot disable your own account.")
+        raise DomainError("You cannot disable your own account: another administrator can.")
     check_may_manage(user, actor_permissions=actor.permissions)
     user.active = active
     if not active:

@@ -57,8 +57,9 @@ def test_a_disabled_user_cannot_sign_in(db_session, make_user):
 
 def test_an_admin_cannot_disable_their_own_account(make_user):
     admin = make_user("admin")
-    with pytest.raises(DomainError):
+    with pytest.raises(DomainError, match="You cannot disable your own account: another administrator can."):
         services.set_active(admin, False, actor=admin)
+    assert admin.active
 
 
 def test_changing_the_password_invalidates_older_sessions(db_session, make_user):

@@ -94,6 +94,20 @@ def test_disabling_a_user_signs_them_out_everywhere(app, client, login, make_use
     assert other.get("/").status_code == 302
 
 
+def test_the_user_list_offers_no_disable_on_ones_own_account_and_refuses_it_if_sent(
+        client, login, make_user, db_session):
+    other = make_user("viewer")
+    me = login("admin")
+    page = client.get("/admin/users").get_data(as_text=True)
+    assert f'action="/admin/users/{other.id}/active"' in page
+    assert f'action="/admin/users/{me.id}/active"' not in page and "Your account" in page
+    response = client.post(f"/admin/users/{me.id}/active", data={"active": "0"})
+    assert ("You cannot disable your own account: another administrator can."
+            in client.get(response.headers["Location"]).get_data(as_text=True))
+    db_session.expire_all()
+    assert db_session.get(User, me.id).active
+
+
 def test_a_district_admin_cannot_open_a_user_of_another_district(client, login, make_user, country, db_session):
     outsider = make_user("field_officer", [country["SD"]])
     db_session.commit()
