@@ -318,6 +318,21 @@ def test_a_household_is_created_and_members_are_managed_inline(client, login, pe
     assert '<select name="role"' in role_form.get_data(as_text=True)
 
 
+def test_cancelling_a_members_role_change_shows_the_members_read_only_again(
+        client, login, people, make_household, db_session):
+    household = make_household(head=people["banda"], members=[people["evil"]], code="HH-C")
+    member = next(m for m in household.members if m.role != "head")
+    db_session.commit()
+    login("admin")
+    form = client.htmx("get", f"/registry/groups/{household.id}/members/{member.id}/role").get_data(as_text=True)
+    cancel = re.search(r'<a class="button small" href="([^"]+)"\s+hx-get="([^"]+)" hx-target="#members">Cancel</a>', form)
+    assert cancel and cancel.group(1) == cancel.group(2) == f"/registry/groups/{household.id}"
+    shown = client.htmx("get", cancel.group(2)).get_data(as_text=True)
+    assert '<select name="role" aria-label="Role">' in form
+    assert '<select name="role" aria-label="Role">' not in shown and f"/members/{member.id}/role" in shown
+    assert not shown.lstrip().startswith("<!doctype")
+
+
 def test_a_person_already_in_a_household_is_refused_by_another(client, login, people, make_household):
     make_household(head=people["banda"], members=[], code="HH-A")
     other = make_household(head=people["phiri"], members=[], code="HH-B")
