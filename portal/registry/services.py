@@ -156,6 +156,16 @@ def _birth_range(filters: dict) -> tuple[date | None, date | None, bool]:
     return low, high, not (low and high and low > high)
 
 
+def filter_problem(filters: dict) -> str | None:
+    """Why a search matches nobody whatever the registry holds: its age and birth-date
+    filters exclude each other (ages from 90 to 10, say), which the page says instead of
+    an unexplained "no one matches"."""
+    if _birth_range(filters)[2]:
+        return None
+    return ("No one can match: the age or birth-date range ends before it starts. "
+            "Swap its from and to.")
+
+
 def visible_location_ids(session: Session, *, scope, filters: dict):
     """The ids of the locations a search may return people from: the user's scope and the
     location filter (a code or id, at any level, with everything below it) together, in one

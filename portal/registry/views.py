@@ -50,6 +50,7 @@ def individuals():
     result = services.search_individuals(db.session, scope=scope(), filters=filters, sort=sort, page=page,
                                          whole_ids=not can("individual.view_pii"))
     context = dict(result=result, filters=filters, sort=sort, sexes=SEXES,
+                   filter_problem=services.filter_problem(filters),
                    # One url_for per page, not two per row.
                    person_url=url_for("registry.individual", individual_id=0)[:-1],
                    group_url=url_for("registry.group", group_id=0)[:-1],
