@@ -191,16 +191,17 @@ def registered_look_alikes(db_session, country, make_individual):
     db_session.flush()
 
 
+def _look_alike_warnings(db_session, tmp_path) -> dict:
+    """LOOK_ALIKES validated: row number -> (status, warning)."""
+    upload = _validated(db_session, tmp_path, LOOK_ALIKES)
+    return {n: (r.status, r.warning) for n, r in _rows(db_session, upload).items()}
+
+
 def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
         registered_look_alikes, db_session, tmp_path, monkeypatch):
-
-    def warnings():
-        upload = _validated(db_session, tmp_path, LOOK_ALIKES)
-        return {n: (r.status, r.warning) for n, r in _rows(db_session, upload).items()}
-
-    row_by_row = warnings()
+    row_by_row = _look_alike_warnings(db_session, tmp_path)
     monkeypatch.setattr(duplicates, "READ_REGISTRY_ROWS", 0)  # as for a file of 40,000 rows
-    registry_read = warnings()
+    registry_read = _look_alike_warnings(db_session, tmp_path)
     assert registry_read == row_by_row
     assert [n for n, (status, _warning) in registry_read.items() if status == "duplicate"] == [2, 3]
     assert registry_read[2][1].endswith("born 1990-05-17 and 1 more.")
@@ -209,17 +210,12 @@ def test_reading_the_registry_once_for_a_large_file_flags_the_same_look_alikes(
 
 def test_a_file_searched_for_look_alikes_in_several_parts_is_flagged_as_in_one_search(
         registered_look_alikes, db_session, tmp_path, monkeypatch):
-
-    def warnings():
-        upload = _validated(db_session, tmp_path, LOOK_ALIKES)
-        return {n: (r.status, r.warning) for n, r in _rows(db_session, upload).items()}
-
-    one_search = warnings()
+    one_search = _look_alike_warnings(db_session, tmp_path)
     # Rows checked two at a time, and the registry searched for every two new people: each
     # part is searched for its own rows, once.
     monkeypatch.setattr(services, "BATCH", 2)
     monkeypatch.setattr(duplicates, "SEARCH_ROWS", {False: 2, True: 2})
-    in_parts = warnings()
+    in_parts = _look_alike_warnings(db_session, tmp_path)
     assert in_parts == one_search
     assert [n for n, (status, _warning) in in_parts.items() if status == "duplicate"] == [2, 3]
     assert in_parts[2][1].endswith("born 1990-05-17 and 1 more.")
