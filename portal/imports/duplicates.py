@@ -20,6 +20,7 @@ How the people born the same day in the same area are found:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import orjson
@@ -258,7 +259,7 @@ class ProbableDuplicates:
             same_day.append(row)
             named.setdefault((born, area, *own), []).append(row)
 
-    def _judge(self, pairs: list[tuple]) -> None:
+    def _judge(self, pairs: Iterable[tuple]) -> None:
         """Compare the names of a search's pairs (in any order) here on the thread, while
         validation goes on, not all of them at the end. The look-alike the uploader sees
         with the lowest id is the one named, else the lowest id."""
