@@ -646,15 +646,16 @@ def _custom_condition(custom_field: CustomField, op: str, raw: str):
             ">=": column >= value}[op]
 
 
-def check_age_range(age_min: int | None, age_max: int | None) -> None:
-    """An age range given upside down would match nobody without saying why."""
-    if age_min is not None and age_max is not None and age_min > age_max:
-        raise DomainError(f"Age to ({age_max}) is less than age from ({age_min}), so nobody "
-                          f"could match: swap them.", field="age_max")
+def check_range(low: int | None, high: int | None, *, what: str, field: str) -> None:
+    """A range given upside down (ages from 90 to 10) would match nobody without saying why.
+    ``field``: the form field its "to" is typed in."""
+    if low is not None and high is not None and low > high:
+        raise DomainError(f"{what} to ({high}) is less than {what.lower()} from ({low}), so nobody "
+                          f"could match: swap them.", field=field)
 
 
 def _person_conditions(session: Session, criteria: Criteria, person=Individual) -> list:
-    check_age_range(criteria.age_min, criteria.age_max)
+    check_range(criteria.age_min, criteria.age_max, what="Age", field="age_max")
     conditions = []
     if criteria.sex:
         if criteria.sex not in ("F", "M", "O"):
@@ -697,6 +698,7 @@ def criteria_query(session: Session, program: Program, *, scope: Scope, criteria
                               field="location")
         query = query.where(model.location_id.in_(
             select(Location.id).where(Location.path.startswith(place.path, autoescape=True))))
+    check_range(criteria.household_min, criteria.household_max, what="Household size", field="hh_max")
     size_wanted = criteria.household_min is not None or criteria.household_max is not None
     if program.is_group:
         # Households somebody still lives in, sized once for all of them: a size counted per

@@ -71,10 +71,10 @@ def _int(args, name: str, errors: dict) -> int | None:
     return value
 
 
-def _age_range(age_min: int | None, age_max: int | None, errors: dict) -> None:
-    """An age range upside down is marked on its field, like any other filter to correct."""
+def _range(low: int | None, high: int | None, errors: dict, *, what: str, field: str) -> None:
+    """A range upside down is marked on its field, like any other filter to correct."""
     try:
-        services.check_age_range(age_min, age_max)
+        services.check_range(low, high, what=what, field=field)
     except DomainError as exc:
         errors[exc.field] = exc.message
 
@@ -294,7 +294,7 @@ def _beneficiary_filters(args) -> tuple[BeneficiaryFilters, dict]:
                                  sex=sex if sex in SEXES else "",
                                  age_min=_int(args, "age_min", errors),
                                  age_max=_int(args, "age_max", errors))
-    _age_range(filters.age_min, filters.age_max, errors)
+    _range(filters.age_min, filters.age_max, errors, what="Age", field="age_max")
     return filters, errors
 
 
@@ -563,7 +563,8 @@ def _criteria(source) -> tuple[Criteria, dict]:
                         age_min=_int(source, "age_min", errors), age_max=_int(source, "age_max", errors),
                         household_min=_int(source, "hh_min", errors),
                         household_max=_int(source, "hh_max", errors), custom=custom)
-    _age_range(criteria.age_min, criteria.age_max, errors)
+    _range(criteria.age_min, criteria.age_max, errors, what="Age", field="age_max")
+    _range(criteria.household_min, criteria.household_max, errors, what="Household size", field="hh_max")
     return criteria, errors
 
 

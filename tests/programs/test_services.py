@@ -301,6 +301,17 @@ def test_criteria_with_age_from_above_age_to_are_refused_instead_of_matching_nob
     assert services.taken_places(db_session, plan.id) == 0
 
 
+def test_criteria_with_household_size_from_above_to_are_refused_instead_of_matching_nobody(
+        db_session, program, person, everything):
+    plan = program()
+    person()
+    with pytest.raises(DomainError, match=r"Household size to \(2\) is less than household size "
+                                          r"from \(5\), so nobody could match") as refused:
+        services.preview_criteria(db_session, plan, scope=everything,
+                                  criteria=Criteria(household_min=5, household_max=2))
+    assert refused.value.field == "hh_max"
+
+
 def test_enrolment_by_criteria_refuses_more_than_the_places_left(db_session, program, person,
                                                                  everything):
     plan = program(max_beneficiaries=2)

@@ -221,6 +221,14 @@ def test_criteria_with_age_from_above_age_to_are_a_form_error_and_enrol_nobody(
     assert services.taken_places(db_session, plan.id) == 0
 
 
+def test_criteria_with_household_size_from_above_to_are_a_form_error(client, login, program):
+    plan = program()
+    login("program_manager")
+    preview = client.htmx("get", f"/programs/{plan.id}/enrol/criteria?hh_min=5&hh_max=2")
+    assert ("Household size to (2) is less than household size from (5), so nobody could match: "
+            "swap them.") in preview.get_data(as_text=True)
+
+
 def test_beneficiary_filters_with_age_from_above_age_to_say_so_and_export_nothing(
         client, login, db_session, program, person):
     plan = program()
