@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 
 import orjson
 from sqlalchemy.engine import Connection, Engine
@@ -187,6 +188,8 @@ class ProbableDuplicates:
         cursor = connection.cursor()
         if self._own and not self._postgres:
             cursor.execute(f"PRAGMA cache_size=-{CACHE_KB}")
+        if self._postgres:  # the search's cursor planned for all its rows, not the first tenth
+            cursor.execute("SET LOCAL cursor_tuple_fraction = 1")
         for statement in _CREATE:
             cursor.execute(statement)
         self._insert("temp_village_area", list(areas.items()))
@@ -216,8 +219,18 @@ class ProbableDuplicates:
         query = _SAME_DAY_READ if self._registry_read else _SAME_DAY.format(index=_SAME_DAY_INDEX[self._postgres])
         # The pairs are judged as the join finds them, in no order: the last search's names
         # are compared while PostgreSQL still scans the registry (0.15 s for 50,000 rows),
-        # instead of after it has sorted them all. (SQLite's cursor is read as it steps.)
-        self._judge(cursor.stream(query, size=2000) if self._postgres else cursor.execute(query))
+        # instead of after it has sorted them all. PostgreSQL's come through a server-side
+        # cursor, 2,000 at a time (each fetch a whole command: a failure while judging leaves
+        # the connection free to roll back); SQLite's cursor is read as it steps. Either is
+        # closed however judging ends, or SQLite could not drop its tables after a failure.
+        if self._postgres:
+            pairs = self._connection.cursor(name="look_alikes")
+            pairs.itersize = 2000
+        else:
+            pairs = self._connection.cursor()
+        with closing(pairs):
+            pairs.execute(query)
+            self._judge(pairs)
         cursor.execute("DELETE FROM temp_new_person")
         self._waiting = 0
 
