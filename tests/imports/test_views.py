@@ -135,6 +135,24 @@ def test_the_mapping_page_reads_the_first_value_of_a_workbook_column_by_column(
     assert re.search(r'for="col-4">Place</label></td>\s*<td class="muted">NV1</td>', page)
 
 
+@pytest.mark.parametrize("header", ["NRC no", "Num ID", "ID No.", "Téléphone", "N.R.C.", "IDNo",
+                                    "Phone#", "NationalID", "Col7"])
+def test_a_colleague_who_may_not_see_identifiers_sees_none_on_the_mapping_page_whatever_its_header(
+        client, login, db_session, country, header):
+    login("field_officer", [country["NV1"]])
+    secret = "+265880000001"
+    response = _post_file(client, f"Given;Family;Gender;DOB;Village;{header}\n"
+                                  f"Amina;Banda;F;1990-05-17;NV1;{secret}\n".encode(), "p.csv")
+    upload = db_session.scalar(select(Upload))
+    client.post("/logout")
+    colleague = login("field_officer", [country["NV1"]])  # who may open the upload, not its file
+    assert colleague.id != upload.created_by_id
+    assert client.get(f"/imports/{upload.id}/file").status_code == 403
+    page = client.get(f"/imports/{upload.id}/mapping").get_data(as_text=True)
+    assert secret not in page and '<td class="muted">•••••••••0001</td>' in page
+    assert '<td class="muted">1990-05-17</td>' in page and '<td class="muted">NV1</td>' in page
+
+
 @pytest.mark.parametrize("role, shown", [("field_officer", "•••••6789"), ("program_manager", "123456789")])
 def test_the_mapping_page_masks_a_sample_national_id_unless_the_role_sees_them(
         client, login, db_session, country, role, shown):
