@@ -229,6 +229,17 @@ def test_criteria_with_household_size_from_above_to_are_a_form_error(client, log
             "swap them.") in preview.get_data(as_text=True)
 
 
+def test_a_live_beneficiary_filter_with_age_from_above_age_to_says_so_in_its_answer(
+        client, login, db_session, program, person):
+    plan = program()
+    _enrol(db_session, plan, [person()])
+    login("program_manager")
+    live = client.htmx("get", f"/programs/{plan.id}/beneficiaries?age_min=90&age_max=10")
+    assert live.status_code == 200
+    assert ('<p class="error" role="alert">Age to (10) is less than age from (90), so nobody could '
+            "match: swap them.</p>") in live.get_data(as_text=True)
+
+
 def test_beneficiary_filters_with_age_from_above_age_to_say_so_and_export_nothing(
         client, login, db_session, program, person):
     plan = program()
