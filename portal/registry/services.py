@@ -158,12 +158,12 @@ def _birth_range(filters: dict) -> tuple[date | None, date | None, bool]:
 
 def filter_problem(filters: dict) -> str | None:
     """Why a search matches nobody whatever the registry holds: its age and birth-date
-    filters exclude each other (ages from 90 to 10, say), which the page says instead of
-    an unexplained "no one matches"."""
+    filters leave no birth date (ages from 90 to 10, or aged under 10 and born before 1990),
+    which the page says instead of an unexplained "no one matches"."""
     if _birth_range(filters)[2]:
         return None
-    return ("No one can match: the age or birth-date range ends before it starts. "
-            "Swap its from and to.")
+    return ("No one can match: these ages and birth dates leave no birth date possible. "
+            "Check their from and to.")
 
 
 def visible_location_ids(session: Session, *, scope, filters: dict):
