@@ -143,6 +143,7 @@ def test_a_colleague_who_may_not_see_identifiers_sees_none_on_the_mapping_page_w
     secret = "+265880000001"
     response = _post_file(client, f"Given;Family;Gender;DOB;Village;{header}\n"
                                   f"Amina;Banda;F;1990-05-17;NV1;{secret}\n".encode(), "p.csv")
+    assert response.headers["Location"].endswith("/mapping")  # the header is no field's
     upload = db_session.scalar(select(Upload))
     client.post("/logout")
     colleague = login("field_officer", [country["NV1"]])  # who may open the upload, not its file
