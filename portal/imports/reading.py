@@ -429,16 +429,24 @@ def _zero_padded_cells(archive: zipfile.ZipFile, part: str, *, first_column: int
     cells: dict[int, dict[int, int]] = {}
     if not padding:
         return cells
+    for window in _sheet_windows(archive, part, overlap=100):
+        for found in _STYLED_NUMBER.finditer(window):
+            width = padding.get(found.group(3))
+            if width:
+                column = _column(found.group(1).decode(), 0) - first_column
+                cells.setdefault(int(found.group(2)), {})[column] = width
+    return cells
+
+
+def _sheet_windows(archive: zipfile.ZipFile, part: str, *, overlap: int):
+    """The sheet's XML a megabyte at a time, for byte searches, each window starting with
+    the last ``overlap`` bytes of the one before: a match cut by a chunk's end is found whole
+    in the next. (A match within the overlap can be found twice.)"""
     tail = b""
     with archive.open(part) as fh:
         while chunk := fh.read(1 << 20):
-            for found in _STYLED_NUMBER.finditer(tail + chunk):
-                width = padding.get(found.group(3))
-                if width:
-                    column = _column(found.group(1).decode(), 0) - first_column
-                    cells.setdefault(int(found.group(2)), {})[column] = width
-            tail = chunk[-100:]  # a cell cut by the chunk's end is found whole next time
-    return cells
+            yield tail + chunk
+            tail = chunk[-overlap:]
 
 
 def _padded(rows, padded: dict[int, dict[int, int]]):
@@ -459,14 +467,18 @@ _UNREAD_MARKS = (b't="e"', b"</f></c>", b"</f><v /></c>", b"</f><v/></c>", b"</f
 def _has_unread_cells(archive: zipfile.ZipFile, part: str) -> bool:
     """Whether the sheet's XML may hold a cell of ``_excel_errors``: one pass through zlib
     and a byte search, a quarter of calamine's load; only a sheet that has one is parsed."""
-    tail = b""
-    with archive.open(part) as fh:
-        while chunk := fh.read(1 << 20):
-            window = tail + chunk
-            if any(mark in window for mark in _UNREAD_MARKS):
-                return True
-            tail = chunk[-20:]
-    return False
+    return any(mark in window for window in _sheet_windows(archive, part, overlap=20)
+               for mark in _UNREAD_MARKS)
+
+
+def _unread(cell) -> tuple[bool, str | None]:
+    """Whether calamine reads this cell of the sheet's XML as empty although it is not, and
+    why: the Excel error it shows, or None for a formula saved with no value (Excel's own
+    empty text result is typed "str", and is read as the empty text it is)."""
+    kind, value = cell.get("t"), cell.findtext(f"{_MAIN}v")
+    if kind == "e":
+        return True, (value or "").strip() or "#VALUE!"
+    return not value and kind != "str" and cell.find(f"{_MAIN}f") is not None, None
 
 
 def _excel_errors(archive: zipfile.ZipFile, part: str, *, first_column: int = 0
@@ -482,12 +494,8 @@ def _excel_errors(archive: zipfile.ZipFile, part: str, *, first_column: int = 0
             if element.tag == f"{_MAIN}row":
                 number = int(element.get("r") or number + 1)
                 for position, cell in enumerate(element.iter(f"{_MAIN}c")):
-                    kind, value = cell.get("t"), cell.findtext(f"{_MAIN}v")
-                    if kind == "e":
-                        error = (value or "").strip() or "#VALUE!"
-                    elif not value and kind != "str" and cell.find(f"{_MAIN}f") is not None:
-                        error = None
-                    else:
+                    unread, error = _unread(cell)
+                    if not unread:
                         continue
                     reference = cell.get("r") or f"{_letter(position)}{number}"
                     errors.setdefault(number, {})[_column(reference, position) - first_column] = (reference, error)
@@ -584,14 +592,9 @@ def _xlsx_head(path: Path) -> Table:
                 number = int(element.get("r") or number + 1)
                 texts = {}
                 for position, cell in enumerate(element.iter(f"{_MAIN}c")):
-                    kind, value = cell.get("t"), cell.findtext(f"{_MAIN}v")
-                    # An Excel error, or a formula saved with no value (Excel's own empty text
-                    # is typed "str"): read as empty, as calamine reads them.
-                    if kind == "e":
-                        errors.setdefault(number, (cell.get("r", ""), (value or "").strip() or "#VALUE!"))
-                        continue
-                    if not value and kind != "str" and cell.find(f"{_MAIN}f") is not None:
-                        errors.setdefault(number, (cell.get("r", ""), None))
+                    unread, error = _unread(cell)
+                    if unread:  # read as empty, as calamine reads it
+                        errors.setdefault(number, (cell.get("r", ""), error))
                         continue
                     text = _xml_cell_text(cell, strings)
                     if text:
