@@ -81,7 +81,9 @@ class UploadRow(db.Model):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    upload_id: Mapped[int] = mapped_column(ForeignKey("upload.id", ondelete="CASCADE"))
+    # No foreign key (migration 0017): its check cost every staged row a lookup of the upload,
+    # and uploads are never deleted.
+    upload_id: Mapped[int] = mapped_column(Integer)
     row_number: Mapped[int] = mapped_column(Integer)  # the line or sheet row in the file
     raw: Mapped[dict] = mapped_column(JSON, default=dict)  # field -> text as read
     cleaned: Mapped[dict | None] = mapped_column(JSON)  # values ready for Individual(**)

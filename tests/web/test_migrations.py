@@ -111,3 +111,37 @@ def test_migration_0016_drops_the_rows_key_to_people_and_going_back_clears_rows_
             assert connection.execute(text("SELECT row_number, status, individual_id FROM upload_row")
                                       ).all() == [(2, "imported", None)]
         db.engine.dispose()
+
+
+def test_migration_0017_drops_the_rows_key_to_their_upload_and_going_back_removes_rows_of_no_upload(tmp_path, redis_url):
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import inspect, text
+
+    from portal import create_app
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
+                      "REDIS_URL": redis_url})
+
+    def keys() -> list:
+        return [(k["referred_table"], k["constrained_columns"])
+                for k in inspect(db.engine).get_foreign_keys("upload_row")]
+
+    with app.app_context():
+        upgrade(revision="0016")
+        assert keys() == [("upload", ["upload_id"])]
+        upgrade(revision="0017")
+        assert keys() == []
+        with db.engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO upload (id, file_name, stored_path, sha256, size, format, status, message, "
+                "duplicate_policy, headers, mapping, counts) VALUES (1, 'people.csv', 'x', 'x', 1, 'csv', "
+                "'validated', '', 'error', '[]', '{}', '{}')"))
+            for upload_id in (1, 404):  # the second's upload was removed by hand in the database
+                connection.execute(text(
+                    "INSERT INTO upload_row (upload_id, row_number, raw, errors, status, \"primary\") "
+                    "VALUES (:upload, 2, '{}', '{}', 'valid', 0)"), {"upload": upload_id})
+        downgrade(revision="0016")
+        assert keys() == [("upload", ["upload_id"])]
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT upload_id, row_number FROM upload_row")).all() == [(1, 2)]
+        db.engine.dispose()
