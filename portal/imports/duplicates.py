@@ -188,8 +188,12 @@ class ProbableDuplicates:
         cursor = connection.cursor()
         if self._own and not self._postgres:
             cursor.execute(f"PRAGMA cache_size=-{CACHE_KB}")
-        if self._postgres:  # the search's cursor planned for all its rows, not the first tenth
+        if self._postgres:
+            # The search's cursor planned for all its rows, not the first tenth; its counts
+            # from a sample of 3,000 rows, which plan the join as well as 30,000 do, and
+            # take 0.01 s instead of 0.07-0.12 s before each search.
             cursor.execute("SET LOCAL cursor_tuple_fraction = 1")
+            cursor.execute("SET LOCAL default_statistics_target = 10")
         for statement in _CREATE:
             cursor.execute(statement)
         self._insert("temp_village_area", list(areas.items()))
