@@ -1686,10 +1686,8 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
     progress commits its own), PostgreSQL creates a large batch's people on several
     connections at once (``UPLOAD_IMPORT_CONNECTIONS``)."""
     started = time.monotonic()
-    total = session.scalar(select(func.count()).where(
-        UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "imported"))))
-    done = session.scalar(select(func.count()).where(
-        UploadRow.upload_id == upload.id, UploadRow.status == "imported"))
+    total, done = session.execute(select(func.count(), func.count().filter(UploadRow.status == "imported")).where(
+        UploadRow.upload_id == upload.id, UploadRow.status.in_(("valid", "imported")))).one()
     resumed = bool(done)
     if not done:
         _refuse_if_same_file_imported_since(session, upload)  # (also when run again, or at once)
@@ -1752,11 +1750,9 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
     counts = summary_counts(session, upload, households=False)
     counts["members_added"] = members
     # Counted from the rows, so that an import resumed after a failure counts what the
-    # attempt before it created too.
-    imported = dict(session.execute(select(UploadRow.action, func.count()).where(
-        UploadRow.upload_id == upload.id, UploadRow.status == "imported").group_by(UploadRow.action)).all())
-    counts["people_created"] = imported.get("new", 0)
-    counts["people_updated"] = imported.get("update", 0)
+    # attempt before it created too. No row is left valid (each was imported or became an
+    # error), so the new and updated rows the summary counts are the imported ones.
+    counts["people_created"], counts["people_updated"] = counts["new_people"], counts["updates"]
     if enrolled is not None:
         counts["enrolled"] = enrolled.get("enrolled", 0)
         counts["already_enrolled"] = enrolled.get("skipped", 0)
