@@ -249,19 +249,19 @@ def start_import(session: Session, upload: Upload, *, only_if_clean: bool, scope
     if upload.status not in ("validated",):
         raise DomainError(f"This upload is {upload.status}; only a validated upload can be imported.")
     _refuse_if_same_file_imported_since(session, upload)
-    counts = status_counts(session, upload.id)
-    problems = counts.get("error", 0) + counts.get("duplicate", 0)
+    counts = summary_counts(session, upload)  # households new or known, before import
+    problems = counts["errors"] + counts["duplicates"]
     if only_if_clean and problems:
         raise DomainError(f"{problems} row(s) still need fixing; fix or drop them first, or "
                           "import the valid rows only.")
-    if not counts.get("valid") and not counts.get("imported"):
+    if not counts["valid"] and not counts["imported"]:
         # (With rows imported, an import that stopped before their households or their
         # enrolment goes on from there.)
         raise DomainError("There are no valid rows to import.")
     if upload.program_id and not may_enrol:
         raise DomainError("This upload enrols the people it imports into a program: only someone "
                           "who may enrol beneficiaries can import it.")
-    upload.counts = summary_counts(session, upload)  # households new or known, before import
+    upload.counts = counts
     scope = checking_scope(upload, scope)
     run = create_job(session, kind="upload_import", entry_point="jobs.imports.import_upload",
                      params={"upload_id": upload.id, "only_if_clean": only_if_clean,
