@@ -19,8 +19,10 @@ How the people born the same day in the same area are found:
 """
 from __future__ import annotations
 
+import queue
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 
@@ -224,17 +226,21 @@ class ProbableDuplicates:
         # The pairs are judged as the join finds them, in no order: the last search's names
         # are compared while PostgreSQL still scans the registry (0.15 s for 50,000 rows),
         # instead of after it has sorted them all. PostgreSQL's come through a server-side
-        # cursor, 2,000 at a time (each fetch a whole command: a failure while judging leaves
-        # the connection free to roll back); SQLite's cursor is read as it steps. Either is
-        # closed however judging ends, or SQLite could not drop its tables after a failure.
+        # cursor, 2,000 at a time, each fetch a whole command (a failure while judging leaves
+        # the connection free to roll back), the next one asked for while these are judged;
+        # SQLite's cursor is read as it steps. Either is closed however judging ends, or
+        # SQLite could not drop its tables after a failure.
         if self._postgres:
             pairs = self._connection.cursor(name="look_alikes")
-            pairs.itersize = 2000
         else:
             pairs = self._connection.cursor()
         with closing(pairs):
             pairs.execute(query)
-            self._judge(pairs)
+            if self._postgres:
+                with closing(_fetched_ahead(pairs, 2000)) as found:
+                    self._judge(found)
+            else:
+                self._judge(pairs)
         cursor.execute("DELETE FROM temp_new_person")
         self._waiting = 0
 
@@ -322,6 +328,46 @@ class ProbableDuplicates:
         finally:
             self._connection.close()
             self._connection = None
+
+
+def _fetched_ahead(cursor, size: int) -> Iterator[tuple]:
+    """The rows of ``cursor`` (a server-side one), fetched ``size`` at a time on a thread of
+    their own while the caller works through the ones before: the server goes on with the
+    join instead of waiting for each batch's names to be compared (0.2 s of the last
+    search's 0.7 s for 50,000 rows). Close it (``closing``) however the caller stops: the
+    fetching has ended when that returns, so the cursor may be closed; an error while
+    fetching is raised here."""
+    fetched: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            while not stop.is_set():
+                rows = cursor.fetchmany(size)
+                fetched.put(rows)
+                if not rows:
+                    return
+        except Exception as exc:  # noqa: BLE001 - raised in the caller's thread
+            fetched.put(exc)
+
+    fetcher = threading.Thread(target=fetch, name="look-alike-fetch", daemon=True)
+    fetcher.start()
+    try:
+        while True:
+            rows = fetched.get()
+            if isinstance(rows, Exception):
+                raise rows
+            if not rows:
+                return
+            yield from rows
+    finally:
+        stop.set()
+        while fetcher.is_alive():  # (a fetch waiting for room in the queue gets it)
+            try:
+                fetched.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        fetcher.join()
 
 
 class _InLine:

@@ -88,6 +88,7 @@ def test_every_new_row_is_searched_once_whatever_the_search_size(db_session, cou
 
 SCRIPT = textwrap.dedent("""
     import sys
+    import threading
     sys.path.insert(0, {root!r})
     from sqlalchemy import create_engine
     from portal.imports import duplicates
@@ -96,6 +97,8 @@ SCRIPT = textwrap.dedent("""
     duplicates._SAME_DAY = ("SELECT n.row_number, n.first_name, n.last_name, n.birth_date, g, "
                             "'Amina' || g, 'Banda', 1 FROM temp_new_person n "
                             "CROSS JOIN generate_series(1, 20000) g{{index}}")
+    if sys.argv[2] == "fail_fetch":  # the server fails partway through the pairs
+        duplicates._SAME_DAY = duplicates._SAME_DAY.replace(", g, ", ", 1 / (15000 - g), ")
     if sys.argv[2] == "raise":
         calls = [0]
         def similar_names(*names):
@@ -108,8 +111,9 @@ SCRIPT = textwrap.dedent("""
         with duplicates.ProbableDuplicates(engine, {{1: "N"}}) as search:
             search.add([(2, "1990-05-17", "N", "Amina", "Banda", False)])
             print(list(search.warnings().values()))
-    except RuntimeError as exc:
+    except Exception as exc:
         print("failed cleanly:", exc)
+    print("threads left:", sorted(t.name for t in threading.enumerate() if t is not threading.main_thread()))
     print("done")
 """)
 
@@ -137,6 +141,16 @@ def test_an_error_while_judging_pairs_fails_the_search_instead_of_hanging_it():
     except subprocess.TimeoutExpired:
         pytest.fail("ProbableDuplicates hung for 30 s after an error while judging the pairs")
     assert "failed cleanly: judging failed" in done.stdout and "done" in done.stdout, done.stderr[-2000:]
+    assert "threads left: []" in done.stdout  # the thread fetching the next pairs ended with it
+
+
+def test_a_database_error_while_fetching_the_pairs_fails_the_search_and_leaves_no_thread_behind():
+    try:
+        done = _run("fail_fetch", timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("ProbableDuplicates hung for 30 s after the database failed partway through the pairs")
+    assert "failed cleanly: division by zero" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "threads left: []" in done.stdout and "done" in done.stdout
 
 
 def test_a_search_on_a_callers_connection_that_failed_while_judging_leaves_it_usable(
