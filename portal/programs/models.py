@@ -1,6 +1,7 @@
 """Programs (benefit plans), the institutions and schemes they belong to, and beneficiaries.
 
-Invariants the database holds itself: one program code, one beneficiary record per (program,
+Invariants the database holds itself: one program code (and one institution or scheme code)
+whatever its capitals, one beneficiary record per (program,
 person) and per (program, group), a beneficiary is either a person or a group, statuses are
 known values. The cap (``max_beneficiaries``) is enforced in ``services.enrol`` and
 ``services.change_status`` under a lock on the program row.
@@ -123,6 +124,12 @@ class Program(Audited, db.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.code})"
+
+
+# A code is unique whatever its capitals (migration 0018): the services' check refuses "ct1"
+# beside "CT1", and these indexes refuse the second of two saved at the same moment.
+for _model in (Institution, Scheme, Program):
+    Index(f"uq_{_model.__tablename__}_code_folded", func.lower(_model.code), unique=True)
 
 
 class Beneficiary(Audited, db.Model):

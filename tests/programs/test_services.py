@@ -4,6 +4,7 @@ from datetime import date, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from portal.audit.models import AuditEntry
 from portal.clock import now, today
@@ -38,6 +39,22 @@ def test_a_new_program_is_a_draft_and_a_second_program_with_the_same_code_is_ref
     assert created.status == "draft" and str(created.amount) == "12.50" and created.currency == "MWK"
     with pytest.raises(DomainError, match="already used"):
         services.save_program(db_session, None, code="ct1", name="Other")
+
+
+def test_codes_that_differ_only_in_capitals_saved_at_the_same_moment_are_refused_by_the_database(
+        db_session, monkeypatch):
+    """Both saves passed the check before either was saved: the second is refused when it
+    reaches the database, whose answer the portal turns into "saved at the same moment"."""
+    services.save_program(db_session, None, code="CT1", name="Cash")
+    services.save_scheme(db_session, None, code="NSSP", name="National scheme")
+    db_session.flush()
+    monkeypatch.setattr(services, "_check_code", lambda session, model, code, current_id: code)
+    for save in (lambda: services.save_program(db_session, None, code="ct1", name="Other"),
+                 lambda: services.save_scheme(db_session, None, code="Nssp", name="Other")):
+        with pytest.raises(IntegrityError):
+            with db_session.begin_nested():
+                save()
+                db_session.flush()
 
 
 def test_a_coverage_period_that_ends_before_it_starts_is_refused(db_session):
