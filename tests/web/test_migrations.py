@@ -1,10 +1,30 @@
-"""The migrations build exactly the schema the models describe."""
+"""The migrations build exactly the schema the models describe, and those that change data
+or drop a rule do what they say, both ways."""
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from flask_migrate import downgrade, upgrade
+from sqlalchemy import inspect, text
 
+from portal import create_app
 from portal.extensions import db
 from portal.registry.models import SEARCH_INDEXES
+
+# An upload of one file, as the rows of the migrations' tests need.
+_UPLOAD = ("INSERT INTO upload (id, file_name, stored_path, sha256, size, format, status, message, "
+           "duplicate_policy, headers, mapping, counts) VALUES (1, 'people.csv', 'x', 'x', 1, 'csv', "
+           ":status, '', 'error', '[]', '{}', '{}')")
+
+
+def _app_on_its_own_database(tmp_path, redis_url):
+    """An app whose database (SQLite, new) a test takes through the migrations itself."""
+    return create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
+                       "REDIS_URL": redis_url})
+
+
+def _keys_of_staged_rows() -> list:
+    return [(k["referred_table"], k["constrained_columns"])
+            for k in inspect(db.engine).get_foreign_keys("upload_row")]
 
 
 # (SQLite's indexes on an expression, the lower-case codes', cannot be read back to compare.)
@@ -18,20 +38,11 @@ def test_the_migrated_database_matches_the_models(db_session):
 
 
 def test_migration_0011_names_the_row_of_each_look_alike_warning_already_staged(tmp_path, redis_url):
-    from flask_migrate import upgrade
-    from sqlalchemy import text
-
-    from portal import create_app
-
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
-                      "REDIS_URL": redis_url})
+    app = _app_on_its_own_database(tmp_path, redis_url)
     with app.app_context():
         upgrade(revision="0010")
         with db.engine.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO upload (id, file_name, stored_path, sha256, size, format, status, message, "
-                "duplicate_policy, headers, mapping, counts) VALUES (1, 'people.csv', 'x', 'x', 1, 'csv', "
-                "'validated', '', 'error', '[]', '{}', '{}')"))
+            connection.execute(text(_UPLOAD), {"status": "validated"})
             for number, warning in ((3, "Probably the same person as row 2 Amina Banda, born 1990-05-17."),
                                     (4, "Probably the same person as #7 Amina Banda, born 1990-05-17.")):
                 connection.execute(text(
@@ -46,13 +57,7 @@ def test_migration_0011_names_the_row_of_each_look_alike_warning_already_staged(
 
 
 def test_migration_0012_puts_household_codes_in_capitals_where_the_code_is_free(tmp_path, redis_url):
-    from flask_migrate import upgrade
-    from sqlalchemy import text
-
-    from portal import create_app
-
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
-                      "REDIS_URL": redis_url})
+    app = _app_on_its_own_database(tmp_path, redis_url)
     with app.app_context():
         upgrade(revision="0011")
         with db.engine.begin() as connection:
@@ -62,10 +67,7 @@ def test_migration_0012_puts_household_codes_in_capitals_where_the_code_is_free(
                 connection.execute(text(
                     "INSERT INTO \"group\" (id, code, name, kind, location_id, version) "
                     "VALUES (:id, :code, 'Home', 'household', 1, 1)"), {"id": group_id, "code": code})
-            connection.execute(text(
-                "INSERT INTO upload (id, file_name, stored_path, sha256, size, format, status, message, "
-                "duplicate_policy, headers, mapping, counts) VALUES (1, 'people.csv', 'x', 'x', 1, 'csv', "
-                "'validated', '', 'error', '[]', '{}', '{}')"))
+            connection.execute(text(_UPLOAD), {"status": "validated"})
             for number, status in ((2, "valid"), (3, "imported")):
                 connection.execute(text(
                     "INSERT INTO upload_row (upload_id, row_number, raw, cleaned, errors, status, "
@@ -84,33 +86,20 @@ def test_migration_0012_puts_household_codes_in_capitals_where_the_code_is_free(
 
 
 def test_migration_0016_drops_the_rows_key_to_people_and_going_back_clears_rows_naming_nobody(tmp_path, redis_url):
-    from flask_migrate import downgrade, upgrade
-    from sqlalchemy import inspect, text
-
-    from portal import create_app
-
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
-                      "REDIS_URL": redis_url})
-
-    def keys() -> list:
-        return [(k["referred_table"], k["constrained_columns"])
-                for k in inspect(db.engine).get_foreign_keys("upload_row")]
+    app = _app_on_its_own_database(tmp_path, redis_url)
 
     with app.app_context():
         upgrade(revision="0015")
-        assert ("individual", ["individual_id"]) in keys()
+        assert ("individual", ["individual_id"]) in _keys_of_staged_rows()
         upgrade(revision="0016")
-        assert keys() == [("upload", ["upload_id"])]
+        assert _keys_of_staged_rows() == [("upload", ["upload_id"])]
         with db.engine.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO upload (id, file_name, stored_path, sha256, size, format, status, message, "
-                "duplicate_policy, headers, mapping, counts) VALUES (1, 'people.csv', 'x', 'x', 1, 'csv', "
-                "'imported', '', 'error', '[]', '{}', '{}')"))
+            connection.execute(text(_UPLOAD), {"status": "imported"})
             connection.execute(text(  # a person removed by hand in the database
                 "INSERT INTO upload_row (upload_id, row_number, raw, errors, status, \"primary\", individual_id) "
                 "VALUES (1, 2, '{}', '{}', 'imported', 0, 404)"))
         downgrade(revision="0015")
-        assert ("individual", ["individual_id"]) in keys()
+        assert ("individual", ["individual_id"]) in _keys_of_staged_rows()
         with db.engine.connect() as connection:
             assert connection.execute(text("SELECT row_number, status, individual_id FROM upload_row")
                                       ).all() == [(2, "imported", None)]
@@ -118,34 +107,21 @@ def test_migration_0016_drops_the_rows_key_to_people_and_going_back_clears_rows_
 
 
 def test_migration_0017_drops_the_rows_key_to_their_upload_and_going_back_removes_rows_of_no_upload(tmp_path, redis_url):
-    from flask_migrate import downgrade, upgrade
-    from sqlalchemy import inspect, text
-
-    from portal import create_app
-
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
-                      "REDIS_URL": redis_url})
-
-    def keys() -> list:
-        return [(k["referred_table"], k["constrained_columns"])
-                for k in inspect(db.engine).get_foreign_keys("upload_row")]
+    app = _app_on_its_own_database(tmp_path, redis_url)
 
     with app.app_context():
         upgrade(revision="0016")
-        assert keys() == [("upload", ["upload_id"])]
+        assert _keys_of_staged_rows() == [("upload", ["upload_id"])]
         upgrade(revision="0017")
-        assert keys() == []
+        assert _keys_of_staged_rows() == []
         with db.engine.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO upload (id, file_name, stored_path, sha256, size, format, status, message, "
-                "duplicate_policy, headers, mapping, counts) VALUES (1, 'people.csv', 'x', 'x', 1, 'csv', "
-                "'validated', '', 'error', '[]', '{}', '{}')"))
+            connection.execute(text(_UPLOAD), {"status": "validated"})
             for upload_id in (1, 404):  # the second's upload was removed by hand in the database
                 connection.execute(text(
                     "INSERT INTO upload_row (upload_id, row_number, raw, errors, status, \"primary\") "
                     "VALUES (:upload, 2, '{}', '{}', 'valid', 0)"), {"upload": upload_id})
         downgrade(revision="0016")
-        assert keys() == [("upload", ["upload_id"])]
+        assert _keys_of_staged_rows() == [("upload", ["upload_id"])]
         with db.engine.connect() as connection:
             assert connection.execute(text("SELECT upload_id, row_number FROM upload_row")).all() == [(1, 2)]
         db.engine.dispose()
@@ -153,14 +129,8 @@ def test_migration_0017_drops_the_rows_key_to_their_upload_and_going_back_remove
 
 def test_migration_0018_names_codes_that_differ_only_in_capitals_and_then_holds_codes_unique_whatever_their_capitals(
         tmp_path, redis_url, capfd):
-    from flask_migrate import upgrade
-    from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
-
-    from portal import create_app
-
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
-                      "REDIS_URL": redis_url})
+    app = _app_on_its_own_database(tmp_path, redis_url)
     with app.app_context():
         upgrade(revision="0017")
         with db.engine.begin() as connection:
