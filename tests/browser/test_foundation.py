@@ -1,5 +1,6 @@
 """Each role signs in through the real pages and sees the menu that role should see."""
 import pytest
+from flask import url_for
 
 from portal.web import MENU
 
@@ -47,3 +48,32 @@ def test_a_tablet_user_opens_the_menu_with_the_menu_button(page, browser_login, 
     assert page.locator("nav.menu").is_visible()
     box = page.locator("nav.menu > a").first.bounding_box()
     assert box["height"] >= 44
+
+
+# The smallest text a field officer's tablet shows, read at arm's length.
+SMALLEST_TEXT_PX = 14
+_SMALL_TEXT = """() => [...document.querySelectorAll('body *')].filter(e =>
+    e.offsetParent !== null && !e.closest('svg') &&
+    [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim()) &&
+    parseFloat(getComputedStyle(e).fontSize) < %d
+).map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '') + ' '
+      + getComputedStyle(e).fontSize + ': ' + e.textContent.trim().slice(0, 40))""" % SMALLEST_TEXT_PX
+
+
+def test_on_a_tablet_no_text_of_any_menu_page_is_smaller_than_14_px(page, browser_login, live_server, app,
+                                                                  db_session, program):
+    plan = program(max_beneficiaries=10)  # a list with its status badge and its cap
+    db_session.commit()
+    browser_login(page, "admin")
+    page.set_viewport_size({"width": 768, "height": 1024})
+    with app.test_request_context():
+        addresses = [url_for(endpoint) for _label, endpoint, *_ in MENU if endpoint in app.view_functions]
+        addresses += [url_for("programs.show", program_id=plan.id),
+                      url_for("programs.beneficiaries", program_id=plan.id)]
+    small = {}
+    for address in addresses:
+        page.goto(f"{live_server}{address}")
+        found = page.evaluate(_SMALL_TEXT)
+        if found:
+            small[address] = found
+    assert small == {}, small
