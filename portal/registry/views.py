@@ -329,15 +329,16 @@ def _group_or_404(group_id: int) -> Group:
     return group
 
 
-def _members_context(group, error=None, editing=None, role_form=None, move_form=None):
+def _members_context(group, error=None, editing=None, member_form=None, moving=None, move_form=None):
+    """The members fragment's values. A refused add or move comes back with what was typed
+    (``member_form``; ``move_form`` for the member ``moving``), to correct rather than type again."""
     roles = services.member_roles(db.session)
-    member_form = MemberForm(formdata=None)
-    member_form.role.choices = roles
-    member_form.role.data = "member" if group.kind != "household" else "child"
+    if member_form is None:
+        member_form = MemberForm(formdata=None)
+        member_form.role.data = "member" if group.kind != "household" else "child"
     return dict(group=group, members=services.group_members(db.session, group, scope=scope()),
                 roles=roles, role_labels=dict(roles), member_form=member_form, error=error, editing=editing,
-                role_form=role_form, move_form=move_form,
-                problems=services.check_household(db.session, group))
+                moving=moving, move_form=move_form, problems=services.check_household(db.session, group))
 
 
 @bp.route("/groups/<int:group_id>")
@@ -355,17 +356,18 @@ def _members_response(group, *, error=None, status=200, **kwargs):
                   kinds=GROUP_KINDS, **_members_context(group, error=error, **kwargs))
 
 
-def _member_change(group, action, success: str, member_id: int | None = None):
-    """Run one membership change; 422 with the reason when a rule refuses it. ``member_id``:
-    the membership a button of the page names, refused unless it still holds the person the
-    page showed (SQLite gives a removed member's id to the next one added)."""
+def _member_change(group, action, success: str, member_id: int | None = None, **typed):
+    """Run one membership change; 422 with the reason when a rule refuses it, and what was
+    ``typed`` (``_members_context``'s forms) shown again. ``member_id``: the membership a
+    button of the page names, refused unless it still holds the person the page showed
+    (SQLite gives a removed member's id to the next one added)."""
     try:
         if member_id is not None:
             _still_the_member_shown(group, member_id)
         action()
     except DomainError as exc:
         db.session.rollback()
-        return _members_response(_group_or_404(group.id), error=exc.message, status=422)
+        return _members_response(_group_or_404(group.id), error=exc.message, status=422, **typed)
     db.session.commit()
     flash(success, "success")
     if not is_fragment_request():
@@ -390,13 +392,14 @@ def add_member(group_id: int):
     form = MemberForm()
     form.role.choices = services.member_roles(db.session)
     if not form.validate_on_submit():
-        return _members_response(group, error="Give the person's ID or national ID and a role.", status=422)
+        return _members_response(group, error="Give the person's ID or national ID and a role.", status=422,
+                                 member_form=form)
 
     def action():
         person = services.find_person(db.session, form.person.data, scope=scope())
         services.add_member(db.session, group, person.id, role=form.role.data, scope=scope(),
                             actor_id=current_user.id)
-    return _member_change(group, action, "Member added.")
+    return _member_change(group, action, "Member added.", member_form=form)
 
 
 @bp.route("/groups/<int:group_id>/members/<int:member_id>/role", methods=["GET", "POST"])
@@ -411,7 +414,7 @@ def member_role(group_id: int, member_id: int):
     if request.method == "GET":
         form.role.data = member.role
         return render("registry/group.html", partial="registry/_members.html", kinds=GROUP_KINDS,
-                      **_members_context(group, editing=member.id, role_form=form))
+                      **_members_context(group, editing=member.id))
     if not form.validate_on_submit():
         return _members_response(group, error="Choose a role.", status=422)
     return _member_change(group, lambda: services.change_role(db.session, group, member_id, form.role.data,
@@ -456,7 +459,8 @@ def move_member(group_id: int, member_id: int):
     form = MoveForm()
     form.role.choices = services.member_roles(db.session)
     if not form.validate_on_submit():
-        return _members_response(group, error="Give the code of the household and a role.", status=422)
+        return _members_response(group, error="Give the code of the household and a role.", status=422,
+                                 moving=member_id, move_form=form)
 
     def action():
         target = db.session.scalar(select(Group).where(Group.code == form.target.data.strip().upper(),
@@ -465,5 +469,6 @@ def move_member(group_id: int, member_id: int):
             raise DomainError(f"No household {form.target.data} in your locations.")
         services.move_member(db.session, group, member_id, target, role=form.role.data, scope=scope(),
                              actor_id=current_user.id)
-    return _member_change(group, action, f"Moved to {form.target.data.strip().upper()}.", member_id)
+    return _member_change(group, action, f"Moved to {form.target.data.strip().upper()}.", member_id,
+                          moving=member_id, move_form=form)
 

@@ -368,6 +368,33 @@ def test_moving_a_member_to_another_household(client, login, people, make_househ
     assert moved.group_id == target.id and moved.role == "child"
 
 
+def test_a_refused_move_keeps_the_household_code_and_role_typed_in_that_members_box(
+        client, login, people, make_household, db_session):
+    source = make_household(head=people["banda"], members=[people["evil"]], code="HH-A")
+    member = next(m for m in source.members if m.role != "head")
+    login("admin")
+    response = client.htmx("post", f"/registry/groups/{source.id}/members/{member.id}/move",
+                           data={"target": "hh-typo", "role": "spouse", "person": str(people["evil"].id)})
+    body = response.get_data(as_text=True)
+    assert response.status_code == 422 and "No household hh-typo in your locations." in body
+    box = re.search(rf'members/{member.id}/move".*?</form>', body, re.S).group(0)
+    assert 'value="hh-typo" aria-invalid="true" autofocus' in box
+    assert '<option value="spouse" selected>' in box
+    db_session.expire_all()
+    assert db_session.get(GroupMember, member.id).group_id == source.id
+
+
+def test_a_refused_new_member_keeps_the_id_typed(client, login, people, make_household):
+    household = make_household(head=people["banda"], members=[], code="HH-A")
+    login("admin")
+    response = client.htmx("post", f"/registry/groups/{household.id}/members",
+                           data={"person": "MW404", "role": "spouse"})
+    body = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert 'name="person" required autocomplete="off" value="MW404"' in body
+    assert '<option value="spouse" selected>' in body
+
+
 def test_group_search_keeps_to_the_scope(client, login, country, people, make_household):
     make_household(head=people["banda"], members=[], code="HH-NORTH")
     make_household(head=people["phiri"], members=[], code="HH-SOUTH")
