@@ -444,7 +444,7 @@ def bulk_status(program_id: int):
     filters, errors = _beneficiary_filters(source)
     to_status = source.get("to_status", "")
     targets = sorted({t for ts in services.TRANSITIONS.values() for t in ts})
-    preview, error = None, None
+    preview, error, error_field = None, None, None  # (the field the error is about, if one)
     sc = scope()
     if to_status in targets and not errors:
         if request.method == "POST":
@@ -455,9 +455,12 @@ def bulk_status(program_id: int):
                     db.session, program.id, scope=sc, filters=filters, to_status=to_status,
                     reason=source.get("reason", ""), effective_date=effective,
                     actor_id=current_user.id, expected=source.get("expected"))
-            except (DomainError, ValueError) as exc:
+            except DomainError as exc:
                 db.session.rollback()
-                error = getattr(exc, "message", "Enter the effective date as YYYY-MM-DD.")
+                error = exc.message
+                error_field = exc.field if exc.field in ("reason", "effective_date") else None
+            except ValueError:
+                error, error_field = "Enter the effective date as YYYY-MM-DD.", "effective_date"
             else:
                 db.session.commit()
                 flash(f"{result['changed']} beneficiaries changed to {to_status}; "
@@ -470,9 +473,10 @@ def bulk_status(program_id: int):
         error = "Choose a status to change to."
     return render("programs/bulk_status.html", partial="programs/_bulk_preview.html",
                   program=program, filters=filters, errors=errors, to_status=to_status,
-                  targets=targets, preview=preview, error=error, args=_filter_args(source),
-                  reason=source.get("reason", ""), statuses=BENEFICIARY_STATUSES, sexes=SEXES,
-                  status=422 if error else 200)
+                  targets=targets, preview=preview, error=error, error_field=error_field,
+                  args=_filter_args(source), reason=source.get("reason", ""),
+                  effective_date=source.get("effective_date", ""), statuses=BENEFICIARY_STATUSES,
+                  sexes=SEXES, status=422 if error else 200)
 
 
 # --- enrolment --------------------------------------------------------------------------------

@@ -626,6 +626,28 @@ def test_a_bulk_status_change_whose_reason_holds_a_control_character_changes_nob
     assert services.status_counts(db_session, plan, scope=Scope(everything=True))["potential"] == 2
 
 
+@pytest.mark.parametrize("sent, field, message", [
+    ({"reason": ""}, "reason", "Give the reason for the change."),
+    ({"reason": "Verified", "effective_date": "2026-02-30"}, "effective_date",
+     "Enter the effective date as YYYY-MM-DD."),
+])
+def test_a_bulk_status_change_refused_for_its_reason_or_date_says_so_beside_that_field_and_keeps_what_was_typed(
+        client, login, db_session, program, person, sent, field, message):
+    plan = program()
+    _enrol(db_session, plan, [person(), person()])
+    login("program_manager")
+    response = client.htmx("post", f"/programs/{plan.id}/beneficiaries/status",
+                           data={"to_status": "active", **sent})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 422
+    label = re.search(rf'<label>[^<]*<input[^>]*name="{field}".*?</label>', html, re.S).group(0)
+    assert 'aria-invalid="true"' in label and message in label
+    assert html.count(message) == 1  # beside its field, not also above the form
+    for name, value in sent.items():
+        assert f'name="{name}" value="{value}"' in html
+    assert services.status_counts(db_session, plan, scope=Scope(everything=True))["potential"] == 2
+
+
 def test_an_institution_form_left_open_while_another_manager_saved_is_refused_with_409(
         client, login, db_session):
     from portal.programs.models import Institution
