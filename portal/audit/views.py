@@ -5,6 +5,7 @@ from sqlalchemy import select
 from portal.accounts.models import User
 from portal.audit import bp, services
 from portal.extensions import db
+from portal.locations.models import Location
 from portal.privacy import PII_FIELDS, mask
 from portal.web import can, int_arg, render, require, scope
 
@@ -12,15 +13,38 @@ from portal.web import can, int_arg, render, require, scope
 @bp.app_context_processor
 def _audit_helpers():
     def audit_value(entity_type, field, value):
-        """Show a change, masking identifiers for roles that may not see them."""
+        """Show a change as its reader knows it: identifiers masked for roles that may not see
+        them, a location by its name and code (within the reader's area), custom fields by the
+        ones that changed."""
         if field in PII_FIELDS and not can("individual.view_pii"):
             if isinstance(value, list):
                 return " → ".join(mask(v) if v else "∅" for v in value)
             return mask(value)
+        if field == "custom" and isinstance(value, list) and len(value) == 2 and all(
+                isinstance(side, dict) or side is None for side in value):
+            before, after = value[0] or {}, value[1] or {}
+            return "; ".join(f"{key}: {_shown(before.get(key))} → {_shown(after.get(key))}"
+                             for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key))
+        if field == "location_id":
+            value = [_place(v) for v in value] if isinstance(value, list) else _place(value)
         if isinstance(value, list) and len(value) == 2:
-            return f"{'∅' if value[0] is None else value[0]} → {'∅' if value[1] is None else value[1]}"
+            return f"{_shown(value[0])} → {_shown(value[1])}"
         return value
     return {"audit_value": audit_value}
+
+
+def _shown(value) -> str:
+    return "∅" if value is None else str(value)
+
+
+def _place(location_id):
+    """A location of a change by name and code; outside the reader's area, only that."""
+    location = db.session.get(Location, location_id) if isinstance(location_id, int) else None
+    if location is None:
+        return location_id
+    if not scope().allows(location):
+        return "a place outside your area"
+    return f"{location.name} ({location.code})"
 
 
 @bp.route("/")

@@ -6,6 +6,8 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import select
 
+from portal.audit.services import record
+from portal.locations.services import Scope
 from portal.registry.models import CustomField, GroupMember, Individual
 
 
@@ -673,3 +675,29 @@ def test_a_search_ending_in_the_last_unicode_character_answers_instead_of_failin
     assert client.get("/registry/individuals", query_string={"q": q}).status_code == 200
     assert client.get("/registry/individuals/export", query_string={"q": q}).status_code == 200
     assert client.get("/registry/groups", query_string={"q": q}).status_code == 200
+
+
+def test_a_persons_history_names_the_places_they_moved_between_and_the_custom_fields_that_changed(
+        client, login, people, country, db_session):
+    from portal.registry import services as registry_services
+
+    banda = people["banda"]
+    everything = Scope(everything=True)
+    for village in ("NV2", "SV1"):  # a move within the north, then one to the south
+        registry_services.update_individual(
+            db_session, banda, {"first_name": "Chikondi", "last_name": "Banda", "sex": "F",
+                                "birth_date": "1990-01-01", "national_id": "MW1000001", "location": village},
+            scope=everything, expected_version=None, actor_id=None)
+        db_session.flush()
+    record(db_session, action="update", entity_type="individual", entity_id=banda.id, summary="Survey",
+           changes={"custom": [{"children": 3, "crop": "maize"}, {"children": 4, "crop": "maize", "roof": "tin"}]})
+    db_session.commit()
+    login("admin")
+    page = client.get(f"/registry/individuals/{banda.id}").get_data(as_text=True)
+    assert "<b>location</b>: Place NV1 (NV1) → Place NV2 (NV2)" in page
+    assert "<b>location</b>: Place NV2 (NV2) → Place SV1 (SV1)" in page
+    assert "children: 3 → 4; roof: ∅ → tin" in page and "crop" not in page
+    client.post("/logout")
+    login("field_officer", [country["S"]])  # sees Banda, now in the south, not where she lived
+    page = client.get(f"/registry/individuals/{banda.id}").get_data(as_text=True)
+    assert "a place outside your area → Place SV1 (SV1)" in page and "Place NV2" not in page
