@@ -49,6 +49,9 @@ class Upload(db.Model):
     # The registry's highest person id when validation began looking for probable
     # duplicates: the import looks again among the people registered after it.
     registry_checked_through: Mapped[int | None] = mapped_column(Integer)
+    # ... and when the oldest transaction then still writing began (PostgreSQL): the people
+    # it registered have lower ids, and the import looks again among those created since.
+    registry_checked_since: Mapped[datetime | None] = mapped_column(DateTime)
     validate_seconds: Mapped[float | None] = mapped_column(Float)
     import_seconds: Mapped[float | None] = mapped_column(Float)
     job_run_id: Mapped[int | None] = mapped_column(ForeignKey("job_run.id", ondelete="SET NULL"))

@@ -15,7 +15,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from datetime import date
+from datetime import date, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -585,6 +585,7 @@ def validate_upload(session: Session, upload: Upload, *, scope: Scope, progress)
     # Whoever is registered after this is looked at again by the import (see
     # _look_alikes_registered_since_validation).
     upload.registry_checked_through = session.scalar(select(func.max(Individual.id))) or 0
+    upload.registry_checked_since = _oldest_open_write(session)
     checker = RowChecker(session, upload, scope)
     areas = checker.areas()
     checked = _read_and_check(upload, checker)
@@ -1913,23 +1914,40 @@ def _people_changed_since_validation(session: Session, upload: Upload, scope: Sc
     return {row_id: row.household_code for row_id, (row, _message) in held.items()}
 
 
+def _oldest_open_write(session: Session) -> datetime | None:
+    """When the oldest other transaction that has written and not yet committed began
+    (PostgreSQL), in the form a person's ``created_at`` takes (the start of the transaction
+    that created them). A person it registered has an id below the highest one this
+    transaction sees. None when there is none, and on SQLite, where the job's transaction
+    holds the write lock, so every write before it has committed."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    return session.scalar(text(
+        "SELECT CAST(min(xact_start) AS timestamp) FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
+        "AND pid <> pg_backend_pid() AND datname = current_database()"))
+
+
 def _look_alikes_registered_since_validation(session: Session, upload: Upload,
                                              scope: Scope) -> dict[int, str | None]:
     """Hold back as probable duplicates the valid new rows that look like someone registered
     since validation searched the registry (a similar name, born the same day in the same
     district): two versions of one file, both validated before either was imported, would
     otherwise register everyone without a national ID twice. Only the people added since are
-    read, by id, so an import with nobody registered meanwhile pays one look at the index.
-    A row the user confirmed is no duplicate stays as confirmed. Returns the rows' ids and
-    household codes."""
+    read, by id, so an import with nobody registered meanwhile pays one look at the index;
+    when a transaction was writing as validation began, those created since it began too
+    (one pass over the registry). A row the user confirmed is no duplicate stays as
+    confirmed. Returns the rows' ids and household codes."""
     since = upload.registry_checked_through
     if since is None:  # (validated before the portal kept this)
         return {}
+    registered_since = Individual.id > since
+    if upload.registry_checked_since is not None:
+        registered_since = registered_since | (Individual.created_at >= upload.registry_checked_since)
     recent = session.execute(
         select(Individual.id, Individual.first_name, Individual.last_name, Individual.birth_date,
                Individual.location_id, Location.path)
         .join(Location, Location.id == Individual.location_id)
-        .where(Individual.id > since, Individual.deleted_at.is_(None)).order_by(Individual.id)).all()
+        .where(registered_since, Individual.deleted_at.is_(None)).order_by(Individual.id)).all()
     if not recent:
         return {}
     born: dict[date, list] = {}
