@@ -409,12 +409,11 @@ def member_role(group_id: int, member_id: int):
     member = services.get_member(db.session, group, member_id, scope=scope())
     if member is None:
         abort(404)
-    form = RoleForm()
-    form.role.choices = services.member_roles(db.session)
-    if request.method == "GET":
-        form.role.data = member.role
+    if request.method == "GET":  # (the role select shows the member's role)
         return render("registry/group.html", partial="registry/_members.html", kinds=GROUP_KINDS,
                       **_members_context(group, editing=member.id))
+    form = RoleForm()
+    form.role.choices = services.member_roles(db.session)
     if not form.validate_on_submit():
         return _members_response(group, error="Choose a role.", status=422)
     return _member_change(group, lambda: services.change_role(db.session, group, member_id, form.role.data,
