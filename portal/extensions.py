@@ -34,9 +34,18 @@ compress = Compress()
 
 
 @event.listens_for(Engine, "connect")
-def _sqlite_pragmas(dbapi_connection, _record):
-    """SQLite: WAL so the worker writes while pages read, a busy wait instead of instant
+def _session_settings(dbapi_connection, _record):
+    """PostgreSQL: times in UTC, as the portal's own are (``portal.clock``): a column's
+    ``now()`` default and a transaction's start would otherwise be the server's local time,
+    whatever zone it was installed with.
+
+    SQLite: WAL so the worker writes while pages read, a busy wait instead of instant
     'database is locked', foreign keys on, and SQLAlchemy (not pysqlite) owning transactions."""
+    if type(dbapi_connection).__module__.startswith("psycopg"):
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'UTC'")
+        dbapi_connection.commit()
+        return
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()

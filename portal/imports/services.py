@@ -1917,9 +1917,11 @@ def _people_changed_since_validation(session: Session, upload: Upload, scope: Sc
 def _oldest_open_write(session: Session) -> datetime | None:
     """When the oldest other transaction that has written and not yet committed began
     (PostgreSQL), in the form a person's ``created_at`` takes (the start of the transaction
-    that created them). A person it registered has an id below the highest one this
-    transaction sees. None when there is none, and on SQLite, where the job's transaction
-    holds the write lock, so every write before it has committed."""
+    that created them; both in UTC, see ``extensions``). A person it registered has an id
+    below the highest one this transaction sees. None when there is none, and on SQLite,
+    where the job's transaction holds the write lock, so every write before it has committed.
+    (PostgreSQL shows a session's start to its own database role: the portal's web and
+    worker connect as one, the one ``DATABASE_URL`` names.)"""
     if session.get_bind().dialect.name != "postgresql":
         return None
     return session.scalar(text(
