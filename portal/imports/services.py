@@ -926,16 +926,22 @@ def status_counts(session: Session, upload_id: int) -> dict[str, int]:
         UploadRow.upload_id == upload_id).group_by(UploadRow.status)).all())
 
 
-def summary_counts(session: Session, upload: Upload, *, households: bool = True) -> dict:
-    # One pass over the upload's rows for both: no index holds their status (migration 0013).
+def summary_counts(session: Session, upload: Upload, *, households: bool = True,
+                   imported: bool = False) -> dict:
+    """The upload's counts by status and action, and (``households``) of its households new
+    and registered; ``imported`` adds the people its rows created and updated."""
+    # One pass over the upload's rows for all: no index holds their status (migration 0013).
     by_status: dict[str, int] = {}
     by_action: dict[str | None, int] = {}
+    imported_by_action: dict[str | None, int] = {}
     for status, action, count in session.execute(
             select(UploadRow.status, UploadRow.action, func.count())
             .where(UploadRow.upload_id == upload.id).group_by(UploadRow.status, UploadRow.action)):
         by_status[status] = by_status.get(status, 0) + count
         if status in ("valid", "imported"):
             by_action[action] = by_action.get(action, 0) + count
+        if status == "imported":
+            imported_by_action[action] = count
     counts = {
         "rows": sum(by_status.values()),
         "valid": by_status.get("valid", 0),
@@ -947,6 +953,9 @@ def summary_counts(session: Session, upload: Upload, *, households: bool = True)
         "new_people": by_action.get("new", 0),
         "updates": by_action.get("update", 0),
     }
+    if imported:
+        counts["people_created"] = imported_by_action.get("new", 0)
+        counts["people_updated"] = imported_by_action.get("update", 0)
     previous = upload.counts or {}
     if households:
         # One pass: each code once (grouped, which PostgreSQL hashes; its count(DISTINCT)
@@ -1748,12 +1757,10 @@ def import_upload(session: Session, upload: Upload, *, scope: Scope, actor_id: i
     progress(done, total, f"Households done: {members:,} members added")
     enrolled = enrol_imported(session, upload, scope=scope, actor_id=actor_id,
                               progress=lambda message: progress(done, total, message))
-    counts = summary_counts(session, upload, households=False)
+    # People created and updated counted from the rows, so that an import resumed after a
+    # failure counts what the attempt before it created too.
+    counts = summary_counts(session, upload, households=False, imported=True)
     counts["members_added"] = members
-    # Counted from the rows, so that an import resumed after a failure counts what the
-    # attempt before it created too. No row is left valid (each was imported or became an
-    # error), so the new and updated rows the summary counts are the imported ones.
-    counts["people_created"], counts["people_updated"] = counts["new_people"], counts["updates"]
     if enrolled is not None:
         counts["enrolled"] = enrolled.get("enrolled", 0)
         counts["already_enrolled"] = enrolled.get("skipped", 0)
