@@ -449,8 +449,7 @@ def bulk_status(program_id: int):
     if to_status in targets and not errors:
         if request.method == "POST":
             try:
-                effective = date.fromisoformat(source.get("effective_date") or "") \
-                    if source.get("effective_date") else None
+                effective = _effective_date(source.get("effective_date"))
                 result = services.bulk_change_status(
                     db.session, program.id, scope=sc, filters=filters, to_status=to_status,
                     reason=source.get("reason", ""), effective_date=effective,
@@ -459,8 +458,6 @@ def bulk_status(program_id: int):
                 db.session.rollback()
                 error = exc.message
                 error_field = exc.field if exc.field in ("reason", "effective_date") else None
-            except ValueError:
-                error, error_field = "Enter the effective date as YYYY-MM-DD.", "effective_date"
             else:
                 db.session.commit()
                 flash(f"{result['changed']} beneficiaries changed to {to_status}; "
@@ -477,6 +474,13 @@ def bulk_status(program_id: int):
                   args=_filter_args(source), reason=source.get("reason", ""),
                   effective_date=source.get("effective_date", ""), statuses=BENEFICIARY_STATUSES,
                   sexes=SEXES, status=422 if error else 200)
+
+
+def _effective_date(typed: str | None) -> date | None:
+    try:
+        return date.fromisoformat(typed) if typed else None
+    except ValueError:
+        raise DomainError("Enter the effective date as YYYY-MM-DD.", field="effective_date") from None
 
 
 # --- enrolment --------------------------------------------------------------------------------
