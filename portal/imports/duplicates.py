@@ -230,17 +230,11 @@ class ProbableDuplicates:
         # the connection free to roll back), the next one asked for while these are judged;
         # SQLite's cursor is read as it steps. Either is closed however judging ends, or
         # SQLite could not drop its tables after a failure.
-        if self._postgres:
-            pairs = self._connection.cursor(name="look_alikes")
-        else:
-            pairs = self._connection.cursor()
+        pairs = self._connection.cursor(name="look_alikes") if self._postgres else self._connection.cursor()
         with closing(pairs):
             pairs.execute(query)
-            if self._postgres:
-                with closing(_fetched_ahead(pairs, 2000)) as found:
-                    self._judge(found)
-            else:
-                self._judge(pairs)
+            with closing(_fetched_ahead(pairs, 2000) if self._postgres else pairs) as found:
+                self._judge(found)
         cursor.execute("DELETE FROM temp_new_person")
         self._waiting = 0
 
@@ -334,9 +328,9 @@ def _fetched_ahead(cursor, size: int) -> Iterator[tuple]:
     """The rows of ``cursor`` (a server-side one), fetched ``size`` at a time on a thread of
     their own while the caller works through the ones before: the server goes on with the
     join instead of waiting for each batch's names to be compared (the last search of
-    50,000 rows took 0.47 s instead of 0.59-0.66 s). Close it (``closing``) however the caller stops: the
-    fetching has ended when that returns, so the cursor may be closed; an error while
-    fetching is raised here."""
+    50,000 rows took 0.47 s instead of 0.59-0.66 s). Close it (``closing``) however the
+    caller stops: the fetching has ended when that returns, so the cursor may be closed; an
+    error while fetching is raised here."""
     fetched: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
